@@ -1,0 +1,35 @@
+# Every target works from a fresh clone: `make install` builds .venv, the rest use it.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PLUGINS := $(wildcard plugins/*/pyproject.toml)
+
+.PHONY: install train cv test reliability bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml $(PLUGINS)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	# torch first and pinned: the CPU wheel on this disk; an unpinned torch pulls a CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]' $(foreach p,$(dir $(PLUGINS)),-e '$(p)[test]')
+	touch $@
+
+train: install
+	$(VENV)/bin/segtrack train
+
+cv: install
+	$(VENV)/bin/segtrack cv
+
+test: install
+	$(PY) -m pytest -q -m "not slow"
+
+reliability: install
+	$(PY) -m pytest -q tests/reliability
+
+bench: install
+	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) checkpoints exports mlflow.db mlartifacts .segtrack

@@ -1,0 +1,47 @@
+"""segtrack: lifecycle hooks and plugins for the PyTorch training loop of segmentation models.
+
+Importing segtrack loads no plugin and neither torch nor any tracking library; the trainer and
+records are imported on first use.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from segtrack.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    PluginHookError,
+    PluginLoadError,
+    SegtrackError,
+)
+
+__version__ = "0.1.0"
+
+hookimpl = pluggy.HookimplMarker("segtrack")
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "PluginHookError",
+    "PluginLoadError",
+    "SegmentationTrainer",
+    "SegtrackError",
+    "__version__",
+    "hookimpl",
+    "load_settings",
+]
+
+
+def __getattr__(name: str):
+    if name == "SegmentationTrainer":
+        from segtrack.trainer import SegmentationTrainer
+
+        return SegmentationTrainer
+    if name == "load_settings":
+        from segtrack.config import load_settings
+
+        return load_settings
+    raise AttributeError(f"module 'segtrack' has no attribute {name!r}")

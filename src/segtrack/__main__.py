@@ -1,0 +1,5 @@
+import sys
+
+from segtrack.cli import main
+
+sys.exit(main())

@@ -1,0 +1,124 @@
+"""Checkpoints as plain dicts: written atomically, read with ``weights_only=True`` only."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segtrack.errors import CheckpointError
+
+FORMAT = "segtrack.checkpoint"
+VERSION = 1
+
+
+def ensure_writable_dir(path: str | os.PathLike, setting: str) -> Path:
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".segtrack-probe-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise CheckpointError(
+            f"{setting} = {str(folder)!r} is not a writable folder ({exc.strerror}): "
+            f"choose another folder or fix its permissions"
+        ) from None
+    return folder
+
+
+def save_atomic(payload: dict[str, Any], path: str | os.PathLike) -> int:
+    """Write to a temp file in the same folder, fsync, rename over ``path``. Returns its size."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return target.stat().st_size
+
+
+def load(path: str | os.PathLike, signature: dict[str, Any]) -> dict[str, Any]:
+    """Read a segtrack checkpoint safely and check that it belongs to a model with ``signature``."""
+    source = Path(path)
+    if not source.is_file():
+        raise CheckpointError(f"checkpoint {str(source)!r} does not exist: pass an existing file or --resume auto")
+    corrupt = CheckpointError(
+        f"checkpoint {str(source)!r} is corrupt or truncated: resume from another checkpoint "
+        f"(e.g. best.pt) or start fresh"
+    )
+    if not zipfile.is_zipfile(source):  # torch.save writes a zip archive
+        raise corrupt
+    try:
+        payload = torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line),
+                      "objects other than tensors and plain data")
+        raise CheckpointError(
+            f"checkpoint {str(source)!r} was refused without running it ({detail}): only load "
+            f"checkpoints written by segtrack"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError):
+        raise corrupt from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{str(source)!r} is not a segtrack checkpoint: pass a file written by segtrack")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{str(source)!r} has checkpoint version {payload.get('version')!r}; this segtrack reads "
+                              f"version {VERSION}: resume with the segtrack version that wrote it")
+    if payload.get("model_signature") != signature:
+        raise CheckpointError(
+            f"{str(source)!r} is from another model ({payload.get('model_signature')}) than the configured one "
+            f"({signature}): use the settings it was trained with, or start fresh"
+        )
+    return payload
+
+
+def rng_state() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype("int64")), *np_state[2:]],
+        "python": _tuples_to_lists(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype("uint32"), *rest))
+    random.setstate(_lists_to_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples_to_lists(value):
+    return [_tuples_to_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _lists_to_tuples(value):
+    return tuple(_lists_to_tuples(v) for v in value) if isinstance(value, list) else value

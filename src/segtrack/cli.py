@@ -1,0 +1,146 @@
+"""The ``segtrack`` command. Imports neither torch nor any plugin's heavy dependency until a
+command that trains runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from segtrack import __version__
+from segtrack.errors import SegtrackError
+
+
+def _settings_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("settings")
+    group.add_argument("--config", metavar="FILE", help="TOML settings file layered over configs/settings.toml")
+    group.add_argument("--env", metavar="NAME", help="settings environment: development (default), testing, production")
+    group.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                       help="override one setting, e.g. --set train.epochs=3 (repeatable)")
+    group.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    return common
+
+
+def build_parser(plugin_manager=None) -> argparse.ArgumentParser:
+    common = _settings_options()
+    parser = argparse.ArgumentParser(
+        prog="segtrack", parents=[common],
+        description="Train segmentation models with lifecycle hooks and plugins.",
+        epilog="Set SEGTRACK_PLUGINS__AUTOLOAD=false to start without any installed plugin.",
+    )
+    parser.add_argument("--version", action="version", version=f"segtrack {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = sub.add_parser("train", parents=[common], help="train on the configured data")
+    train.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint; auto = <checkpoint.dir>/last.pt if present")
+    train.set_defaults(handler=_train)
+
+    cv = sub.add_parser("cv", parents=[common], help="k-fold cross-validation, one fit per fold")
+    cv.add_argument("--folds", type=int, metavar="K", help="number of folds (default: data.folds)")
+    cv.set_defaults(handler=_cv)
+
+    plugins = sub.add_parser("plugins", parents=[common], help="list plugins, their hooks and load failures")
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+    plugins.add_argument("--hooks", action="store_true", help="list every hook segtrack calls instead")
+    plugins.set_defaults(handler=_plugins)
+
+    if plugin_manager is not None:
+        plugin_manager.call("cli_commands", subparsers=sub)
+        for subparser in sub.choices.values():
+            _adopt_common(subparser, common)
+    return parser
+
+
+def _adopt_common(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    """Give plugin commands (and their subcommands) the settings options too."""
+    existing = {a.dest for a in parser._actions}
+    for action in common._actions:
+        if action.dest not in existing:
+            parser._add_action(action)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _adopt_common(child, common)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv in (["--version"], ["-V"]):
+        print(f"segtrack {__version__}")
+        return 0
+    early, _ = _settings_options().parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO if early.verbose else logging.WARNING,
+                        format="segtrack: %(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        from segtrack.config import load_settings
+        from segtrack.plugins import get_plugin_manager
+
+        settings = load_settings(early.config, early.env, early.overrides)
+        manager = get_plugin_manager(settings)
+        parser = build_parser(manager)
+        args = parser.parse_args(argv)
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return 2
+        args.plugin_manager = manager
+        code = args.handler(args, settings)
+        return 0 if code is None else int(code)
+    except SegtrackError as exc:
+        print(f"segtrack: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("segtrack: interrupted", file=sys.stderr)
+        return 130
+
+
+def _train(args, settings) -> int:
+    from segtrack.trainer import SegmentationTrainer
+
+    result = SegmentationTrainer(settings, plugin_manager=args.plugin_manager).fit(resume=args.resume)
+    return 0 if result.status in ("completed", "stopped") else 1
+
+
+def _cv(args, settings) -> int:
+    from segtrack.trainer import SegmentationTrainer
+
+    result = SegmentationTrainer(settings, plugin_manager=args.plugin_manager).cv(folds=args.folds)
+    return 0 if all(f.status in ("completed", "stopped") for f in result.folds) else 1
+
+
+def _plugins(args, settings) -> int:
+    from segtrack.plugins import hook_names
+    from segtrack import hookspecs
+
+    manager = args.plugin_manager
+    if args.hooks:
+        hooks = {name: (getattr(hookspecs, name).__doc__ or "").strip().splitlines()[0] for name in hook_names()}
+        if args.json:
+            print(json.dumps(hooks, indent=2))
+        else:
+            width = max(map(len, hooks))
+            print("\n".join(f"{name:<{width}}  {summary}" for name, summary in hooks.items()))
+        return 0
+    plugins = [
+        {"name": r.name, "source": r.source, "distribution": r.distribution, "version": r.version, "hooks": list(r.hooks)}
+        for r in manager.records.values()
+    ]
+    failed = [{"name": f.name, "distribution": f.distribution, "error": f.error} for f in manager.load_failures]
+    disabled = list(settings.get("plugins", {}).get("disabled", []))
+    if args.json:
+        print(json.dumps({"plugins": plugins, "failed": failed, "disabled": disabled}, indent=2))
+        return 0
+    for p in plugins:
+        origin = f"{p['distribution']} {p['version']}" if p["distribution"] else p["source"]
+        print(f"{p['name']}  ({origin}, {p['source']})\n    hooks: {', '.join(p['hooks']) or '-'}")
+    for f in failed:
+        print(f"{f['name']}  FAILED TO LOAD ({f['distribution']}): {f['error']}")
+    for name in disabled:
+        print(f"{name}  disabled (plugins.disabled)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

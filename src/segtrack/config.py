@@ -1,0 +1,220 @@
+"""Load and validate settings: built-in defaults < configs/settings.toml < --config FILE <
+SEGTRACK_* environment variables < --set KEY=VALUE."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from dynaconf import Dynaconf
+from dynaconf.utils.parse_conf import parse_conf_data
+
+from segtrack.errors import ConfigError
+
+DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
+PROJECT_FILE = Path("configs") / "settings.toml"
+SECRETS_FILE = Path("configs") / ".secrets.toml"
+ENVIRONMENTS = ("default", "development", "testing", "production")
+METRIC_NAMES = ("train_loss", "val_loss", "val_dice", "val_iou")
+
+# key -> (allowed types, check or None, what is allowed, in words)
+_number = (int, float)
+SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
+    "run.name": ((str,), lambda v: bool(v.strip()), "a non-empty string"),
+    "run.experiment": ((str,), lambda v: bool(v.strip()), "a non-empty string"),
+    "train.epochs": ((int,), lambda v: v >= 1, "an integer >= 1"),
+    "train.batch_size": ((int,), lambda v: v >= 1, "an integer >= 1"),
+    "train.lr": (_number, lambda v: v > 0, "a number > 0"),
+    "train.weight_decay": (_number, lambda v: v >= 0, "a number >= 0"),
+    "train.scheduler": ((str,), lambda v: v in ("cosine", "constant"), '"cosine" or "constant"'),
+    "train.seed": ((int,), lambda v: v >= 0, "an integer >= 0"),
+    "train.device": (
+        (str,),
+        lambda v: v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()),
+        '"auto", "cpu", "cuda" or "cuda:N"',
+    ),
+    "train.amp": ((str, bool), lambda v: v in ("auto", True, False), '"auto", true or false'),
+    "train.num_workers": ((int,), lambda v: v >= 0, "an integer >= 0"),
+    "train.dice_weight": (_number, lambda v: v >= 0, "a number >= 0"),
+    "train.augment": ((bool,), None, "true or false"),
+    "data.source": ((str,), lambda v: v in ("synthetic", "folder"), '"synthetic" or "folder"'),
+    "data.path": ((str,), None, "a folder path (string)"),
+    "data.num_samples": ((int,), lambda v: v >= 2, "an integer >= 2"),
+    "data.image_size": ((int,), lambda v: v >= 8, "an integer >= 8"),
+    "data.num_classes": ((int,), lambda v: 2 <= v <= 255, "an integer from 2 to 255"),
+    "data.val_fraction": (_number, lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)"),
+    "data.folds": ((int,), lambda v: v >= 2, "an integer >= 2"),
+    "model.name": ((str,), lambda v: v == "unet", '"unet"'),
+    "model.in_channels": ((int,), lambda v: v in (1, 3), "1 (grayscale) or 3 (RGB)"),
+    "model.width": ((int,), lambda v: 1 <= v <= 512, "an integer from 1 to 512"),
+    "model.depth": ((int,), lambda v: 1 <= v <= 6, "an integer from 1 to 6"),
+    "checkpoint.dir": ((str,), lambda v: bool(v.strip()), "a non-empty folder path"),
+    "checkpoint.monitor": ((str,), lambda v: v in METRIC_NAMES, " | ".join(METRIC_NAMES)),
+    "checkpoint.mode": ((str,), lambda v: v in ("max", "min"), '"max" or "min"'),
+    "checkpoint.keep": ((int,), lambda v: v >= 0, "an integer >= 0"),
+    "export.enabled": ((bool,), None, "true or false"),
+    "export.dir": ((str,), lambda v: bool(v.strip()), "a non-empty folder path"),
+    "export.opset": ((int,), lambda v: 11 <= v <= 23, "an integer from 11 to 23"),
+    "export.tolerance": (_number, lambda v: v > 0, "a number > 0"),
+    "plugins.autoload": ((bool,), None, "true or false"),
+    "plugins.disabled": (
+        (list,),
+        lambda v: all(isinstance(n, str) and n for n in v),
+        "a list of plugin names",
+    ),
+    "plugins.strict": ((bool,), None, "true or false"),
+    "plugins.fit_end_timeout": (_number, lambda v: v > 0, "a number of seconds > 0"),
+}
+CORE_SECTIONS = frozenset(key.split(".")[0] for key in SCHEMA)
+
+
+def load_settings(
+    config_file: str | os.PathLike | None = None,
+    env: str | None = None,
+    overrides: Iterable[str] = (),
+    project_dir: str | os.PathLike | None = None,
+) -> Dynaconf:
+    """Resolve settings from every layer and validate the core sections.
+
+    ``overrides`` are ``"section.key=value"`` strings (values parsed as TOML, so ``3`` is an int,
+    ``[1, 2]`` a list, ``abc`` a string). Raises ``ConfigError`` naming every problem found.
+    """
+    base = Path(project_dir) if project_dir is not None else Path.cwd()
+    files = [DEFAULTS_FILE]
+    for optional in (base / PROJECT_FILE, base / SECRETS_FILE):
+        if optional.is_file():
+            files.append(optional)
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist: pass an existing TOML file to --config")
+        files.append(path)
+    for path in files:
+        _check_toml(path)
+    env = env or os.environ.get("SEGTRACK_ENV") or "development"
+    if env not in ENVIRONMENTS:
+        raise ConfigError(f"unknown environment {env!r}: use one of {', '.join(ENVIRONMENTS[1:])}")
+    settings = Dynaconf(
+        envvar_prefix="SEGTRACK",
+        settings_files=[str(f) for f in files],
+        environments=True,
+        env=env,
+        env_switcher="SEGTRACK_ENV",
+        merge_enabled=True,
+        load_dotenv=False,
+    )
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or "." not in key:
+            raise ConfigError(f"--set {item!r} is not SECTION.KEY=VALUE: write e.g. --set train.epochs=3")
+        settings.set(key, parse_conf_data(raw.strip(), tomlfy=True))
+    validate(resolved_dict(settings))
+    return settings
+
+
+def _check_toml(path: Path) -> None:
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}): fix the syntax at that line") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}: check the path and its permissions") from None
+    stray = [k for k in data if k not in ENVIRONMENTS and k.lower() != "dynaconf_merge"]
+    if stray:
+        raise ConfigError(
+            f"{path}: top-level table(s) {', '.join(map(repr, stray))} are not an environment: "
+            f"nest settings under [{'|'.join(ENVIRONMENTS)}], e.g. [default.train]"
+        )
+
+
+def resolved_dict(settings: Dynaconf) -> dict[str, Any]:
+    """Plain nested dict of every section (lower-case names), without Dynaconf internals."""
+    out = {}
+    for key, value in settings.as_dict().items():
+        if isinstance(value, Mapping):
+            out[key.lower()] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k).lower(): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def validate(config: Mapping[str, Any]) -> None:
+    """Check every core key's type and range, and reject unknown keys in core sections."""
+    problems = []
+    for section in CORE_SECTIONS:
+        given = config.get(section, {})
+        if not isinstance(given, Mapping):
+            problems.append(f"{section}: expected a table of settings, got {given!r}")
+            continue
+        known = [k.split(".", 1)[1] for k in SCHEMA if k.startswith(section + ".")]
+        for key in given:
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                fix = f"did you mean {section}.{hint[0]}?" if hint else f"known keys: {', '.join(known)}"
+                problems.append(f"{section}.{key}: unknown setting ({fix})")
+    for dotted, (types, check, allowed) in SCHEMA.items():
+        section, key = dotted.split(".", 1)
+        value = config.get(section, {}).get(key, _MISSING) if isinstance(config.get(section), Mapping) else _MISSING
+        if value is _MISSING:
+            problems.append(f"{dotted}: missing (allowed: {allowed})")
+            continue
+        wrong_type = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        if wrong_type or (check is not None and not check(value)):
+            problems.append(f"{dotted} = {value!r} is invalid: allowed is {allowed}")
+    if problems:
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+
+
+_MISSING = object()
+
+
+def check_plugin_sections(config: Mapping[str, Any], plugin_names: Iterable[str]) -> None:
+    """Every non-core section must belong to a known (installed, registered or disabled) plugin."""
+    names = set(plugin_names)
+    stray = [s for s in config if s not in CORE_SECTIONS and s not in names]
+    if stray:
+        allowed = sorted(CORE_SECTIONS | names)
+        parts = []
+        for section in stray:
+            hint = difflib.get_close_matches(section, allowed, n=1)
+            parts.append(f"{section!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        raise ConfigError(
+            f"unknown settings section(s) {', '.join(parts)}: a section is a core section or the "
+            f"name of an installed plugin ({', '.join(allowed)})"
+        )
+
+
+def secret_keys(project_dir: str | os.PathLike | None = None) -> frozenset[str]:
+    """Dotted keys defined in configs/.secrets.toml: never to be logged anywhere."""
+    import tomllib
+
+    path = (Path(project_dir) if project_dir else Path.cwd()) / SECRETS_FILE
+    if not path.is_file():
+        return frozenset()
+    with open(path, "rb") as fh:
+        data = tomllib.load(fh)
+    keys = set()
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                walk(f"{prefix}.{k.lower()}" if prefix else k.lower(), v)
+        else:
+            keys.add(prefix)
+
+    for env_table in data.values():
+        walk("", env_table)
+    return frozenset(keys)

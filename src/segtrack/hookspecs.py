@@ -1,0 +1,262 @@
+"""Every hook segtrack calls, grouped by phase.
+
+Conventions for every hook below:
+
+* Hooks are called by the training loop only, always with keyword arguments. An implementation
+  takes only the arguments it needs, by name, without defaults.
+* Unless a hook says otherwise it fires on rank 0 only under ``torchrun``.
+* Each implementation is isolated: when it raises, segtrack reports the error once per plugin and
+  hook (with the plugin's name and traceback), counts it in ``FitResult.plugin_failures`` and keeps
+  training; the other plugins still run. With ``plugins.strict = true`` the first error stops the
+  fit instead (``PluginHookError``, the fit ends with status ``failed``). The only exception that is
+  never swallowed is ``segtrack.ConfigError`` from ``settings_loaded``.
+* No hook stops training by raising. A plugin that wants to stop (early stopping, a budget) calls
+  ``trainer.request_stop(reason)``; the fit finishes the current epoch, saves its checkpoints and
+  ends with status ``stopped``.
+* ``trainer`` is the running ``SegmentationTrainer``; plugins may read ``trainer.model``,
+  ``trainer.device``, ``trainer.epoch`` and ``trainer.settings`` and call ``trainer.request_stop``.
+  Everything else on it is internal.
+* hookwrappers are not supported: each implementation is called on its own.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("segtrack")
+
+# -- configuration and command line -------------------------------------------------------------
+
+
+@hookspec
+def settings_loaded(settings):
+    """Check this plugin's own settings before any work starts.
+
+    Fires once per trainer (on every rank) after segtrack validated its own sections and before
+    ``fit_start`` or ``cross_validation_start``.
+
+    :param settings: the resolved settings (Dynaconf object); read, do not modify.
+    :return: ignored.
+    :raises segtrack.ConfigError: rejects the settings; this is fatal, propagates to the caller and
+        the CLI exits with status 2 before training. Any other exception is isolated as usual.
+    """
+
+
+@hookspec
+def cli_commands(subparsers):
+    """Add subcommands to the ``segtrack`` command line.
+
+    Fires when the CLI builds its parser, before arguments are parsed (no trainer exists).
+
+    :param subparsers: the ``argparse`` subparsers action of ``segtrack``. Call
+        ``subparsers.add_parser(name, help=...)`` and ``parser.set_defaults(handler=func)``;
+        ``func(args, settings)`` runs the command and returns an exit code (``None`` means 0).
+    :return: ignored.
+    :raises: a plugin that raises here is reported and its commands are missing; other commands
+        still work.
+    """
+
+
+# -- one fit ------------------------------------------------------------------------------------
+
+
+@hookspec
+def fit_start(trainer, run):
+    """A fit begins.
+
+    Fires after the model, data and optimizer are ready (and a checkpoint restored, when
+    resuming, including every plugin's ``load_state_dict``), before the first epoch.
+
+    :param trainer: the running trainer.
+    :param run: ``RunInfo``: run name, resolved config, fold, ranks, dataset fingerprints,
+        ``start_epoch`` and ``resumed_from``.
+    :return: ignored.
+    :raises: isolated (see the module docs).
+    """
+
+
+@hookspec
+def epoch_start(trainer, run, epoch):
+    """An epoch begins.
+
+    Fires before the first training batch of each epoch, after ``fit_start``.
+
+    :param trainer: the running trainer.
+    :param run: ``RunInfo`` of this fit.
+    :param epoch: the 0-based epoch index.
+    :return: ignored.
+    :raises: isolated.
+    """
+
+
+@hookspec
+def train_batch_end(trainer, run, step):
+    """An optimizer step finished.
+
+    Fires after every optimizer step (after ``optimizer.step()``), between ``epoch_start`` and
+    ``validation_end``. It is the hot path: keep it cheap, and do slow work (I/O, network) off
+    the training thread.
+
+    :param trainer: the running trainer.
+    :param run: ``RunInfo`` of this fit.
+    :param step: ``StepResult``: epoch, batch index, global step, loss, learning rate.
+    :return: ignored.
+    :raises: isolated.
+    """
+
+
+@hookspec
+def validation_end(trainer, run, result):
+    """The validation pass of an epoch finished.
+
+    Fires after the last validation batch, before ``epoch_end`` of the same epoch.
+
+    :param trainer: the running trainer.
+    :param run: ``RunInfo`` of this fit.
+    :param result: ``ValidationResult``: loss, Dice, IoU, per-class Dice, and a few fixed
+        validation samples with predictions (for overlays).
+    :return: ignored.
+    :raises: isolated.
+    """
+
+
+@hookspec
+def epoch_end(trainer, run, epoch):
+    """An epoch finished.
+
+    Fires after ``validation_end`` and after the learning-rate scheduler stepped, before the
+    epoch's checkpoints are written (so ``checkpoint_saved`` follows it).
+
+    :param trainer: the running trainer; ``trainer.request_stop(reason)`` ends the fit after
+        this epoch's checkpoints.
+    :param run: ``RunInfo`` of this fit.
+    :param epoch: ``EpochResult``: ``train_loss``, ``val_loss``, ``val_dice``, ``val_iou``,
+        ``lr``, whether it is the best epoch so far, best value and epoch.
+    :return: ignored.
+    :raises: isolated.
+    """
+
+
+@hookspec
+def checkpoint_saved(trainer, run, checkpoint):
+    """A checkpoint file was written atomically (temp file, then rename).
+
+    Fires after ``epoch_end``, once per file written: ``best`` when the monitored metric
+    improved, then ``last`` every epoch (and ``epoch`` snapshots when ``checkpoint.keep > 0``).
+
+    :param trainer: the running trainer.
+    :param run: ``RunInfo`` of this fit.
+    :param checkpoint: ``CheckpointInfo``: path, kind, epoch, monitored value, size.
+    :return: ignored.
+    :raises: isolated.
+    """
+
+
+@hookspec
+def model_exported(trainer, run, export):
+    """The best model was exported.
+
+    Fires once after the last epoch, before ``fit_end``, when ``export.enabled`` is true and the
+    export succeeded. The parity check in onnxruntime has already run.
+
+    :param trainer: the running trainer.
+    :param run: ``RunInfo`` of this fit.
+    :param export: ``ExportInfo``: file path, opset, epoch of the weights, max abs difference.
+    :return: ignored.
+    :raises: isolated.
+    """
+
+
+@hookspec
+def fit_exception(trainer, run, error):
+    """The fit raised or was interrupted.
+
+    Fires once when an exception leaves the training loop (including ``KeyboardInterrupt``
+    and SIGTERM, which segtrack turns into ``KeyboardInterrupt``), before ``fit_end``. The
+    original exception propagates after ``fit_end``.
+
+    :param trainer: the running trainer.
+    :param run: ``RunInfo`` of this fit.
+    :param error: the exception.
+    :return: ignored.
+    :raises: isolated; it never replaces the original exception.
+    """
+
+
+@hookspec
+def fit_end(trainer, run, result):
+    """A fit ended, whatever the outcome.
+
+    Fires last, exactly once per ``fit_start``, on success, on a requested stop, after
+    ``fit_exception`` on failure. Close runs and flush buffers here.
+
+    :param trainer: the running trainer.
+    :param run: ``RunInfo`` of this fit.
+    :param result: ``FitResult``: status (``completed``, ``stopped``, ``failed``,
+        ``interrupted``), epochs completed, best value and epoch, checkpoint paths, export, plugin
+        failures so far.
+    :return: ignored.
+    :raises: isolated. Each implementation is bounded by ``plugins.fit_end_timeout`` seconds;
+        one that takes longer is reported and left behind in a daemon thread.
+    """
+
+
+# -- cross-validation ---------------------------------------------------------------------------
+
+
+@hookspec
+def cross_validation_start(trainer, info):
+    """A k-fold cross-validation begins.
+
+    Fires once before the first fold's ``fit_start``.
+
+    :param trainer: the trainer that will run every fold.
+    :param info: ``CrossValidationInfo``: cv id (also in each fold's ``RunInfo.cv_id``), number
+        of folds, resolved config, run name.
+    :return: ignored.
+    :raises: isolated.
+    """
+
+
+@hookspec
+def cross_validation_end(trainer, result):
+    """A k-fold cross-validation ended.
+
+    Fires once after the last fold's ``fit_end``, also when a fold failed (then ``result``
+    holds the folds that ran, and the exception propagates afterwards).
+
+    :param trainer: the trainer that ran the folds.
+    :param result: ``CrossValidationResult``: every fold's ``FitResult`` and, per epoch
+        metric, mean, std, min and max over folds (each fold at its best epoch).
+    :return: ignored.
+    :raises: isolated.
+    """
+
+
+# -- plugin state in checkpoints ----------------------------------------------------------------
+
+
+@hookspec
+def state_dict():
+    """Return this plugin's state to store in the checkpoint.
+
+    Fires each time a checkpoint is written, just before it is written. The value is stored
+    under the plugin's name, and handed back to this plugin only, through ``load_state_dict``.
+
+    :return: plain data (dict, list, str, int, float, bool, None), loadable with
+        ``torch.load(weights_only=True)``; ``None`` stores nothing.
+    :raises: isolated; the checkpoint is written without this plugin's state.
+    """
+
+
+@hookspec
+def load_state_dict(state):
+    """Restore this plugin's state from a checkpoint.
+
+    Fires when a fit resumes, before ``fit_start``, only for plugins whose state the checkpoint
+    holds.
+
+    :param state: what this plugin's ``state_dict`` returned.
+    :return: ignored.
+    :raises: isolated.
+    """

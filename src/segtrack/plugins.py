@@ -1,0 +1,274 @@
+"""Build one plugin manager per trainer and call hooks with each plugin isolated."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import threading
+import traceback
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from segtrack import hookspecs
+from segtrack.errors import ConfigError, PluginHookError, PluginLoadError
+from segtrack.records import PluginFailure
+
+ENTRY_POINT_GROUP = "segtrack.plugins"
+log = logging.getLogger("segtrack.plugins")
+
+
+@dataclass(frozen=True)
+class PluginRecord:
+    name: str
+    source: str  # "builtin", "entry point" or "code"
+    distribution: str | None
+    version: str | None
+    hooks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    name: str
+    distribution: str | None
+    error: str
+
+
+def builtin_plugins() -> dict[str, Any]:
+    """Plugins shipped with the core, by name (instances are made per manager)."""
+    from segtrack.progress import ProgressPlugin
+
+    return {"progress": ProgressPlugin}
+
+
+def installed_entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+class PluginManager:
+    """A pluggy manager plus isolated dispatch, failure accounting and plugin metadata."""
+
+    def __init__(self, strict: bool = False, rank: int = 0, fit_end_timeout: float = 120.0):
+        self.pm = pluggy.PluginManager("segtrack")
+        self.pm.add_hookspecs(hookspecs)
+        self.strict = strict
+        self.rank = rank
+        self.fit_end_timeout = fit_end_timeout
+        self.records: dict[str, PluginRecord] = {}
+        self.load_failures: list[LoadFailure] = []
+        self._failures: dict[tuple[str, str], list] = {}
+        self._impls: dict[str, list[tuple[str, Any, tuple[str, ...]]]] = {}
+
+    # -- registration ---------------------------------------------------------------------------
+
+    def register(self, plugin: Any, name: str, source: str, distribution=None, version=None) -> None:
+        if isinstance(plugin, type):
+            plugin = plugin()  # a class entry point gets a fresh instance per manager
+        if name in self.records:
+            raise PluginLoadError(f"two plugins are named {name!r}: rename one (a plugin's name must be unique)")
+        self.pm.register(plugin, name=name)
+        hooks = []
+        for hook_caller in self.pm.get_hookcallers(plugin) or []:
+            for impl in hook_caller.get_hookimpls():
+                if impl.plugin is plugin and (impl.hookwrapper or impl.wrapper):
+                    self.pm.unregister(plugin)
+                    raise PluginLoadError(
+                        f"plugin {name!r}: hook {hook_caller.name!r} is a wrapper; segtrack calls each "
+                        f"implementation on its own: drop hookwrapper=/wrapper= from its hookimpl"
+                    )
+            hooks.append(hook_caller.name)
+        self.records[name] = PluginRecord(name, source, distribution, version, tuple(sorted(hooks)))
+        self._impls.clear()
+
+    def names(self) -> list[str]:
+        return list(self.records)
+
+    def get_plugin(self, name: str) -> Any:
+        return self.pm.get_plugin(name)
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def _implementations(self, hook: str) -> list[tuple[str, Any, tuple[str, ...]]]:
+        impls = self._impls.get(hook)
+        if impls is None:
+            caller = getattr(self.pm.hook, hook)
+            # pluggy's order: last registered first, tryfirst/trylast respected
+            impls = [(i.plugin_name, i.function, tuple(i.argnames)) for i in reversed(caller.get_hookimpls())]
+            self._impls[hook] = impls
+        return impls
+
+    def call(self, hook: str, /, **kwargs: Any) -> None:
+        """Call every implementation of ``hook`` (rank 0 only); a raising one is reported, not fatal."""
+        if self.rank != 0:
+            return
+        self._dispatch(hook, kwargs)
+
+    def call_all_ranks(self, hook: str, /, **kwargs: Any) -> None:
+        self._dispatch(hook, kwargs)
+
+    def _dispatch(self, hook: str, kwargs: Mapping[str, Any]) -> None:
+        for plugin, func, argnames in self._implementations(hook):
+            try:
+                func(*[kwargs[a] for a in argnames])
+            except Exception as exc:  # isolation is the point: any plugin error is contained
+                if hook == "settings_loaded" and isinstance(exc, ConfigError):
+                    raise
+                self._failed(plugin, hook, exc)
+
+    def collect(self, hook: str, /, **kwargs: Any) -> dict[str, Any]:
+        """Each plugin's return value of ``hook``, by plugin name (None values dropped)."""
+        results = {}
+        for plugin, func, argnames in self._implementations(hook):
+            try:
+                value = func(*[kwargs[a] for a in argnames])
+            except Exception as exc:
+                self._failed(plugin, hook, exc)
+                continue
+            if value is not None:
+                results[plugin] = value
+        return results
+
+    def call_one(self, plugin_name: str, hook: str, /, **kwargs: Any) -> None:
+        """Call ``hook`` of one plugin only (e.g. ``load_state_dict`` with its own state)."""
+        for plugin, func, argnames in self._implementations(hook):
+            if plugin == plugin_name:
+                try:
+                    func(*[kwargs[a] for a in argnames])
+                except Exception as exc:
+                    self._failed(plugin, hook, exc)
+
+    def call_bounded(self, hook: str, timeout: float, /, **kwargs: Any) -> None:
+        """Like ``call``, but each implementation gets at most ``timeout`` seconds."""
+        if self.rank != 0:
+            return
+        for plugin, func, argnames in self._implementations(hook):
+            outcome: list[BaseException] = []
+
+            def target(func=func, argnames=argnames, outcome=outcome):
+                try:
+                    func(*[kwargs[a] for a in argnames])
+                except BaseException as exc:  # reported on the caller's thread
+                    outcome.append(exc)
+
+            worker = threading.Thread(target=target, name=f"segtrack-{plugin}-{hook}", daemon=True)
+            worker.start()
+            worker.join(timeout)
+            if worker.is_alive():
+                self._failed(plugin, hook, TimeoutError(
+                    f"still running after {timeout:g} s (plugins.fit_end_timeout); left behind"))
+            elif outcome and isinstance(outcome[0], Exception):
+                self._failed(plugin, hook, outcome[0])
+            elif outcome:
+                raise outcome[0]
+
+    def _failed(self, plugin: str, hook: str, exc: BaseException) -> None:
+        if self.strict:
+            raise PluginHookError(plugin, hook, exc) from exc
+        entry = self._failures.get((plugin, hook))
+        if entry is None:
+            summary = f"{type(exc).__name__}: {exc}"
+            self._failures[(plugin, hook)] = [1, summary]
+            tb = "".join(traceback.format_exception(exc))
+            log.warning(
+                "plugin %r failed in hook %r and was skipped (training continues; later failures of "
+                "this hook are counted, not repeated):\n%s", plugin, hook, tb,
+            )
+        else:
+            entry[0] += 1
+
+    def failures(self) -> tuple[PluginFailure, ...]:
+        return tuple(PluginFailure(p, h, n, e) for (p, h), (n, e) in self._failures.items())
+
+
+def get_plugin_manager(
+    settings: Any = None,
+    plugins: Iterable[Any] = (),
+    *,
+    autoload: bool | None = None,
+    disabled: Iterable[str] | None = None,
+    strict: bool | None = None,
+    rank: int = 0,
+) -> PluginManager:
+    """The one factory: specs, blocked names, builtins, entry points, code plugins, check_pending.
+
+    Arguments override the ``plugins.*`` settings. ``plugins`` are objects (or classes) passed in
+    code; each is named by its ``name`` attribute, else its lower-case class name.
+    """
+    section = _plugin_settings(settings)
+    autoload = section.get("autoload", True) if autoload is None else autoload
+    disabled = list(section.get("disabled", []) if disabled is None else disabled)
+    strict = section.get("strict", False) if strict is None else strict
+    manager = PluginManager(strict=strict, rank=rank, fit_end_timeout=section.get("fit_end_timeout", 120.0))
+
+    builtins = builtin_plugins()
+    available = installed_entry_points()
+    unknown = [n for n in disabled if n not in builtins and n not in available]
+    if unknown:
+        known = sorted(set(builtins) | set(available))
+        hints = {n: difflib.get_close_matches(n, known, n=1) for n in unknown}
+        detail = ", ".join(f"{n!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for n, h in hints.items())
+        raise ConfigError(
+            f"plugins.disabled names unknown plugin(s) {detail}: known plugins are "
+            f"{', '.join(known) or 'none'}; remove the name or install the plugin"
+        )
+    for name in disabled:
+        manager.pm.set_blocked(name)
+
+    for name, factory in builtins.items():
+        if not manager.pm.is_blocked(name):
+            manager.register(factory, name, "builtin", "segtrack", _core_version())
+
+    if autoload:
+        for name, ep in sorted(available.items()):
+            if manager.pm.is_blocked(name):
+                continue  # blocked before import: its code never runs
+            dist = ep.dist.name if ep.dist else None
+            version = ep.dist.version if ep.dist else None
+            try:
+                manager.register(ep.load(), name, "entry point", dist, version)
+            except Exception as exc:
+                message = f"{type(exc).__name__}: {exc}"
+                if strict:
+                    raise PluginLoadError(
+                        f"plugin {name!r} ({dist}) failed to load: {message} (plugins.strict is true; "
+                        f"fix or uninstall it, or add {name!r} to plugins.disabled)"
+                    ) from exc
+                manager.load_failures.append(LoadFailure(name, dist, message))
+                log.warning("plugin %r (%s) failed to load and is skipped: %s; add it to "
+                            "plugins.disabled to silence this", name, dist, message)
+
+    for plugin in plugins:
+        name = getattr(plugin, "name", None)
+        if not isinstance(name, str):
+            name = (plugin if isinstance(plugin, type) else type(plugin)).__name__.lower()
+        manager.register(plugin, name, "code", None, None)
+
+    try:
+        manager.pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginLoadError(
+            f"{exc}: a hookimpl's name matches no segtrack hook; check its spelling against "
+            f"`segtrack plugins --hooks`"
+        ) from None
+    return manager
+
+
+def _plugin_settings(settings: Any) -> Mapping[str, Any]:
+    if settings is None:
+        return {}
+    if isinstance(settings, Mapping):
+        return settings.get("plugins", {})
+    return settings.get("plugins", {}) or {}
+
+
+def _core_version() -> str:
+    from segtrack import __version__
+
+    return __version__
+
+
+def hook_names() -> list[str]:
+    return sorted(n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "segtrack_spec"))

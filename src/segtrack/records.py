@@ -1,0 +1,178 @@
+"""Frozen records handed to hooks. Fields are only ever added, never renamed or removed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+
+def freeze(value: Any) -> Any:
+    """Deep read-only copy of plain config data: dicts become mappingproxies, lists tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """Plain mutable copy of frozen data (dicts and lists), e.g. to serialise it."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
+EPOCH_METRICS = ("train_loss", "val_loss", "val_dice", "val_iou", "lr")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One fit: who runs it, on what, with which resolved settings."""
+
+    run_name: str
+    config: Mapping[str, Any]  # resolved settings, read-only, nested by section
+    device: str
+    rank: int
+    world_size: int
+    local_rank: int
+    fold: int | None  # fold index in cross-validation, None for a plain fit
+    num_folds: int | None
+    cv_id: str | None  # shared by every fold of one cross-validation
+    train_sha256: str  # order-independent fingerprint of the training split
+    val_sha256: str  # the same for the validation (test) split
+    num_train: int
+    num_val: int
+    num_parameters: int
+    start_epoch: int  # first epoch this process trains (> 0 when resumed)
+    resumed_from: str | None  # checkpoint path when resumed
+    segtrack_version: str
+    plugins: tuple[tuple[str, str], ...]  # (name, version) of every registered plugin
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One optimizer step."""
+
+    epoch: int
+    batch_index: int  # index within the epoch
+    global_step: int  # optimizer steps since the fit began, counting resumed ones
+    loss: float
+    lr: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class ValidationSample:
+    """One validation image with its truth and the model's prediction (numpy arrays)."""
+
+    image: Any  # float32 array, channels x height x width, values in [0, 1]
+    mask: Any  # int64 array, height x width, class ids
+    prediction: Any  # int64 array, height x width, class ids
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """The validation pass at the end of one epoch."""
+
+    epoch: int
+    val_loss: float
+    val_dice: float  # mean Dice over foreground classes present in truth or prediction
+    val_iou: float  # mean IoU over the same classes
+    per_class_dice: tuple[float, ...]  # index = class id; NaN where the class never occurs
+    num_samples: int
+    samples: tuple[ValidationSample, ...] = ()  # a fixed few, the same every epoch
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """One finished epoch (training and validation)."""
+
+    epoch: int  # 0-based
+    metrics: Mapping[str, float]  # train_loss, val_loss, val_dice, val_iou, lr
+    monitor: str  # name of the monitored metric, e.g. "val_dice"
+    is_best: bool  # this epoch improved the monitored metric
+    best_value: float
+    best_epoch: int
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint file that was just written atomically."""
+
+    path: str
+    kind: str  # "best", "last" or "epoch"
+    epoch: int
+    monitor: str
+    value: float  # the monitored metric at that epoch
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """A model export, checked in onnxruntime against torch on a held validation batch."""
+
+    path: str
+    format: str  # "onnx"
+    opset: int
+    epoch: int  # epoch of the exported (best) weights
+    input_shape: tuple[int, ...]  # the held batch used for the parity check
+    max_abs_diff: float
+    parity_ok: bool  # max_abs_diff <= export.tolerance
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin hook that raised; reported once, counted every time."""
+
+    plugin: str
+    hook: str
+    count: int
+    error: str  # "ExceptionType: message" of the first failure
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The outcome of one fit."""
+
+    status: str  # "completed", "stopped" (a plugin asked), "failed" or "interrupted"
+    epochs_completed: int
+    best_value: float
+    best_epoch: int
+    monitor: str
+    final_metrics: Mapping[str, float]  # metrics of the last completed epoch
+    best_metrics: Mapping[str, float]  # metrics of the best epoch
+    best_checkpoint: str | None
+    last_checkpoint: str | None
+    export: ExportInfo | None
+    export_error: str | None  # why the export failed, when it did (the fit still completes)
+    stop_reason: str | None
+    error: str | None  # "ExceptionType: message" when failed or interrupted
+    plugin_failures: tuple[PluginFailure, ...] = field(default=())
+    fold: int | None = None
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class CrossValidationInfo:
+    """A cross-validation about to run its folds."""
+
+    cv_id: str
+    num_folds: int
+    config: Mapping[str, Any]
+    run_name: str
+
+
+@dataclass(frozen=True)
+class CrossValidationResult:
+    """Every fold's result and the summary across folds."""
+
+    cv_id: str
+    num_folds: int
+    folds: tuple[FitResult, ...]
+    # metric -> {"mean", "std", "min", "max"} over folds, from each fold's best epoch
+    summary: Mapping[str, Mapping[str, float]]

@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny settings, a hook recorder, and real (on-disk) fake distributions."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+TINY = [
+    "train.epochs=2", "train.batch_size=4", "train.lr=0.01", "data.num_samples=16", "data.image_size=16",
+    "model.width=4", "model.depth=1", "export.enabled=false",
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    """No SEGTRACK_/MLFLOW_ setting leaks in from the caller; each test works in its own folder."""
+    for key in list(os.environ):
+        if key.startswith(("SEGTRACK_", "MLFLOW_")):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def settings_factory(tmp_path):
+    from segtrack.config import load_settings
+
+    def make(*overrides: str, config_file=None, env=None):
+        return load_settings(config_file, env, [*TINY, *overrides], project_dir=tmp_path)
+
+    return make
+
+
+@pytest.fixture
+def trainer_factory(settings_factory):
+    """A trainer with autoload off: installed plugins never leak into core tests."""
+    from segtrack.plugins import get_plugin_manager
+    from segtrack.trainer import SegmentationTrainer
+
+    def make(*overrides: str, plugins=(), strict=None, builtins_off=True):
+        settings = settings_factory(*overrides)
+        disabled = ["progress"] if builtins_off else []
+        manager = get_plugin_manager(settings, plugins, autoload=False, disabled=disabled, strict=strict)
+        return SegmentationTrainer(settings, plugin_manager=manager)
+
+    return make
+
+
+@pytest.fixture
+def fake_dist(tmp_path, monkeypatch):
+    """Write an installed distribution (dist-info + module) that declares a segtrack entry point."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+
+    def make(dist: str, entry_name: str, module: str, source: str, target: str | None = None):
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+        info = site / f"{dist.replace('-', '_')}-1.2.3.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+        (info / "entry_points.txt").write_text(f"[segtrack.plugins]\n{entry_name} = {target or module}\n")
+        import importlib
+
+        importlib.invalidate_caches()
+        sys.modules.pop(module, None)
+        return site
+
+    return make

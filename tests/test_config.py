@@ -1,0 +1,49 @@
+"""Settings layers: defaults < project file < --config < env vars < --set."""
+
+from __future__ import annotations
+
+import pytest
+
+from segtrack import ConfigError
+from segtrack.config import load_settings, resolved_dict, secret_keys
+
+
+def test_layers_override_in_order(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "settings.toml").write_text(
+        "[default.train]\nepochs = 4\nbatch_size = 2\nlr = 0.5\n[testing.train]\nepochs = 5\n")
+    (tmp_path / "extra.toml").write_text("[default.train]\nbatch_size = 3\nlr = 0.25\n")
+    monkeypatch.setenv("SEGTRACK_TRAIN__LR", "0.125")
+    cfg = resolved_dict(load_settings(tmp_path / "extra.toml", "testing", ["train.seed=7"], project_dir=tmp_path))
+    assert cfg["train"]["epochs"] == 5  # environment table beats [default]
+    assert cfg["train"]["batch_size"] == 3  # --config beats the project file
+    assert cfg["train"]["lr"] == 0.125  # env var beats files
+    assert cfg["train"]["seed"] == 7  # --set
+    assert cfg["train"]["weight_decay"] == 0.0001  # built-in default
+
+
+def test_env_switcher_and_set_parse_toml_values(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "settings.toml").write_text("[production.train]\nepochs = 50\n")
+    monkeypatch.setenv("SEGTRACK_ENV", "production")
+    cfg = resolved_dict(load_settings(project_dir=tmp_path, overrides=["plugins.disabled=['a', 'b']"]))
+    assert cfg["train"]["epochs"] == 50 and cfg["plugins"]["disabled"] == ["a", "b"]
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_settings(project_dir=tmp_path, overrides=["train.epochs=0", "data.val_fraction=1.5"])
+    assert "train.epochs = 0" in str(info.value) and "data.val_fraction = 1.5" in str(info.value)
+
+
+def test_secret_keys_are_listed(tmp_path):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / ".secrets.toml").write_text("[default.mlflow]\npassword = 'hunter2'\n")
+    assert secret_keys(tmp_path) == {"mlflow.password"}
+
+
+def test_repository_profiles_are_valid(monkeypatch):
+    from conftest import REPO
+
+    for env in ("development", "testing", "production"):
+        load_settings(env=env, project_dir=REPO)

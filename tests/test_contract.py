@@ -1,0 +1,63 @@
+"""Hook names and argument names are a public contract: pinned here, documented everywhere."""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+from segtrack import hookspecs
+from segtrack.plugins import hook_names
+from conftest import REPO
+
+PINNED = {
+    "settings_loaded": ["settings"],
+    "cli_commands": ["subparsers"],
+    "fit_start": ["trainer", "run"],
+    "epoch_start": ["trainer", "run", "epoch"],
+    "train_batch_end": ["trainer", "run", "step"],
+    "validation_end": ["trainer", "run", "result"],
+    "epoch_end": ["trainer", "run", "epoch"],
+    "checkpoint_saved": ["trainer", "run", "checkpoint"],
+    "model_exported": ["trainer", "run", "export"],
+    "fit_exception": ["trainer", "run", "error"],
+    "fit_end": ["trainer", "run", "result"],
+    "cross_validation_start": ["trainer", "info"],
+    "cross_validation_end": ["trainer", "result"],
+    "state_dict": [],
+    "load_state_dict": ["state"],
+}
+
+
+def test_hook_names_and_arguments_are_pinned():
+    assert sorted(PINNED) == hook_names()
+    for name, args in PINNED.items():
+        assert list(inspect.signature(getattr(hookspecs, name)).parameters) == args, name
+
+
+def test_every_hook_documents_when_arguments_return_and_raise():
+    for name in hook_names():
+        doc = inspect.getdoc(getattr(hookspecs, name))
+        assert doc, f"{name} has no docstring"
+        assert re.search(r"\bFires\b", doc), f"{name}: say when it fires"
+        for arg in PINNED[name]:
+            assert f":param {arg}:" in doc, f"{name}: document argument {arg!r}"
+        assert ":return" in doc, f"{name}: say what a return value does"
+        assert ":raises" in doc, f"{name}: say what raising does"
+
+
+def test_every_hook_is_in_the_readme_and_in_a_test():
+    readme = (REPO / "README.md").read_text()
+    tests = "".join(p.read_text() for p in (REPO / "tests").glob("*.py") if p.name != "test_contract.py")
+    for name in hook_names():
+        assert f"`{name}" in readme, f"README's hook reference lacks {name}"
+        assert name in tests, f"no test exercises {name}"
+
+
+def test_records_are_frozen():
+    import dataclasses
+
+    from segtrack import records
+
+    for obj in vars(records).values():
+        if dataclasses.is_dataclass(obj):
+            assert obj.__dataclass_params__.frozen, obj.__name__

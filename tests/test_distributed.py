@@ -1,0 +1,57 @@
+"""torchrun with two CPU processes (gloo): hooks on rank 0 only, checkpoints written once."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    from segtrack import SegmentationTrainer, hookimpl, load_settings
+    from segtrack.plugins import get_plugin_manager
+
+    class Log:
+        @hookimpl
+        def epoch_end(self, run, epoch):
+            with open(f"hooks-rank{run.rank}.jsonl", "a") as fh:
+                fh.write(json.dumps({"rank": run.rank, "world": run.world_size, "epoch": epoch.epoch,
+                                     "val_dice": epoch.metrics["val_dice"]}) + "\\n")
+
+    settings = load_settings(overrides=sys.argv[1:])
+    manager = get_plugin_manager(settings, [Log()], autoload=False, disabled=["progress"])
+    result = SegmentationTrainer(settings, plugin_manager=manager).fit()
+    with open(f"result-rank{os.environ['RANK']}.json", "w") as fh:
+        json.dump({"status": result.status, "epochs": result.epochs_completed, "best": result.best_value}, fh)
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_fit_fires_hooks_on_rank_zero_only(tmp_path):
+    (tmp_path / "fit.py").write_text(SCRIPT)
+    sets = ["train.epochs=2", "train.batch_size=2", "data.num_samples=12", "data.image_size=16", "model.width=2",
+            "model.depth=1", "export.enabled=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), "fit.py", *sets],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(line) for line in (tmp_path / "hooks-rank0.jsonl").read_text().splitlines()]
+    assert [(r["rank"], r["world"], r["epoch"]) for r in lines] == [(0, 2, 0), (0, 2, 1)]
+    assert not (tmp_path / "hooks-rank1.jsonl").exists()
+    results = [json.loads((tmp_path / f"result-rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["status"] == "completed" and r["epochs"] == 2 for r in results)
+    assert results[0]["best"] == results[1]["best"]  # metrics are reduced across ranks
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1

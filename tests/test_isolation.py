@@ -1,0 +1,69 @@
+"""A plugin that raises, hangs or misbehaves never stops training (unless strict)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import REPO
+from recorder import Recorder
+
+from segtrack import PluginHookError, hookimpl
+from segtrack.plugins import hook_names
+
+TRAINING_HOOKS = [h for h in hook_names() if h not in ("cli_commands", "settings_loaded", "load_state_dict",
+                                                         "cross_validation_start", "cross_validation_end")]
+
+
+def _raising_everywhere():
+    namespace = {"hookimpl": hookimpl}
+    body = "".join(
+        f"    @hookimpl\n    def {h}(self):\n        raise RuntimeError('broken {h}')\n" for h in TRAINING_HOOKS + [
+            "cross_validation_start", "cross_validation_end"]
+    )
+    exec("class Broken:\n    name = 'broken'\n" + body, namespace)
+    return namespace["Broken"]()
+
+
+def test_plugin_raising_in_every_hook_cannot_stop_the_fit(trainer_factory, caplog):
+    recorder = Recorder()
+    result = trainer_factory("export.enabled=true", plugins=[recorder, _raising_everywhere()]).fit()
+    assert result.status == "completed" and result.epochs_completed == 2 and result.export is not None
+    failures = {f.hook: f for f in result.plugin_failures}
+    assert set(failures) == set(TRAINING_HOOKS) - {"fit_exception"}
+    assert failures["train_batch_end"].count == 6 and failures["epoch_end"].count == 2
+    assert all(f.plugin == "broken" and f.error.startswith("RuntimeError: broken") for f in failures.values())
+    # the other plugin saw every hook, and each failure was reported once with its traceback
+    assert recorder.names().count("epoch_end") == 2 and recorder.names()[-1] == "fit_end"
+    assert caplog.text.count("plugin 'broken' failed in hook 'train_batch_end'") == 1
+    assert "Traceback" in caplog.text
+
+
+def test_cross_validation_survives_a_broken_plugin(trainer_factory):
+    result = trainer_factory(plugins=[_raising_everywhere()]).cv(folds=2)
+    assert [f.status for f in result.folds] == ["completed", "completed"]
+
+
+def test_strict_makes_the_first_failure_fatal(trainer_factory):
+    recorder = Recorder()
+    trainer = trainer_factory(plugins=[recorder, _raising_everywhere()], strict=True)
+    with pytest.raises(PluginHookError, match="'broken' raised in hook 'fit_start'"):
+        trainer.fit()
+    assert recorder.calls[-1][1]["result"].status == "failed"
+
+
+def test_hanging_fit_end_is_bounded(trainer_factory):
+    class Hangs:
+        @hookimpl
+        def fit_end(self):
+            time.sleep(30)
+
+    started = time.monotonic()
+    result = trainer_factory("plugins.fit_end_timeout=0.5", plugins=[Hangs()]).fit()
+    assert time.monotonic() - started < 20
+    (failure,) = result.plugin_failures
+    assert failure.plugin == "hangs" and failure.hook == "fit_end" and "TimeoutError" in failure.error
+
+
+def test_readme_says_how_a_plugin_stops_training():
+    assert "request_stop" in (REPO / "README.md").read_text()
