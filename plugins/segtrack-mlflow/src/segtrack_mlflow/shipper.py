@@ -1,0 +1,206 @@
+"""Send spooled records to MLflow in batches, in order, from a background thread."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from segtrack_mlflow import store
+from segtrack_mlflow.spool import Pending, Spool
+
+log = logging.getLogger("segtrack.mlflow")
+MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
+BATCHED = ("metric", "params", "tags")
+
+
+class WaitingForParent(Exception):
+    """A child run cannot be created before its parent run exists."""
+
+
+def ship(spool: Spool, clients: dict, spools_by_id: dict[str, Spool] | None = None) -> int:
+    """Send every complete pending record of ``spool``; returns how many were sent.
+
+    Raises on the first transient failure, leaving the cursor after the last record that reached
+    MLflow: the next attempt resumes there. Metric records carry their own timestamp, so a record
+    re-sent after an unacknowledged success is a duplicate MLflow's SQL store ignores.
+    """
+    uri = spool.meta["tracking_uri"]
+    client = clients.get(uri)
+    if client is None:
+        client = clients[uri] = store.client(uri)
+    items = spool.pending()
+    sent, i = 0, 0
+    while i < len(items):
+        kind = items[i].record["t"]
+        if spool.run_id is None and kind != "create":
+            raise RuntimeError(f"spool {spool.local_id}: records precede the run's creation")
+        try:
+            if kind in BATCHED:
+                j = _batch_end(items, i)
+                _send_batch(client, spool.run_id, [p.record for p in items[i:j]])
+            else:
+                j = i + 1
+                _send_one(client, spool, items[i].record, items[i + 1:], spools_by_id or {})
+        except Exception as exc:
+            if not store.is_rejected(exc):
+                raise
+            _reject(spool, items[i:j], exc)
+        spool.commit(items[j - 1].end)
+        sent += j - i
+        i = j
+    return sent
+
+
+def _batch_end(items: list[Pending], start: int) -> int:
+    metrics = params = tags = 0
+    j = start
+    while j < len(items) and items[j].record["t"] in BATCHED:
+        rec = items[j].record
+        m, p, t = (rec["t"] == "metric"), len(rec.get("params", {})), len(rec.get("tags", {}))
+        if j > start and (metrics + m > MAX_METRICS or params + p > MAX_PARAMS or tags + t > MAX_TAGS):
+            break
+        metrics, params, tags = metrics + m, params + p, tags + t
+        j += 1
+    return j
+
+
+def _send_batch(client, run_id: str, records: list[dict]) -> None:
+    from mlflow.entities import Metric, Param
+
+    metrics = [Metric(r["k"], r["v"], r["ts"], r["s"]) for r in records if r["t"] == "metric"]
+    params = [Param(k, v) for r in records if r["t"] == "params" for k, v in r["params"].items()]
+    tags = store.run_tags({k: v for r in records if r["t"] == "tags" for k, v in r["tags"].items()})
+    for offset in range(0, max(len(params), 1), MAX_PARAMS):  # one oversized params record is split
+        chunk = params[offset: offset + MAX_PARAMS]
+        client.log_batch(run_id, metrics=metrics if offset == 0 else [], params=chunk,
+                         tags=tags if offset == 0 else [], synchronous=True)
+
+
+def _send_one(client, spool: Spool, record: dict, later: list[Pending], spools_by_id: dict[str, Spool]) -> None:
+    kind = record["t"]
+    if kind == "create":
+        if spool.run_id is None:
+            spool.set_run_id(_create_run(client, spool, record, spools_by_id))
+    elif kind == "file":
+        local = spool.folder / record["p"]
+        superseded = record.get("slot") and any(
+            p.record["t"] == "file" and p.record.get("slot") == record["slot"] for p in later)
+        if local.exists() and not superseded:
+            client.log_artifact(spool.run_id, str(local), record.get("a"))
+        shutil.rmtree(local.parent, ignore_errors=True)
+    elif kind == "status":
+        if record["status"] == "RUNNING":
+            client.update_run(spool.run_id, status="RUNNING")
+        else:
+            client.set_terminated(spool.run_id, record["status"], end_time=record["ts"])
+    else:
+        raise ValueError(f"unknown spool record type {kind!r}")
+
+
+def _create_run(client, spool: Spool, record: dict, spools_by_id: dict[str, Spool]) -> str:
+    experiment_id = store.ensure_experiment(client, record["experiment"], record.get("artifact_location"))
+    # a crash between create_run and saving its id must not create a second run on replay
+    existing = store.find_run_by_tag(client, experiment_id, "segtrack.spool_id", spool.local_id)
+    if existing:
+        return existing
+    tags = {**record.get("tags", {}), "segtrack.spool_id": spool.local_id}
+    parent_id = record.get("parent")
+    if parent_id:
+        parent = spools_by_id.get(parent_id) or _open_sibling(spool, parent_id)
+        if parent is None or parent.run_id is None:
+            raise WaitingForParent(f"parent spool {parent_id} has no MLflow run yet")
+        tags["mlflow.parentRunId"] = parent.run_id
+    run = client.create_run(experiment_id, start_time=record["ts"], tags=tags, run_name=record.get("run_name"))
+    return run.info.run_id
+
+
+def _open_sibling(spool: Spool, local_id: str) -> Spool | None:
+    folder = spool.folder.parent / local_id
+    return Spool(folder) if (folder / "meta.json").is_file() else None
+
+
+def _reject(spool: Spool, items: list[Pending], error: BaseException) -> None:
+    """The server refused these records: keep them beside the spool, say so, and move on."""
+    with open(spool.folder / "rejected.jsonl", "a") as fh:
+        for item in items:
+            fh.write(json.dumps({"record": item.record, "error": str(error)[:500]}) + "\n")
+    log.error("MLflow refused %d record(s) of run %s (%s); they are kept in %s",
+              len(items), spool.run_id, str(error).splitlines()[0][:200], spool.folder / "rejected.jsonl")
+
+
+class Shipper:
+    """One background thread per plugin instance, shipping its spools in creation order."""
+
+    def __init__(self, interval: float = 0.5, max_backoff: float = 5.0):
+        self.interval, self.max_backoff = interval, max_backoff
+        self.spools: dict[str, Spool] = {}
+        self.last_error: str | None = None
+        self.clients: dict = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, spool: Spool) -> None:
+        with self._lock:
+            self.spools[spool.local_id] = spool
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="segtrack-mlflow-shipper", daemon=True)
+            self._thread.start()
+        self.wake()
+
+    def wake(self) -> None:
+        self._idle.clear()
+        self._wake.set()
+
+    def _run(self) -> None:
+        backoff = self.interval
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.ship_all()
+                self.last_error, backoff = None, self.interval
+                if not self.pending():
+                    self._idle.set()
+                self._wake.wait(self.interval)
+            except Exception as exc:  # down or refusing: keep everything, retry later
+                if self.last_error is None:
+                    log.warning("MLflow unreachable (%s: %s); spooling locally and retrying",
+                                type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._stop.wait(backoff)
+                backoff = min(self.max_backoff, backoff * 2)
+
+    def ship_all(self) -> int:
+        with self._lock:
+            spools = sorted(self.spools.values(), key=lambda s: s.local_id)
+        return sum(ship(s, self.clients, self.spools) for s in spools if s.has_pending())
+
+    def pending(self) -> bool:
+        with self._lock:
+            return any(s.has_pending() for s in self.spools.values())
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until every spool is shipped; True when it is."""
+        deadline = time.monotonic() + timeout
+        self.wake()
+        while self.pending():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._idle.wait(min(remaining, 0.05))
+            self._idle.clear()
+            self._wake.set()
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
