@@ -12,10 +12,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
-TINY = [
-    "train.epochs=2", "train.batch_size=4", "train.lr=0.01", "data.num_samples=16", "data.image_size=16",
-    "model.width=4", "model.depth=1", "export.enabled=false",
-]
+from recorder import TINY  # noqa: E402
+
+
+def first_party_plugins() -> list[str]:
+    """Installed first-party plugins: core tests that autoload disable them to stay isolated."""
+    from segtrack.plugins import installed_entry_points
+
+    return [name for name in ("mlflow", "analytics") if name in installed_entry_points()]
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from segtrack.cli import main
-from conftest import TINY
+from recorder import TINY
 
 
 def _sets(*items):

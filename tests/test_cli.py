@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import torch
+from conftest import first_party_plugins
 
-from conftest import REPO
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 def _segtrack(*args, cwd, env=None):
@@ -62,7 +63,9 @@ def test_example_third_party_plugin_installs_and_fires_through_its_entry_point(t
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--target", str(site), str(REPO / "examples" / "segtrack-csv-logger")],
                    check=True, capture_output=True, timeout=300)
-    env = {"PYTHONPATH": str(site), "SEGTRACK_PLUGINS__AUTOLOAD": "true"}
+    first_party = first_party_plugins()
+    env = {"PYTHONPATH": str(site), "SEGTRACK_PLUGINS__AUTOLOAD": "true",
+           "SEGTRACK_PLUGINS__DISABLED": repr(first_party)}
     sets = [a for s in ["train.epochs=2", "data.num_samples=8", "data.image_size=16", "model.width=2",
                         "model.depth=1", "export.enabled=false", "csv.path='out/metrics.csv'"] for a in ("--set", s)]
     listing = _segtrack("plugins", cwd=tmp_path, env=env)
@@ -73,7 +76,7 @@ def test_example_third_party_plugin_installs_and_fires_through_its_entry_point(t
     assert rows[0].startswith("run_name,fold,epoch") and len(rows) == 3
     # disabled from config: never imported, no file
     (tmp_path / "out" / "metrics.csv").unlink()
-    out = _segtrack("train", *sets, "--set", "plugins.disabled=['csv']", cwd=tmp_path, env=env)
+    out = _segtrack("train", *sets, "--set", f"plugins.disabled={['csv', *first_party]!r}", cwd=tmp_path, env=env)
     assert out.returncode == 0 and not (tmp_path / "out" / "metrics.csv").exists()
     # its own settings check is enforced
     out = _segtrack("train", *sets, "--set", "csv.path=''", cwd=tmp_path, env=env)

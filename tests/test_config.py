@@ -43,7 +43,7 @@ def test_secret_keys_are_listed(tmp_path):
 
 
 def test_repository_profiles_are_valid(monkeypatch):
-    from conftest import REPO
+    REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
     for env in ("development", "testing", "production"):
         load_settings(env=env, project_dir=REPO)

@@ -7,7 +7,7 @@ import re
 
 from segtrack import hookspecs
 from segtrack.plugins import hook_names
-from conftest import REPO
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 PINNED = {
     "settings_loaded": ["settings"],

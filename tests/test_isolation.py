@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import REPO
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 from recorder import Recorder
 
 from segtrack import PluginHookError, hookimpl

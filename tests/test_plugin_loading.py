@@ -8,6 +8,7 @@ import pytest
 
 from segtrack import ConfigError, PluginLoadError
 from segtrack.plugins import get_plugin_manager
+from conftest import first_party_plugins
 
 GOOD = """
 from segtrack import hookimpl
@@ -26,7 +27,7 @@ def test_entry_point_plugin_is_discovered_and_fires(fake_dist, trainer_factory, 
     fake_dist("segtrack-good", "good", "good_plugin", GOOD, "good_plugin:Good")
     from segtrack.trainer import SegmentationTrainer
 
-    manager = get_plugin_manager(settings_factory(), disabled=["progress"])
+    manager = get_plugin_manager(settings_factory(), disabled=["progress", *first_party_plugins()])
     record = manager.records["good"]
     assert (record.source, record.distribution, record.version, record.hooks) == (
         "entry point", "segtrack-good", "1.2.3", ("epoch_end",))

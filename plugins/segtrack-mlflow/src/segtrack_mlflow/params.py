@@ -42,7 +42,8 @@ def to_params(config: Mapping[str, Any], secret_keys: Iterable[str] = ()) -> tup
         key = key[:MAX_PARAM_KEY]
         if len(text) > MAX_PARAM_VALUE:
             overflow[key] = text
-            text = text[: MAX_PARAM_VALUE - 40] + f"... [truncated, see params/{key}.txt]"
+            note = f"... [truncated, see params/{key}.txt]"
+            text = text[: MAX_PARAM_VALUE - len(note)] + note
         params[key] = text
     return params, overflow
 

@@ -1,0 +1,165 @@
+"""What a fit logs through the installed `mlflow` entry point, read back with MlflowClient."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from mlflow_helpers import RaiseAt, artifacts, history, only_run
+
+from segtrack import PluginHookError
+
+
+def test_fit_logs_params_tags_metrics_and_artifacts(trainer_factory, sqlite_uri, tmp_path):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / ".secrets.toml").write_text("[default.data]\npath = 'secret-path'\n")
+    trainer = trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", "export.enabled=true", "run.name='unet-a'")
+    assert "mlflow" in trainer.plugins.records  # discovered through its entry point
+    result = trainer.fit()
+    client = MlflowClient(sqlite_uri)
+    run = only_run(client)
+    assert run.info.status == "FINISHED" and run.info.run_name == "unet-a"
+    # params: resolved config flattened, secrets (by name or from .secrets.toml) left out
+    params = run.data.params
+    assert params["train.epochs"] == "3" and params["model.width"] == "4" and params["checkpoint.monitor"] == "val_dice"
+    assert "data.path" not in params and "mlflow.password" not in params
+    # tags
+    tags = run.data.tags
+    assert len(tags["data.test_sha256"]) == 64 and tags["segtrack.version"] == "0.1.0"
+    assert tags["torch.version"].startswith("2.") and tags["segtrack.device"] == "cpu"
+    assert tags["segtrack.world_size"] == "1" and "mlflow=0.1.0" in tags["segtrack.plugins"]
+    # per-epoch metrics with step = epoch, per-step loss, best value and epoch
+    for key in ("train_loss", "val_loss", "val_dice", "val_iou", "lr"):
+        assert [s for s, _ in history(client, run.info.run_id, key)] == [0, 1, 2], key
+    assert [s for s, _ in history(client, run.info.run_id, "train_loss_step")] == list(range(1, 10))
+    assert run.data.metrics["best_val_dice"] == pytest.approx(result.best_value)
+    assert run.data.metrics["best_epoch"] == result.best_epoch
+    assert run.data.metrics["onnx_max_abs_diff"] == pytest.approx(result.export.max_abs_diff)
+    # artifacts: best and last checkpoints, the ONNX model, sample overlays
+    assert artifacts(client, run.info.run_id) == [
+        "checkpoints/best.pt", "checkpoints/last.pt", "model/unet-a.onnx", f"samples/best-epoch-{result.best_epoch}.png"]
+    # the uploaded last.pt is the final one, not a superseded one
+    local = client.download_artifacts(run.info.run_id, "checkpoints/last.pt", str(tmp_path / "dl"))
+    assert Path(local).read_bytes() == Path(result.last_checkpoint).read_bytes()
+
+
+@pytest.mark.parametrize("policy, expected", [
+    ("best", ["checkpoints/best.pt"]),
+    ("none", []),
+    ("all", ["checkpoints/best.pt", "checkpoints/epoch-0000.pt", "checkpoints/epoch-0001.pt",
+             "checkpoints/epoch-0002.pt", "checkpoints/last.pt"]),
+])
+def test_checkpoint_policy(trainer_factory, sqlite_uri, policy, expected):
+    trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", f"mlflow.checkpoint_policy='{policy}'",
+                    "mlflow.sample_overlays=0", "checkpoint.keep=5").fit()
+    client = MlflowClient(sqlite_uri)
+    assert artifacts(client, only_run(client).info.run_id) == expected
+
+
+def test_failed_fit_is_marked_failed(trainer_factory, sqlite_uri):
+    from segtrack import hookimpl
+
+    class Boom:
+        @hookimpl
+        def epoch_end(self, epoch):
+            raise RuntimeError("boom")
+
+    trainer = trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", "plugins.strict=true", plugins=[Boom()])
+    with pytest.raises(PluginHookError):
+        trainer.fit()
+    client = MlflowClient(sqlite_uri)
+    assert only_run(client).info.status == "FAILED"
+
+
+def test_sigterm_marks_the_run_killed(sqlite_uri, tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_uri, "SEGTRACK_PLUGINS__DISABLED": "['progress']"}
+    sets = [a for s in ["train.epochs=500", "data.num_samples=16", "data.image_size=16", "model.width=2",
+                        "model.depth=1", "export.enabled=false"] for a in ("--set", s)]
+    proc = subprocess.Popen([sys.executable, "-m", "segtrack", "train", *sets], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "checkpoints" / "last.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()[-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode != 0, output
+    client = MlflowClient(sqlite_uri)
+    run = only_run(client)
+    assert run.info.status == "KILLED", output[-2000:]
+    assert len(history(client, run.info.run_id, "val_dice")) >= 1
+
+
+def test_cross_validation_logs_a_parent_and_one_child_per_fold(trainer_factory, sqlite_uri):
+    result = trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", "run.name='cvrun'").cv(folds=2)
+    client = MlflowClient(sqlite_uri)
+    parent = only_run(client, filter_string="tags.`segtrack.role` = 'cv-parent'")
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(c.data.tags["segtrack.fold"] for c in children) == ["0", "1"]
+    assert sorted(c.info.run_name for c in children) == ["cvrun-fold0", "cvrun-fold1"]
+    assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
+    assert parent.data.metrics["cv_val_dice_mean"] == pytest.approx(result.summary["val_dice"]["mean"])
+    assert parent.data.metrics["cv_val_dice_std"] == pytest.approx(result.summary["val_dice"]["std"])
+    assert parent.data.tags["segtrack.cv_id"] == result.cv_id
+
+
+def test_resumed_fit_continues_the_same_run(trainer_factory, sqlite_uri):
+    uri = f"mlflow.tracking_uri='{sqlite_uri}'"
+    with pytest.raises(KeyboardInterrupt):
+        trainer_factory(uri, "train.epochs=4", plugins=[RaiseAt(2, KeyboardInterrupt())]).fit()
+    client = MlflowClient(sqlite_uri)
+    first = only_run(client)
+    assert first.info.status == "KILLED"
+    params_before = dict(first.data.params)
+
+    trainer_factory(uri, "train.epochs=4").fit(resume="auto")
+    run = only_run(client)
+    assert run.info.run_id == first.info.run_id and run.info.status == "FINISHED"
+    assert [s for s, _ in history(client, run.info.run_id, "val_dice")] == [0, 1, 2, 3]
+    steps = [s for s, _ in history(client, run.info.run_id, "train_loss_step")]
+    assert steps == sorted(set(steps)) == list(range(1, 13))
+    assert run.data.params == params_before
+    assert run.data.tags["segtrack.resumed_from"].endswith("last.pt")
+
+
+def test_epoch_logged_before_a_crash_is_not_logged_twice(trainer_factory, sqlite_uri):
+    """Crash after epoch 2 was logged but before its last.pt: the resumed fit redoes epoch 2."""
+    uri = f"mlflow.tracking_uri='{sqlite_uri}'"
+    with pytest.raises(KeyboardInterrupt):
+        trainer_factory(uri, "train.epochs=4", "train.lr=0.05",
+                        plugins=[RaiseAt(2, KeyboardInterrupt(), kind="checkpoint_best")]).fit()
+    trainer_factory(uri, "train.epochs=4", "train.lr=0.05").fit(resume="auto")
+    client = MlflowClient(sqlite_uri)
+    run = only_run(client)
+    for key in ("train_loss", "val_dice", "lr"):
+        assert [s for s, _ in history(client, run.info.run_id, key)] == [0, 1, 2, 3], key
+
+
+def test_disabled_plugin_is_not_imported_and_logs_nothing(tmp_path):
+    probe = ("import sys\nfrom segtrack.cli import main\n"
+             "code = main(['train', '--set', 'train.epochs=1', '--set', 'data.num_samples=8', '--set', "
+             "'data.image_size=16', '--set', 'model.depth=1', '--set', 'export.enabled=false', '--set', "
+             "\"plugins.disabled=['mlflow']\"])\n"
+             "print(code, 'segtrack_mlflow.plugin' in sys.modules, 'mlflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split()[-3:] == ["0", "False", "False"], out.stderr[-2000:]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_bad_mlflow_settings_stop_before_training(trainer_factory, tmp_path):
+    from segtrack import ConfigError
+
+    with pytest.raises(ConfigError, match="mlflow.checkpoint_policy = 'some' is invalid"):
+        trainer_factory("mlflow.checkpoint_policy='some'")
+    with pytest.raises(ConfigError, match="mlflow.trackign_uri: unknown setting"):
+        trainer_factory("mlflow.trackign_uri='x'")
+    with pytest.raises(ConfigError, match="malformed or of an unknown kind"):
+        trainer_factory("mlflow.tracking_uri='mlruns'")
+    assert not (tmp_path / "checkpoints").exists()
