@@ -12,14 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
-from recorder import TINY  # noqa: E402
+from recorder import TINY  # noqa: E402,F401
 
-
-def first_party_plugins() -> list[str]:
-    """Installed first-party plugins: core tests that autoload disable them to stay isolated."""
-    from segtrack.plugins import installed_entry_points
-
-    return [name for name in ("mlflow", "analytics") if name in installed_entry_points()]
 
 
 @pytest.fixture(autouse=True)

@@ -96,3 +96,10 @@ class RaiseAt:
     def epoch_start(self, epoch):
         if epoch == self.at:
             raise self.error
+
+
+def first_party_plugins() -> list[str]:
+    """Installed first-party plugins: core tests that autoload disable them to stay isolated."""
+    from segtrack.plugins import installed_entry_points
+
+    return [name for name in ("mlflow", "analytics") if name in installed_entry_points()]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import torch
-from conftest import first_party_plugins
+from recorder import first_party_plugins
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 

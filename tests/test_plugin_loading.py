@@ -8,7 +8,7 @@ import pytest
 
 from segtrack import ConfigError, PluginLoadError
 from segtrack.plugins import get_plugin_manager
-from conftest import first_party_plugins
+from recorder import first_party_plugins
 
 GOOD = """
 from segtrack import hookimpl

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mlflow_helpers import TINY  # noqa: E402
+from mlflow_helpers import TINY, MlflowServer  # noqa: E402
 
 PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
@@ -78,57 +78,6 @@ def _installed(name: str) -> bool:
     return name in installed_entry_points()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MlflowServer:
-    """`mlflow server` in its own process group; stop() ends that whole group, by its PID."""
-
-    def __init__(self, backend_uri: str, workdir: Path, app_name: str | None = None, env: dict | None = None):
-        self.backend_uri, self.workdir, self.app_name = backend_uri, workdir, app_name
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.env = env or {}
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90) -> MlflowServer:
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1", "--backend-store-uri", self.backend_uri,
-               "--artifacts-destination", str(self.workdir / "server-artifacts")]
-        if self.app_name:
-            cmd += ["--app-name", self.app_name]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "SEGTRACK_"))}
-        env.update({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env})
-        log = open(self.workdir / f"server-{self.port}.log", "ab")
-        self.process = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.workdir / f'server-{self.port}.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"mlflow server on {self.uri} not ready after {timeout} s")
-
-    def stop(self) -> None:
-        """Kill the server's process group (only processes this fixture started)."""
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait(timeout=30)
-        self.process = None
-
-
 @pytest.fixture(scope="module")
 def sqlite_server(tmp_path_factory, sqlite_template):
     workdir = tmp_path_factory.mktemp("server")
@@ -159,7 +108,7 @@ def postgres_uri():
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
     with admin.cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
         cur.execute(f'DROP DATABASE IF EXISTS "{name}"')

@@ -1,0 +1,147 @@
+"""Against real `mlflow server` processes: SQLite and PostgreSQL backends, outages, offline
+start, authentication."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import pytest
+from mlflow import MlflowClient
+from mlflow_helpers import artifacts, history, only_run
+
+from segtrack import ConfigError, hookimpl
+from segtrack.cli import main
+
+KEYS = ("train_loss", "val_loss", "val_dice", "val_iou", "lr")
+
+
+def _assert_every_point_once(client, run_id, epochs, steps):
+    for key in KEYS:
+        assert [s for s, _ in history(client, run_id, key)] == list(range(epochs)), key
+    assert [s for s, _ in history(client, run_id, "train_loss_step")] == list(range(1, steps + 1))
+
+
+def test_fit_logs_to_a_server_with_proxied_artifacts(trainer_factory, sqlite_server):
+    trainer_factory(f"mlflow.tracking_uri='{sqlite_server.uri}'", "mlflow.experiment='server-fit'").fit()
+    client = MlflowClient(sqlite_server.uri)
+    run = only_run(client, "server-fit")
+    assert run.info.status == "FINISHED"
+    _assert_every_point_once(client, run.info.run_id, 3, 9)
+    assert "checkpoints/best.pt" in artifacts(client, run.info.run_id)
+
+
+def test_fit_logs_to_a_server_with_a_postgresql_backend(trainer_factory, postgres_uri, tmp_path):
+    from mlflow_helpers import MlflowServer
+
+    server = MlflowServer(postgres_uri, tmp_path).start()
+    try:
+        result = trainer_factory(f"mlflow.tracking_uri='{server.uri}'").cv(folds=2)
+        client = MlflowClient(server.uri)
+        parent = only_run(client, filter_string="tags.`segtrack.role` = 'cv-parent'")
+        assert parent.data.metrics["cv_val_dice_mean"] == pytest.approx(result.summary["val_dice"]["mean"])
+        children = client.search_runs([parent.info.experiment_id], filter_string="tags.`segtrack.fold` != ''")
+        assert len(children) == 2
+        for child in children:  # 8 training samples per fold: 2 steps per epoch
+            _assert_every_point_once(client, child.info.run_id, 3, 6)
+    finally:
+        server.stop()
+
+
+class Outage:
+    """Kills the server at the start of one epoch and restarts it (in the background) at another."""
+
+    def __init__(self, server, down_at: int, up_at: int):
+        self.server, self.down_at, self.up_at = server, down_at, up_at
+        self.restarted: threading.Thread | None = None
+
+    @hookimpl
+    def epoch_start(self, epoch):
+        if epoch == self.down_at:
+            self.server.stop()
+        if epoch == self.up_at:
+            self.restarted = threading.Thread(target=self.server.start)
+            self.restarted.start()
+
+
+def test_server_killed_mid_fit_loses_and_duplicates_nothing(trainer_factory, own_server, caplog):
+    outage = Outage(own_server, down_at=2, up_at=6)
+    trainer = trainer_factory(f"mlflow.tracking_uri='{own_server.uri}'", "train.epochs=8",
+                              "mlflow.request_timeout=2", plugins=[outage])
+    result = trainer.fit()
+    outage.restarted.join()
+    assert result.status == "completed" and not result.plugin_failures
+    assert "MLflow unreachable" in caplog.text  # the outage really hit the shipper
+    client = MlflowClient(own_server.uri)
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    _assert_every_point_once(client, run.info.run_id, 8, 24)
+    assert artifacts(client, run.info.run_id)[:2] == ["checkpoints/best.pt", "checkpoints/last.pt"]
+
+
+def test_offline_start_then_sync(trainer_factory, own_server, caplog, capsys):
+    uri = own_server.uri
+    own_server.stop()
+    result = trainer_factory(f"mlflow.tracking_uri='{uri}'", "mlflow.drain_timeout=1",
+                             "mlflow.request_timeout=1").fit()
+    assert result.status == "completed"
+    assert "is unreachable" in caplog.text and "segtrack mlflow sync" in caplog.text
+    own_server.start()
+
+    sets = ["--set", f"mlflow.tracking_uri='{uri}'", "--set", "plugins.disabled=['analytics']"] if _has_analytics() \
+        else ["--set", f"mlflow.tracking_uri='{uri}'"]
+    assert main(["mlflow", "sync", *sets]) == 0
+    client = MlflowClient(uri)
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    _assert_every_point_once(client, run.info.run_id, 3, 9)
+    # replaying again changes nothing
+    capsys.readouterr()
+    assert main(["mlflow", "sync", *sets]) == 0
+    assert "nothing left to send" in capsys.readouterr().out
+    _assert_every_point_once(client, only_run(client).info.run_id, 3, 9)
+
+
+def _has_analytics() -> bool:
+    from segtrack.plugins import installed_entry_points
+
+    return "analytics" in installed_entry_points()
+
+
+def test_offline_fail_stops_before_training(trainer_factory, tmp_path):
+    from mlflow_helpers import free_port
+
+    with pytest.raises(ConfigError, match=r"is unreachable.*mlflow.offline = \"fail\""):
+        trainer_factory(f"mlflow.tracking_uri='http://127.0.0.1:{free_port()}'", "mlflow.offline='fail'")
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / ".segtrack").exists()
+
+
+@pytest.fixture
+def auth_server(tmp_path, sqlite_template):
+    from mlflow_helpers import MlflowServer
+
+    pytest.importorskip("flask_wtf", reason="mlflow's basic-auth app needs Flask-WTF (mlflow[auth])")
+    shutil.copy(sqlite_template, tmp_path / "auth-backend.db")
+    config = tmp_path / "auth.ini"
+    config.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{tmp_path / 'auth-users.db'}\n"
+        "admin_username = admin\nadmin_password = segtrack-admin-pw\nauthorization_function = "
+        "mlflow.server.auth:authenticate_request_basic_auth\n")
+    server = MlflowServer(f"sqlite:///{tmp_path / 'auth-backend.db'}", tmp_path, app_name="basic-auth",
+                          env={"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test"}).start()
+    yield server
+    server.stop()
+
+
+def test_authenticated_server_good_and_bad_credentials(trainer_factory, auth_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+    with pytest.raises(ConfigError, match="rejected the credentials"):
+        trainer_factory(f"mlflow.tracking_uri='{auth_server.uri}'")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "segtrack-admin-pw")
+    trainer_factory(f"mlflow.tracking_uri='{auth_server.uri}'").fit()
+    client = MlflowClient(auth_server.uri)
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    assert "mlflow.password" not in run.data.params
