@@ -29,7 +29,7 @@ from segtrack.trainer import SegmentationTrainer
 from segtrack_mlflow.testing import MlflowServer, free_port
 
 OTHERS = [n for n in ("analytics",) if n in installed_entry_points()]  # not measured here
-SHAPE = ["train.epochs=2", "train.batch_size=4", "data.num_samples=320", "data.image_size=32", "model.width=6",
+SHAPE = ["train.epochs=3", "train.batch_size=4", "data.num_samples=320", "data.image_size=32", "model.width=10",
          "model.depth=2", "export.enabled=false", "mlflow.log_every_n_steps=1", "mlflow.sample_overlays=0",
          "mlflow.checkpoint_policy='none'", "mlflow.drain_timeout=0"]
 
@@ -85,6 +85,21 @@ def fit(uri: str, workdir: Path, plugin_on: bool, extra=()) -> tuple[float, floa
     return clock.ended - clock.started, time.perf_counter() - started
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) used so far by every process of one process group (the server)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 of stat: process group
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def first_point_seconds(workdir: Path) -> float:
     """Fresh store: from trainer construction until the first metric row is in the database."""
     db = workdir / "fresh.db"
@@ -115,7 +130,7 @@ def first_point_seconds(workdir: Path) -> float:
     return seen_at[0] - started
 
 
-def main(rounds: int = 3) -> None:
+def main(rounds: int = 5) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="segtrack-bench-"))
     os.chdir(workdir)
     shutil.copy(_template(workdir), workdir / "server.db")
@@ -129,20 +144,24 @@ def main(rounds: int = 3) -> None:
         "naive": lambda: fit(server.uri, workdir, False, [naive]),
     }
     loop = {name: [] for name in variants}
+    server_cpu = {name: [] for name in variants}
     try:
         for run in variants.values():
             run()  # warm-up
         for round_index in range(rounds):
             order = list(variants.items())[:: -1 if round_index % 2 else 1]
             for name, run in order:
+                cpu_before = group_cpu_seconds(server.process.pid)
                 loop[name].append(run()[0])
+                server_cpu[name].append(group_cpu_seconds(server.process.pid) - cpu_before)
                 print(f"round {round_index}: {name} {loop[name][-1]:.3f} s", flush=True)
     finally:
         server.stop()
-    steps = 2 * 60
+    steps = 3 * 60
     off = statistics.median(loop["off"])
     rows = [(f"{name}: loop time", f"{statistics.median(v):.3f} s",
-             f"{statistics.median(v) / off:.3f}x off; {statistics.median(v) / steps * 1e3:.1f} ms/step")
+             f"{statistics.median(v) / off:.3f}x off; {statistics.median(v) / steps * 1e3:.1f} ms/step; "
+             f"server CPU {statistics.median(server_cpu[name]):.2f} s")
             for name, v in loop.items()]
     rows.append(("target", "", "on <= 1.03x, down <= 1.03x; naive reported"))
     rows.append(("fresh sqlite store: first point", f"{first_point_seconds(workdir):.2f} s",

@@ -103,10 +103,13 @@ def _send_one(client, spool: Spool, record: dict, later: list[Pending], spools_b
 
 def _create_run(client, spool: Spool, record: dict, spools_by_id: dict[str, Spool]) -> str:
     experiment_id = store.ensure_experiment(client, record["experiment"], record.get("artifact_location"))
-    # a crash between create_run and saving its id must not create a second run on replay
-    existing = store.find_run_by_tag(client, experiment_id, "segtrack.spool_id", spool.local_id)
-    if existing:
-        return existing
+    # a crash (or a lost reply) between create_run and saving its id must not create a second
+    # run on replay: only then is the server asked for a run carrying this spool's id
+    if spool.meta.get("create_attempted"):
+        existing = store.find_run_by_tag(client, experiment_id, "segtrack.spool_id", spool.local_id)
+        if existing:
+            return existing
+    spool.update_meta(create_attempted=True)
     tags = {**record.get("tags", {}), "segtrack.spool_id": spool.local_id}
     parent_id = record.get("parent")
     if parent_id:
@@ -135,7 +138,7 @@ def _reject(spool: Spool, items: list[Pending], error: BaseException) -> None:
 class Shipper:
     """One background thread per plugin instance, shipping its spools in creation order."""
 
-    def __init__(self, interval: float = 0.5, max_backoff: float = 5.0):
+    def __init__(self, interval: float = 1.0, max_backoff: float = 5.0):
         self.interval, self.max_backoff = interval, max_backoff
         self.spools: dict[str, Spool] = {}
         self.last_error: str | None = None

@@ -75,8 +75,11 @@ class Spool:
         return self.meta.get("run_id")
 
     def set_run_id(self, run_id: str) -> None:
+        self.update_meta(run_id=run_id)
+
+    def update_meta(self, **fields: Any) -> None:
         with self._lock:
-            self.meta = {**self.meta, "run_id": run_id}
+            self.meta = {**self.meta, **fields}
             _write_atomic(self.folder / "meta.json", json.dumps(self.meta))
 
     # -- writing (training thread) --------------------------------------------------------------
