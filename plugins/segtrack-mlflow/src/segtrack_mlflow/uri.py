@@ -1,76 +1,11 @@
-"""Which MLflow store to talk to: explicit > MLFLOW_TRACKING_URI > settings > local SQLite."""
+"""Tracking URI resolution lives in the core (segtrack.tracking_uri), shared with
+segtrack-analytics so both plugins always read and write the same store."""
 
-from __future__ import annotations
-
-import os
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
-from segtrack import ConfigError
-
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks")
-
-
-def resolve_tracking_uri(explicit: str | None = None, settings: Any = None) -> str:
-    """The tracking URI to use, by priority:
-
-    1. ``explicit`` (a constructor or CLI argument);
-    2. the ``MLFLOW_TRACKING_URI`` environment variable (MLflow's own convention);
-    3. settings ``mlflow.tracking_uri`` (itself overridable with ``SEGTRACK_MLFLOW__TRACKING_URI``);
-    4. ``sqlite:///mlflow.db`` in the working directory: no server needed.
-    """
-    for candidate in (explicit, os.environ.get("MLFLOW_TRACKING_URI"), _from_settings(settings)):
-        if candidate:
-            return check_uri(str(candidate))
-    return DEFAULT_TRACKING_URI
-
-
-def _from_settings(settings: Any) -> str | None:
-    if settings is None:
-        return None
-    section = settings.get("mlflow", {}) if isinstance(settings, Mapping) else (settings.get("mlflow") or {})
-    return section.get("tracking_uri") or None
-
-
-def check_uri(uri: str) -> str:
-    scheme = urlsplit(uri).scheme.split("+")[0]
-    if scheme not in SCHEMES:
-        raise ConfigError(
-            f"tracking URI {redact(uri)!r} is malformed or of an unknown kind: use e.g. sqlite:///mlflow.db, "
-            f"http://host:5000, postgresql://user@host/db or file:/path (with MLFLOW_ALLOW_FILE_STORE=true)"
-        )
-    if scheme in ("http", "https") and not urlsplit(uri).hostname:
-        raise ConfigError(f"tracking URI {redact(uri)!r} has no host: write it as http://host:port")
-    if scheme == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
-        raise ConfigError(
-            f"tracking URI {uri!r} is MLflow's legacy file store, which MLflow 3 refuses: use "
-            f"sqlite:///mlflow.db, or set MLFLOW_ALLOW_FILE_STORE=true to keep the file store"
-        )
-    return uri
-
-
-def is_remote(uri: str) -> bool:
-    return urlsplit(uri).scheme in ("http", "https", "databricks")
-
-
-def local_artifact_root(uri: str) -> str | None:
-    """For a local SQLite store: ``mlartifacts/`` beside the database (MLflow would use ./mlruns)."""
-    parts = urlsplit(uri)
-    if parts.scheme != "sqlite":
-        return None
-    db = Path(uri[len("sqlite:///"):])
-    return (db.resolve().parent / "mlartifacts").as_uri()
-
-
-def redact(uri: str) -> str:
-    """The URI without a password, for messages and params."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{parts.username}:***@{host}", parts.path, parts.query, parts.fragment))
+from segtrack.tracking_uri import (  # noqa: F401
+    DEFAULT_TRACKING_URI,
+    check_uri,
+    is_remote,
+    local_artifact_root,
+    redact,
+    resolve_tracking_uri,
+)

@@ -1,0 +1,191 @@
+"""RunAnalytics: MLflow runs as two DuckDB tables, ``runs`` (one wide row per run) and
+``metrics`` (full histories), with SQL, cross-fold summaries and top-N on top."""
+
+from __future__ import annotations
+
+import difflib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import duckdb
+import pyarrow as pa
+
+from segtrack import ConfigError
+from segtrack.tracking_uri import resolve_tracking_uri
+from segtrack_analytics.cache import RunCache, changed_runs, merge
+
+DEFAULT_CACHE_DIR = ".segtrack/analytics"
+# MLflow's SQL stores keep NaN as 0 with is_nan = 1 and clamp +-inf to the largest double
+RESTORE_VALUE = ("CASE WHEN is_nan THEN 'NaN'::DOUBLE WHEN value >= 1.7976931348623157e308 THEN 'Infinity'::DOUBLE "
+                 "WHEN value <= -1.7976931348623157e308 THEN '-Infinity'::DOUBLE ELSE value END")
+
+
+@dataclass(frozen=True)
+class LoadStats:
+    runs: int
+    metric_points: int
+    reread: int  # runs read from the store (all of them on a cold load)
+    dropped: int  # runs that disappeared from the store since the cache was written
+    from_cache: bool
+    seconds: float
+
+
+def make_source(uri: str):
+    scheme = urlsplit(uri).scheme.split("+")[0]
+    if scheme in ("sqlite", "postgresql"):
+        from segtrack_analytics.source_sql import SqlSource
+
+        return SqlSource(uri)
+    if scheme in ("http", "https"):
+        from segtrack_analytics.source_rest import RestSource
+
+        return RestSource(uri)
+    if scheme == "file":
+        from segtrack_analytics.source_files import FileSource
+
+        return FileSource(uri)
+    raise ConfigError(f"segtrack-analytics cannot read {scheme}:// stores: use sqlite, postgresql, http(s) or file")
+
+
+class RunAnalytics:
+    """Load runs from any MLflow store into DuckDB and answer questions about them.
+
+    :param tracking_uri: explicit URI; else ``MLFLOW_TRACKING_URI``, settings, ``sqlite:///mlflow.db``.
+    :param settings: segtrack settings (for ``mlflow.tracking_uri`` and ``analytics.cache_dir``).
+    :param cache_dir: Parquet cache folder; ``None`` reads the store every time.
+    """
+
+    def __init__(self, tracking_uri: str | None = None, settings: Any = None,
+                 cache_dir: str | Path | None = DEFAULT_CACHE_DIR):
+        self.tracking_uri = resolve_tracking_uri(tracking_uri, settings)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.con = duckdb.connect(config={"enable_external_access": False})
+        self._columns: list[str] = []
+
+    # -- loading --------------------------------------------------------------------------------
+
+    def load_experiment_runs(self, experiment: str | Sequence[str] | None = None, full: bool = False) -> LoadStats:
+        """Fill ``runs`` and ``metrics`` with the runs of ``experiment`` (one name, several, or
+        None for every active experiment). ``full`` ignores the cache."""
+        started = time.perf_counter()
+        experiments = [experiment] if isinstance(experiment, str) else (list(experiment) if experiment else None)
+        source = make_source(self.tracking_uri)
+        index = source.run_index(experiments)
+        cache = RunCache(self.cache_dir, self.tracking_uri, experiments) if self.cache_dir else None
+        cached = cache.load() if cache and not full else None
+        if cached is None:
+            details, reread, dropped = source.details_all(experiments), index.num_rows, 0
+        else:
+            reread_ids, dropped_ids = changed_runs(cached[0], index)
+            details = merge(cached[1], source.details(reread_ids) if reread_ids else _empty(), reread_ids + dropped_ids)
+            reread, dropped = len(reread_ids), len(dropped_ids)
+        if cache and (cached is None or reread or dropped):
+            cache.save(index, details)
+        self._build(index, details)
+        return LoadStats(index.num_rows, details.metrics.num_rows, reread, dropped, cached is not None,
+                         time.perf_counter() - started)
+
+    def _build(self, index: pa.Table, details) -> None:
+        con = self.con
+        for name, table in (("_index", index), ("_params", details.params), ("_tags", details.tags),
+                            ("_latest", details.latest), ("_history", details.metrics)):
+            con.register(name, table)
+        con.execute(f"""CREATE OR REPLACE TABLE metrics AS
+            SELECT run_id, key, step, {RESTORE_VALUE} AS value, epoch_ms(timestamp) AS timestamp
+            FROM _history ORDER BY run_id, key, step, timestamp""")
+        joins, selects = [], []
+        for alias, view, prefix, value in (("p", "_params", "params.", "value"), ("t", "_tags", "tags.", "value"),
+                                           ("m", "_latest", "metrics.", RESTORE_VALUE)):
+            if con.execute(f"SELECT count(*) FROM {view}").fetchone()[0]:
+                con.execute(f"CREATE OR REPLACE TEMP VIEW {alias}_long AS SELECT run_id, '{prefix}' || key AS key, "
+                            f"{value} AS value FROM {view}")
+                joins.append(f"LEFT JOIN (PIVOT {alias}_long ON key USING first(value) GROUP BY run_id) {alias} USING (run_id)")
+                selects.append(f"{alias}.* EXCLUDE (run_id)")
+        parent = "t.\"tags.mlflow.parentRunId\"" if self._has_tag("mlflow.parentRunId") else "NULL::VARCHAR"
+        con.execute(f"""CREATE OR REPLACE TABLE runs AS
+            SELECT i.run_id, i.experiment, i.run_name, i.status, epoch_ms(i.start_time) AS start_time,
+                   epoch_ms(i.end_time) AS end_time, {parent} AS parent_run_id{''.join(', ' + s for s in selects)}
+            FROM _index i {' '.join(joins)} ORDER BY i.start_time""")
+        for name in ("_index", "_params", "_tags", "_latest", "_history"):
+            con.unregister(name)
+        self._columns = [row[0] for row in con.execute("SELECT column_name FROM (DESCRIBE runs)").fetchall()]
+
+    def _has_tag(self, key: str) -> bool:
+        return bool(self.con.execute("SELECT count(*) FROM _tags WHERE key = ?", [key]).fetchone()[0])
+
+    # -- questions ------------------------------------------------------------------------------
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self._columns)
+
+    def query(self, sql: str) -> pa.Table:
+        """Run the user's SQL over ``runs`` and ``metrics``. The connection cannot touch files
+        (external access is off), so no query can write to the MLflow store or anywhere else."""
+        try:
+            relation = self.con.sql(sql)
+        except duckdb.Error as exc:
+            raise ConfigError(f"{str(exc).strip()}\n  runs columns: {', '.join(self._columns)}\n"
+                              f"  metrics columns: run_id, key, step, value, timestamp\n"
+                              f"  (quote dotted names: \"params.model.width\")") from None
+        return relation.to_arrow_table() if relation is not None else pa.table({})
+
+    def require_column(self, column: str) -> str:
+        if column not in self._columns:
+            hint = difflib.get_close_matches(column, self._columns, n=3)
+            raise ConfigError(f"no column {column!r} in runs" + (f" (did you mean {', '.join(hint)}?)" if hint else "")
+                              + f": available: {', '.join(self._columns)}")
+        return f'"{column}"'
+
+    def metric_column(self, metric: str) -> str:
+        return self.require_column(metric if metric.startswith("metrics.") else f"metrics.{metric}")
+
+    def cross_fold_summary(self, metric: str, by: Sequence[str] | None = None) -> pa.Table:
+        """Per configuration: folds, mean, std, min, max of ``metric``.
+
+        Without ``by``: the child runs of each cross-validation parent. With ``by``: every run with
+        the metric, grouped by those columns (e.g. ``params.model.width``)."""
+        value = self.metric_column(metric)
+        stats = (f"count(*) AS folds, avg({value}) AS mean, stddev_samp({value}) AS std, "
+                 f"min({value}) AS min, max({value}) AS max")
+        if by:
+            keys = ", ".join(self.require_column(c) for c in by)
+            sql = f"SELECT {keys}, {stats} FROM runs WHERE {value} IS NOT NULL GROUP BY {keys} ORDER BY mean DESC"
+        else:
+            sql = (f"SELECT coalesce(parent.run_name, r.parent_run_id) AS cv_run, r.parent_run_id, "
+                   f"{stats.replace(value, 'r.' + value)} FROM runs r LEFT JOIN runs parent "
+                   f"ON parent.run_id = r.parent_run_id WHERE r.parent_run_id IS NOT NULL AND r.{value} IS NOT NULL "
+                   f"GROUP BY ALL ORDER BY mean DESC")
+        return self.con.sql(sql).to_arrow_table()
+
+    def top_models(self, metric: str, n: int = 5, mode: str = "max") -> pa.Table:
+        """The ``n`` best runs by ``metric`` (NaN never ranks)."""
+        if mode not in ("max", "min"):
+            raise ConfigError(f"mode {mode!r} is invalid: use \"max\" or \"min\"")
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(f"n = {n!r} is invalid: ask for at least 1 run")
+        value = self.metric_column(metric)
+        order = "DESC" if mode == "max" else "ASC"
+        return self.con.sql(
+            f"SELECT run_id, run_name, experiment, status, parent_run_id, {value} AS {value} FROM runs "
+            f"WHERE {value} IS NOT NULL AND NOT isnan({value}) ORDER BY {value} {order}, start_time LIMIT {n}"
+        ).to_arrow_table()
+
+    def rank_of(self, metric: str, value: float, mode: str = "max") -> tuple[int, int]:
+        """(rank of ``value``, number of ranked runs) among the loaded runs."""
+        column = self.metric_column(metric)
+        better = ">" if mode == "max" else "<"
+        total, ahead = self.con.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE {column} {better} ?) FROM runs "
+            f"WHERE {column} IS NOT NULL AND NOT isnan({column})", [value]).fetchone()
+        return ahead + 1, total
+
+
+def _empty():
+    from segtrack_analytics.tables import RunDetails
+
+    return RunDetails.empty()

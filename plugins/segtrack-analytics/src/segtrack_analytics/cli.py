@@ -1,0 +1,82 @@
+"""``segtrack runs list|query|summary|top|plot``: the experiment's runs, from DuckDB."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from segtrack_analytics.render import FORMATS
+
+
+def add_commands(subparsers) -> None:
+    runs = subparsers.add_parser("runs", help="query tracked runs with DuckDB (list, query, summary, top, plot)")
+    commands = runs.add_subparsers(dest="runs_command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str, handler):
+        parser = commands.add_parser(name, help=help_text)
+        parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, settings, sqlite:///mlflow.db)")
+        parser.add_argument("--experiment", help="experiment name (default: from settings); 'all' for every one")
+        parser.add_argument("--format", choices=FORMATS, default="table", help="output format")
+        parser.add_argument("--full-refresh", action="store_true", help="ignore the Parquet cache and read everything")
+        parser.set_defaults(handler=handler)
+        return parser
+
+    listing = command("list", "one line per run", _list)
+    listing.add_argument("-n", "--limit", type=int, default=20, help="newest N runs (default 20)")
+    query = command("query", "run SQL over the tables runs and metrics", _query)
+    query.add_argument("sql", help='e.g. "SELECT run_name, \\"metrics.val_dice\\" FROM runs"')
+    summary = command("summary", "cross-fold mean/std/min/max of a metric", _summary)
+    summary.add_argument("--metric", required=True, help="e.g. val_dice or best_val_dice")
+    summary.add_argument("--by", nargs="+", metavar="COLUMN", help="group runs by these columns instead of by CV parent")
+    top = command("top", "the best runs by a metric", _top)
+    top.add_argument("--metric", required=True)
+    top.add_argument("-n", type=int, default=5)
+    top.add_argument("--mode", choices=("max", "min"), default="max")
+    plot = command("plot", "learning curves of a metric as a PNG", _plot)
+    plot.add_argument("--metric", required=True)
+    plot.add_argument("--out", default="learning-curves.png", help="PNG file to write")
+
+
+def _load(args, settings):
+    from segtrack_analytics.analytics import RunAnalytics
+    from segtrack_analytics.settings import analytics_section, default_experiment
+
+    section = analytics_section(settings)
+    analytics = RunAnalytics(args.tracking_uri, settings, cache_dir=section["cache_dir"])
+    experiment = args.experiment or default_experiment(settings)
+    stats = analytics.load_experiment_runs(None if experiment == "all" else experiment, full=args.full_refresh)
+    if stats.runs == 0:
+        print(f"no runs in experiment {experiment!r} at {analytics.tracking_uri}", file=sys.stderr)
+    return analytics
+
+
+def _print(table, args) -> None:
+    from segtrack_analytics.render import render
+
+    print(render(table, args.format))
+
+
+def _list(args, settings):
+    analytics = _load(args, settings)
+    metrics = [c for c in analytics.columns if c in ("metrics.best_val_dice", "metrics.val_dice", "metrics.val_loss")]
+    columns = ", ".join(["run_id", "run_name", "status", "start_time", *[f'"{c}"' for c in metrics]])
+    _print(analytics.query(f"SELECT {columns} FROM runs ORDER BY start_time DESC LIMIT {max(1, args.limit)}"), args)
+
+
+def _query(args, settings):
+    _print(_load(args, settings).query(args.sql), args)
+
+
+def _summary(args, settings):
+    _print(_load(args, settings).cross_fold_summary(args.metric, args.by), args)
+
+
+def _top(args, settings):
+    _print(_load(args, settings).top_models(args.metric, args.n, args.mode), args)
+
+
+def _plot(args, settings):
+    from segtrack_analytics.plot import plot_learning_curves
+
+    path = plot_learning_curves(_load(args, settings), args.metric, Path(args.out))
+    print(f"wrote {path}")

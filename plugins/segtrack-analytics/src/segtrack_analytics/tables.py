@@ -1,0 +1,35 @@
+"""The raw tables every source produces, as Arrow, with one schema whatever the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+RUN_INDEX = pa.schema([
+    ("run_id", pa.string()), ("experiment_id", pa.string()), ("experiment", pa.string()),
+    ("run_name", pa.string()), ("status", pa.string()), ("start_time", pa.int64()), ("end_time", pa.int64()),
+])
+KEY_VALUE = pa.schema([("run_id", pa.string()), ("key", pa.string()), ("value", pa.string())])
+# value is stored as the store has it; is_nan says NaN (SQL stores keep NaN as 0 with is_nan = 1)
+METRIC = pa.schema([("run_id", pa.string()), ("key", pa.string()), ("step", pa.int64()), ("value", pa.float64()),
+                    ("timestamp", pa.int64()), ("is_nan", pa.bool_())])
+
+
+@dataclass
+class RunDetails:
+    """Everything about a set of runs besides the run index."""
+
+    params: pa.Table
+    tags: pa.Table
+    latest: pa.Table  # latest value of each metric per run (METRIC schema)
+    metrics: pa.Table  # full histories (METRIC schema)
+
+    @classmethod
+    def empty(cls) -> RunDetails:
+        return cls(KEY_VALUE.empty_table(), KEY_VALUE.empty_table(), METRIC.empty_table(), METRIC.empty_table())
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Select and cast the columns of ``schema`` (sources differ in integer widths and order)."""
+    return pa.table([table.column(f.name).cast(f.type) for f in schema], schema=schema)
