@@ -19,8 +19,9 @@ from segtrack.tracking_uri import resolve_tracking_uri
 from segtrack_analytics.cache import RunCache, changed_runs, merge
 
 DEFAULT_CACHE_DIR = ".segtrack/analytics"
-# MLflow's SQL stores keep NaN as 0 with is_nan = 1 and clamp +-inf to the largest double
-RESTORE_VALUE = ("CASE WHEN is_nan THEN 'NaN'::DOUBLE WHEN value >= 1.7976931348623157e308 THEN 'Infinity'::DOUBLE "
+# MLflow's SQL stores keep NaN as 0 with is_nan = 1 and clamp +-inf to the largest double.
+# isnan first: DuckDB orders NaN above every number, so NaN >= max would read as +inf.
+RESTORE_VALUE = ("CASE WHEN is_nan OR isnan(value) THEN 'NaN'::DOUBLE WHEN value >= 1.7976931348623157e308 THEN 'Infinity'::DOUBLE "
                  "WHEN value <= -1.7976931348623157e308 THEN '-Infinity'::DOUBLE ELSE value END")
 
 

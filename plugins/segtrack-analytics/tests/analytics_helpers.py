@@ -1,0 +1,93 @@
+"""Stores filled through MLflow's own client, and MLflow's own view of them to compare with."""
+
+from __future__ import annotations
+
+import math
+
+TINY = [
+    "train.epochs=2", "train.batch_size=4", "train.lr=0.01", "data.num_samples=12", "data.image_size=16",
+    "model.width=2", "model.depth=1", "export.enabled=false", "mlflow.drain_timeout=60",
+    "mlflow.sample_overlays=0", "mlflow.checkpoint_policy='none'",
+]
+
+
+def populate(uri: str, experiment: str = "synthetic", runs: int = 6, parent: bool = True) -> list[str]:
+    """Runs shaped like segtrack's: params, tags (fold, parent), 3 metrics x 4 steps, one NaN and
+    one inf value; the last run stays RUNNING. Returns the run ids."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment(experiment)
+    parent_id = client.create_run(experiment_id, run_name="cv-parent").info.run_id if parent else None
+    ids = [parent_id] if parent_id else []
+    for index in range(runs):
+        tags = {"segtrack.fold": str(index % 3), "model": f"w{4 * (1 + index % 2)}"}
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        run = client.create_run(experiment_id, run_name=f"run-{index}", start_time=1_700_000_000_000 + index, tags=tags)
+        metrics = []
+        for step in range(4):
+            dice = 0.1 * index + 0.05 * step
+            metrics += [Metric("val_dice", dice, 1_700_000_000_000 + step, step),
+                        Metric("val_loss", 1.0 - dice, 1_700_000_000_000 + step, step)]
+        metrics.append(Metric("odd", math.nan if index == 1 else (math.inf if index == 2 else float(index)), 5, 0))
+        client.log_batch(run.info.run_id, metrics=metrics,
+                         params=[Param("model.width", str(4 * (1 + index % 2))), Param("train.lr", "0.01"),
+                                 Param("nested/key", "x")],
+                         tags=[RunTag("note", f"n{index}")])
+        if index < runs - 1:
+            client.set_terminated(run.info.run_id, "FINISHED", end_time=1_700_000_100_000 + index)
+        ids.append(run.info.run_id)
+    if parent_id:
+        client.set_terminated(parent_id, "FINISHED")
+    return ids
+
+
+def mlflow_view(uri: str, experiment: str):
+    """{run_id: (name, status, params, tags, latest metrics)} and {(run_id, key): [(step, value)]}."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs, histories = {}, {}
+    for run in client.search_runs([experiment_id], max_results=50000):
+        rid = run.info.run_id
+        runs[rid] = (run.info.run_name, run.info.status, dict(run.data.params), dict(run.data.tags),
+                     dict(run.data.metrics))
+        for key in run.data.metrics:
+            histories[(rid, key)] = sorted((m.step, m.value) for m in client.get_metric_history(rid, key))
+    return runs, histories
+
+
+def _restore(value: float) -> float:
+    """MLflow's SQL stores clamp +-inf to the largest double; the analytics tables restore it."""
+    return math.copysign(math.inf, value) if abs(value) >= 1.7976931348623157e308 else value
+
+
+def same_float(a: float, b: float) -> bool:
+    a, b = _restore(a), _restore(b)
+    return (math.isnan(a) and math.isnan(b)) or a == b or math.isclose(a, b, rel_tol=1e-12)
+
+
+def assert_matches_mlflow(analytics, uri: str, experiment: str) -> None:
+    """The DuckDB tables hold exactly what MLflow's client reports for the same store."""
+    runs, histories = mlflow_view(uri, experiment)
+    table = {r["run_id"]: r for r in analytics.query("SELECT * FROM runs").to_pylist()}
+    assert set(table) == set(runs)
+    for rid, (name, status, params, tags, latest) in runs.items():
+        row = table[rid]
+        assert (row["run_name"], row["status"]) == (name, status)
+        assert {k[7:]: v for k, v in row.items() if k.startswith("params.") and v is not None} == params
+        assert {k[5:]: v for k, v in row.items() if k.startswith("tags.") and v is not None} == tags
+        got = {k[8:]: v for k, v in row.items() if k.startswith("metrics.") and v is not None}
+        assert got.keys() == latest.keys() and all(same_float(got[k], latest[k]) for k in latest), (got, latest)
+        assert row["parent_run_id"] == tags.get("mlflow.parentRunId")
+    points = analytics.query("SELECT run_id, key, step, value FROM metrics ORDER BY run_id, key, step").to_pylist()
+    loaded: dict = {}
+    for p in points:
+        loaded.setdefault((p["run_id"], p["key"]), []).append((p["step"], p["value"]))
+    assert loaded.keys() == histories.keys()
+    for key, expected in histories.items():
+        assert [s for s, _ in loaded[key]] == [s for s, _ in expected]
+        assert all(same_float(a, b) for (_, a), (_, b) in zip(sorted(loaded[key]), expected)), key
