@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import statistics
 from pathlib import Path
 
@@ -131,10 +132,37 @@ def test_corrupt_or_foreign_cache_is_rebuilt(sqlite_uri, tmp_path):
     stats = RunAnalytics(sqlite_uri, cache_dir=cache).load_experiment_runs("synthetic")
     assert not stats.from_cache and stats.metric_points == 6 * 9
     state = next(cache.rglob("state.json"))
-    state.write_text(state.read_text().replace('"version": 1', '"version": 999'))
+    state.write_text(json.dumps({**json.loads(state.read_text()), "version": 999}))
     assert not RunAnalytics(sqlite_uri, cache_dir=cache).load_experiment_runs("synthetic").from_cache
 
 
 def test_missing_store_is_explained(tmp_path):
     with pytest.raises(ConfigError, match="no MLflow store at .*nothing.db: train first"):
         RunAnalytics(f"sqlite:///{tmp_path / 'nothing.db'}").load_experiment_runs()
+
+
+def test_new_runs_only_grow_the_cache_by_deltas_until_compaction(sqlite_uri, tmp_path):
+    from mlflow import MlflowClient
+
+    from segtrack_analytics.cache import MAX_DELTAS
+
+    populate(sqlite_uri, runs=3)
+    client = MlflowClient(sqlite_uri)
+    experiment_id = client.get_experiment_by_name("synthetic").experiment_id
+    client.set_terminated(client.search_runs([experiment_id], filter_string="status = 'RUNNING'")[0].info.run_id)
+    cache = tmp_path / "cache"
+    RunAnalytics(sqlite_uri, cache_dir=cache).load_experiment_runs("synthetic")
+    for index in range(MAX_DELTAS + 2):
+        run = client.create_run(experiment_id, run_name=f"new-{index}").info.run_id
+        client.log_metric(run, "val_dice", index / 10, step=0)
+        client.set_terminated(run)
+        stats = RunAnalytics(sqlite_uri, cache_dir=cache).load_experiment_runs("synthetic")
+        assert (stats.reread, stats.from_cache) == (1, True)
+        state = json.loads(next(cache.rglob("state.json")).read_text())
+        assert state["deltas"] == (index + 1) % (MAX_DELTAS + 1)
+    cached = RunAnalytics(sqlite_uri, cache_dir=cache)
+    cached.load_experiment_runs("synthetic")
+    full = RunAnalytics(sqlite_uri, cache_dir=None)
+    full.load_experiment_runs("synthetic")
+    sql = 'SELECT run_id, "metrics.val_dice" AS v FROM runs ORDER BY run_id'
+    assert cached.query(sql).to_pylist() == full.query(sql).to_pylist()

@@ -78,14 +78,19 @@ class RunAnalytics:
         index = source.run_index(experiments)
         cache = RunCache(self.cache_dir, self.tracking_uri, experiments) if self.cache_dir else None
         cached = cache.load() if cache and not full else None
+        added = None
         if cached is None:
             details, reread, dropped = source.details_all(experiments), index.num_rows, 0
         else:
             reread_ids, dropped_ids = changed_runs(cached[0], index)
-            details = merge(cached[1], source.details(reread_ids) if reread_ids else _empty(), reread_ids + dropped_ids)
+            cached_ids = set(cached[0].column("run_id").to_pylist())
+            fresh = source.details(reread_ids) if reread_ids else _empty()
+            details = merge(cached[1], fresh, reread_ids + dropped_ids, cached_ids)
             reread, dropped = len(reread_ids), len(dropped_ids)
+            if not dropped_ids and not any(rid in cached_ids for rid in reread_ids):
+                added = fresh  # only new runs: the cache grows by a delta file
         if cache and (cached is None or reread or dropped):
-            cache.save(index, details)
+            cache.save(index, details, added)
         self._build(index, details)
         return LoadStats(index.num_rows, details.metrics.num_rows, reread, dropped, cached is not None,
                          time.perf_counter() - started)
@@ -97,7 +102,7 @@ class RunAnalytics:
             con.register(name, table)
         con.execute(f"""CREATE OR REPLACE TABLE metrics AS
             SELECT run_id, key, step, {RESTORE_VALUE} AS value, epoch_ms(timestamp) AS timestamp
-            FROM _history ORDER BY run_id, key, step, timestamp""")
+            FROM _history""")
         joins, selects = [], []
         for alias, view, prefix, value in (("p", "_params", "params.", "value"), ("t", "_tags", "tags.", "value"),
                                            ("m", "_latest", "metrics.", RESTORE_VALUE)):
