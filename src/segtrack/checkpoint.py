@@ -31,6 +31,14 @@ def ensure_writable_dir(path: str | os.PathLike, setting: str) -> Path:
     return folder
 
 
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Temp files of writes that a killed process never finished (the real files are intact)."""
+    stale = [p for p in folder.glob(".*.pt.*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def save_atomic(payload: dict[str, Any], path: str | os.PathLike) -> int:
     """Write to a temp file in the same folder, fsync, rename over ``path``. Returns its size."""
     target = Path(path)

@@ -128,6 +128,9 @@ class SegmentationTrainer:
         signature = model_signature(cfg["model"], self.num_classes)
         payload = checkpoint.load(resume, signature) if resume else None  # before creating any folder
         ckpt_dir = checkpoint.ensure_writable_dir(ckpt_dir, "checkpoint.dir")
+        if self.dist.is_main:
+            for stale in checkpoint.remove_stale_temp_files(ckpt_dir):
+                log.info("removed %s, left by an interrupted checkpoint write", stale)
         export_dir = checkpoint.ensure_writable_dir(cfg["export"]["dir"], "export.dir") if cfg["export"]["enabled"] else None
 
         # setup: seeded model, optimizer, schedule
