@@ -177,7 +177,7 @@ class SegmentationTrainer:
         status, error, export, export_error, last_metrics = "completed", None, None, None, {}
         epochs_completed, started = start_epoch, time.perf_counter()
         paths = {"best": ckpt_dir / "best.pt" if best_epoch >= 0 else None, "last": ckpt_dir / "last.pt" if resume else None}
-        with _sigterm_as_interrupt():
+        with _SigtermAsInterrupt() as sigterm:
             try:
                 hooks.call("fit_start", trainer=self, run=run)
                 for epoch in range(start_epoch, train_cfg["epochs"]):
@@ -226,12 +226,14 @@ class SegmentationTrainer:
                     if export is not None:
                         hooks.call("model_exported", trainer=self, run=run, export=export)
             except BaseException as exc:
+                sigterm.ending = True
                 status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
                 error = f"{type(exc).__name__}: {exc}"
                 with self._lenient_if_failing(force=True):
                     hooks.call("fit_exception", trainer=self, run=run, error=exc)
                 raise
             finally:
+                sigterm.ending = True
                 result = FitResult(
                     status=status, epochs_completed=epochs_completed, best_value=best_value, best_epoch=best_epoch,
                     monitor=monitor, final_metrics=freeze(last_metrics), best_metrics=freeze(best_metrics),
@@ -414,18 +416,33 @@ def _summary(results: list[FitResult]) -> dict[str, dict[str, float]]:
     return summary
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM ends the fit like Ctrl-C (status ``interrupted``, hooks fire, checkpoints intact)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class _SigtermAsInterrupt:
+    """SIGTERM ends the fit like Ctrl-C (status ``interrupted``, hooks fire, checkpoints intact).
 
-    def handler(signum, frame):
+    Once the fit is ending (``fit_exception``/``fit_end`` running, e.g. a tracking plugin
+    flushing its run status), a SIGTERM is held back until they return, so the plugins can finish
+    within the grace period launchers such as torchrun give before SIGKILL.
+    """
+
+    def __init__(self):
+        self.ending = False
+        self.deferred = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.ending:
+            self.deferred = True
+            return
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        if self.deferred and exc_type is None:
+            raise KeyboardInterrupt("signal SIGTERM (received while the fit was ending)")
+        return False

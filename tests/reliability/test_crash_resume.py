@@ -101,7 +101,7 @@ def test_kill_at_a_chosen_moment_then_resume(kill, tmp_path, sqlite_uri, referen
     _verify(tmp_path, sqlite_uri, reference, report_row, f"SIGKILL {kill}", 1)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
 def test_random_kills_then_resume(seed, tmp_path, sqlite_uri, reference, report_row):
     rng = random.Random(seed)
     kills = 0
