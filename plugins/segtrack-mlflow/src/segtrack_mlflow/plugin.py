@@ -115,7 +115,9 @@ class MlflowPlugin:
             spool.add_file(path, "params")
             path.unlink()
 
-    @hookimpl
+    # tryfirst: the run must exist before any other plugin can fail (under plugins.strict a failure
+    # in another plugin's hook stops the fit, and that run is then recorded as FAILED)
+    @hookimpl(tryfirst=True)
     def cross_validation_start(self, info):
         tags = {"segtrack.cv_id": info.cv_id, "segtrack.num_folds": str(info.num_folds), "segtrack.role": "cv-parent"}
         self.parent = self._new_spool(info.run_name, tags, None)
@@ -123,7 +125,7 @@ class MlflowPlugin:
         self._log_params(self.parent, info.config)
         self._shipper_for(self.parent)
 
-    @hookimpl
+    @hookimpl(tryfirst=True)  # see cross_validation_start
     def fit_start(self, run):
         import torch
 
