@@ -17,6 +17,7 @@ from segtrack_mlflow.uri import is_remote, local_artifact_root, redact, resolve_
 
 log = logging.getLogger("segtrack.mlflow")
 STATUS = {"completed": "FINISHED", "stopped": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+MIN_SPOOL_FREE_BYTES = 16 * 2**20
 CHECKPOINT_KINDS = {"best+last": ("best", "last"), "best": ("best",), "last": ("last",),
                     "all": ("best", "last", "epoch"), "none": ()}
 
@@ -55,8 +56,27 @@ class MlflowPlugin:
             os.environ["MLFLOW_TRACKING_USERNAME"] = self.section["username"]
         if self.section["password"]:
             os.environ["MLFLOW_TRACKING_PASSWORD"] = self.section["password"]
-        if os.environ.get("RANK", "0") == "0" and is_remote(self.tracking_uri):
-            self._check_server()
+        if os.environ.get("RANK", "0") == "0":
+            self._check_spool_dir()
+            if is_remote(self.tracking_uri):
+                self._check_server()
+
+    def _check_spool_dir(self) -> None:
+        """The spool must be writable with room to spare: a spool that cannot be written loses data."""
+        import shutil
+
+        folder = Path(self.section["spool_dir"])
+        existing = next((p for p in [folder, *folder.resolve().parents] if p.exists()), Path("/"))
+        free = shutil.disk_usage(existing).free
+        if not os.access(existing, os.W_OK):
+            raise ConfigError(f"mlflow.spool_dir = {str(folder)!r} is not writable: choose a writable folder "
+                              f"(every logged point is written there before it is sent)")
+        if free < MIN_SPOOL_FREE_BYTES:
+            raise ConfigError(
+                f"mlflow.spool_dir = {str(folder)!r} has {free // 1024} KiB free, below the "
+                f"{MIN_SPOOL_FREE_BYTES // 2**20} MiB needed to log safely: free space there or set "
+                f"mlflow.spool_dir to a folder on a disk with room"
+            )
 
     def _check_server(self) -> None:
         from segtrack_mlflow.probe import probe_http
