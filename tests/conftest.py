@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -13,16 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
 from recorder import TINY  # noqa: E402,F401
+from segtrack.testing import clean_env  # noqa: E402,F401
 
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    """No SEGTRACK_/MLFLOW_ setting leaks in from the caller; each test works in its own folder."""
-    for key in list(os.environ):
-        if key.startswith(("SEGTRACK_", "MLFLOW_")):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture

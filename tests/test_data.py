@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segtrack import DataError
 from segtrack.data import fingerprint, fold_indices, folder_arrays, split_indices, synthetic_arrays
 
 

@@ -100,6 +100,10 @@ class PluginManager:
             self._impls[hook] = impls
         return impls
 
+    def has_implementations(self, hook: str) -> bool:
+        """Whether any plugin implements ``hook`` (lets the loop skip building hot-path records)."""
+        return bool(self._implementations(hook))
+
     def call(self, hook: str, /, **kwargs: Any) -> None:
         """Call every implementation of ``hook`` (rank 0 only); a raising one is reported, not fatal."""
         if self.rank != 0:

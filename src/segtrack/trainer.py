@@ -257,7 +257,7 @@ class SegmentationTrainer:
         flips = torch.Generator().manual_seed(seed + 1)
         model.train()
         device, amp, dice_weight = self.device, self.amp, train_cfg["dice_weight"]
-        call, has_step_hooks = self.plugins.call, bool(self.plugins._implementations("train_batch_end"))
+        call, has_step_hooks = self.plugins.call, self.plugins.has_implementations("train_batch_end")
         total, count = torch.zeros((), device=device), 0
         for batch_index, (images, masks) in enumerate(loader):
             if train_cfg["augment"]:

@@ -3,7 +3,6 @@ row (runs, faults, points expected/found, duplicates) printed at the end of the 
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import pytest
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
+from segtrack_mlflow.testing import sqlite_template, sqlite_uri  # noqa: E402,F401
+
 REPORT: list[dict] = []
 
 
@@ -29,18 +30,3 @@ def pytest_terminal_summary(terminalreporter):
     columns = ["scenario", "runs", "faults", "expected", "found", "duplicates", "result"]
     for row in REPORT:
         terminalreporter.write_line(" | ".join(f"{c}={row.get(c, '')}" for c in columns))
-
-
-@pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory) -> Path:
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def sqlite_uri(sqlite_template, tmp_path) -> str:
-    shutil.copy(sqlite_template, tmp_path / "mlflow.db")
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"

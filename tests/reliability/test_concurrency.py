@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
 
@@ -16,23 +15,15 @@ EPOCHS, STEPS = 3, 3 * 3
 
 @pytest.fixture
 def postgres_server(tmp_path):
-    psycopg2 = pytest.importorskip("psycopg2")
-    from segtrack_mlflow.testing import MlflowServer
+    pytest.importorskip("psycopg2")
+    from segtrack_mlflow.testing import MlflowServer, temporary_postgres_database
 
-    name = f"segtrack_concurrency_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=5)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    server = MlflowServer(f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}", tmp_path).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        with admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
+    with temporary_postgres_database("segtrack_concurrency") as uri:
+        server = MlflowServer(uri, tmp_path).start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 def test_eight_parallel_fits_to_one_postgres_backed_server(tmp_path, postgres_server, report_row):

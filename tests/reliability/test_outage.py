@@ -29,7 +29,7 @@ class EpochClock:
     def epoch_end(self, trainer, epoch):
         self.spans.append((self._start, time.monotonic()))
         if self.done.is_set():
-            self.settle = self.settle if self.settle is not None else epoch.epoch + 3
+            self.settle = self.settle if self.settle is not None else epoch.epoch + 30
             if epoch.epoch >= self.settle:
                 trainer.request_stop("outages over")
 
@@ -37,7 +37,7 @@ class EpochClock:
 def _outages(server, down_seconds: float, times: int, done: threading.Event, windows: list):
     try:
         for _ in range(times):
-            time.sleep(1.5)
+            time.sleep(4)  # epochs with the server up, before each outage
             began = time.monotonic()
             server.stop()
             time.sleep(down_seconds)

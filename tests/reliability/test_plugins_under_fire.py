@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 
 HOOKS = ["fit_start", "epoch_start", "train_batch_end", "validation_end", "epoch_end", "checkpoint_saved",
          "model_exported", "fit_end", "state_dict"]

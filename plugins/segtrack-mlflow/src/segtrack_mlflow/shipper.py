@@ -7,7 +7,6 @@ import logging
 import shutil
 import threading
 import time
-from pathlib import Path
 
 from segtrack_mlflow import store
 from segtrack_mlflow.spool import Pending, Spool

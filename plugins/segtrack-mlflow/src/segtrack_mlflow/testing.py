@@ -1,5 +1,6 @@
-"""Start a real local `mlflow server` (tests, benchmarks, trying things out): small footprint,
-its own process group, stopped by PID. Never used by the plugin at run time."""
+"""Real MLflow stores for tests and benchmarks: a local `mlflow server` (small footprint, its own
+process group, stopped by PID), migrated SQLite stores and throw-away PostgreSQL databases, and
+pytest fixtures built on them (import them into a conftest.py). Never used at run time."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ import socket
 import subprocess
 import sys
 import time
+import contextlib
+import shutil
 import urllib.request
+import uuid
 from pathlib import Path
+
+PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 
 def free_port() -> int:
@@ -63,3 +69,61 @@ class MlflowServer:
             pass
         self.process.wait(timeout=30)
         self.process = None
+
+
+def migrated_sqlite_store(path: Path) -> str:
+    """A new SQLite store with MLflow's migrations applied (they take seconds: do it once, copy it)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{path}"
+    MlflowClient(uri).search_experiments()
+    return uri
+
+
+@contextlib.contextmanager
+def temporary_postgres_database(prefix: str = "segtrack_test"):
+    """Create a fresh database on the local PostgreSQL (trust auth) and drop it afterwards."""
+    import psycopg2
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(PG_ADMIN_DSN, connect_timeout=5)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                        "AND pid <> pg_backend_pid()", (name,))
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+
+
+# -- pytest fixtures -----------------------------------------------------------------------------
+try:
+    import pytest
+except ImportError:  # not a test run
+    pytest = None
+
+if pytest is not None:
+
+    @pytest.fixture(scope="session")
+    def sqlite_template(tmp_path_factory) -> Path:
+        """One migrated SQLite store per session."""
+        path = tmp_path_factory.mktemp("template") / "mlflow.db"
+        migrated_sqlite_store(path)
+        return path
+
+    @pytest.fixture
+    def sqlite_uri(sqlite_template, tmp_path) -> str:
+        """A copy of the migrated store for this test."""
+        shutil.copy(sqlite_template, tmp_path / "mlflow.db")
+        return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    @pytest.fixture(scope="session")
+    def postgres_uri():
+        """A fresh PostgreSQL database for the session (PostgreSQL on 127.0.0.1:5432 is required)."""
+        pytest.importorskip("psycopg2")
+        with temporary_postgres_database() as uri:
+            yield uri
