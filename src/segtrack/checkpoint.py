@@ -60,6 +60,22 @@ def save_atomic(payload: dict[str, Any], path: str | os.PathLike) -> int:
     return target.stat().st_size
 
 
+def link_atomic(source: Path, target: Path) -> int:
+    """Give the just-written ``source`` a second name, atomically (hard link, else a copy).
+
+    A later rename over ``source`` replaces only that name, so ``target`` keeps its content."""
+    import shutil
+
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copy2(source, tmp)
+    os.replace(tmp, target)
+    return target.stat().st_size
+
+
 def load(path: str | os.PathLike, signature: dict[str, Any]) -> dict[str, Any]:
     """Read a segtrack checkpoint safely and check that it belongs to a model with ``signature``."""
     source = Path(path)

@@ -208,11 +208,13 @@ class SegmentationTrainer:
                         "rng": checkpoint.rng_state(), "plugins": hooks.collect("state_dict") if self.dist.is_main else {},
                     }
                     kinds = (["best"] if is_best else []) + ["last"] + (["epoch"] if cfg["checkpoint"]["keep"] else [])
+                    written = None
                     for kind in kinds:
                         path = ckpt_dir / (f"epoch-{epoch:04d}.pt" if kind == "epoch" else f"{kind}.pt")
                         if self.dist.is_main:
-                            size = checkpoint.save_atomic(state, path)
-                            paths[kind] = path
+                            # the same state under several names: serialise once, then link
+                            size = checkpoint.save_atomic(state, path) if written is None else checkpoint.link_atomic(written, path)
+                            written, paths[kind] = path, path
                             hooks.call("checkpoint_saved", trainer=self, run=run, checkpoint=CheckpointInfo(
                                 str(path), kind, epoch, monitor, last_metrics[monitor], size))
                     if self.dist.is_main and cfg["checkpoint"]["keep"]:
@@ -289,6 +291,7 @@ class SegmentationTrainer:
         counts = ConfusionCounts(self.num_classes, self.device)
         indices = torch.arange(len(dataset))[self.dist.rank :: self.dist.world_size]
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        held_predictions = {}  # the held samples' predictions, taken from the pass itself
         for start in range(0, len(indices), cfg["batch_size"]):
             batch = indices[start : start + cfg["batch_size"]]
             images = dataset.images[batch].to(self.device)
@@ -296,15 +299,23 @@ class SegmentationTrainer:
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
                 logits = model(images)
             loss_sum += segmentation_loss(logits.float(), masks, cfg["dice_weight"]).double() * len(batch)
-            counts.update(logits.argmax(1), masks)
+            predictions = logits.argmax(1)
+            counts.update(predictions, masks)
+            for position, index in enumerate(batch.tolist()):
+                if index < len(held[0]):
+                    held_predictions[index] = predictions[position].cpu()
         self.dist.all_reduce_sum(counts.counts)
         totals = self.dist.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(len(indices)), dtype=torch.float64, device=self.device)]))
         dice, iou = counts.mean_foreground()
         samples = ()
         if self.dist.is_main:
-            predictions = model(held[0].to(self.device)).argmax(1).cpu()
-            samples = tuple(ValidationSample(img.numpy(), msk.numpy(), pred.numpy())
-                            for img, msk, pred in zip(held[0], held[1], predictions))
+            missing = [i for i in range(len(held[0])) if i not in held_predictions]  # other ranks' share
+            if missing:
+                with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+                    extra = model(held[0][missing].to(self.device)).argmax(1).cpu()
+                held_predictions.update(zip(missing, extra))
+            samples = tuple(ValidationSample(img.numpy(), msk.numpy(), held_predictions[i].numpy())
+                            for i, (img, msk) in enumerate(zip(held[0], held[1])))
         per_class = tuple(float(v) for v in counts.per_class()[0].cpu())
         return ValidationResult(epoch, float(totals[0] / totals[1]), dice, iou, per_class, len(dataset), samples)
 

@@ -8,8 +8,6 @@ import json
 import math
 from datetime import datetime
 
-import pyarrow as pa
-
 FORMATS = ("table", "csv", "json")
 
 
@@ -23,7 +21,10 @@ def _cell(value) -> str:
     return str(value)
 
 
-def render(table: pa.Table, fmt: str = "table", max_width: int = 40) -> str:
+def render(table, fmt: str = "table", max_width: int = 40) -> str:
+    """``table``: a pyarrow Table. pyarrow is imported here, not at import (`segtrack --help` stays fast)."""
+    import pyarrow as pa
+
     rows = table.to_pylist()
     if fmt == "json":
         return json.dumps(rows, default=str, indent=2, allow_nan=True)
