@@ -85,3 +85,10 @@ def test_bad_checkpoints_are_refused(trainer_factory, tmp_path, case, expected):
     with pytest.raises(CheckpointError, match=expected):
         trainer.fit(resume=str(path))
     assert not (tmp_path / "pwned").exists()
+
+
+def test_dataloader_workers_give_the_same_fit(trainer_factory, tmp_path):
+    trainer_factory("checkpoint.dir='inline'").fit()
+    trainer_factory("checkpoint.dir='workers'", "train.num_workers=1").fit()
+    a, b = _weights(tmp_path / "inline" / "last.pt"), _weights(tmp_path / "workers" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)

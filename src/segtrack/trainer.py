@@ -253,9 +253,13 @@ class SegmentationTrainer:
         seed = train_cfg["seed"] * 100_003 + epoch  # the order depends on seed and epoch only: resumable
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
         order = shard(order, self.dist)
-        batches = [order[i : i + train_cfg["batch_size"]].tolist() for i in range(0, len(order), train_cfg["batch_size"])]
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=train_cfg["num_workers"],
-                            pin_memory=self.device.type == "cuda")
+        batches = [order[i : i + train_cfg["batch_size"]] for i in range(0, len(order), train_cfg["batch_size"])]
+        if train_cfg["num_workers"] == 0:
+            # the data is in memory: index whole batches (a DataLoader would fetch and stack sample by sample)
+            loader = ((dataset.images[b], dataset.masks[b]) for b in batches)
+        else:
+            loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in batches],
+                                num_workers=train_cfg["num_workers"], pin_memory=self.device.type == "cuda")
         flips = torch.Generator().manual_seed(seed + 1)
         model.train()
         device, amp, dice_weight = self.device, self.amp, train_cfg["dice_weight"]
