@@ -26,9 +26,6 @@ def thaw(value: Any) -> Any:
     return value
 
 
-EPOCH_METRICS = ("train_loss", "val_loss", "val_dice", "val_iou", "lr")
-
-
 @dataclass(frozen=True)
 class RunInfo:
     """One fit: who runs it, on what, with which resolved settings."""

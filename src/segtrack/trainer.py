@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from segtrack import __version__, checkpoint
-from segtrack.config import check_plugin_sections, load_settings, resolved_dict, validate
+from segtrack.config import METRIC_NAMES, check_plugin_sections, load_settings, resolved_dict, validate
 from segtrack.data import ArrayDataset, fingerprint, fold_indices, load_arrays, split_indices
 from segtrack.distributed import DistContext, context_from_env, shard
 from segtrack.errors import ConfigError
@@ -423,7 +423,7 @@ def _prune_snapshots(folder: Path, keep: int) -> None:
 
 def _summary(results: list[FitResult]) -> dict[str, dict[str, float]]:
     summary = {}
-    for name in ("train_loss", "val_loss", "val_dice", "val_iou"):
+    for name in METRIC_NAMES:
         values = np.array([r.best_metrics[name] for r in results if name in r.best_metrics], dtype=float)
         if values.size:
             summary[name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
