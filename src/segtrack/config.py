@@ -139,15 +139,16 @@ def resolved_dict(settings: Dynaconf) -> dict[str, Any]:
     out = {}
     for key, value in settings.as_dict().items():
         if isinstance(value, Mapping):
-            out[key.lower()] = _plain(value)
+            out[key.lower()] = plain(value)
     return out
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """Settings as plain dicts and lists, section and key names in lower case."""
     if isinstance(value, Mapping):
-        return {str(k).lower(): _plain(v) for k, v in value.items()}
+        return {str(k).lower(): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 

@@ -106,43 +106,35 @@ class PluginManager:
 
     def call(self, hook: str, /, **kwargs: Any) -> None:
         """Call every implementation of ``hook`` (rank 0 only); a raising one is reported, not fatal."""
-        if self.rank != 0:
-            return
-        self._dispatch(hook, kwargs)
+        if self.rank == 0:
+            self._run(hook, kwargs)
 
     def call_all_ranks(self, hook: str, /, **kwargs: Any) -> None:
-        self._dispatch(hook, kwargs)
-
-    def _dispatch(self, hook: str, kwargs: Mapping[str, Any]) -> None:
-        for plugin, func, argnames in self._implementations(hook):
-            try:
-                func(*[kwargs[a] for a in argnames])
-            except Exception as exc:  # isolation is the point: any plugin error is contained
-                if hook == "settings_loaded" and isinstance(exc, ConfigError):
-                    raise
-                self._failed(plugin, hook, exc)
+        self._run(hook, kwargs)
 
     def collect(self, hook: str, /, **kwargs: Any) -> dict[str, Any]:
         """Each plugin's return value of ``hook``, by plugin name (None values dropped)."""
+        return self._run(hook, kwargs)
+
+    def call_one(self, plugin_name: str, hook: str, /, **kwargs: Any) -> None:
+        """Call ``hook`` of one plugin only (e.g. ``load_state_dict`` with its own state)."""
+        self._run(hook, kwargs, only=plugin_name)
+
+    def _run(self, hook: str, kwargs: Mapping[str, Any], only: str | None = None) -> dict[str, Any]:
         results = {}
         for plugin, func, argnames in self._implementations(hook):
+            if only is not None and plugin != only:
+                continue
             try:
                 value = func(*[kwargs[a] for a in argnames])
-            except Exception as exc:
+            except Exception as exc:  # isolation is the point: any plugin error is contained
+                if hook == "settings_loaded" and isinstance(exc, ConfigError):
+                    raise
                 self._failed(plugin, hook, exc)
                 continue
             if value is not None:
                 results[plugin] = value
         return results
-
-    def call_one(self, plugin_name: str, hook: str, /, **kwargs: Any) -> None:
-        """Call ``hook`` of one plugin only (e.g. ``load_state_dict`` with its own state)."""
-        for plugin, func, argnames in self._implementations(hook):
-            if plugin == plugin_name:
-                try:
-                    func(*[kwargs[a] for a in argnames])
-                except Exception as exc:
-                    self._failed(plugin, hook, exc)
 
     def call_bounded(self, hook: str, timeout: float, /, **kwargs: Any) -> None:
         """Like ``call``, but each implementation gets at most ``timeout`` seconds."""

@@ -54,6 +54,19 @@ def check_uri(uri: str) -> str:
     return uri
 
 
+def auth_header(username: str = "", password: str = "") -> str | None:
+    """The Authorization header for a tracking server: basic auth from the arguments or
+    MLFLOW_TRACKING_USERNAME/PASSWORD, else a bearer MLFLOW_TRACKING_TOKEN, else None."""
+    import base64
+
+    username = username or os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+    password = password or os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    if username:
+        return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return f"Bearer {token}" if token else None
+
+
 def is_remote(uri: str) -> bool:
     return urlsplit(uri).scheme in ("http", "https", "databricks")
 

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from segtrack import __version__, checkpoint
-from segtrack.config import METRIC_NAMES, check_plugin_sections, load_settings, resolved_dict, validate
+from segtrack.config import METRIC_NAMES, check_plugin_sections, load_settings, plain, resolved_dict, validate
 from segtrack.data import ArrayDataset, fingerprint, fold_indices, load_arrays, split_indices
 from segtrack.distributed import DistContext, context_from_env, shard
 from segtrack.errors import ConfigError
@@ -58,7 +58,7 @@ class SegmentationTrainer:
         if settings is None:
             settings = load_settings()
         self.settings = settings
-        self.config = resolved_dict(settings) if not isinstance(settings, Mapping) else _plain_copy(settings)
+        self.config = resolved_dict(settings) if not isinstance(settings, Mapping) else plain(settings)
         validate(self.config)
         self.dist: DistContext = context_from_env()
         if plugin_manager is not None and list(plugins):
@@ -198,27 +198,27 @@ class SegmentationTrainer:
                     hooks.call("epoch_end", trainer=self, run=run, epoch=EpochResult(
                         epoch, freeze(last_metrics), monitor, is_best, best_value, best_epoch,
                         time.perf_counter() - epoch_started))
-                    # checkpoints: best when improved, last always, optional per-epoch snapshots
-                    state = {
-                        "format": checkpoint.FORMAT, "version": checkpoint.VERSION, "model_signature": signature,
-                        "epoch": epoch, "global_step": global_step, "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(), "best_value": best_value, "best_epoch": best_epoch,
-                        "best_metrics": best_metrics, "metrics": last_metrics, "run_name": run_name, "fold": fold,
-                        "rng": checkpoint.rng_state(), "plugins": hooks.collect("state_dict") if self.dist.is_main else {},
-                    }
-                    kinds = (["best"] if is_best else []) + ["last"] + (["epoch"] if cfg["checkpoint"]["keep"] else [])
-                    written = None
-                    for kind in kinds:
-                        path = ckpt_dir / (f"epoch-{epoch:04d}.pt" if kind == "epoch" else f"{kind}.pt")
-                        if self.dist.is_main:
+                    # checkpoints (rank 0): best when improved, last always, optional per-epoch snapshots
+                    if self.dist.is_main:
+                        state = {
+                            "format": checkpoint.FORMAT, "version": checkpoint.VERSION, "model_signature": signature,
+                            "epoch": epoch, "global_step": global_step, "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "scaler": scaler.state_dict(), "best_value": best_value, "best_epoch": best_epoch,
+                            "best_metrics": best_metrics, "metrics": last_metrics, "run_name": run_name, "fold": fold,
+                            "rng": checkpoint.rng_state(), "plugins": hooks.collect("state_dict"),
+                        }
+                        kinds = (["best"] if is_best else []) + ["last"] + (["epoch"] if cfg["checkpoint"]["keep"] else [])
+                        written = None
+                        for kind in kinds:
+                            path = ckpt_dir / (f"epoch-{epoch:04d}.pt" if kind == "epoch" else f"{kind}.pt")
                             # the same state under several names: serialise once, then link
                             size = checkpoint.save_atomic(state, path) if written is None else checkpoint.link_atomic(written, path)
                             written, paths[kind] = path, path
                             hooks.call("checkpoint_saved", trainer=self, run=run, checkpoint=CheckpointInfo(
                                 str(path), kind, epoch, monitor, last_metrics[monitor], size))
-                    if self.dist.is_main and cfg["checkpoint"]["keep"]:
-                        _prune_snapshots(ckpt_dir, cfg["checkpoint"]["keep"])
+                        if cfg["checkpoint"]["keep"]:
+                            _prune_snapshots(ckpt_dir, cfg["checkpoint"]["keep"])
                     self.dist.barrier()
                     if self.stop_reason:
                         status = "stopped"
@@ -366,14 +366,6 @@ def _with_failures(result: FitResult, hooks: PluginManager) -> FitResult:
     from dataclasses import replace
 
     return replace(result, plugin_failures=hooks.failures())
-
-
-def _plain_copy(value):
-    if isinstance(value, Mapping):
-        return {str(k): _plain_copy(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain_copy(v) for v in value]
-    return value
 
 
 def _resolve_device(name: str, ctx: DistContext) -> torch.device:

@@ -3,9 +3,7 @@ latest metrics come with each page) plus bulk metric histories (100 runs per req
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -15,6 +13,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from segtrack import ConfigError
+from segtrack.tracking_uri import auth_header
 from segtrack_analytics.tables import KEY_VALUE, METRIC, RUN_INDEX, RunDetails
 
 PAGE = 1000
@@ -32,11 +31,9 @@ class RestSource:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(url, data=data, method="POST" if data else "GET",
                                          headers={"Content-Type": "application/json"})
-        user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
-        if user:
-            request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
-        elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
-            request.add_header("Authorization", "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"])
+        header = auth_header()
+        if header:
+            request.add_header("Authorization", header)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read() or b"{}")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import urllib.error
 import urllib.request
+
+from segtrack.tracking_uri import auth_header
 
 
 def probe_http(uri: str, username: str = "", password: str = "", timeout: float = 3.0) -> str:
@@ -16,13 +16,9 @@ def probe_http(uri: str, username: str = "", password: str = "", timeout: float 
         data=json.dumps({"max_results": 1}).encode(), method="POST",
         headers={"Content-Type": "application/json"},
     )
-    username = username or os.environ.get("MLFLOW_TRACKING_USERNAME", "")
-    password = password or os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
-    if username:
-        token = base64.b64encode(f"{username}:{password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
-        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    header = auth_header(username, password)
+    if header:
+        request.add_header("Authorization", header)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read()

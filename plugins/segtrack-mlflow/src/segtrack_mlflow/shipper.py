@@ -143,7 +143,6 @@ class Shipper:
         self.last_error: str | None = None
         self.clients: dict = {}
         self._wake = threading.Event()
-        self._stop = threading.Event()
         self._idle = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -152,7 +151,6 @@ class Shipper:
         with self._lock:
             self.spools[spool.local_id] = spool
         if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="segtrack-mlflow-shipper", daemon=True)
             self._thread.start()
         self.wake()
@@ -163,7 +161,7 @@ class Shipper:
 
     def _run(self) -> None:
         backoff = self.interval
-        while not self._stop.is_set():
+        while True:  # a daemon thread: it lives as long as the process, shipping whatever is spooled
             self._wake.clear()
             try:
                 self.ship_all()
@@ -176,7 +174,7 @@ class Shipper:
                     log.warning("MLflow unreachable (%s: %s); spooling locally and retrying",
                                 type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                self._stop.wait(backoff)
+                time.sleep(backoff)
                 backoff = min(self.max_backoff, backoff * 2)
 
     def ship_all(self) -> int:
@@ -200,9 +198,3 @@ class Shipper:
             self._idle.clear()
             self._wake.set()
         return True
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=15)
