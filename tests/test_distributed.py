@@ -12,7 +12,8 @@ import textwrap
 import torch
 
 SCRIPT = textwrap.dedent("""
-    import json, os, sys
+    import atexit, json, os, sys
+    import torch.distributed as dist
     from segtrack import SegmentationTrainer, hookimpl, load_settings
     from segtrack.plugins import get_plugin_manager
 
@@ -23,6 +24,11 @@ SCRIPT = textwrap.dedent("""
                 fh.write(json.dumps({"rank": run.rank, "world": run.world_size, "epoch": epoch.epoch,
                                      "val_dice": epoch.metrics["val_dice"]}) + "\\n")
 
+    def record_group_at_exit():  # registered first, so it runs after segtrack's own exit handler
+        with open(f"group-at-exit-rank{os.environ['RANK']}.txt", "w") as fh:
+            fh.write(str(dist.is_initialized()))
+
+    atexit.register(record_group_at_exit)
     settings = load_settings(overrides=sys.argv[1:])
     manager = get_plugin_manager(settings, [Log()], autoload=False, disabled=["progress"])
     result = SegmentationTrainer(settings, plugin_manager=manager).fit()
@@ -55,3 +61,5 @@ def test_two_process_fit_fires_hooks_on_rank_zero_only(tmp_path):
     assert results[0]["best"] == results[1]["best"]  # metrics are reduced across ranks
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    # each rank leaves the process group before the interpreter tears down (else gloo may abort)
+    assert [(tmp_path / f"group-at-exit-rank{r}.txt").read_text() for r in (0, 1)] == ["False", "False"]
