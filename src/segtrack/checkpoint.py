@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -64,8 +65,6 @@ def link_atomic(source: Path, target: Path) -> int:
     """Give the just-written ``source`` a second name, atomically (hard link, else a copy).
 
     A later rename over ``source`` replaces only that name, so ``target`` keeps its content."""
-    import shutil
-
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     try:

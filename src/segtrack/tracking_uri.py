@@ -5,7 +5,6 @@ Plain string handling only: the core never imports mlflow."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -33,8 +32,7 @@ def resolve_tracking_uri(explicit: str | None = None, settings: Any = None) -> s
 def _from_settings(settings: Any) -> str | None:
     if settings is None:
         return None
-    section = settings.get("mlflow", {}) if isinstance(settings, Mapping) else (settings.get("mlflow") or {})
-    return section.get("tracking_uri") or None
+    return (settings.get("mlflow") or {}).get("tracking_uri") or None
 
 
 def check_uri(uri: str) -> str:

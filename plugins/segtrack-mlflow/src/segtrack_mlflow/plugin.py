@@ -11,6 +11,7 @@ from pathlib import Path
 from segtrack import ConfigError, hookimpl
 from segtrack.records import thaw
 
+from segtrack_mlflow import store
 from segtrack_mlflow.settings import mlflow_section
 from segtrack_mlflow.spool import Spool
 from segtrack_mlflow.uri import is_remote, local_artifact_root, redact, resolve_tracking_uri
@@ -39,6 +40,7 @@ class MlflowPlugin:
         self.parent_cv_id: str | None = None
         self.resume_state: dict | None = None
         self._shipper = None
+        self._every = 0  # mlflow.log_every_n_steps, set at fit_start
         self._last_samples = ()
         self._best_samples = ()
 
@@ -106,7 +108,6 @@ class MlflowPlugin:
     # -- runs -----------------------------------------------------------------------------------
 
     def _shipper_for(self, spool: Spool):
-        from segtrack_mlflow import store
         from segtrack_mlflow.shipper import Shipper
 
         if self._shipper is None:
@@ -154,7 +155,7 @@ class MlflowPlugin:
         tags = {
             **git_tags(), "segtrack.version": run.segtrack_version, "torch.version": torch.__version__,
             "segtrack.plugins": ",".join(f"{n}={v}" for n, v in run.plugins), "segtrack.device": run.device,
-            "segtrack.world_size": str(run.world_size), "data.test_sha256": run.val_sha256,
+            "segtrack.world_size": str(run.world_size), store.TEST_SET_TAG: run.val_sha256,
             "data.train_sha256": run.train_sha256, "segtrack.num_parameters": str(run.num_parameters),
         }
         if run.fold is not None:

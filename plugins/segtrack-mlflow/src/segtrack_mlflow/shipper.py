@@ -12,7 +12,6 @@ from segtrack_mlflow import store
 from segtrack_mlflow.spool import Pending, Spool
 
 log = logging.getLogger("segtrack.mlflow")
-MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
 BATCHED = ("metric", "params", "tags")
 
 
@@ -60,7 +59,7 @@ def _batch_end(items: list[Pending], start: int) -> int:
     while j < len(items) and items[j].record["t"] in BATCHED:
         rec = items[j].record
         m, p, t = (rec["t"] == "metric"), len(rec.get("params", {})), len(rec.get("tags", {}))
-        if j > start and (metrics + m > MAX_METRICS or params + p > MAX_PARAMS or tags + t > MAX_TAGS):
+        if j > start and (metrics + m > store.MAX_METRICS or params + p > store.MAX_PARAMS or tags + t > store.MAX_TAGS):
             break
         metrics, params, tags = metrics + m, params + p, tags + t
         j += 1
@@ -73,8 +72,8 @@ def _send_batch(client, run_id: str, records: list[dict]) -> None:
     metrics = [Metric(r["k"], r["v"], r["ts"], r["s"]) for r in records if r["t"] == "metric"]
     params = [Param(k, v) for r in records if r["t"] == "params" for k, v in r["params"].items()]
     tags = store.run_tags({k: v for r in records if r["t"] == "tags" for k, v in r["tags"].items()})
-    for offset in range(0, max(len(params), 1), MAX_PARAMS):  # one oversized params record is split
-        chunk = params[offset: offset + MAX_PARAMS]
+    for offset in range(0, max(len(params), 1), store.MAX_PARAMS):  # one oversized params record is split
+        chunk = params[offset: offset + store.MAX_PARAMS]
         client.log_batch(run_id, metrics=metrics if offset == 0 else [], params=chunk,
                          tags=tags if offset == 0 else [], synchronous=True)
 
@@ -112,17 +111,21 @@ def _create_run(client, spool: Spool, record: dict, spools_by_id: dict[str, Spoo
     tags = {**record.get("tags", {}), "segtrack.spool_id": spool.local_id}
     parent_id = record.get("parent")
     if parent_id:
-        parent = spools_by_id.get(parent_id) or _open_sibling(spool, parent_id)
-        if parent is None or parent.run_id is None:
+        parent = spools_by_id.get(parent_id)
+        parent_run_id = parent.run_id if parent else _sibling_run_id(spool, parent_id)
+        if parent_run_id is None:
             raise WaitingForParent(f"parent spool {parent_id} has no MLflow run yet")
-        tags["mlflow.parentRunId"] = parent.run_id
+        tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id, start_time=record["ts"], tags=tags, run_name=record.get("run_name"))
     return run.info.run_id
 
 
-def _open_sibling(spool: Spool, local_id: str) -> Spool | None:
-    folder = spool.folder.parent / local_id
-    return Spool(folder) if (folder / "meta.json").is_file() else None
+def _sibling_run_id(spool: Spool, local_id: str) -> str | None:
+    """The MLflow run id recorded by another spool of the same root (None if it has none yet)."""
+    try:
+        return json.loads((spool.folder.parent / local_id / "meta.json").read_text()).get("run_id")
+    except (OSError, ValueError):
+        return None
 
 
 def _reject(spool: Spool, items: list[Pending], error: BaseException) -> None:

@@ -6,6 +6,8 @@ import os
 from typing import Any
 
 DEFAULT_REQUEST_TIMEOUT = "10"
+MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
+TEST_SET_TAG = "data.test_sha256"
 
 
 def configure_http(request_timeout: float | None = None) -> None:

@@ -11,8 +11,6 @@ from segtrack_mlflow import store
 from segtrack_mlflow.params import to_params
 from segtrack_mlflow.uri import local_artifact_root, resolve_tracking_uri
 
-TEST_SET_TAG = "data.test_sha256"
-
 
 class ExperimentTracker:
     """Log one run at a time to any MLflow store, synchronously.
@@ -59,8 +57,8 @@ class ExperimentTracker:
 
         flat, overflow = to_params(params, secret_keys)
         items = [Param(k, v) for k, v in flat.items()]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(self._active(), params=items[start:start + 100])
+        for start in range(0, len(items), store.MAX_PARAMS):
+            self.client.log_batch(self._active(), params=items[start:start + store.MAX_PARAMS])
         for key, text in overflow.items():
             self.client.log_text(self._active(), text, f"params/{key}.txt")
         return flat
@@ -72,7 +70,7 @@ class ExperimentTracker:
         self.client.log_artifact(self._active(), str(path), artifact_path)
 
     def log_test_set_hash(self, sha256: str) -> None:
-        self.client.set_tag(self._active(), TEST_SET_TAG, sha256)
+        self.client.set_tag(self._active(), store.TEST_SET_TAG, sha256)
 
     def end_run(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self._active(), status)
