@@ -6,6 +6,8 @@ from pathlib import Path
 
 from segtrack_mlflow.settings import mlflow_section
 
+SYNC_LOCK_WAIT = 30.0  # seconds to wait for a fit's shipper that is sending the same spool
+
 
 def add_commands(subparsers) -> None:
     parser = subparsers.add_parser("mlflow", help="MLflow tracking: send or inspect local spools")
@@ -28,6 +30,7 @@ def _spools(args, settings):
 def sync_command(args, settings) -> int:
     from segtrack_mlflow import store
     from segtrack_mlflow.shipper import ship
+    from segtrack_mlflow.spool import SpoolBusy
     from segtrack_mlflow.uri import redact
 
     store.configure_http(mlflow_section(settings)["request_timeout"])
@@ -37,8 +40,12 @@ def sync_command(args, settings) -> int:
         if not spool.has_pending():
             continue
         try:
-            sent = ship(spool, clients, by_id)
+            sent = ship(spool, clients, by_id, wait=SYNC_LOCK_WAIT)
             print(f"{spool.local_id}  {spool.meta['run_name']}: sent {sent} record(s) to run {spool.run_id}")
+        except SpoolBusy:
+            failed += 1
+            print(f"{spool.local_id}  {spool.meta['run_name']}: another process (a fit still running?) has been "
+                  f"sending it for {SYNC_LOCK_WAIT:.0f} s; run `segtrack mlflow sync` again when it ends")
         except Exception as exc:
             failed += 1
             left = sum(spool.summary().values())

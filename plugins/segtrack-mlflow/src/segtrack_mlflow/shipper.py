@@ -9,7 +9,7 @@ import threading
 import time
 
 from segtrack_mlflow import store
-from segtrack_mlflow.spool import Pending, Spool
+from segtrack_mlflow.spool import Pending, Spool, SpoolBusy
 
 log = logging.getLogger("segtrack.mlflow")
 BATCHED = ("metric", "params", "tags")
@@ -19,13 +19,20 @@ class WaitingForParent(Exception):
     """A child run cannot be created before its parent run exists."""
 
 
-def ship(spool: Spool, clients: dict, spools_by_id: dict[str, Spool] | None = None) -> int:
+def ship(spool: Spool, clients: dict, spools_by_id: dict[str, Spool] | None = None, wait: float = 0.0) -> int:
     """Send every complete pending record of ``spool``; returns how many were sent.
 
-    Raises on the first transient failure, leaving the cursor after the last record that reached
-    MLflow: the next attempt resumes there. Metric records carry their own timestamp, so a record
-    re-sent after an unacknowledged success is a duplicate MLflow's SQL store ignores.
+    Holds the spool's ship lock throughout (SpoolBusy when another sender keeps it past ``wait``
+    seconds): a fit's shipper and `segtrack mlflow sync` never send the same records, nor create
+    the run twice. Raises on the first transient failure, leaving the cursor after the last record
+    that reached MLflow: the next attempt resumes there. Metric records carry their own timestamp,
+    so a record re-sent after an unacknowledged success is a duplicate MLflow's SQL store ignores.
     """
+    with spool.shipping(wait):
+        return _ship_locked(spool, clients, spools_by_id or {})
+
+
+def _ship_locked(spool: Spool, clients: dict, spools_by_id: dict[str, Spool]) -> int:
     uri = spool.meta["tracking_uri"]
     client = clients.get(uri)
     if client is None:
@@ -42,7 +49,7 @@ def ship(spool: Spool, clients: dict, spools_by_id: dict[str, Spool] | None = No
                 _send_batch(client, spool.run_id, [p.record for p in items[i:j]])
             else:
                 j = i + 1
-                _send_one(client, spool, items[i].record, items[i + 1:], spools_by_id or {})
+                _send_one(client, spool, items[i].record, items[i + 1:], spools_by_id)
         except Exception as exc:
             if not store.is_rejected(exc):
                 raise
@@ -112,7 +119,8 @@ def _create_run(client, spool: Spool, record: dict, spools_by_id: dict[str, Spoo
     parent_id = record.get("parent")
     if parent_id:
         parent = spools_by_id.get(parent_id)
-        parent_run_id = parent.run_id if parent else _sibling_run_id(spool, parent_id)
+        # read from disk when unknown here: another sender may have created the parent run
+        parent_run_id = (parent and parent.run_id) or _sibling_run_id(spool, parent_id)
         if parent_run_id is None:
             raise WaitingForParent(f"parent spool {parent_id} has no MLflow run yet")
         tags["mlflow.parentRunId"] = parent_run_id
@@ -183,7 +191,14 @@ class Shipper:
     def ship_all(self) -> int:
         with self._lock:
             spools = sorted(self.spools.values(), key=lambda s: s.local_id)
-        return sum(ship(s, self.clients, self.spools) for s in spools if s.has_pending())
+        sent = 0
+        for spool in spools:
+            if spool.has_pending():
+                try:
+                    sent += ship(spool, self.clients, self.spools)
+                except SpoolBusy:
+                    continue  # `segtrack mlflow sync` is sending it; pending() tells when it is done
+        return sent
 
     def pending(self) -> bool:
         with self._lock:

@@ -5,19 +5,26 @@ Layout of one spool folder (named by its local id, which sorts by creation time)
     records.jsonl  one JSON record per line, appended with a single write each
     cursor         byte offset in records.jsonl up to which records reached MLflow
     files/         hard links (or copies) of artifacts waiting for upload
+    ship.lock      flock held by whoever is sending (a fit's shipper thread or `segtrack mlflow sync`)
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+
+class SpoolBusy(Exception):
+    """Another sender (thread or process) holds this spool's ship lock."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,29 @@ class Spool:
                 self._fd = -1
 
     # -- reading (shipper) ----------------------------------------------------------------------
+
+    @contextmanager
+    def shipping(self, wait: float = 0.0) -> Iterator[None]:
+        """Hold the spool's ship lock, so one sender at a time reads and advances it; raises
+        SpoolBusy after ``wait`` seconds. flock locks conflict between threads of one process too
+        (each holds its own open file). Inside, meta.json is re-read: the previous holder may have
+        created the run."""
+        fd = os.open(self.folder / "ship.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise SpoolBusy(f"spool {self.local_id} is being sent by another process") from None
+                    time.sleep(0.05)
+            with self._lock:
+                self.meta = json.loads((self.folder / "meta.json").read_text())
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def cursor(self) -> int:
         path = self.folder / "cursor"
