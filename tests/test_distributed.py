@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import torch
 
@@ -63,3 +65,70 @@ def test_two_process_fit_fires_hooks_on_rank_zero_only(tmp_path):
     assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
     # each rank leaves the process group before the interpreter tears down (else gloo may abort)
     assert [(tmp_path / f"group-at-exit-rank{r}.txt").read_text() for r in (0, 1)] == ["False", "False"]
+
+
+STALL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, threading, time
+    from pathlib import Path
+    from segtrack import SegmentationTrainer, hookimpl, load_settings
+    from segtrack.plugins import get_plugin_manager
+
+    class Stall:  # hooks run on rank 0 only: it waits in epoch_end, outside any collective
+        @hookimpl
+        def epoch_end(self, run, epoch):
+            Path("rank0-stalled").touch()
+            time.sleep(120)
+
+        @hookimpl
+        def fit_exception(self, run, error):
+            Path("error.txt").write_text(type(error).__name__)
+
+        @hookimpl
+        def fit_end(self, run, result):
+            Path("status.txt").write_text(result.status)
+
+    def die_when_rank0_stalls():
+        while not Path("rank0-stalled").exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if os.environ["RANK"] == "1" and sys.argv[1] == "die":
+        threading.Thread(target=die_when_rank0_stalls, daemon=True).start()
+    settings = load_settings(overrides=sys.argv[2:])
+    manager = get_plugin_manager(settings, [Stall()], autoload=False, disabled=["progress"])
+    SegmentationTrainer(settings, plugin_manager=manager).fit()
+""")
+
+
+def _stalled_job(tmp_path, mode: str) -> subprocess.Popen:
+    (tmp_path / "stall.py").write_text(STALL_SCRIPT)
+    sets = ["train.epochs=2", "train.batch_size=2", "data.num_samples=12", "data.image_size=16", "model.width=2",
+            "model.depth=1", "export.enabled=false"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), "stall.py", mode, *sets],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_a_rank_that_died_makes_the_others_fail_not_interrupted(tmp_path):
+    # rank 1 is SIGKILLed while rank 0 is outside any collective: rank 0 only learns of it from
+    # torchrun's SIGTERM, the same signal a user's kill sends
+    job = _stalled_job(tmp_path, "die")
+    output = job.communicate(timeout=300)[0].decode()
+    assert job.returncode != 0
+    assert (tmp_path / "error.txt").read_text() == "PeerLost", output[-3000:]
+    assert (tmp_path / "status.txt").read_text() == "failed"
+    assert "rank 1 of this job died" in output
+
+
+def test_stopping_the_job_interrupts_every_rank(tmp_path):
+    job = _stalled_job(tmp_path, "live")
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "rank0-stalled").exists():
+        assert job.poll() is None and time.monotonic() < deadline, job.stdout.read().decode()[-3000:]
+        time.sleep(0.1)
+    job.send_signal(signal.SIGTERM)  # to torchrun, which passes it to the ranks
+    output = job.communicate(timeout=300)[0].decode()
+    assert job.returncode != 0
+    assert (tmp_path / "error.txt").read_text() == "KeyboardInterrupt", output[-3000:]
+    assert (tmp_path / "status.txt").read_text() == "interrupted"

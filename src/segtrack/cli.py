@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from segtrack import __version__
-from segtrack.errors import SegtrackError
+from segtrack.errors import PeerLost, SegtrackError
 
 
 def _settings_options() -> argparse.ArgumentParser:
@@ -91,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SegtrackError as exc:
         print(f"segtrack: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except PeerLost as exc:
+        print(f"segtrack: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("segtrack: interrupted", file=sys.stderr)
         return 130

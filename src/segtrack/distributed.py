@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import atexit
 import os
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another rank's process, as it described itself when the job started."""
+
+    rank: int
+    host: str  # hostname and boot id: a process is only checked on the machine that runs it
+    pid: int
+    started: str  # start time from /proc (guards against a reused pid); "" where unknown
 
 
 @dataclass(frozen=True)
@@ -15,6 +27,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    peers: tuple[Peer, ...] = ()
 
     @property
     def enabled(self) -> bool:
@@ -33,6 +46,13 @@ class DistContext:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def lost_peers(self) -> list[int]:
+        """Ranks on this machine whose process has ended. torchrun stops the surviving ranks with
+        the same SIGTERM for a dead rank as for a user's kill; this tells the two apart. Ranks on
+        other machines are not checked (their death reaches this rank as a collective error)."""
+        here = _host_id()
+        return [p.rank for p in self.peers if p.host == here and not _alive(p.pid, p.started)]
+
 
 def context_from_env() -> DistContext:
     """Read RANK/WORLD_SIZE/LOCAL_RANK (set by torchrun); join the process group when > 1."""
@@ -49,12 +69,49 @@ def context_from_env() -> DistContext:
         # A rank that exits with its process group alive can abort in gloo's destructor while the
         # others still run (measured: 12 of 30 torchrun jobs under load); leave the group first.
         atexit.register(_leave_process_group)
-    return DistContext(rank, world_size, local_rank)
+    me = Peer(rank, _host_id(), os.getpid(), _start_time(os.getpid()))
+    everyone: list = [None] * world_size
+    dist.all_gather_object(everyone, me)
+    return DistContext(rank, world_size, local_rank, tuple(p for p in everyone if p.rank != rank))
 
 
 def _leave_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _host_id() -> str:
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}"
+
+
+def _start_time(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.rindex(")") + 2:].split()[19]  # field 22, starttime (after pid and (comm))
+
+
+def _alive(pid: int, started: str) -> bool:
+    """True while ``pid`` runs and is the process that started at ``started`` (zombies are dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: existence is all we can tell
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    fields = stat[stat.rindex(")") + 2:].split()
+    return fields[0] not in ("Z", "X") and (not started or fields[19] == started)
 
 
 def shard(indices: torch.Tensor, ctx: DistContext) -> torch.Tensor:

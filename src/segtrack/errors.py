@@ -37,3 +37,11 @@ class PluginHookError(SegtrackError):
             f"(plugins.strict is true; set plugins.strict=false to report and continue, "
             f"or add {plugin!r} to plugins.disabled)"
         )
+
+
+class PeerLost(KeyboardInterrupt):
+    """Another rank of this job died and the launcher stopped this one (torchrun sends SIGTERM).
+
+    A ``KeyboardInterrupt`` so it passes plugin isolation like the signal it comes from; the fit's
+    status is ``failed``, not ``interrupted``: nobody asked for the stop.
+    """

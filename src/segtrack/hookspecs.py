@@ -173,7 +173,9 @@ def fit_exception(trainer, run, error):
 
     Fires once when an exception leaves the training loop (including ``KeyboardInterrupt``
     and SIGTERM, which segtrack turns into ``KeyboardInterrupt``), before ``fit_end``. The
-    original exception propagates after ``fit_end``.
+    original exception propagates after ``fit_end``. Under torchrun, a SIGTERM that arrives
+    after another rank on this machine died becomes ``segtrack.errors.PeerLost`` (a
+    ``KeyboardInterrupt``) and the fit's status is ``failed``.
 
     :param trainer: the running trainer.
     :param run: ``RunInfo`` of this fit.

@@ -22,7 +22,7 @@ from segtrack import __version__, checkpoint
 from segtrack.config import METRIC_NAMES, check_plugin_sections, load_settings, plain, resolved_dict, validate
 from segtrack.data import ArrayDataset, fingerprint, fold_indices, load_arrays, split_indices
 from segtrack.distributed import DistContext, context_from_env, shard
-from segtrack.errors import ConfigError
+from segtrack.errors import ConfigError, PeerLost
 from segtrack.metrics import ConfusionCounts, segmentation_loss
 from segtrack.model import build_model, model_signature
 from segtrack.plugins import PluginManager, get_plugin_manager, installed_entry_points
@@ -177,7 +177,7 @@ class SegmentationTrainer:
         status, error, export, export_error, last_metrics = "completed", None, None, None, {}
         epochs_completed, started = start_epoch, time.perf_counter()
         paths = {"best": ckpt_dir / "best.pt" if best_epoch >= 0 else None, "last": ckpt_dir / "last.pt" if resume else None}
-        with _SigtermAsInterrupt() as sigterm:
+        with _SigtermAsInterrupt(self.dist) as sigterm:
             try:
                 hooks.call("fit_start", trainer=self, run=run)
                 for epoch in range(start_epoch, train_cfg["epochs"]):
@@ -229,7 +229,8 @@ class SegmentationTrainer:
                         hooks.call("model_exported", trainer=self, run=run, export=export)
             except BaseException as exc:
                 sigterm.ending = True
-                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+                interrupted = isinstance(exc, KeyboardInterrupt) and not isinstance(exc, PeerLost)
+                status = "interrupted" if interrupted else "failed"
                 error = f"{type(exc).__name__}: {exc}"
                 with self._lenient_if_failing(force=True):
                     hooks.call("fit_exception", trainer=self, run=run, error=exc)
@@ -426,12 +427,15 @@ def _summary(results: list[FitResult]) -> dict[str, dict[str, float]]:
 class _SigtermAsInterrupt:
     """SIGTERM ends the fit like Ctrl-C (status ``interrupted``, hooks fire, checkpoints intact).
 
-    Once the fit is ending (``fit_exception``/``fit_end`` running, e.g. a tracking plugin
-    flushing its run status), a SIGTERM is held back until they return, so the plugins can finish
-    within the grace period launchers such as torchrun give before SIGKILL.
+    Under torchrun a SIGTERM also comes when another rank died; if a rank on this machine has
+    ended when it arrives, the fit ends as ``failed`` (``PeerLost``), not as interrupted. Once the
+    fit is ending (``fit_exception``/``fit_end`` running, e.g. a tracking plugin flushing its run
+    status), a SIGTERM is held back until they return, so the plugins can finish within the grace
+    period launchers such as torchrun give before SIGKILL.
     """
 
-    def __init__(self):
+    def __init__(self, dist_context: DistContext):
+        self.dist = dist_context
         self.ending = False
         self.deferred = False
         self._previous = None
@@ -440,7 +444,12 @@ class _SigtermAsInterrupt:
         if self.ending:
             self.deferred = True
             return
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+        name = signal.Signals(signum).name
+        lost = self.dist.lost_peers()  # checked now: in a user's kill the other ranks exit soon too
+        if lost:
+            raise PeerLost(f"rank {', '.join(map(str, lost))} of this job died and the launcher stopped this "
+                           f"rank ({name}); see that rank's output for the cause")
+        raise KeyboardInterrupt(f"signal {name}")
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
