@@ -65,5 +65,25 @@ def test_hanging_fit_end_is_bounded(trainer_factory):
     assert failure.plugin == "hangs" and failure.hook == "fit_end" and "TimeoutError" in failure.error
 
 
+def test_a_plugin_may_raise_its_own_fit_end_bound(trainer_factory):
+    class Drains:  # e.g. a tracker flushing a queue within a bound of its own
+        fit_end_timeout = 5.0
+
+        @hookimpl
+        def fit_end(self):
+            time.sleep(1.0)
+
+    class Hangs:
+        fit_end_timeout = 0.2  # a smaller bound of its own does not shorten the core's
+
+        @hookimpl
+        def fit_end(self):
+            time.sleep(0.6)
+
+    result = trainer_factory("plugins.fit_end_timeout=0.4", plugins=[Drains(), Hangs()]).fit()
+    assert [(f.plugin, f.hook) for f in result.plugin_failures] == [("hangs", "fit_end")]
+    assert "still running after 0.4 s" in result.plugin_failures[0].error
+
+
 def test_readme_says_how_a_plugin_stops_training():
     assert "request_stop" in (REPO / "README.md").read_text()

@@ -199,7 +199,9 @@ def fit_end(trainer, run, result):
         failures so far.
     :return: ignored.
     :raises: isolated. Each implementation is bounded by ``plugins.fit_end_timeout`` seconds;
-        one that takes longer is reported and left behind in a daemon thread.
+        one that takes longer is reported and left behind in a daemon thread. A plugin with a
+        bound of its own (a tracker draining its queue) sets a ``fit_end_timeout`` attribute
+        (seconds); the larger of the two applies to it.
     """
 
 

@@ -96,6 +96,16 @@ def test_sigterm_marks_the_run_killed(sqlite_uri, tmp_path):
     assert len(history(client, run.info.run_id, "val_dice")) >= 1
 
 
+def test_a_short_fit_end_timeout_does_not_cut_the_drain(trainer_factory, sqlite_uri):
+    # plugins.fit_end_timeout bounds hung plugins; the tracker drains within mlflow.drain_timeout
+    result = trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", "plugins.fit_end_timeout=0.01").fit()
+    assert result.status == "completed" and not result.plugin_failures
+    client = MlflowClient(sqlite_uri)
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    assert len(history(client, run.info.run_id, "val_dice")) == 3
+
+
 def test_cross_validation_logs_a_parent_and_one_child_per_fold(trainer_factory, sqlite_uri):
     result = trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", "run.name='cvrun'").cv(folds=2)
     client = MlflowClient(sqlite_uri)

@@ -19,6 +19,7 @@ from segtrack_mlflow.uri import is_remote, local_artifact_root, redact, resolve_
 log = logging.getLogger("segtrack.mlflow")
 STATUS = {"completed": "FINISHED", "stopped": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 MIN_SPOOL_FREE_BYTES = 16 * 2**20
+FIT_END_MARGIN_S = 30.0  # fit_end's work besides draining: status record, overlay PNGs, staging files
 CHECKPOINT_KINDS = {"best+last": ("best", "last"), "best": ("best",), "last": ("last",),
                     "all": ("best", "last", "epoch"), "none": ()}
 
@@ -43,6 +44,12 @@ class MlflowPlugin:
         self._every = 0  # mlflow.log_every_n_steps, set at fit_start
         self._last_samples = ()
         self._best_samples = ()
+
+    @property
+    def fit_end_timeout(self) -> float:
+        """fit_end drains within mlflow.drain_timeout, then reports what is left: the core's
+        plugins.fit_end_timeout (meant for hung plugins) must not cut that short."""
+        return self.section.get("drain_timeout", 0) + FIT_END_MARGIN_S
 
     # -- settings and CLI -----------------------------------------------------------------------
 
