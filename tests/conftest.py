@@ -14,6 +14,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 from recorder import TINY  # noqa: E402,F401
 from segtrack.testing import clean_env  # noqa: E402,F401
 
+SCENARIO_ROWS: list[dict] = []  # tests/reliability's report_row rows, printed at the end
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        SCENARIO_ROWS.extend(row for key, row in report.user_properties if key == "reliability_row")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not SCENARIO_ROWS:
+        return
+    terminalreporter.section("reliability scenarios")
+    columns = ["scenario", "runs", "faults", "expected", "found", "duplicates", "result"]
+    for row in SCENARIO_ROWS:
+        terminalreporter.write_line(" | ".join(f"{c}={row.get(c, '')}" for c in columns))
 
 
 @pytest.fixture

@@ -12,21 +12,15 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from segtrack_mlflow.testing import sqlite_template, sqlite_uri  # noqa: E402,F401
 
-REPORT: list[dict] = []
+ROW_KEY = "reliability_row"  # tests/conftest.py gathers these rows and prints the table
 
 
 @pytest.fixture
-def report_row():
+def report_row(request):
+    """Record one row of the scenario table; it rides on the test report, so rows from
+    pytest-xdist workers reach the process that prints the table."""
+
     def add(**row):
-        REPORT.append(row)
+        request.node.user_properties.append((ROW_KEY, row))
 
     return add
-
-
-def pytest_terminal_summary(terminalreporter):
-    if not REPORT:
-        return
-    terminalreporter.section("reliability scenarios")
-    columns = ["scenario", "runs", "faults", "expected", "found", "duplicates", "result"]
-    for row in REPORT:
-        terminalreporter.write_line(" | ".join(f"{c}={row.get(c, '')}" for c in columns))

@@ -59,10 +59,18 @@ def test_fit_and_cv_under_torchrun(tmp_path, sqlite_uri, report_row):
 
 
 DYING_RANK = """
-import os, sys, threading, signal
+import os, sys, threading, signal, time
+from pathlib import Path
 from segtrack.cli import main
+
+def die_mid_fit():  # once rank 0 has finished an epoch (its last.pt exists), whatever the load
+    while not Path("checkpoints/last.pt").exists():
+        time.sleep(0.05)
+    time.sleep(float(os.environ["DIE_AFTER"]))
+    os.kill(os.getpid(), signal.SIGKILL)
+
 if os.environ["RANK"] == "1":
-    threading.Timer(float(os.environ["DIE_AFTER"]), os.kill, (os.getpid(), signal.SIGKILL)).start()
+    threading.Thread(target=die_mid_fit, daemon=True).start()
 sys.exit(main(["train", *sys.argv[1:]]))
 """
 
@@ -71,7 +79,7 @@ def test_a_dying_rank_fails_the_job_and_the_run(tmp_path, sqlite_uri, report_row
     from mlflow import MlflowClient
 
     (tmp_path / "dying.py").write_text(DYING_RANK)
-    os.environ["DIE_AFTER"] = "6"
+    os.environ["DIE_AFTER"] = "1.5"
     try:
         out = _torchrun(tmp_path, sqlite_uri, "--set", "train.epochs=400", script="dying.py")
     finally:
@@ -80,6 +88,7 @@ def test_a_dying_rank_fails_the_job_and_the_run(tmp_path, sqlite_uri, report_row
     client = MlflowClient(sqlite_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("segtrack").experiment_id])
     assert run.info.status == "FAILED", (run.info.status, out.stderr[-3000:])
+    assert client.get_metric_history(run.info.run_id, "val_dice")  # it died mid-fit, after logging
     for path in (tmp_path / "checkpoints").iterdir():
         torch.load(path, weights_only=True)  # nothing half-written
     report_row(scenario="torchrun: rank 1 SIGKILLed mid-fit", runs=1, faults=1, expected="-", found="-",
