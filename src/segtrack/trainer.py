@@ -213,8 +213,9 @@ class SegmentationTrainer:
                         for kind in kinds:
                             path = ckpt_dir / (f"epoch-{epoch:04d}.pt" if kind == "epoch" else f"{kind}.pt")
                             # the same state under several names: serialise once, then link
-                            size = checkpoint.save_atomic(state, path) if written is None else checkpoint.link_atomic(written, path)
-                            written, paths[kind] = path, path
+                            with sigterm.held():
+                                size = checkpoint.save_atomic(state, path) if written is None else checkpoint.link_atomic(written, path)
+                                written, paths[kind] = path, path
                             hooks.call("checkpoint_saved", trainer=self, run=run, checkpoint=CheckpointInfo(
                                 str(path), kind, epoch, monitor, last_metrics[monitor], size))
                         if cfg["checkpoint"]["keep"]:
@@ -229,8 +230,8 @@ class SegmentationTrainer:
                         hooks.call("model_exported", trainer=self, run=run, export=export)
             except BaseException as exc:
                 sigterm.ending = True
-                interrupted = isinstance(exc, KeyboardInterrupt) and not isinstance(exc, PeerLost)
-                status = "interrupted" if interrupted else "failed"
+                interrupt = _interrupt_behind(exc)
+                status = "interrupted" if interrupt is not None and not isinstance(interrupt, PeerLost) else "failed"
                 error = f"{type(exc).__name__}: {exc}"
                 with self._lenient_if_failing(force=True):
                     hooks.call("fit_exception", trainer=self, run=run, error=exc)
@@ -424,32 +425,66 @@ def _summary(results: list[FitResult]) -> dict[str, dict[str, float]]:
     return summary
 
 
+def _interrupt_behind(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that ``exc`` is, or that was unwinding when cleanup code raised
+    ``exc`` instead: a user's stop stays a stop even when a library fails on the way out."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__context__
+    return None
+
+
 class _SigtermAsInterrupt:
     """SIGTERM ends the fit like Ctrl-C (status ``interrupted``, hooks fire, checkpoints intact).
 
     Under torchrun a SIGTERM also comes when another rank died; if a rank on this machine has
-    ended when it arrives, the fit ends as ``failed`` (``PeerLost``), not as interrupted. Once the
-    fit is ending (``fit_exception``/``fit_end`` running, e.g. a tracking plugin flushing its run
-    status), a SIGTERM is held back until they return, so the plugins can finish within the grace
-    period launchers such as torchrun give before SIGKILL.
+    ended when it arrives, the fit ends as ``failed`` (``PeerLost``), not as interrupted. A
+    SIGTERM during a checkpoint write is raised once the write is done (raised inside torch.save,
+    it broke the zip writer, whose error then replaced the interrupt). Once the fit is ending
+    (``fit_exception``/``fit_end`` running, e.g. a tracking plugin flushing its run status), a
+    SIGTERM is held back until they return, so the plugins can finish within the grace period
+    launchers such as torchrun give before SIGKILL.
     """
 
     def __init__(self, dist_context: DistContext):
         self.dist = dist_context
         self.ending = False
         self.deferred = False
+        self.holding = False
+        self.held_interrupt: KeyboardInterrupt | None = None
         self._previous = None
 
     def _handler(self, signum, frame):
         if self.ending:
             self.deferred = True
             return
-        name = signal.Signals(signum).name
-        lost = self.dist.lost_peers()  # checked now: in a user's kill the other ranks exit soon too
+        interrupt = self._interrupt(signal.Signals(signum).name)  # peers checked now: in a user's kill they exit soon too
+        if self.holding:
+            self.held_interrupt = self.held_interrupt or interrupt
+            return
+        raise interrupt
+
+    def _interrupt(self, name: str) -> KeyboardInterrupt:
+        lost = self.dist.lost_peers()
         if lost:
-            raise PeerLost(f"rank {', '.join(map(str, lost))} of this job died and the launcher stopped this "
-                           f"rank ({name}); see that rank's output for the cause")
-        raise KeyboardInterrupt(f"signal {name}")
+            return PeerLost(f"rank {', '.join(map(str, lost))} of this job died and the launcher stopped this "
+                            f"rank ({name}); see that rank's output for the cause")
+        return KeyboardInterrupt(f"signal {name}")
+
+    @contextlib.contextmanager
+    def held(self):
+        """Keep a SIGTERM out of the block (a checkpoint write); it is raised when the block is done."""
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        interrupt, self.held_interrupt = self.held_interrupt, None
+        if interrupt is not None:
+            raise interrupt
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
