@@ -88,12 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.plugin_manager = manager
         code = args.handler(args, settings)
         return 0 if code is None else int(code)
-    except SegtrackError as exc:
+    except (SegtrackError, PeerLost) as exc:
         print(f"segtrack: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except PeerLost as exc:
-        print(f"segtrack: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("segtrack: interrupted", file=sys.stderr)
         return 130

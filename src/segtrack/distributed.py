@@ -108,7 +108,7 @@ def _alive(pid: int, started: str) -> bool:
         except ProcessLookupError:
             return False
         except PermissionError:
-            return True
+            pass  # exists, owned by someone else
         return True
     fields = stat[stat.rindex(")") + 2:].split()
     return fields[0] not in ("Z", "X") and (not started or fields[19] == started)

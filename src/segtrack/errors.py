@@ -45,3 +45,5 @@ class PeerLost(KeyboardInterrupt):
     A ``KeyboardInterrupt`` so it passes plugin isolation like the signal it comes from; the fit's
     status is ``failed``, not ``interrupted``: nobody asked for the stop.
     """
+
+    exit_code = 1

@@ -451,19 +451,15 @@ class _SigtermAsInterrupt:
 
     def __init__(self, dist_context: DistContext):
         self.dist = dist_context
-        self.ending = False
-        self.deferred = False
-        self.holding = False
-        self.held_interrupt: KeyboardInterrupt | None = None
+        self.ending = False  # fit_exception/fit_end running: hold until the fit is left
+        self.holding = False  # a checkpoint write: hold until the write is done
+        self.pending: KeyboardInterrupt | None = None  # the held-back signal
         self._previous = None
 
     def _handler(self, signum, frame):
-        if self.ending:
-            self.deferred = True
-            return
         interrupt = self._interrupt(signal.Signals(signum).name)  # peers checked now: in a user's kill they exit soon too
-        if self.holding:
-            self.held_interrupt = self.held_interrupt or interrupt
+        if self.ending or self.holding:
+            self.pending = self.pending or interrupt
             return
         raise interrupt
 
@@ -482,7 +478,7 @@ class _SigtermAsInterrupt:
             yield
         finally:
             self.holding = False
-        interrupt, self.held_interrupt = self.held_interrupt, None
+        interrupt, self.pending = self.pending, None
         if interrupt is not None:
             raise interrupt
 
@@ -494,6 +490,6 @@ class _SigtermAsInterrupt:
     def __exit__(self, exc_type, exc, tb):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
-        if self.deferred and exc_type is None:
-            raise KeyboardInterrupt("signal SIGTERM (received while the fit was ending)")
+        if self.pending is not None and exc_type is None:
+            raise self.pending  # received while the fit was ending
         return False

@@ -9,7 +9,7 @@ import threading
 import time
 
 from segtrack_mlflow import store
-from segtrack_mlflow.spool import Pending, Spool, SpoolBusy
+from segtrack_mlflow.spool import Pending, Spool, SpoolBusy, read_meta
 
 log = logging.getLogger("segtrack.mlflow")
 BATCHED = ("metric", "params", "tags")
@@ -131,7 +131,7 @@ def _create_run(client, spool: Spool, record: dict, spools_by_id: dict[str, Spoo
 def _sibling_run_id(spool: Spool, local_id: str) -> str | None:
     """The MLflow run id recorded by another spool of the same root (None if it has none yet)."""
     try:
-        return json.loads((spool.folder.parent / local_id / "meta.json").read_text()).get("run_id")
+        return read_meta(spool.folder.parent / local_id).get("run_id")
     except (OSError, ValueError):
         return None
 

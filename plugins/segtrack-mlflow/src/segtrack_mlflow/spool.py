@@ -23,6 +23,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def read_meta(folder: Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / "meta.json").read_text())
+
+
 class SpoolBusy(Exception):
     """Another sender (thread or process) holds this spool's ship lock."""
 
@@ -45,7 +49,7 @@ def _write_atomic(path: Path, text: str) -> None:
 class Spool:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        self.meta: dict[str, Any] = json.loads((self.folder / "meta.json").read_text())
+        self.meta: dict[str, Any] = read_meta(self.folder)
         self._lock = threading.Lock()
         self._repair_tail()
         self._fd = os.open(self.folder / "records.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -153,7 +157,7 @@ class Spool:
                         raise SpoolBusy(f"spool {self.local_id} is being sent by another process") from None
                     time.sleep(0.05)
             with self._lock:
-                self.meta = json.loads((self.folder / "meta.json").read_text())
+                self.meta = read_meta(self.folder)
             yield
         finally:
             os.close(fd)  # releases the lock
