@@ -87,7 +87,8 @@ def test_epoch_metrics_are_named_and_finite(trainer_factory):
     recorder = Recorder()
     trainer_factory(plugins=[recorder]).fit()
     epochs = [kw["epoch"] for name, kw in recorder.calls if name == "epoch_end"]
-    assert set(epochs[0].metrics) == {"train_loss", "val_loss", "val_dice", "val_iou", "lr"}
+    per_class = {f"val_{m}_{k}" for m in ("dice", "iou") for k in range(3)}  # classes present in the data
+    assert set(epochs[0].metrics) == {"train_loss", "val_loss", "val_dice", "val_iou", "lr"} | per_class
     assert all(0 <= e.metrics["val_dice"] <= 1 and e.metrics["train_loss"] > 0 for e in epochs)
     validation = next(kw["result"] for name, kw in recorder.calls if name == "validation_end")
     assert len(validation.samples) == 4 and validation.samples[0].prediction.shape == (16, 16)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from segtrack.distributed import DistContext
-from segtrack.trainer import _interrupt_behind, _SigtermAsInterrupt
+from segtrack.signals import SigtermAsInterrupt as _SigtermAsInterrupt, interrupt_behind as _interrupt_behind
 
 
 def test_sigterm_during_a_held_block_is_raised_after_it():

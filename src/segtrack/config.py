@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,27 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "data.num_classes": ((int,), lambda v: 2 <= v <= 255, "an integer from 2 to 255"),
     "data.val_fraction": (_number, lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)"),
     "data.folds": ((int,), lambda v: v >= 2, "an integer >= 2"),
+    "data.dims": ((int,), lambda v: v in (2, 3), "2 (images) or 3 (volumes)"),
+    "data.ignore_index": (
+        (int, str),
+        lambda v: v == "none" or (isinstance(v, int) and v >= 0),
+        '"none" or the mask value (an integer >= 0) to leave out of loss and metrics, e.g. 255',
+    ),
+    "data.class_names": (
+        (list,),
+        lambda v: all(isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9_.\-]+", n) for n in v) and len(set(v)) == len(v),
+        "a list of distinct names (letters, digits, _ . -), one per class, or []",
+    ),
     "model.name": ((str,), lambda v: v == "unet", '"unet"'),
     "model.in_channels": ((int,), lambda v: v in (1, 3), "1 (grayscale) or 3 (RGB)"),
     "model.width": ((int,), lambda v: 1 <= v <= 512, "an integer from 1 to 512"),
     "model.depth": ((int,), lambda v: 1 <= v <= 6, "an integer from 1 to 6"),
     "checkpoint.dir": ((str,), lambda v: bool(v.strip()), "a non-empty folder path"),
-    "checkpoint.monitor": ((str,), lambda v: v in METRIC_NAMES, " | ".join(METRIC_NAMES)),
+    "checkpoint.monitor": (
+        (str,),
+        lambda v: bool(re.fullmatch(r"[A-Za-z0-9_.\-/]+", v)),
+        f"a metric name: {' | '.join(METRIC_NAMES)}, val_dice_<class>, or one a plugin contributes",
+    ),
     "checkpoint.mode": ((str,), lambda v: v in ("max", "min"), '"max" or "min"'),
     "checkpoint.keep": ((int,), lambda v: v >= 0, "an integer >= 0"),
     "export.enabled": ((bool,), None, "true or false"),
@@ -68,6 +84,16 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "plugins.strict": ((bool,), None, "true or false"),
     "plugins.fit_end_timeout": (_number, lambda v: v > 0, "a number of seconds > 0"),
 }
+def ignore_index(data: Mapping[str, Any]) -> int | None:
+    """``data.ignore_index`` as the loop uses it: None for "none"."""
+    value = data["ignore_index"]
+    return None if value == "none" else value
+
+
+def class_names(data: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(data["class_names"]) or tuple(str(k) for k in range(data["num_classes"]))
+
+
 CORE_SECTIONS = frozenset(key.split(".")[0] for key in SCHEMA)
 
 
@@ -175,6 +201,11 @@ def validate(config: Mapping[str, Any]) -> None:
         wrong_type = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
         if wrong_type or (check is not None and not check(value)):
             problems.append(f"{dotted} = {value!r} is invalid: allowed is {allowed}")
+    data = config.get("data", {})
+    names, classes = data.get("class_names"), data.get("num_classes")
+    if isinstance(names, list) and names and isinstance(classes, int) and len(names) != classes:
+        problems.append(f"data.class_names has {len(names)} names but data.num_classes = {classes}: give one name "
+                        f"per class, background first, or []")
     if problems:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
 

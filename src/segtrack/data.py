@@ -29,25 +29,30 @@ class ArrayDataset(Dataset):
         return self.images[index], self.masks[index]
 
 
-def synthetic_arrays(num_samples: int, image_size: int, num_classes: int, channels: int, seed: int):
-    """Deterministic shapes on noise: class k (k >= 1) is a disc or a box with its own colour."""
+def synthetic_arrays(num_samples: int, image_size: int, num_classes: int, channels: int, seed: int, dims: int = 2):
+    """Deterministic shapes on noise: class k (k >= 1) is a disc/ball or a box with its own colour.
+
+    ``dims = 2`` gives images (N, C, S, S), ``dims = 3`` volumes (N, C, S, S, S)."""
     rng = np.random.default_rng(seed)
     size = image_size
-    yy, xx = np.mgrid[0:size, 0:size]
+    grid = np.mgrid[(slice(0, size),) * dims]
     palette = rng.uniform(0.35, 1.0, size=(num_classes, channels)).astype(np.float32)
-    images = np.empty((num_samples, channels, size, size), dtype=np.float32)
-    masks = np.zeros((num_samples, size, size), dtype=np.int64)
+    images = np.empty((num_samples, channels) + (size,) * dims, dtype=np.float32)
+    masks = np.zeros((num_samples,) + (size,) * dims, dtype=np.int64)
     for n in range(num_samples):
-        image = rng.normal(0.15, 0.08, size=(channels, size, size)).astype(np.float32)
+        image = rng.normal(0.15, 0.08, size=(channels,) + (size,) * dims).astype(np.float32)
         mask = masks[n]
         for cls in range(1, num_classes):
             for _ in range(rng.integers(1, 3)):
                 radius = rng.integers(max(2, size // 12), max(3, size // 5))
-                cy, cx = rng.integers(radius, size - radius, size=2)
+                centre = rng.integers(radius, size - radius, size=dims)
+                offsets = [axis - c for axis, c in zip(grid, centre)]
                 if cls % 2:
-                    region = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+                    region = sum(o**2 for o in offsets) <= radius**2
                 else:
-                    region = (np.abs(yy - cy) <= radius) & (np.abs(xx - cx) <= radius * 0.6)
+                    region = np.abs(offsets[0]) <= radius
+                    for o in offsets[1:]:
+                        region &= np.abs(o) <= radius * 0.6
                 mask[region] = cls
                 image[:, region] = palette[cls][:, None] + rng.normal(0, 0.05, size=(channels, 1))
         images[n] = np.clip(image, 0.0, 1.0)
@@ -105,15 +110,19 @@ def folder_arrays(path: str | Path, num_classes: int, channels: int):
 def load_arrays(data: dict, model: dict, seed: int):
     channels = model["in_channels"]
     if data["source"] == "synthetic":
-        images, masks = synthetic_arrays(data["num_samples"], data["image_size"], data["num_classes"], channels, seed)
+        images, masks = synthetic_arrays(data["num_samples"], data["image_size"], data["num_classes"], channels, seed,
+                                         data["dims"])
     else:
         if not data["path"]:
             raise DataError('data.source is "folder" but data.path is empty: set data.path to the dataset folder')
+        if data["dims"] != 2:
+            raise DataError("data.source = \"folder\" reads 2D PNG images: set data.dims = 2")
         images, masks = folder_arrays(data["path"], data["num_classes"], channels)
     multiple = 2 ** model["depth"]
-    height, width = masks.shape[1:]
-    if height % multiple or width % multiple:
-        raise DataError(f"images are {width}x{height} but model.depth={model['depth']} needs sides divisible "
+    sides = masks.shape[1:]
+    if any(side % multiple for side in sides):
+        size = "x".join(map(str, sides[::-1]))
+        raise DataError(f"images are {size} but model.depth={model['depth']} needs sides divisible "
                         f"by {multiple}: change the image size or model.depth")
     return images, masks
 
@@ -138,15 +147,22 @@ def fold_indices(count: int, folds: int, fold: int, seed: int) -> tuple[np.ndarr
     return np.sort(train), np.sort(val)
 
 
-def fingerprint(images: np.ndarray, masks: np.ndarray, indices: Sequence[int]) -> str:
-    """SHA256 over the sorted per-sample digests of (image bytes, mask bytes): order independent."""
-    digests = []
-    for i in indices:
-        h = hashlib.sha256()
-        h.update(np.ascontiguousarray(images[i], dtype=np.float32).tobytes())
-        h.update(np.ascontiguousarray(masks[i], dtype=np.int64).tobytes())
-        digests.append(h.digest())
+def sample_digest(image, mask) -> bytes:
+    """SHA256 of one sample: its image as float32 bytes, then its mask as int64 bytes."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(np.asarray(image), dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(mask), dtype=np.int64).tobytes())
+    return h.digest()
+
+
+def combine_digests(digests) -> str:
+    """SHA256 over sorted per-sample digests: the same set of samples gives the same hex, in any order."""
     total = hashlib.sha256()
     for d in sorted(digests):
         total.update(d)
     return total.hexdigest()
+
+
+def fingerprint(images: np.ndarray, masks: np.ndarray, indices: Sequence[int]) -> str:
+    """Order-independent SHA256 of the samples at ``indices``."""
+    return combine_digests(sample_digest(images[i], masks[i]) for i in indices)

@@ -19,6 +19,10 @@ class DataError(SegtrackError):
     """The dataset is empty, unreadable or inconsistent."""
 
 
+class ModelError(SegtrackError):
+    """A model's output does not fit the data: wrong type, channel count or size."""
+
+
 class CheckpointError(SegtrackError):
     """A checkpoint is corrupt, unsafe, from another model, or cannot be written."""
 

@@ -1,4 +1,4 @@
-"""ONNX export of a model, checked in onnxruntime against torch on a held batch."""
+"""ONNX export of any segmentation model, checked in onnxruntime against torch on a held batch."""
 
 from __future__ import annotations
 
@@ -9,42 +9,49 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from segtrack.samples import logits_of
+
 log = logging.getLogger("segtrack.export")
 
 
+class LogitsOnly(torch.nn.Module):
+    """A model whose output is reduced to its logits tensor (torchvision's dicts, tuples)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.model(x))
+
+
 def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, opset: int) -> float:
-    """Write ``model`` as one self-contained ONNX file with dynamic batch and spatial axes.
+    """Write ``model`` as one self-contained ONNX file, batch and spatial axes dynamic (2D or 3D).
 
     Returns the max abs difference between onnxruntime and torch outputs on ``sample``.
     """
     import onnxruntime
 
-    model = model.eval().cpu()
+    model = LogitsOnly(model).eval().cpu()
     sample = sample.detach().float().cpu()
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    height = torch.export.Dim("height_div", min=1, max=1024)
-    width = torch.export.Dim("width_div", min=1, max=1024)
-    depth_multiple = _spatial_multiple(model)
-    dynamic = {"x": {0: batch, 2: depth_multiple * height, 3: depth_multiple * width}}
+    # AUTO: each axis stays dynamic unless the model fixes it (its own divisibility guards are kept)
+    dynamic = {"x": {axis: torch.export.Dim.AUTO for axis in (0, *range(2, sample.ndim))}}
     tmp = path.with_name(path.name + ".tmp")
-    # the exporter logs a warning per missing torchvision op; torchvision is not used here
+    # the exporter logs a warning per missing torchvision op and per guard it adds; none is actionable
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        # torch.export / onnxscript chatter, not actionable for the user
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            model, (sample,), dynamo=True, dynamic_shapes=dynamic, opset_version=opset,
-            input_names=["x"], output_names=["logits"], external_data=False, verbose=False,
-        )
-        program.save(str(tmp), external_data=False)
-    tmp.replace(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model, (sample,), dynamo=True, dynamic_shapes=dynamic, opset_version=opset,
+                input_names=["x"], output_names=["logits"], external_data=False, verbose=False,
+            )
+            program.save(str(tmp), external_data=False)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (onnx_out,) = session.run(None, {"x": sample.numpy()})
     with torch.no_grad():
         torch_out = model(sample).numpy()
     return float(np.max(np.abs(onnx_out - torch_out)))
-
-
-def _spatial_multiple(model: torch.nn.Module) -> int:
-    depth = len(getattr(model, "up", [])) or 0
-    return 2**depth

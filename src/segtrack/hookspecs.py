@@ -106,6 +106,41 @@ def train_batch_end(trainer, run, step):
 
 
 @hookspec
+def validation_batch_end(trainer, run, batch):
+    """One validation batch went through the model.
+
+    Fires after each validation batch's forward pass, before ``validation_end`` of the same epoch,
+    only when some plugin implements it (the loop skips the call otherwise). Use it to accumulate
+    a metric of your own, then return it from ``validation_metrics``. Under ``torchrun`` this
+    rank-0 hook sees rank 0's share of the validation set.
+
+    :param trainer: the running trainer.
+    :param run: ``RunInfo`` of this fit.
+    :param batch: ``ValidationBatch``: epoch, batch index, and the batch's images, masks (-1 where
+        ignored), logits and predictions as tensors on the training device; do not modify them.
+    :return: ignored.
+    :raises: isolated.
+    """
+
+
+@hookspec
+def validation_metrics(trainer, run, result):
+    """Contribute metrics of this plugin to the epoch.
+
+    Fires after ``validation_end`` and before ``epoch_end`` of the same epoch.
+
+    :param trainer: the running trainer.
+    :param run: ``RunInfo`` of this fit.
+    :param result: ``ValidationResult`` of this epoch's validation pass.
+    :return: a mapping of metric name to float (or ``None``). The values join the epoch's metrics:
+        ``EpochResult.metrics`` and ``FitResult``, every tracking plugin logs them, and any of
+        them may be ``checkpoint.monitor``. A name that is already taken, or a value that is not a
+        number, is reported as this plugin's failure and left out.
+    :raises: isolated; the plugin contributes nothing that epoch.
+    """
+
+
+@hookspec
 def validation_end(trainer, run, result):
     """The validation pass of an epoch finished.
 

@@ -1,18 +1,25 @@
-"""Loss (cross-entropy + soft Dice) and validation metrics (Dice, IoU over foreground classes)."""
+"""Loss (cross-entropy + soft Dice) and validation metrics (Dice, IoU), for 2D and 3D masks.
+
+Mask pixels equal to ``samples.IGNORED`` count in neither the loss nor any metric."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from segtrack.samples import IGNORED
+
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float) -> torch.Tensor:
-    ce = F.cross_entropy(logits, target)
+    """``logits`` (N, K, *spatial), ``target`` (N, *spatial) class ids or ``IGNORED``."""
+    ce = F.cross_entropy(logits, target, ignore_index=IGNORED)
     if dice_weight == 0:
         return ce
     probs = logits.float().softmax(dim=1)
-    one_hot = F.one_hot(target, probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
-    dims = (0, 2, 3)
+    valid = (target != IGNORED).unsqueeze(1).to(probs.dtype)
+    one_hot = F.one_hot(target.clamp_min(0), probs.shape[1]).movedim(-1, 1).to(probs.dtype) * valid
+    probs = probs * valid
+    dims = (0, *range(2, probs.ndim))
     intersection = (probs * one_hot).sum(dims)
     denominator = probs.sum(dims) + one_hot.sum(dims)
     soft_dice = (2 * intersection + 1.0) / (denominator + 1.0)
@@ -27,12 +34,15 @@ class ConfusionCounts:
         self.num_classes = num_classes
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
-        classes = torch.arange(self.num_classes, device=prediction.device).view(-1, 1)
-        pred = prediction.reshape(1, -1) == classes
-        true = target.reshape(1, -1) == classes
-        self.counts[0] += (pred & true).sum(1).to(torch.float64)
-        self.counts[1] += (pred & ~true).sum(1).to(torch.float64)
-        self.counts[2] += (~pred & true).sum(1).to(torch.float64)
+        valid = target.reshape(-1) != IGNORED
+        k = self.num_classes
+        # one bincount over (truth, prediction) pairs: the confusion matrix without a K x pixels mask
+        pairs = target.reshape(-1)[valid] * k + prediction.reshape(-1)[valid]
+        matrix = torch.bincount(pairs, minlength=k * k).reshape(k, k).to(torch.float64)
+        tp = matrix.diagonal()
+        self.counts[0] += tp
+        self.counts[1] += matrix.sum(0) - tp
+        self.counts[2] += matrix.sum(1) - tp
 
     def per_class(self) -> tuple[torch.Tensor, torch.Tensor]:
         tp, fp, fn = self.counts

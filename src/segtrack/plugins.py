@@ -130,7 +130,7 @@ class PluginManager:
             except Exception as exc:  # isolation is the point: any plugin error is contained
                 if hook == "settings_loaded" and isinstance(exc, ConfigError):
                     raise
-                self._failed(plugin, hook, exc)
+                self.report_failure(plugin, hook, exc)
                 continue
             if value is not None:
                 results[plugin] = value
@@ -157,14 +157,15 @@ class PluginManager:
             worker.start()
             worker.join(limit)
             if worker.is_alive():
-                self._failed(plugin, hook, TimeoutError(
+                self.report_failure(plugin, hook, TimeoutError(
                     f"still running after {limit:g} s (plugins.fit_end_timeout); left behind"))
             elif outcome and isinstance(outcome[0], Exception):
-                self._failed(plugin, hook, outcome[0])
+                self.report_failure(plugin, hook, outcome[0])
             elif outcome:
                 raise outcome[0]
 
-    def _failed(self, plugin: str, hook: str, exc: BaseException) -> None:
+    def report_failure(self, plugin: str, hook: str, exc: BaseException) -> None:
+        """A plugin misbehaved in ``hook``: raise under strict, else report once and count."""
         if self.strict:
             raise PluginHookError(plugin, hook, exc) from exc
         entry = self._failures.get((plugin, hook))

@@ -48,6 +48,11 @@ class RunInfo:
     resumed_from: str | None  # checkpoint path when resumed
     segtrack_version: str
     plugins: tuple[tuple[str, str], ...]  # (name, version) of every registered plugin
+    batches_per_epoch: int = 0  # training batches per epoch on this rank; 0 when the loader has no length
+    spatial_dims: int = 2  # 2 for images (N, C, H, W), 3 for volumes (N, C, D, H, W)
+    num_classes: int = 0  # including background (class 0)
+    class_names: tuple[str, ...] = ()  # one per class: data.class_names, else "0", "1", ...
+    model_name: str = ""  # model.name, or the class of a model passed in code ("pkg.module.Class")
 
 
 @dataclass(frozen=True)
@@ -66,9 +71,9 @@ class StepResult:
 class ValidationSample:
     """One validation image with its truth and the model's prediction (numpy arrays)."""
 
-    image: Any  # float32 array, channels x height x width, values in [0, 1]
-    mask: Any  # int64 array, height x width, class ids
-    prediction: Any  # int64 array, height x width, class ids
+    image: Any  # float32 array, channels x (depth x) height x width
+    mask: Any  # int64 array, (depth x) height x width, class ids; -1 where data.ignore_index was
+    prediction: Any  # int64 array, (depth x) height x width, class ids
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,19 @@ class ValidationResult:
     per_class_dice: tuple[float, ...]  # index = class id; NaN where the class never occurs
     num_samples: int
     samples: tuple[ValidationSample, ...] = ()  # a fixed few, the same every epoch
+    per_class_iou: tuple[float, ...] = ()  # index = class id; NaN where the class never occurs
+
+
+@dataclass(frozen=True)
+class ValidationBatch:
+    """One validation batch with the model's output, on the training device (do not modify)."""
+
+    epoch: int
+    batch_index: int
+    images: Any  # float tensor (N, C, *spatial)
+    masks: Any  # int64 tensor (N, *spatial), class ids; -1 where ignored
+    logits: Any  # float tensor (N, num_classes, *spatial)
+    predictions: Any  # int64 tensor (N, *spatial): argmax of logits
 
 
 @dataclass(frozen=True)
@@ -89,7 +107,9 @@ class EpochResult:
     """One finished epoch (training and validation)."""
 
     epoch: int  # 0-based
-    metrics: Mapping[str, float]  # train_loss, val_loss, val_dice, val_iou, lr
+    # train_loss, val_loss, val_dice, val_iou, lr, val_dice_<class>, val_iou_<class> (classes present
+    # so far) and every metric plugins contributed through validation_metrics
+    metrics: Mapping[str, float]
     monitor: str  # name of the monitored metric, e.g. "val_dice"
     is_best: bool  # this epoch improved the monitored metric
     best_value: float

@@ -1,30 +1,42 @@
-"""SegmentationTrainer: a linear fit loop that emits the lifecycle hooks of segtrack.hookspecs."""
+"""SegmentationTrainer: a linear fit loop, for the built-in UNet or any user model and dataset,
+that emits the lifecycle hooks of segtrack.hookspecs."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import random
-import signal
-import threading
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from segtrack import __version__, checkpoint
-from segtrack.config import METRIC_NAMES, check_plugin_sections, load_settings, plain, resolved_dict, validate
-from segtrack.data import ArrayDataset, fingerprint, fold_indices, load_arrays, split_indices
-from segtrack.distributed import DistContext, context_from_env, shard
+from segtrack.config import (
+    METRIC_NAMES,
+    check_plugin_sections,
+    class_names,
+    ignore_index,
+    load_settings,
+    plain,
+    resolved_dict,
+    validate,
+)
+from segtrack.data import ArrayDataset, load_arrays
+from segtrack.distributed import DistContext, context_from_env
 from segtrack.errors import ConfigError, PeerLost
+from segtrack.fit_state import FitState
+from segtrack.fitdata import DataPlan, FitData
 from segtrack.metrics import ConfusionCounts, segmentation_loss
-from segtrack.model import build_model, model_signature
+from segtrack.model import build_model, model_signature, user_model_signature
 from segtrack.plugins import PluginManager, get_plugin_manager, installed_entry_points
 from segtrack.records import (
     CheckpointInfo,
@@ -35,47 +47,69 @@ from segtrack.records import (
     FitResult,
     RunInfo,
     StepResult,
+    ValidationBatch,
     ValidationResult,
     ValidationSample,
     freeze,
 )
+from segtrack.samples import as_pair, check_class_ids, check_logits, logits_of
+from segtrack.signals import SigtermAsInterrupt, interrupt_behind
 
 log = logging.getLogger("segtrack.trainer")
-HELD_SAMPLES = 4  # validation images shown to plugins and used for the ONNX parity check
 
 
 class SegmentationTrainer:
-    """Trains the built-in UNet and calls every plugin's hooks at each phase boundary.
+    """Trains a segmentation model and calls every plugin's hooks at each phase boundary.
 
     :param settings: a Dynaconf object from ``segtrack.load_settings`` or a plain nested dict of
         every section; ``None`` loads the defaults (and ``configs/settings.toml`` if present).
     :param plugins: plugin objects (or classes) to register besides the installed ones.
+    :param model: any ``torch.nn.Module`` mapping a float batch ``(N, C, H, W)`` or ``(N, C, D, H, W)``
+        to logits ``(N, data.num_classes, ...)``, or to a dict holding them under ``"out"``, or a
+        tuple starting with them. ``None`` builds the configured model (``model.*``). Every fit
+        (each cross-validation fold) starts from the weights it has when passed in.
+    :param train_data: a map-style ``Dataset`` or a ``DataLoader``; samples are ``(image, mask)``
+        or dicts with ``"image"`` and ``"mask"``/``"label"``. ``None`` uses the configured data.
+    :param val_data: the same for validation; ``None`` splits ``train_data`` by
+        ``data.val_fraction`` (or into folds in ``cv``).
     :param plugin_manager: a prebuilt manager (from ``get_plugin_manager``); ``plugins`` must
         then be empty.
     """
 
-    def __init__(self, settings: Any = None, plugins: Iterable[Any] = (), *, plugin_manager: PluginManager | None = None):
+    def __init__(self, settings: Any = None, plugins: Iterable[Any] = (), *, model: torch.nn.Module | None = None,
+                 train_data: Any = None, val_data: Any = None, plugin_manager: PluginManager | None = None):
         if settings is None:
             settings = load_settings()
         self.settings = settings
         self.config = resolved_dict(settings) if not isinstance(settings, Mapping) else plain(settings)
         validate(self.config)
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"model is a {type(model).__name__}: pass a torch.nn.Module (or None for the "
+                              f"configured model.name)")
         self.dist: DistContext = context_from_env()
         if plugin_manager is not None and list(plugins):
             raise ConfigError("pass plugins either in `plugins` or inside `plugin_manager`, not both")
-        self.plugins = plugin_manager or get_plugin_manager(self.config, plugins, rank=self.dist.rank)
-        self.plugins.rank = self.dist.rank
-        known = set(self.plugins.names()) | set(installed_entry_points()) | set(self.config["plugins"]["disabled"])
+        self.hooks = plugin_manager or get_plugin_manager(self.config, plugins, rank=self.dist.rank)
+        self.hooks.rank = self.dist.rank
+        known = set(self.hooks.names()) | set(installed_entry_points()) | set(self.config["plugins"]["disabled"])
         check_plugin_sections(self.config, known)
-        self.plugins.call_all_ranks("settings_loaded", settings=settings)
+        self.hooks.call_all_ranks("settings_loaded", settings=settings)
 
         self.device = _resolve_device(self.config["train"]["device"], self.dist)
         amp = self.config["train"]["amp"]
         self.amp = self.device.type == "cuda" if amp == "auto" else bool(amp)
         if self.amp and self.device.type != "cuda":
             raise ConfigError("train.amp = true needs a CUDA device: set train.amp = \"auto\" or false on CPU")
-        self._images, self._masks = load_arrays(self.config["data"], self.config["model"], self.config["train"]["seed"])
-        self.num_classes = self.config["data"]["num_classes"]
+        data_cfg = self.config["data"]
+        self.num_classes, self.dims = data_cfg["num_classes"], data_cfg["dims"]
+        self.ignore_index, self.class_names = ignore_index(data_cfg), class_names(data_cfg)
+        self._check_monitor(self._builtin_metric_names(), final=not self.hooks.has_implementations("validation_metrics"))
+        builtin = None
+        if train_data is None:
+            builtin = ArrayDataset(*load_arrays(data_cfg, self.config["model"], self.config["train"]["seed"]))
+        self.data = DataPlan(self.config, self.dist, self.device.type == "cuda", train_data, val_data, builtin)
+        self._user_model = model
+        self._initial_weights = _cpu_copy(model.state_dict()) if model is not None else None
         self.model: torch.nn.Module | None = None
         self.epoch = 0
         self.batches_per_epoch = 0
@@ -84,290 +118,338 @@ class SegmentationTrainer:
     # -- public API for plugins ----------------------------------------------------------------
 
     def request_stop(self, reason: str) -> None:
-        """Ask the fit to end after the current epoch (and its checkpoints); status ``stopped``."""
+        """Ask the fit to end after the current epoch (and its checkpoints); status ``stopped``.
+        Under torchrun every rank stops after that epoch."""
         self.stop_reason = reason or "stop requested"
 
     # -- entry points ---------------------------------------------------------------------------
 
     def fit(self, resume: str | None = None) -> FitResult:
-        """One fit on the train/validation split. ``resume``: a checkpoint path, or ``"auto"``
+        """One fit on the train/validation data. ``resume``: a checkpoint path, or ``"auto"``
         (``<checkpoint.dir>/last.pt`` when it exists, else a fresh start)."""
-        train_idx, val_idx = split_indices(len(self._masks), self.config["data"]["val_fraction"], self.config["train"]["seed"])
+        data = self.data.for_split(self.config["data"]["val_fraction"])
         ckpt_dir = Path(self.config["checkpoint"]["dir"])
-        return self._fit(train_idx, val_idx, ckpt_dir, self.config["run"]["name"], resume)
+        return self._fit(data, ckpt_dir, self.config["run"]["name"], resume)
 
     def cv(self, folds: int | None = None) -> CrossValidationResult:
-        """k-fold cross-validation: one fit per fold, then ``cross_validation_end`` with all folds."""
+        """k-fold cross-validation over ``train_data``: one fit per fold, then ``cross_validation_end``."""
         folds = folds or self.config["data"]["folds"]
         if not isinstance(folds, int) or folds < 2:
             raise ConfigError(f"--folds {folds!r} is invalid: cross-validation needs an integer >= 2")
+        if self.data.val_dataset is not None or self.data.val_loader is not None:
+            raise ConfigError("cv() splits train_data into folds, so val_data would be unused: pass only train_data")
         name = self.config["run"]["name"]
         cv_id = uuid.uuid4().hex[:12]
-        self.plugins.call("cross_validation_start", trainer=self,
-                          info=CrossValidationInfo(cv_id, folds, freeze(self.config), name))
+        self.hooks.call("cross_validation_start", trainer=self,
+                        info=CrossValidationInfo(cv_id, folds, freeze(self.config), name))
         results: list[FitResult] = []
         try:
             for fold in range(folds):
-                train_idx, val_idx = fold_indices(len(self._masks), folds, fold, self.config["train"]["seed"])
+                data = self.data.for_fold(fold, folds)
                 ckpt_dir = Path(self.config["checkpoint"]["dir"]) / f"{name}-fold{fold}"
-                results.append(self._fit(train_idx, val_idx, ckpt_dir, f"{name}-fold{fold}", None,
+                results.append(self._fit(data, ckpt_dir, f"{name}-fold{fold}", None,
                                          fold=fold, num_folds=folds, cv_id=cv_id))
         finally:
             outcome = CrossValidationResult(cv_id, folds, tuple(results), freeze(_summary(results)))
             with self._lenient_if_failing():
-                self.plugins.call("cross_validation_end", trainer=self, result=outcome)
+                self.hooks.call("cross_validation_end", trainer=self, result=outcome)
         return outcome
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def _fit(self, train_idx, val_idx, ckpt_dir: Path, run_name: str, resume: str | None,
+    def _fit(self, data: FitData, ckpt_dir: Path, run_name: str, resume: str | None,
              fold: int | None = None, num_folds: int | None = None, cv_id: str | None = None) -> FitResult:
-        cfg, train_cfg = self.config, self.config["train"]
+        cfg, hooks = self.config, self.hooks
+        # setup: checkpoint to resume (read before any folder is created), folders, model, optimizer
         if resume == "auto":
             resume = str(ckpt_dir / "last.pt") if (ckpt_dir / "last.pt").is_file() else None
-        signature = model_signature(cfg["model"], self.num_classes)
-        payload = checkpoint.load(resume, signature) if resume else None  # before creating any folder
-        ckpt_dir = checkpoint.ensure_writable_dir(ckpt_dir, "checkpoint.dir")
-        if self.dist.is_main:
-            for stale in checkpoint.remove_stale_temp_files(ckpt_dir):
-                log.info("removed %s, left by an interrupted checkpoint write", stale)
-        export_dir = checkpoint.ensure_writable_dir(cfg["export"]["dir"], "export.dir") if cfg["export"]["enabled"] else None
-
-        # setup: seeded model, optimizer, schedule
-        _seed_everything(train_cfg["seed"])
-        model = build_model(cfg["model"], self.num_classes).to(self.device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
-        scheduler = _make_scheduler(optimizer, train_cfg["scheduler"], train_cfg["epochs"])
-        scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.model, self.stop_reason = model, None
-        best_value, best_epoch, global_step, start_epoch = _worst(cfg["checkpoint"]["mode"]), -1, 0, 0
-        best_metrics: dict[str, float] = {}
+        state = self._new_state()
+        signature = self._signature(state.model)
+        payload = checkpoint.load(resume, signature) if resume else None
+        ckpt_dir, export_dir = self._prepare_folders(ckpt_dir)
         if payload is not None:
-            # restore: weights, optimizer, schedule, counters, RNG, then each plugin's own state
-            model.load_state_dict(payload["model"])
-            optimizer.load_state_dict(payload["optimizer"])
-            scheduler.load_state_dict(payload["scheduler"])
-            scaler.load_state_dict(payload["scaler"])
-            start_epoch, global_step = payload["epoch"] + 1, payload["global_step"]
-            best_value, best_epoch = payload["best_value"], payload["best_epoch"]
-            best_metrics = dict(payload.get("best_metrics", {}))
-            checkpoint.restore_rng(payload["rng"])
-            for name, state in payload.get("plugins", {}).items():
-                self.plugins.call_one(name, "load_state_dict", state=state)
-        train_model = model
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            state.restore(payload)
+            state.paths.update(last=str(ckpt_dir / "last.pt"), **({"best": str(ckpt_dir / "best.pt")} if state.best_epoch >= 0 else {}))
+            for name, plugin_state in payload.get("plugins", {}).items():
+                hooks.call_one(name, "load_state_dict", state=plugin_state)
+        train_model = self._distributed(state.model)
+        self.model, self.stop_reason, self.batches_per_epoch = state.model, None, data.batches_per_epoch
+        run = self._run_info(data, state, run_name, resume, fold, num_folds, cv_id)
+        export = export_error = None
+        epochs_completed, started = state.start_epoch, time.perf_counter()
 
-        train_set = ArrayDataset(self._images[train_idx], self._masks[train_idx])
-        val_set = ArrayDataset(self._images[val_idx], self._masks[val_idx])
-        held = val_set.images[:HELD_SAMPLES], val_set.masks[:HELD_SAMPLES]
-        self.batches_per_epoch = math.ceil(len(shard(torch.arange(len(train_set)), self.dist)) / train_cfg["batch_size"])
-        run = RunInfo(
-            run_name=run_name, config=freeze(cfg), device=str(self.device), rank=self.dist.rank,
-            world_size=self.dist.world_size, local_rank=self.dist.local_rank, fold=fold, num_folds=num_folds,
-            cv_id=cv_id, train_sha256=fingerprint(self._images, self._masks, train_idx),
-            val_sha256=fingerprint(self._images, self._masks, val_idx), num_train=len(train_idx),
-            num_val=len(val_idx), num_parameters=sum(p.numel() for p in model.parameters()),
-            start_epoch=start_epoch, resumed_from=resume, segtrack_version=__version__,
-            plugins=tuple((r.name, r.version or "") for r in self.plugins.records.values()),
-        )
-        hooks = self.plugins
-        monitor, mode = cfg["checkpoint"]["monitor"], cfg["checkpoint"]["mode"]
-        status, error, export, export_error, last_metrics = "completed", None, None, None, {}
-        epochs_completed, started = start_epoch, time.perf_counter()
-        paths = {"best": ckpt_dir / "best.pt" if best_epoch >= 0 else None, "last": ckpt_dir / "last.pt" if resume else None}
-        with _SigtermAsInterrupt(self.dist) as sigterm:
+        with SigtermAsInterrupt(self.dist) as sigterm:
             try:
                 hooks.call("fit_start", trainer=self, run=run)
-                for epoch in range(start_epoch, train_cfg["epochs"]):
-                    self.epoch = epoch
-                    epoch_started = time.perf_counter()
+                for epoch in range(state.start_epoch, cfg["train"]["epochs"]):
+                    self.epoch, epoch_started = epoch, time.perf_counter()
                     hooks.call("epoch_start", trainer=self, run=run, epoch=epoch)
-                    lr = optimizer.param_groups[0]["lr"]
-                    train_loss, global_step = self._train_epoch(train_model, optimizer, scaler, train_set, epoch, global_step, run)
-                    validation = self._validate(model, val_set, held, epoch)
+                    # train, then validate
+                    lr = state.optimizer.param_groups[0]["lr"]
+                    train_loss = self._train_epoch(train_model, state, data, epoch, run)
+                    validation = self._validate(state.model, data, epoch, run)
                     hooks.call("validation_end", trainer=self, run=run, result=validation)
-                    scheduler.step()
-                    last_metrics = {"train_loss": train_loss, "val_loss": validation.val_loss,
-                                    "val_dice": validation.val_dice, "val_iou": validation.val_iou, "lr": lr}
-                    is_best = _improved(last_metrics[monitor], best_value, mode)
-                    if is_best:
-                        best_value, best_epoch, best_metrics = last_metrics[monitor], epoch, dict(last_metrics)
+                    state.scheduler.step()
+                    # metrics: built-in, per class, then the plugins' own
+                    metrics = {"train_loss": train_loss, "val_loss": validation.val_loss, "val_dice": validation.val_dice,
+                               "val_iou": validation.val_iou, "lr": lr, **self._per_class(validation)}
+                    metrics.update(self._plugin_metrics(run, validation, metrics))
+                    self._check_monitor(metrics, final=self.dist.is_main)
+                    is_best = state.record_epoch(epoch, metrics)
                     epochs_completed = epoch + 1
                     hooks.call("epoch_end", trainer=self, run=run, epoch=EpochResult(
-                        epoch, freeze(last_metrics), monitor, is_best, best_value, best_epoch,
+                        epoch, freeze(metrics), state.monitor, is_best, state.best_value, state.best_epoch,
                         time.perf_counter() - epoch_started))
                     # checkpoints (rank 0): best when improved, last always, optional per-epoch snapshots
                     if self.dist.is_main:
-                        state = {
-                            "format": checkpoint.FORMAT, "version": checkpoint.VERSION, "model_signature": signature,
-                            "epoch": epoch, "global_step": global_step, "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "scaler": scaler.state_dict(), "best_value": best_value, "best_epoch": best_epoch,
-                            "best_metrics": best_metrics, "metrics": last_metrics, "run_name": run_name, "fold": fold,
-                            "rng": checkpoint.rng_state(), "plugins": hooks.collect("state_dict"),
-                        }
-                        kinds = (["best"] if is_best else []) + ["last"] + (["epoch"] if cfg["checkpoint"]["keep"] else [])
-                        written = None
-                        for kind in kinds:
-                            path = ckpt_dir / (f"epoch-{epoch:04d}.pt" if kind == "epoch" else f"{kind}.pt")
-                            # the same state under several names: serialise once, then link
-                            with sigterm.held():
-                                size = checkpoint.save_atomic(state, path) if written is None else checkpoint.link_atomic(written, path)
-                                written, paths[kind] = path, path
-                            hooks.call("checkpoint_saved", trainer=self, run=run, checkpoint=CheckpointInfo(
-                                str(path), kind, epoch, monitor, last_metrics[monitor], size))
-                        if cfg["checkpoint"]["keep"]:
-                            _prune_snapshots(ckpt_dir, cfg["checkpoint"]["keep"])
-                    self.dist.barrier()
-                    if self.stop_reason:
-                        status = "stopped"
+                        self._save_checkpoints(state, ckpt_dir, run, signature, run_name, fold, is_best, sigterm)
+                    # stop together: a stop requested on rank 0 (hooks run there) ends every rank
+                    if self._stop_everywhere():
+                        state.status = "stopped"
                         break
-                if export_dir is not None and self.dist.is_main and paths.get("best"):
-                    export, export_error = self._export(paths["best"], export_dir, run_name, held[0], signature)
+                if export_dir is not None and self.dist.is_main and state.paths.get("best"):
+                    export, export_error = self._export(state, export_dir, run_name, data.held[0], signature)
                     if export is not None:
                         hooks.call("model_exported", trainer=self, run=run, export=export)
             except BaseException as exc:
                 sigterm.ending = True
-                interrupt = _interrupt_behind(exc)
-                status = "interrupted" if interrupt is not None and not isinstance(interrupt, PeerLost) else "failed"
-                error = f"{type(exc).__name__}: {exc}"
+                interrupt = interrupt_behind(exc)
+                state.status = "interrupted" if interrupt is not None and not isinstance(interrupt, PeerLost) else "failed"
+                state.error = f"{type(exc).__name__}: {exc}"
                 with self._lenient_if_failing(force=True):
                     hooks.call("fit_exception", trainer=self, run=run, error=exc)
                 raise
             finally:
                 sigterm.ending = True
-                result = FitResult(
-                    status=status, epochs_completed=epochs_completed, best_value=best_value, best_epoch=best_epoch,
-                    monitor=monitor, final_metrics=freeze(last_metrics), best_metrics=freeze(best_metrics),
-                    best_checkpoint=str(paths["best"]) if paths.get("best") else None,
-                    last_checkpoint=str(paths["last"]) if paths.get("last") else None, export=export,
-                    export_error=export_error, stop_reason=self.stop_reason, error=error,
-                    plugin_failures=hooks.failures(), fold=fold, duration_s=time.perf_counter() - started,
-                )
-                with self._lenient_if_failing(force=status in ("failed", "interrupted")):
+                result = state.result(epochs_completed=epochs_completed, export=export, export_error=export_error,
+                                      stop_reason=self.stop_reason, failures=hooks.failures(), fold=fold,
+                                      duration_s=time.perf_counter() - started)
+                with self._lenient_if_failing(force=state.status in ("failed", "interrupted")):
                     hooks.call_bounded("fit_end", hooks.fit_end_timeout, trainer=self, run=run, result=result)
-        return _with_failures(result, hooks)
+        return replace(result, plugin_failures=hooks.failures())  # with failures in fit_end itself
 
-    def _train_epoch(self, model, optimizer, scaler, dataset, epoch: int, global_step: int, run: RunInfo):
+    def _train_epoch(self, model, state: FitState, data: FitData, epoch: int, run: RunInfo) -> float:
         train_cfg = self.config["train"]
-        seed = train_cfg["seed"] * 100_003 + epoch  # the order depends on seed and epoch only: resumable
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-        order = shard(order, self.dist)
-        batches = [order[i : i + train_cfg["batch_size"]] for i in range(0, len(order), train_cfg["batch_size"])]
-        if train_cfg["num_workers"] == 0:
-            # the data is in memory: index whole batches (a DataLoader would fetch and stack sample by sample)
-            loader = ((dataset.images[b], dataset.masks[b]) for b in batches)
-        else:
-            loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in batches],
-                                num_workers=train_cfg["num_workers"], pin_memory=self.device.type == "cuda")
-        flips = torch.Generator().manual_seed(seed + 1)
+        # every epoch starts from RNG seeded by (seed, epoch): a resumed fit draws the same
+        # shuffles, dropout and augmentations as an uninterrupted one, whatever the loader
+        _seed_everything(train_cfg["seed"] * 100_003 + epoch + 2)
         model.train()
-        device, amp, dice_weight = self.device, self.amp, train_cfg["dice_weight"]
-        call, has_step_hooks = self.plugins.call, self.plugins.has_implementations("train_batch_end")
+        device, amp, dice_weight, optimizer, scaler = self.device, self.amp, train_cfg["dice_weight"], state.optimizer, state.scaler
+        call, has_step_hooks = self.hooks.call, self.hooks.has_implementations("train_batch_end")
         total, count = torch.zeros((), device=device), 0
-        for batch_index, (images, masks) in enumerate(loader):
-            if train_cfg["augment"]:
-                flip = torch.rand(len(images), generator=flips) < 0.5
-                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-                masks = torch.where(flip[:, None, None], masks.flip(-1), masks)
-            images = images.to(device, non_blocking=True)
-            masks = masks.to(device, non_blocking=True)
+        for batch_index, batch in enumerate(data.train_batches(epoch)):
+            images, masks = self._loop_form(batch)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                loss = segmentation_loss(model(images), masks, dice_weight)
+                logits = logits_of(model(images))
+                if batch_index == 0:
+                    check_logits(logits, masks, self.num_classes)  # before the first optimizer step
+                loss = segmentation_loss(logits, masks, dice_weight)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            global_step += 1
+            state.global_step += 1
             detached = loss.detach()
             total += detached * len(images)
             count += len(images)
             if has_step_hooks:
                 call("train_batch_end", trainer=self, run=run, step=StepResult(
-                    epoch, batch_index, global_step, float(detached), optimizer.param_groups[0]["lr"], len(images)))
+                    epoch, batch_index, state.global_step, float(detached), optimizer.param_groups[0]["lr"], len(images)))
         sums = self.dist.all_reduce_sum(torch.stack([total.double(), torch.tensor(float(count), device=device).double()]))
-        return float(sums[0] / sums[1]), global_step
+        return float(sums[0] / sums[1]) if float(sums[1]) else math.nan
 
     @torch.no_grad()
-    def _validate(self, model, dataset, held, epoch: int) -> ValidationResult:
+    def _validate(self, model, data: FitData, epoch: int, run: RunInfo) -> ValidationResult:
         model.eval()
-        cfg = self.config["train"]
-        counts = ConfusionCounts(self.num_classes, self.device)
-        indices = torch.arange(len(dataset))[self.dist.rank :: self.dist.world_size]
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        held_predictions = {}  # the held samples' predictions, taken from the pass itself
-        for start in range(0, len(indices), cfg["batch_size"]):
-            batch = indices[start : start + cfg["batch_size"]]
-            images = dataset.images[batch].to(self.device)
-            masks = dataset.masks[batch].to(self.device)
-            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-                logits = model(images)
-            loss_sum += segmentation_loss(logits.float(), masks, cfg["dice_weight"]).double() * len(batch)
+        device, amp, dice_weight = self.device, self.amp, self.config["train"]["dice_weight"]
+        counts = ConfusionCounts(self.num_classes, device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        seen = 0
+        batch_hooks = self.dist.is_main and self.hooks.has_implementations("validation_batch_end")
+        for batch_index, batch in enumerate(data.val_batches()):
+            images, masks = self._loop_form(batch)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+                logits = logits_of(model(images))
+            if batch_index == 0:
+                check_logits(logits, masks, self.num_classes)
+            loss_sum += segmentation_loss(logits.float(), masks, dice_weight).double() * len(images)
+            seen += len(images)
             predictions = logits.argmax(1)
             counts.update(predictions, masks)
-            for position, index in enumerate(batch.tolist()):
-                if index < len(held[0]):
-                    held_predictions[index] = predictions[position].cpu()
+            if batch_hooks:
+                self.hooks.call("validation_batch_end", trainer=self, run=run, batch=ValidationBatch(
+                    epoch, batch_index, images, masks, logits, predictions))
         self.dist.all_reduce_sum(counts.counts)
-        totals = self.dist.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(len(indices)), dtype=torch.float64, device=self.device)]))
+        totals = self.dist.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=device)]))
         dice, iou = counts.mean_foreground()
-        samples = ()
-        if self.dist.is_main:
-            missing = [i for i in range(len(held[0])) if i not in held_predictions]  # other ranks' share
-            if missing:
-                with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-                    extra = model(held[0][missing].to(self.device)).argmax(1).cpu()
-                held_predictions.update(zip(missing, extra))
-            samples = tuple(ValidationSample(img.numpy(), msk.numpy(), held_predictions[i].numpy())
-                            for i, (img, msk) in enumerate(zip(held[0], held[1])))
-        per_class = tuple(float(v) for v in counts.per_class()[0].cpu())
-        return ValidationResult(epoch, float(totals[0] / totals[1]), dice, iou, per_class, len(dataset), samples)
+        per_class_dice, per_class_iou = (tuple(float(v) for v in t.cpu()) for t in counts.per_class())
+        samples = self._held_samples(model, data) if self.dist.is_main else ()
+        val_loss = float(totals[0] / totals[1]) if float(totals[1]) else math.nan
+        return ValidationResult(epoch, val_loss, dice, iou, per_class_dice, int(totals[1]), samples, per_class_iou)
 
-    def _export(self, best_path: Path, export_dir: Path, run_name: str, sample: torch.Tensor, signature: dict):
+    # -- phase helpers --------------------------------------------------------------------------
+
+    def _loop_form(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch as (images, masks) on the device, class ids checked (on the CPU, before the copy)."""
+        images, masks = as_pair(batch, self.dims, batched=True, ignore_index=self.ignore_index)
+        check_class_ids(masks, self.num_classes, self.ignore_index)
+        return images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+
+    def _held_samples(self, model, data: FitData) -> tuple[ValidationSample, ...]:
+        images, masks = data.held
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+            predictions = logits_of(model(images.to(self.device))).argmax(1).cpu()
+        return tuple(ValidationSample(i.numpy(), m.numpy(), p.numpy()) for i, m, p in zip(images, masks, predictions))
+
+    def _per_class(self, validation: ValidationResult) -> dict[str, float]:
+        """val_dice_<class> and val_iou_<class> for every class seen so far (NaN ones left out)."""
+        out = {}
+        for name, dice, iou in zip(self.class_names, validation.per_class_dice, validation.per_class_iou):
+            if not math.isnan(dice):
+                out[f"val_dice_{name}"], out[f"val_iou_{name}"] = dice, iou
+        return out
+
+    def _plugin_metrics(self, run: RunInfo, validation: ValidationResult, taken: Mapping[str, float]) -> dict[str, float]:
+        if not self.dist.is_main:
+            return {}
+        merged: dict[str, float] = {}
+        for plugin, values in self.hooks.collect("validation_metrics", trainer=self, run=run, result=validation).items():
+            try:
+                if not isinstance(values, Mapping):
+                    raise TypeError(f"validation_metrics returned {type(values).__name__}, not a dict of floats")
+                for name, value in values.items():
+                    if not isinstance(name, str) or name in taken or name in merged:
+                        raise ValueError(f"metric name {name!r} is already taken or not a string: rename it")
+                    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+                        raise TypeError(f"metric {name!r} is {type(value).__name__}, not a number")
+                    merged[name] = float(value)
+            except (TypeError, ValueError) as exc:
+                self.hooks.report_failure(plugin, "validation_metrics", exc)
+        return merged
+
+    def _builtin_metric_names(self) -> list[str]:
+        per_class = [f"val_{m}_{name}" for name in self.class_names for m in ("dice", "iou")]
+        return [*METRIC_NAMES, "lr", *per_class]
+
+    def _check_monitor(self, names: Iterable[str], final: bool) -> None:
+        """``checkpoint.monitor`` names a metric: checked at start, or after the first epoch when
+        plugins contribute metrics (their names are known only then)."""
+        monitor, names = self.config["checkpoint"]["monitor"], list(names)
+        if final and monitor not in names:
+            raise ConfigError(f"checkpoint.monitor = {monitor!r} is not a metric of this fit: use one of "
+                              f"{', '.join(names)}")
+
+    def _stop_everywhere(self) -> bool:
+        if not self.dist.enabled:
+            return bool(self.stop_reason)
+        flag = torch.tensor([1.0 if self.stop_reason else 0.0], device=self.device)
+        if self.dist.all_reduce_sum(flag).item() > 0 and not self.stop_reason:
+            self.stop_reason = "stop requested on rank 0"
+        return bool(self.stop_reason)
+
+    def _save_checkpoints(self, state: FitState, ckpt_dir: Path, run: RunInfo, signature: dict, run_name: str,
+                          fold: int | None, is_best: bool, sigterm: SigtermAsInterrupt) -> None:
+        cfg = self.config["checkpoint"]
+        payload = state.payload(signature, run_name, fold, self.hooks.collect("state_dict"))
+        kinds = (["best"] if is_best else []) + ["last"] + (["epoch"] if cfg["keep"] else [])
+        written = None
+        for kind in kinds:
+            path = ckpt_dir / (f"epoch-{state.epoch:04d}.pt" if kind == "epoch" else f"{kind}.pt")
+            # the same state under several names: serialise once, then link
+            with sigterm.held():
+                size = checkpoint.save_atomic(payload, path) if written is None else checkpoint.link_atomic(written, path)
+                written, state.paths[kind] = path, str(path)
+            self.hooks.call("checkpoint_saved", trainer=self, run=run, checkpoint=CheckpointInfo(
+                str(path), kind, state.epoch, state.monitor, state.last_metrics[state.monitor], size))
+        if cfg["keep"]:
+            _prune_snapshots(ckpt_dir, cfg["keep"])
+
+    def _export(self, state: FitState, export_dir: Path, run_name: str, sample: torch.Tensor, signature: dict):
         from segtrack.export import export_onnx
 
         cfg = self.config["export"]
-        payload = checkpoint.load(best_path, signature)
-        model = build_model(self.config["model"], self.num_classes)
+        best = state.paths["best"]
+        payload = checkpoint.load(best, signature)
+        model = copy.deepcopy(state.model).cpu()
         model.load_state_dict(payload["model"])
         path = export_dir / f"{run_name}.onnx"
         try:
             diff = export_onnx(model, sample, path, cfg["opset"])
         except Exception as exc:  # the trained checkpoints stay valid; say why the export is missing
-            log.error("ONNX export of %s failed: %s: %s; the checkpoints are intact, export later or set "
-                      "export.enabled = false", best_path, type(exc).__name__, exc)
-            return None, f"{type(exc).__name__}: {exc}"
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            log.warning("ONNX export skipped: this model cannot be exported (%s: %s); the fit and its checkpoints "
+                        "are fine (%s); set export.enabled = false to silence this", type(exc).__name__, reason, best)
+            return None, f"{type(exc).__name__}: {reason}"
         ok = diff <= cfg["tolerance"]
         if not ok:
             log.warning("ONNX export %s differs from torch by %.3g (> export.tolerance %.3g)", path, diff, cfg["tolerance"])
         return ExportInfo(str(path), "onnx", cfg["opset"], payload["epoch"], tuple(sample.shape), diff, ok), None
 
+    # -- setup helpers --------------------------------------------------------------------------
+
+    def _new_state(self) -> FitState:
+        """Seeded model (fresh, or the user's at its initial weights), optimizer, schedule, scaler."""
+        cfg, train_cfg = self.config, self.config["train"]
+        _seed_everything(train_cfg["seed"])
+        if self._user_model is not None:
+            model = self._user_model
+            model.load_state_dict(self._initial_weights)
+        else:
+            model = build_model(cfg["model"], self.num_classes, self.dims)
+        model = model.to(self.device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
+        return FitState(model, optimizer, _make_scheduler(optimizer, train_cfg["scheduler"], train_cfg["epochs"]),
+                        torch.amp.GradScaler("cuda", enabled=self.amp), cfg["checkpoint"]["monitor"], cfg["checkpoint"]["mode"])
+
+    def _signature(self, model: torch.nn.Module) -> dict:
+        if self._user_model is not None:
+            return user_model_signature(model, self.num_classes)
+        return model_signature(self.config["model"], self.num_classes, self.dims)
+
+    def _prepare_folders(self, ckpt_dir: Path) -> tuple[Path, Path | None]:
+        ckpt_dir = checkpoint.ensure_writable_dir(ckpt_dir, "checkpoint.dir")
+        if self.dist.is_main:
+            for stale in checkpoint.remove_stale_temp_files(ckpt_dir):
+                log.info("removed %s, left by an interrupted checkpoint write", stale)
+        export = self.config["export"]
+        export_dir = checkpoint.ensure_writable_dir(export["dir"], "export.dir") if export["enabled"] else None
+        return ckpt_dir, export_dir
+
+    def _distributed(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not self.dist.enabled:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def _run_info(self, data: FitData, state: FitState, run_name: str, resume, fold, num_folds, cv_id) -> RunInfo:
+        kind = type(state.model)
+        model_name = self.config["model"]["name"] if self._user_model is None else f"{kind.__module__}.{kind.__qualname__}"
+        return RunInfo(
+            run_name=run_name, config=freeze(self.config), device=str(self.device), rank=self.dist.rank,
+            world_size=self.dist.world_size, local_rank=self.dist.local_rank, fold=fold, num_folds=num_folds,
+            cv_id=cv_id, train_sha256=data.train_sha256, val_sha256=data.val_sha256, num_train=data.num_train,
+            num_val=data.num_val, num_parameters=sum(p.numel() for p in state.model.parameters()),
+            start_epoch=state.start_epoch, resumed_from=resume, segtrack_version=__version__,
+            plugins=tuple((r.name, r.version or "") for r in self.hooks.records.values()),
+            batches_per_epoch=data.batches_per_epoch, spatial_dims=self.dims, num_classes=self.num_classes,
+            class_names=self.class_names, model_name=model_name,
+        )
+
     @contextlib.contextmanager
     def _lenient_if_failing(self, force: bool = False):
         """While an exception is already propagating, plugin errors are reported, never raised."""
-        failing = force or _exception_in_flight()
-        saved = self.plugins.strict
+        failing = force or sys.exc_info()[1] is not None
+        saved = self.hooks.strict
         if failing:
-            self.plugins.strict = False
+            self.hooks.strict = False
         try:
             yield
         finally:
-            self.plugins.strict = saved
+            self.hooks.strict = saved
 
 
-def _exception_in_flight() -> bool:
-    import sys
-
-    return sys.exc_info()[1] is not None
-
-
-def _with_failures(result: FitResult, hooks: PluginManager) -> FitResult:
-    """Include failures that happened in fit_end itself."""
-    from dataclasses import replace
-
-    return replace(result, plugin_failures=hooks.failures())
+def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def _resolve_device(name: str, ctx: DistContext) -> torch.device:
@@ -386,7 +468,7 @@ def _resolve_device(name: str, ctx: DistContext) -> torch.device:
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
@@ -398,16 +480,6 @@ def _make_scheduler(optimizer, kind: str, epochs: int):
 
 def _constant(epoch: int) -> float:
     return 1.0
-
-
-def _worst(mode: str) -> float:
-    return -math.inf if mode == "max" else math.inf
-
-
-def _improved(value: float, best: float, mode: str) -> bool:
-    if math.isnan(value):
-        return False
-    return value > best if mode == "max" else value < best
 
 
 def _prune_snapshots(folder: Path, keep: int) -> None:
@@ -423,73 +495,3 @@ def _summary(results: list[FitResult]) -> dict[str, dict[str, float]]:
             summary[name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
                              "min": float(values.min()), "max": float(values.max())}
     return summary
-
-
-def _interrupt_behind(exc: BaseException | None) -> KeyboardInterrupt | None:
-    """The Ctrl-C or SIGTERM that ``exc`` is, or that was unwinding when cleanup code raised
-    ``exc`` instead: a user's stop stays a stop even when a library fails on the way out."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__context__
-    return None
-
-
-class _SigtermAsInterrupt:
-    """SIGTERM ends the fit like Ctrl-C (status ``interrupted``, hooks fire, checkpoints intact).
-
-    Under torchrun a SIGTERM also comes when another rank died; if a rank on this machine has
-    ended when it arrives, the fit ends as ``failed`` (``PeerLost``), not as interrupted. A
-    SIGTERM during a checkpoint write is raised once the write is done (raised inside torch.save,
-    it broke the zip writer, whose error then replaced the interrupt). Once the fit is ending
-    (``fit_exception``/``fit_end`` running, e.g. a tracking plugin flushing its run status), a
-    SIGTERM is held back until they return, so the plugins can finish within the grace period
-    launchers such as torchrun give before SIGKILL.
-    """
-
-    def __init__(self, dist_context: DistContext):
-        self.dist = dist_context
-        self.ending = False  # fit_exception/fit_end running: hold until the fit is left
-        self.holding = False  # a checkpoint write: hold until the write is done
-        self.pending: KeyboardInterrupt | None = None  # the held-back signal
-        self._previous = None
-
-    def _handler(self, signum, frame):
-        interrupt = self._interrupt(signal.Signals(signum).name)  # peers checked now: in a user's kill they exit soon too
-        if self.ending or self.holding:
-            self.pending = self.pending or interrupt
-            return
-        raise interrupt
-
-    def _interrupt(self, name: str) -> KeyboardInterrupt:
-        lost = self.dist.lost_peers()
-        if lost:
-            return PeerLost(f"rank {', '.join(map(str, lost))} of this job died and the launcher stopped this "
-                            f"rank ({name}); see that rank's output for the cause")
-        return KeyboardInterrupt(f"signal {name}")
-
-    @contextlib.contextmanager
-    def held(self):
-        """Keep a SIGTERM out of the block (a checkpoint write); it is raised when the block is done."""
-        self.holding = True
-        try:
-            yield
-        finally:
-            self.holding = False
-        interrupt, self.pending = self.pending, None
-        if interrupt is not None:
-            raise interrupt
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handler)
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-        if self.pending is not None and exc_type is None:
-            raise self.pending  # received while the fit was ending
-        return False

@@ -20,7 +20,7 @@ def test_fit_logs_params_tags_metrics_and_artifacts(trainer_factory, sqlite_uri,
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / ".secrets.toml").write_text("[default.data]\npath = 'secret-path'\n")
     trainer = trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", "export.enabled=true", "run.name='unet-a'")
-    assert "mlflow" in trainer.plugins.records  # discovered through its entry point
+    assert "mlflow" in trainer.hooks.records  # discovered through its entry point
     result = trainer.fit()
     client = MlflowClient(sqlite_uri)
     run = only_run(client)

@@ -1,0 +1,271 @@
+"""The data of a fit, whichever way it arrived: the configured dataset, a user's map-style
+``Dataset``, or ready ``DataLoader``s. Splits and folds, seeded batch order per epoch (so a resumed
+fit sees the same batches), rank sharding, held samples and fingerprints."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from segtrack.config import ignore_index
+from segtrack.data import ArrayDataset, combine_digests, fold_indices, sample_digest, split_indices
+from segtrack.distributed import DistContext, shard
+from segtrack.errors import ConfigError, DataError
+from segtrack.samples import as_pair
+
+log = logging.getLogger("segtrack.data")
+HELD_SAMPLES = 4  # validation samples shown to plugins and used for the ONNX parity check
+
+
+@dataclass(frozen=True)
+class FitData:
+    """What one fit trains and validates on."""
+
+    train_batches: Callable[[int], Iterable[Any]]  # epoch -> batches (any supported batch form)
+    val_batches: Callable[[], Iterable[Any]]
+    held: tuple[torch.Tensor, torch.Tensor]  # the first validation samples, stacked, loop form
+    train_sha256: str
+    val_sha256: str
+    num_train: int
+    num_val: int
+    batches_per_epoch: int  # on this rank; 0 where the loader has no length
+
+
+class DataPlan:
+    """Turns the trainer's data (configured or passed in) into one ``FitData`` per fit or fold."""
+
+    def __init__(self, config: dict, dist: DistContext, pin_memory: bool, train_data: Any = None,
+                 val_data: Any = None, builtin: ArrayDataset | None = None):
+        if val_data is not None and train_data is None:
+            raise ConfigError("val_data was given without train_data: pass train_data too (val_data alone "
+                              "cannot train a model)")
+        self.dims = config["data"]["dims"]
+        self.ignore_index = ignore_index(config["data"])
+        self.seed = config["train"]["seed"]
+        self.batch_size = config["train"]["batch_size"]
+        self.num_workers = config["train"]["num_workers"]
+        self.augment = config["train"]["augment"] and builtin is not None  # user data brings its own
+        self.dist, self.pin_memory = dist, pin_memory
+        self.train_loader = train_data if isinstance(train_data, DataLoader) else None
+        self.val_loader = val_data if isinstance(val_data, DataLoader) else None
+        self.dataset = builtin if builtin is not None else _map_style(train_data, "train_data")
+        self.val_dataset = _map_style(val_data, "val_data") if val_data is not None else None
+        self._digests: dict[int, list[bytes | None]] = {}
+        for loader in (self.train_loader, self.val_loader):
+            if loader is not None and dist.enabled and not _distributed_sampler(loader):
+                raise ConfigError("under torchrun a DataLoader passed as train_data/val_data needs a "
+                                  "DistributedSampler: pass the Dataset instead and segtrack shards it per rank")
+
+    @property
+    def splittable_count(self) -> int:
+        if self.dataset is None:
+            raise ConfigError("train_data is a DataLoader over an iterable dataset: it cannot be split; pass "
+                              "val_data too, or a map-style Dataset")
+        return len(self.dataset)
+
+    # -- one fit ---------------------------------------------------------------------------------
+
+    def for_split(self, val_fraction: float) -> FitData:
+        """The plain fit: user train/val as given, else a seeded split of the one dataset."""
+        if self.val_dataset is not None or self.val_loader is not None:
+            return self._given_pair()
+        train_idx, val_idx = split_indices(self.splittable_count, val_fraction, self.seed)
+        return self._subsets(train_idx, val_idx)
+
+    def for_fold(self, fold: int, folds: int) -> FitData:
+        train_idx, val_idx = fold_indices(self.splittable_count, folds, fold, self.seed)
+        return self._subsets(train_idx, val_idx)
+
+    def _subsets(self, train_idx: np.ndarray, val_idx: np.ndarray) -> FitData:
+        dataset, template = self.dataset, self.train_loader
+        batch_size = template.batch_size if template is not None and template.batch_size else self.batch_size
+        collate = template.collate_fn if template is not None else self._collate
+        workers = template.num_workers if template is not None else self.num_workers
+        order_of = _EpochOrder(len(train_idx), batch_size, self.seed, self.dist)
+
+        def train_batches(epoch: int):
+            batches = [train_idx[b].tolist() for b in order_of(epoch)]
+            yield from self._flipped(self._fetch(dataset, batches, collate, workers), epoch)
+
+        def val_batches():
+            mine = val_idx[self.dist.rank :: self.dist.world_size]
+            batches = [mine[i : i + batch_size].tolist() for i in range(0, len(mine), batch_size)]
+            return self._fetch(dataset, batches, collate, workers)
+
+        return FitData(
+            train_batches, val_batches, self._held(dataset, val_idx),
+            self._fingerprint(dataset, train_idx), self._fingerprint(dataset, val_idx),
+            len(train_idx), len(val_idx), math.ceil(len(shard(torch.arange(len(train_idx)), self.dist)) / batch_size),
+        )
+
+    def _given_pair(self) -> FitData:
+        """Separate train and validation data: loaders used as given, datasets batched here."""
+        train = self.train_loader or self._loader_over(self.dataset, shuffle=True)
+        val = self.val_loader or self._loader_over(self.val_dataset, shuffle=False)
+
+        def train_batches(epoch: int):
+            if isinstance(train, _OwnLoader):
+                return train(epoch)
+            _set_sampler_epoch(train, epoch)
+            return train
+
+        def val_batches():
+            return val(0) if isinstance(val, _OwnLoader) else val
+
+        val_set = self.val_dataset
+        if val_set is not None:
+            held = self._held(val_set, np.arange(len(val_set)))
+        else:
+            images, masks = as_pair(_first(val_batches()), self.dims, batched=True, ignore_index=self.ignore_index)
+            held = images[:HELD_SAMPLES], masks[:HELD_SAMPLES]
+        return FitData(
+            train_batches, val_batches, held,
+            self._fingerprint_any(self.dataset, train), self._fingerprint_any(val_set, val),
+            _length(self.dataset), _length(val_set),
+            len(train) if hasattr(train, "__len__") else 0,
+        )
+
+    def _loader_over(self, dataset: Dataset, shuffle: bool) -> _OwnLoader:
+        indices = np.arange(len(dataset))
+        order_of = _EpochOrder(len(indices), self.batch_size, self.seed, self.dist)
+        if shuffle:
+            return _OwnLoader(lambda epoch: self._fetch(dataset, [b.tolist() for b in order_of(epoch)], self._collate,
+                                                        self.num_workers), order_of.count)
+        mine = indices[self.dist.rank :: self.dist.world_size]
+        batches = [mine[i : i + self.batch_size].tolist() for i in range(0, len(mine), self.batch_size)]
+        return _OwnLoader(lambda epoch: self._fetch(dataset, batches, self._collate, self.num_workers), len(batches))
+
+    # -- batches ---------------------------------------------------------------------------------
+
+    def _fetch(self, dataset, batches: list[list[int]], collate, workers: int) -> Iterable[Any]:
+        if isinstance(dataset, ArrayDataset) and workers == 0:
+            # in memory: index whole batches (a DataLoader would fetch and stack sample by sample)
+            return ((dataset.images[b], dataset.masks[b]) for b in batches)
+        return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                          pin_memory=self.pin_memory, persistent_workers=False)
+
+    def _collate(self, samples: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [as_pair(s, self.dims, batched=False, ignore_index=self.ignore_index) for s in samples]
+        try:
+            return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        except RuntimeError:
+            sizes = sorted({"x".join(map(str, p[1].shape)) for p in pairs})
+            raise DataError(f"samples of one batch have different sizes ({', '.join(sizes)}): resize or crop them "
+                            f"in the dataset, or set train.batch_size = 1") from None
+
+    def _flipped(self, batches: Iterable[Any], epoch: int) -> Iterator[Any]:
+        """The built-in data's augmentation: random flips of the last axis, seeded per epoch."""
+        if not self.augment:
+            yield from batches
+            return
+        flips = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 1)
+        for images, masks in batches:
+            flip = torch.rand(len(images), generator=flips) < 0.5
+            images = torch.where(flip.view(-1, *[1] * (images.ndim - 1)), images.flip(-1), images)
+            masks = torch.where(flip.view(-1, *[1] * (masks.ndim - 1)), masks.flip(-1), masks)
+            yield images, masks
+
+    # -- held samples and fingerprints -----------------------------------------------------------
+
+    def _sample(self, dataset, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(dataset, ArrayDataset):
+            return dataset.images[index], dataset.masks[index]
+        return as_pair(dataset[int(index)], self.dims, batched=False, ignore_index=self.ignore_index)
+
+    def _held(self, dataset, val_idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [self._sample(dataset, i) for i in val_idx[:HELD_SAMPLES]]
+        shapes = {tuple(p[0].shape) for p in pairs}
+        if len(shapes) > 1:  # samples of mixed sizes: hold the ones shaped like the first
+            pairs = [p for p in pairs if tuple(p[0].shape) == tuple(pairs[0][0].shape)]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    def _fingerprint(self, dataset, indices: np.ndarray) -> str:
+        digests = self._digests.setdefault(id(dataset), [None] * len(dataset))
+        own = getattr(dataset, "sample_digest", None)  # a dataset may hash its files instead of decoding them
+        for i in indices:
+            if digests[i] is None:
+                digests[i] = own(int(i)) if own is not None else sample_digest(*self._sample(dataset, i))
+        return combine_digests(digests[i] for i in indices)
+
+    def _fingerprint_any(self, dataset, loader) -> str:
+        if dataset is not None:
+            return self._fingerprint(dataset, np.arange(len(dataset)))
+        digests = []  # an iterable dataset: hash what one pass of the loader yields
+        for batch in loader(0) if isinstance(loader, _OwnLoader) else loader:
+            images, masks = as_pair(batch, self.dims, batched=True, ignore_index=self.ignore_index)
+            digests.extend(sample_digest(i, m) for i, m in zip(images, masks))
+        return combine_digests(digests)
+
+
+class _EpochOrder:
+    """Batches of positions ``0..count-1`` in an order that depends on the seed and epoch only."""
+
+    def __init__(self, count: int, batch_size: int, seed: int, dist: DistContext):
+        self.count_items, self.batch_size, self.seed, self.dist = count, batch_size, seed, dist
+        self.count = math.ceil(len(shard(torch.arange(count), dist)) / batch_size)
+
+    def __call__(self, epoch: int) -> list[np.ndarray]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = shard(torch.randperm(self.count_items, generator=generator), self.dist).numpy()
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+
+class _OwnLoader:
+    """Batches segtrack makes over a user's Dataset, per epoch."""
+
+    def __init__(self, make: Callable[[int], Iterable[Any]], count: int):
+        self.make, self.count = make, count
+
+    def __call__(self, epoch: int) -> Iterable[Any]:
+        return self.make(epoch)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def _map_style(data: Any, name: str) -> Dataset | None:
+    """The indexable dataset behind ``data`` (a Dataset, or a DataLoader's), or None if iterable."""
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    if dataset is None:
+        return None
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        return None
+    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        raise ConfigError(f"{name} is a {type(data).__name__}: pass a map-style torch Dataset (with __len__ and "
+                          f"__getitem__) or a DataLoader")
+    if len(dataset) == 0:
+        raise DataError(f"{name} is empty: it holds no samples")
+    return dataset
+
+
+def _distributed_sampler(loader: DataLoader) -> bool:
+    from torch.utils.data.distributed import DistributedSampler
+
+    sampler = loader.batch_sampler.sampler if loader.batch_sampler is not None else loader.sampler
+    return isinstance(sampler, DistributedSampler) or isinstance(loader.sampler, DistributedSampler)
+
+
+def _set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """``set_epoch`` on a loader's sampler (DistributedSampler reshuffles per epoch with it)."""
+    if not isinstance(loader, DataLoader):
+        return
+    for sampler in (loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+
+def _length(dataset) -> int:
+    return len(dataset) if dataset is not None else 0
+
+
+def _first(batches: Iterable[Any]) -> Any:
+    for batch in batches:
+        return batch
+    raise DataError("val_data yielded no batch: the validation data is empty")
