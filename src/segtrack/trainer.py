@@ -32,7 +32,7 @@ from segtrack.config import (
 )
 from segtrack.data import ArrayDataset, load_arrays
 from segtrack.distributed import DistContext, context_from_env
-from segtrack.errors import ConfigError, PeerLost
+from segtrack.errors import ConfigError, DataError, PeerLost
 from segtrack.fit_state import FitState
 from segtrack.fitdata import DataPlan, FitData
 from segtrack.metrics import ConfusionCounts, segmentation_loss
@@ -166,6 +166,7 @@ class SegmentationTrainer:
         state = self._new_state()
         signature = self._signature(state.model)
         payload = checkpoint.load(resume, signature) if resume else None
+        self._preflight(state.model, data)
         ckpt_dir, export_dir = self._prepare_folders(ckpt_dir)
         if payload is not None:
             state.restore(payload)
@@ -288,6 +289,20 @@ class SegmentationTrainer:
         return ValidationResult(epoch, val_loss, dice, iou, per_class_dice, int(totals[1]), samples, per_class_iou)
 
     # -- phase helpers --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _preflight(self, model: torch.nn.Module, data: FitData) -> None:
+        """The first validation batch through the model before anything is written or any hook
+        fires: data or a model that does not fit fails here, with nothing left on disk."""
+        batch = next(iter(data.val_batches()), None)
+        if batch is None:
+            if self.dist.enabled:
+                return  # this rank's share of a tiny validation set is empty; another rank checks
+            raise DataError("the validation data yields no batch: give it at least one sample")
+        images, masks = self._loop_form(batch)
+        model.eval()
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+            check_logits(logits_of(model(images)), masks, self.num_classes)
 
     def _loop_form(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch as (images, masks) on the device, class ids checked (on the CPU, before the copy)."""

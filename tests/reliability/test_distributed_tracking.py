@@ -93,3 +93,36 @@ def test_a_dying_rank_fails_the_job_and_the_run(tmp_path, sqlite_uri, report_row
         torch.load(path, weights_only=True)  # nothing half-written
     report_row(scenario="torchrun: rank 1 SIGKILLed mid-fit", runs=1, faults=1, expected="-", found="-",
                duplicates=0, result="pass; job exits non-zero, run FAILED")
+
+
+EARLY_STOP = """
+import sys
+from segtrack import SegmentationTrainer, hookimpl, load_settings
+
+class StopAfterFirstEpoch:
+    name = "early_stop"
+
+    @hookimpl
+    def epoch_end(self, trainer, epoch):
+        trainer.request_stop("no improvement expected")  # hooks run on rank 0 only
+
+settings = load_settings(overrides=[a for a in sys.argv[1:] if a != "--set"])
+result = SegmentationTrainer(settings, plugins=[StopAfterFirstEpoch()]).fit()
+print("RESULT", result.status, result.epochs_completed, result.stop_reason, flush=True)
+"""
+
+
+def test_a_stop_requested_on_rank_zero_stops_every_rank(tmp_path, sqlite_uri, report_row):
+    from mlflow import MlflowClient
+
+    (tmp_path / "early_stop.py").write_text(EARLY_STOP)
+    out = _torchrun(tmp_path, sqlite_uri, script="early_stop.py")
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = sorted(line for line in out.stdout.splitlines() if line.startswith("RESULT"))
+    assert results == ["RESULT stopped 1 no improvement expected", "RESULT stopped 1 stop requested on rank 0"]
+    client = MlflowClient(sqlite_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("segtrack").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert _points(client, run.info.run_id) == {k: [0] for k in KEYS}
+    report_row(scenario="torchrun 2 ranks: request_stop on rank 0 after epoch 0", runs=1, faults=0,
+               expected=len(KEYS), found=len(KEYS), duplicates=0, result="pass; both ranks stop, exit 0")
