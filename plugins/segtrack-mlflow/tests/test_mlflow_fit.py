@@ -173,3 +173,45 @@ def test_bad_mlflow_settings_stop_before_training(trainer_factory, tmp_path):
     with pytest.raises(ConfigError, match="malformed or of an unknown kind"):
         trainer_factory("mlflow.tracking_uri='mlruns'")
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_user_3d_model_with_a_plugin_metric_is_logged_like_the_builtin_one(settings_factory, sqlite_uri, tmp_path):
+    import torch
+    from torch import nn
+
+    from segtrack import hookimpl
+    from segtrack.plugins import get_plugin_manager
+    from segtrack.trainer import SegmentationTrainer
+
+    class VolumeNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 3, 1))
+
+        def forward(self, x):
+            return {"out": self.layers(x)}
+
+    class ForegroundShare:
+        name = "foreground_share"
+
+        @hookimpl
+        def validation_metrics(self, result):
+            return {"val_foreground_share": 1.0 - (result.per_class_iou[0] if result.per_class_iou else 0.0)}
+
+    generator = torch.Generator().manual_seed(0)
+    volumes = []
+    for _ in range(8):
+        label = torch.zeros(1, 6, 10, 14)
+        label[:, 1:4, 2:6, 3:9] = 1
+        label[:, 2:5, 6:9, 8:13] = 2
+        volumes.append({"image": label / 2 + 0.1 * torch.randn(label.shape, generator=generator), "label": label})
+    settings = settings_factory(f"mlflow.tracking_uri='{sqlite_uri}'", "data.dims=3",
+                                "data.class_names=['background','liver','tumour']")
+    manager = get_plugin_manager(settings, [ForegroundShare()], disabled=["progress", "analytics"])
+    result = SegmentationTrainer(settings, model=VolumeNet(), train_data=volumes, plugin_manager=manager).fit()
+    assert result.status == "completed"
+    client = MlflowClient(sqlite_uri)
+    run = only_run(client)
+    for key in ("val_dice_liver", "val_iou_tumour", "val_foreground_share"):
+        assert [s for s, _ in history(client, run.info.run_id, key)] == [0, 1, 2], key
+    assert f"samples/best-epoch-{result.best_epoch}.png" in artifacts(client, run.info.run_id)  # a volume's middle slice
