@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segtrack.data import fingerprint, fold_indices, folder_arrays, split_indices, synthetic_arrays
+from segtrack.data import fingerprint, fold_indices, split_indices, synthetic_arrays
+from segtrack.folder import FolderDataset
 
 
 def test_synthetic_data_is_deterministic_and_labelled():
@@ -43,6 +44,7 @@ def _write_pair(root, name, image_size=(8, 8), mask_size=None, mask_value=1):
 def test_folder_dataset_reads_pairs(tmp_path):
     _write_pair(tmp_path, "a")
     _write_pair(tmp_path, "b", mask_value=2)
-    images, masks = folder_arrays(tmp_path, 3, 3)
-    assert images.shape == (2, 3, 8, 8) and masks[1].max() == 2
-    assert images.max() == pytest.approx(128 / 255)
+    dataset = FolderDataset(tmp_path, dims=2, channels=3)
+    (image_a, mask_a), (image_b, mask_b) = dataset[0], dataset[1]
+    assert len(dataset) == 2 and image_a.shape == (3, 8, 8) and mask_b.max() == 2
+    assert image_a.max() == pytest.approx(128 / 255)

@@ -7,7 +7,7 @@ import onnxruntime
 import torch
 from recorder import Recorder
 
-from segtrack.model import build_model
+from segtrack.registry import build_model
 
 
 def test_export_matches_torch_and_accepts_other_shapes(trainer_factory, tmp_path):
@@ -21,7 +21,7 @@ def test_export_matches_torch_and_accepts_other_shapes(trainer_factory, tmp_path
     session = onnxruntime.InferenceSession(export.path, providers=["CPUExecutionProvider"])
     batch = np.random.default_rng(0).random((3, 3, 24, 32), dtype=np.float32)  # other batch and spatial size
     (onnx_out,) = session.run(None, {"x": batch})
-    model = build_model({"name": "unet", "in_channels": 3, "width": 4, "depth": 1}, 3)
+    model = build_model({"name": "unet", "in_channels": 3, "width": 4, "depth": 1}, 3, 2)
     model.load_state_dict(torch.load(result.best_checkpoint, weights_only=True)["model"])
     with torch.no_grad():
         torch_out = model.eval()(torch.from_numpy(batch)).numpy()

@@ -4,6 +4,7 @@ SEGTRACK_* environment variables < --set KEY=VALUE."""
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -41,7 +42,25 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "train.num_workers": ((int,), lambda v: v >= 0, "an integer >= 0"),
     "train.dice_weight": (_number, lambda v: v >= 0, "a number >= 0"),
     "train.augment": ((bool,), None, "true or false"),
-    "data.source": ((str,), lambda v: v in ("synthetic", "folder"), '"synthetic" or "folder"'),
+    "data.source": (
+        (str,),
+        lambda v: bool(re.fullmatch(r"[A-Za-z0-9_.\-]+", v)),
+        '"synthetic", "folder" or the name of a dataset an installed package contributes (segtrack plugins lists them)',
+    ),
+    "data.factory": ((str,), lambda v: v == "" or _is_target(v), '"" or "package.module:callable" returning a Dataset'),
+    "data.kwargs": ((dict,), None, "a table of keyword arguments for the dataset builder"),
+    "data.normalize": (
+        (str,),
+        lambda v: v in ("auto", "percentile", "minmax", "imagenet", "none"),
+        '"auto", "percentile", "minmax", "imagenet" or "none"',
+    ),
+    "data.crop": (
+        (int, list),
+        lambda v: (isinstance(v, int) and not isinstance(v, bool) and (v == 0 or v >= 8))
+        or (isinstance(v, list) and 2 <= len(v) <= 3 and all(isinstance(c, int) and not isinstance(c, bool) and c >= 8
+                                                             for c in v)),
+        "0 (no crop), a side >= 8, or one side per spatial axis, e.g. [128, 128]",
+    ),
     "data.path": ((str,), None, "a folder path (string)"),
     "data.num_samples": ((int,), lambda v: v >= 2, "an integer >= 2"),
     "data.image_size": ((int,), lambda v: v >= 8, "an integer >= 8"),
@@ -59,8 +78,14 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
         lambda v: all(isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9_.\-]+", n) for n in v) and len(set(v)) == len(v),
         "a list of distinct names (letters, digits, _ . -), one per class, or []",
     ),
-    "model.name": ((str,), lambda v: v == "unet", '"unet"'),
-    "model.in_channels": ((int,), lambda v: v in (1, 3), "1 (grayscale) or 3 (RGB)"),
+    "model.name": (
+        (str,),
+        lambda v: bool(re.fullmatch(r"[A-Za-z0-9_.\-]+", v)),
+        '"unet", a model an installed package contributes, "torchvision.<builder>" or "smp.<Arch>"',
+    ),
+    "model.factory": ((str,), lambda v: v == "" or _is_target(v), '"" or "package.module:callable" returning a model'),
+    "model.kwargs": ((dict,), None, "a table of keyword arguments for the model builder"),
+    "model.in_channels": ((int,), lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
     "model.width": ((int,), lambda v: 1 <= v <= 512, "an integer from 1 to 512"),
     "model.depth": ((int,), lambda v: 1 <= v <= 6, "an integer from 1 to 6"),
     "checkpoint.dir": ((str,), lambda v: bool(v.strip()), "a non-empty folder path"),
@@ -199,9 +224,15 @@ def validate(config: Mapping[str, Any]) -> None:
             problems.append(f"{dotted}: missing (allowed: {allowed})")
             continue
         wrong_type = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
-        if wrong_type or (check is not None and not check(value)):
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{dotted} = {value!r} is invalid: a finite number is needed (allowed is {allowed})")
+        elif wrong_type or (check is not None and not check(value)):
             problems.append(f"{dotted} = {value!r} is invalid: allowed is {allowed}")
     data = config.get("data", {})
+    crop, dims = data.get("crop"), data.get("dims")
+    if isinstance(crop, list) and isinstance(dims, int) and len(crop) != dims:
+        problems.append(f"data.crop = {crop!r} has {len(crop)} sides but data.dims = {dims}: give one side per "
+                        f"spatial axis, or a single number")
     names, classes = data.get("class_names"), data.get("num_classes")
     if isinstance(names, list) and names and isinstance(classes, int) and len(names) != classes:
         problems.append(f"data.class_names has {len(names)} names but data.num_classes = {classes}: give one name "
@@ -211,6 +242,12 @@ def validate(config: Mapping[str, Any]) -> None:
 
 
 _MISSING = object()
+
+
+def _is_target(value: str) -> bool:
+    module, sep, attr = value.partition(":")
+    return bool(sep) and all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", part)
+                             for part in (module, attr))
 
 
 def check_plugin_sections(config: Mapping[str, Any], plugin_names: Iterable[str]) -> None:

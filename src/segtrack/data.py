@@ -1,4 +1,4 @@
-"""Datasets (synthetic in memory, or a folder of PNG pairs), splits, folds and fingerprints."""
+"""The configured data (synthetic in memory, a folder, or a named dataset), splits, folds and fingerprints."""
 
 from __future__ import annotations
 
@@ -11,9 +11,6 @@ import torch
 from torch.utils.data import Dataset
 
 from segtrack.errors import DataError
-
-IMAGE_SUFFIXES = (".png",)
-
 
 class ArrayDataset(Dataset):
     """Images (N, C, H, W) float32 in [0, 1] and masks (N, H, W) int64 class ids, in memory."""
@@ -59,72 +56,42 @@ def synthetic_arrays(num_samples: int, image_size: int, num_classes: int, channe
     return images, masks
 
 
-def folder_arrays(path: str | Path, num_classes: int, channels: int):
-    """Read ``images/*.png`` and ``masks/*.png`` pairs with equal names; masks hold class ids."""
-    from PIL import Image, UnidentifiedImageError
-
-    root = Path(path)
-    image_dir, mask_dir = root / "images", root / "masks"
-    for folder in (image_dir, mask_dir):
-        if not folder.is_dir():
-            raise DataError(f"{folder} is missing: data.path must hold images/ and masks/ folders of PNG files")
-    images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    if not images:
-        raise DataError(f"{image_dir} holds no .png images: add image/mask pairs or use data.source = \"synthetic\"")
-    only_images, only_masks = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
-    if only_images or only_masks:
-        raise DataError(
-            f"image and mask names differ: without mask {only_images[:5]}, without image {only_masks[:5]}; "
-            f"every images/NAME.png needs masks/NAME.png"
-        )
-    mode = "L" if channels == 1 else "RGB"
-    image_list, mask_list, shape = [], [], None
-    for stem in sorted(images):
-        try:
-            with Image.open(images[stem]) as im:
-                image = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
-            with Image.open(masks[stem]) as im:
-                if im.mode not in ("L", "P", "I", "I;16"):
-                    raise DataError(f"{masks[stem]} has mode {im.mode}: a mask must be a single-channel PNG of class ids")
-                mask = np.asarray(im, dtype=np.int64)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"cannot read {stem}.png ({exc}): replace or remove the file") from None
-        if image.shape[:2] != mask.shape:
-            raise DataError(f"{stem}: image is {image.shape[1]}x{image.shape[0]} but mask is "
-                            f"{mask.shape[1]}x{mask.shape[0]}: masks must match their image size")
-        if shape is None:
-            shape = mask.shape
-        elif mask.shape != shape:
-            raise DataError(f"{stem}: size {mask.shape[1]}x{mask.shape[0]} differs from the first image's "
-                            f"{shape[1]}x{shape[0]}: resize the dataset to one size")
-        bad = np.unique(mask[(mask < 0) | (mask >= num_classes)])
-        if bad.size:
-            raise DataError(f"{masks[stem]} holds class ids {bad.tolist()[:5]} outside 0..{num_classes - 1}: "
-                            f"fix the mask or raise data.num_classes")
-        image_list.append(image[None] if channels == 1 else image.transpose(2, 0, 1))
-        mask_list.append(mask)
-    return np.stack(image_list), np.stack(mask_list)
-
-
 def load_arrays(data: dict, model: dict, seed: int):
-    channels = model["in_channels"]
-    if data["source"] == "synthetic":
-        images, masks = synthetic_arrays(data["num_samples"], data["image_size"], data["num_classes"], channels, seed,
-                                         data["dims"])
-    else:
-        if not data["path"]:
-            raise DataError('data.source is "folder" but data.path is empty: set data.path to the dataset folder')
-        if data["dims"] != 2:
-            raise DataError("data.source = \"folder\" reads 2D PNG images: set data.dims = 2")
-        images, masks = folder_arrays(data["path"], data["num_classes"], channels)
-    multiple = 2 ** model["depth"]
+    """The built-in synthetic images (or volumes) and masks, checked against the UNet's depth."""
+    images, masks = synthetic_arrays(data["num_samples"], data["image_size"], data["num_classes"],
+                                     model["in_channels"], seed, data["dims"])
+    multiple = 2 ** model["depth"] if model["name"] == "unet" and not model.get("factory") else 1
     sides = masks.shape[1:]
     if any(side % multiple for side in sides):
         size = "x".join(map(str, sides[::-1]))
         raise DataError(f"images are {size} but model.depth={model['depth']} needs sides divisible "
-                        f"by {multiple}: change the image size or model.depth")
+                        f"by {multiple}: change data.image_size or model.depth")
     return images, masks
+
+
+def configured_data(config: dict):
+    """The data that settings name: ``(train, val, predefined_split)``. ``train`` is an
+    ``ArrayDataset`` (synthetic), a ``FolderDataset`` (folder) or what a ``segtrack.datasets``
+    entry point or ``data.factory`` returns; ``val`` is None unless that returned a pair."""
+    data, model, train = config["data"], config["model"], config["train"]
+    if data.get("factory") or data["source"] not in ("synthetic", "folder"):
+        from segtrack.registry import build_dataset
+
+        offered = {"num_classes": data["num_classes"], "in_channels": model["in_channels"], "dims": data["dims"],
+                   "seed": train["seed"], "path": data["path"], "config": config}
+        train_set, val_set = build_dataset(data, offered)
+        return train_set, val_set, None
+    if data["source"] == "synthetic":
+        return ArrayDataset(*load_arrays(data, model, train["seed"])), None, None
+    if not data["path"]:
+        raise DataError('data.source is "folder" but data.path is empty: set data.path to the dataset folder')
+    from segtrack.folder import FolderDataset
+
+    crop = data["crop"] if isinstance(data["crop"], list) else ([data["crop"]] if data["crop"] else None)
+    dataset = FolderDataset(data["path"], dims=data["dims"], channels=model["in_channels"],
+                            normalize=data["normalize"], crop=crop, augment=train["augment"], seed=train["seed"])
+    dataset.check(data["num_classes"], None if data["ignore_index"] == "none" else data["ignore_index"])
+    return dataset, None, dataset.predefined_split()
 
 
 def split_indices(count: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

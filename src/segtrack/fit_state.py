@@ -49,7 +49,8 @@ class FitState:
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    def payload(self, signature: dict, run_name: str, fold: int | None, plugin_states: dict) -> dict[str, Any]:
+    def payload(self, signature: dict, run_name: str, fold: int | None, plugin_states: dict,
+                config: dict | None = None) -> dict[str, Any]:
         """The checkpoint: a plain dict with named keys, read back by ``restore``."""
         return {
             "format": checkpoint.FORMAT, "version": checkpoint.VERSION, "model_signature": signature,
@@ -58,6 +59,7 @@ class FitState:
             "scaler": self.scaler.state_dict(), "best_value": self.best_value, "best_epoch": self.best_epoch,
             "best_metrics": self.best_metrics, "metrics": self.last_metrics, "run_name": run_name, "fold": fold,
             "rng": checkpoint.rng_state(), "plugins": plugin_states,
+            "config": config or {},  # the settings of the fit: `segtrack predict` rebuilds model and data steps
         }
 
     def restore(self, payload: dict[str, Any]) -> None:

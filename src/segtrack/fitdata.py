@@ -18,7 +18,7 @@ from segtrack.config import ignore_index
 from segtrack.data import ArrayDataset, combine_digests, fold_indices, sample_digest, split_indices
 from segtrack.distributed import DistContext, shard
 from segtrack.errors import ConfigError, DataError
-from segtrack.samples import as_pair
+from segtrack.samples import IGNORED, as_pair
 
 log = logging.getLogger("segtrack.data")
 HELD_SAMPLES = 4  # validation samples shown to plugins and used for the ONNX parity check
@@ -42,7 +42,8 @@ class DataPlan:
     """Turns the trainer's data (configured or passed in) into one ``FitData`` per fit or fold."""
 
     def __init__(self, config: dict, dist: DistContext, pin_memory: bool, train_data: Any = None,
-                 val_data: Any = None, builtin: ArrayDataset | None = None):
+                 val_data: Any = None, builtin: ArrayDataset | None = None,
+                 predefined_split: tuple[np.ndarray, np.ndarray] | None = None, spatial_multiple: int = 1):
         if val_data is not None and train_data is None:
             raise ConfigError("val_data was given without train_data: pass train_data too (val_data alone "
                               "cannot train a model)")
@@ -53,6 +54,7 @@ class DataPlan:
         self.num_workers = config["train"]["num_workers"]
         self.augment = config["train"]["augment"] and builtin is not None  # user data brings its own
         self.dist, self.pin_memory = dist, pin_memory
+        self.predefined_split, self.spatial_multiple = predefined_split, spatial_multiple
         self.train_loader = train_data if isinstance(train_data, DataLoader) else None
         self.val_loader = val_data if isinstance(val_data, DataLoader) else None
         self.dataset = builtin if builtin is not None else _map_style(train_data, "train_data")
@@ -76,6 +78,8 @@ class DataPlan:
         """The plain fit: user train/val as given, else a seeded split of the one dataset."""
         if self.val_dataset is not None or self.val_loader is not None:
             return self._given_pair()
+        if self.predefined_split is not None:  # train.txt / val.txt of a folder
+            return self._subsets(*self.predefined_split)
         train_idx, val_idx = split_indices(self.splittable_count, val_fraction, self.seed)
         return self._subsets(train_idx, val_idx)
 
@@ -92,7 +96,7 @@ class DataPlan:
 
         def train_batches(epoch: int):
             batches = [train_idx[b].tolist() for b in order_of(epoch)]
-            yield from self._flipped(self._fetch(dataset, batches, collate, workers), epoch)
+            yield from self._flipped(self._fetch(_training_view(dataset, epoch), batches, collate, workers), epoch)
 
         def val_batches():
             mine = val_idx[self.dist.rank :: self.dist.world_size]
@@ -136,8 +140,8 @@ class DataPlan:
         indices = np.arange(len(dataset))
         order_of = _EpochOrder(len(indices), self.batch_size, self.seed, self.dist)
         if shuffle:
-            return _OwnLoader(lambda epoch: self._fetch(dataset, [b.tolist() for b in order_of(epoch)], self._collate,
-                                                        self.num_workers), order_of.count)
+            return _OwnLoader(lambda epoch: self._fetch(_training_view(dataset, epoch), [b.tolist() for b in order_of(epoch)],
+                                                        self._collate, self.num_workers), order_of.count)
         mine = indices[self.dist.rank :: self.dist.world_size]
         batches = [mine[i : i + self.batch_size].tolist() for i in range(0, len(mine), self.batch_size)]
         return _OwnLoader(lambda epoch: self._fetch(dataset, batches, self._collate, self.num_workers), len(batches))
@@ -148,17 +152,15 @@ class DataPlan:
         if isinstance(dataset, ArrayDataset) and workers == 0:
             # in memory: index whole batches (a DataLoader would fetch and stack sample by sample)
             return ((dataset.images[b], dataset.masks[b]) for b in batches)
-        return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                          pin_memory=self.pin_memory, persistent_workers=False)
+        return _Unwrapped(DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                                     pin_memory=self.pin_memory, persistent_workers=False))
 
     def _collate(self, samples: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples stacked into a batch; samples of different sizes, or sides the model cannot take,
+        are padded (images with 0, masks with ignored pixels, so the loss and metrics see only the
+        real area)."""
         pairs = [as_pair(s, self.dims, batched=False, ignore_index=self.ignore_index) for s in samples]
-        try:
-            return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-        except RuntimeError:
-            sizes = sorted({"x".join(map(str, p[1].shape)) for p in pairs})
-            raise DataError(f"samples of one batch have different sizes ({', '.join(sizes)}): resize or crop them "
-                            f"in the dataset, or set train.batch_size = 1") from None
+        return pad_stack(pairs, self.spatial_multiple)
 
     def _flipped(self, batches: Iterable[Any], epoch: int) -> Iterator[Any]:
         """The built-in data's augmentation: random flips of the last axis, seeded per epoch."""
@@ -184,7 +186,7 @@ class DataPlan:
         shapes = {tuple(p[0].shape) for p in pairs}
         if len(shapes) > 1:  # samples of mixed sizes: hold the ones shaped like the first
             pairs = [p for p in pairs if tuple(p[0].shape) == tuple(pairs[0][0].shape)]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        return pad_stack(pairs, self.spatial_multiple)
 
     def _fingerprint(self, dataset, indices: np.ndarray) -> str:
         digests = self._digests.setdefault(id(dataset), [None] * len(dataset))
@@ -202,6 +204,61 @@ class DataPlan:
             images, masks = as_pair(batch, self.dims, batched=True, ignore_index=self.ignore_index)
             digests.extend(sample_digest(i, m) for i, m in zip(images, masks))
         return combine_digests(digests)
+
+
+def pad_stack(pairs: list[tuple[torch.Tensor, torch.Tensor]], multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (image, mask) pairs, padding each spatial side at its end to the largest in the batch
+    rounded up to ``multiple``: images with 0, masks with the ignored value."""
+    sides = [max(p[1].shape[axis] for p in pairs) for axis in range(pairs[0][1].ndim)]
+    sides = [math.ceil(side / multiple) * multiple for side in sides]
+    images, masks = [], []
+    for image, mask in pairs:
+        missing = [side - have for side, have in zip(sides, mask.shape)]
+        if any(missing):
+            widths = [w for m in reversed(missing) for w in (0, m)]  # F.pad lists the last axis first
+            image = torch.nn.functional.pad(image, widths, value=0.0)
+            mask = torch.nn.functional.pad(mask, widths, value=IGNORED)
+        images.append(image)
+        masks.append(mask)
+    return torch.stack(images), torch.stack(masks)
+
+
+class _TrainingView(Dataset):
+    """A dataset's training form for one epoch: ``training_sample(index, epoch)`` (seeded crops
+    and augmentation of the folder dataset, or of a user's dataset that offers the method)."""
+
+    def __init__(self, dataset: Any, epoch: int):
+        self.dataset, self.epoch = dataset, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset.training_sample(index, self.epoch)
+
+
+def _training_view(dataset: Any, epoch: int) -> Any:
+    return _TrainingView(dataset, epoch) if callable(getattr(dataset, "training_sample", None)) else dataset
+
+
+class _Unwrapped:
+    """Iterates a DataLoader; a ``DataError`` raised in a worker process comes back as the worker's
+    own one-line message (torch re-raises it with the worker's whole traceback as its text)."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            yield from self.loader
+        except DataError as exc:
+            text = str(exc)
+            if "Traceback" not in text:
+                raise
+            raise DataError(text.strip().rsplit("DataError: ", 1)[-1]) from None
 
 
 class _EpochOrder:

@@ -48,9 +48,22 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+def build_unet(in_channels: int, num_classes: int, dims: int = 2, width: int = 8, depth: int = 2) -> UNet:
+    """The ``unet`` entry of the ``segtrack.models`` group."""
+    return UNet(in_channels, num_classes, width, depth, dims)
+
+
 def model_signature(model_cfg: dict, num_classes: int, dims: int = 2) -> dict:
     """What must match for a checkpoint's weights to fit the configured model."""
-    return {
+    if model_cfg.get("factory") or model_cfg["name"] != "unet" or model_cfg.get("kwargs"):
+        return {
+            "name": model_cfg.get("factory") or model_cfg["name"],
+            "in_channels": model_cfg["in_channels"],
+            "num_classes": num_classes,
+            "dims": dims,
+            "kwargs": dict(model_cfg.get("kwargs") or {}),
+        }
+    return {  # the built-in UNet keeps the signature its earlier checkpoints carry
         "name": model_cfg["name"],
         "in_channels": model_cfg["in_channels"],
         "num_classes": num_classes,
@@ -68,7 +81,3 @@ def user_model_signature(model: nn.Module, num_classes: int) -> dict:
         "num_classes": num_classes,
         "parameters": sum(p.numel() for p in model.state_dict().values()),
     }
-
-
-def build_model(model_cfg: dict, num_classes: int, dims: int = 2) -> UNet:
-    return UNet(model_cfg["in_channels"], num_classes, model_cfg["width"], model_cfg["depth"], dims)

@@ -54,11 +54,12 @@ def as_pair(item: Any, dims: int, batched: bool, ignore_index: int | None) -> tu
 
 
 def check_class_ids(masks: torch.Tensor, num_classes: int, ignore_index: int | None) -> None:
-    """Every mask value is a class id below ``num_classes`` or the ignored value."""
+    """Every mask value is a class id below ``num_classes`` or ignored (-1: ``data.ignore_index``
+    mapped by ``as_pair``, or padding)."""
     low, high = int(masks.min()), int(masks.max())
-    if low >= IGNORED and high < num_classes and (low >= 0 or ignore_index is not None):
+    if low >= IGNORED and high < num_classes:
         return
-    bad = masks[(masks >= num_classes) | (masks < (IGNORED if ignore_index is not None else 0))].unique()
+    bad = masks[(masks >= num_classes) | (masks < IGNORED)].unique()
     ignore = f"data.ignore_index = {ignore_index}" if ignore_index is not None else "data.ignore_index is not set"
     raise DataError(f"a mask holds class ids {bad.tolist()[:5]} outside 0..{num_classes - 1} ({ignore}): "
                     f"fix the masks, raise data.num_classes, or set data.ignore_index to the id to leave out")

@@ -30,13 +30,14 @@ from segtrack.config import (
     resolved_dict,
     validate,
 )
-from segtrack.data import ArrayDataset, load_arrays
+from segtrack.data import ArrayDataset, configured_data
 from segtrack.distributed import DistContext, context_from_env
 from segtrack.errors import ConfigError, DataError, PeerLost
 from segtrack.fit_state import FitState
 from segtrack.fitdata import DataPlan, FitData
 from segtrack.metrics import ConfusionCounts, segmentation_loss
-from segtrack.model import build_model, model_signature, user_model_signature
+from segtrack.model import model_signature, user_model_signature
+from segtrack.registry import build_model, spatial_multiple
 from segtrack.plugins import PluginManager, get_plugin_manager, installed_entry_points
 from segtrack.records import (
     CheckpointInfo,
@@ -104,10 +105,19 @@ class SegmentationTrainer:
         self.num_classes, self.dims = data_cfg["num_classes"], data_cfg["dims"]
         self.ignore_index, self.class_names = ignore_index(data_cfg), class_names(data_cfg)
         self._check_monitor(self._builtin_metric_names(), final=not self.hooks.has_implementations("validation_metrics"))
-        builtin = None
+        if val_data is not None and train_data is None:
+            raise ConfigError("val_data was given without train_data: pass train_data too (val_data alone "
+                              "cannot train a model)")
+        # the configured model is built once here, so a wrong name or kwargs fails before any work
+        multiple = spatial_multiple(model if model is not None else build_model(self.config["model"], self.num_classes,
+                                                                                self.dims))
+        builtin, split = None, None
         if train_data is None:
-            builtin = ArrayDataset(*load_arrays(data_cfg, self.config["model"], self.config["train"]["seed"]))
-        self.data = DataPlan(self.config, self.dist, self.device.type == "cuda", train_data, val_data, builtin)
+            train_data, val_data, split = configured_data(self.config)
+            if isinstance(train_data, ArrayDataset):
+                builtin, train_data = train_data, None
+        self.data = DataPlan(self.config, self.dist, self.device.type == "cuda", train_data, val_data, builtin,
+                             split, multiple)
         self._user_model = model
         self._initial_weights = _cpu_copy(model.state_dict()) if model is not None else None
         self.model: torch.nn.Module | None = None
@@ -365,7 +375,7 @@ class SegmentationTrainer:
     def _save_checkpoints(self, state: FitState, ckpt_dir: Path, run: RunInfo, signature: dict, run_name: str,
                           fold: int | None, is_best: bool, sigterm: SigtermAsInterrupt) -> None:
         cfg = self.config["checkpoint"]
-        payload = state.payload(signature, run_name, fold, self.hooks.collect("state_dict"))
+        payload = state.payload(signature, run_name, fold, self.hooks.collect("state_dict"), self.config)
         kinds = (["best"] if is_best else []) + ["last"] + (["epoch"] if cfg["keep"] else [])
         written = None
         for kind in kinds:

@@ -1,0 +1,230 @@
+"""The folder dataset: ``images/`` and ``masks/`` with matching names, read lazily, one sample at a
+time, with normalisation, random crops and seeded flips/rotations for training.
+
+Nothing is decoded ahead of need: the dataset holds file paths only, so its memory does not grow
+with the number of images, and DataLoader workers read in parallel."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from segtrack.errors import DataError
+from segtrack.imageio import IMAGE_SUFFIXES, MASK_SUFFIXES, image_spatial_shape, read_image, read_mask
+from segtrack.samples import IGNORED
+
+NORMALIZE_MODES = ("auto", "percentile", "minmax", "imagenet", "none")
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+SPLIT_FILES = ("train.txt", "val.txt")
+
+
+def normalize(image: np.ndarray, mode: str) -> np.ndarray:
+    """float32 ``(C, *spatial)`` from an image in its file's dtype (see ``data.normalize``)."""
+    integer = np.issubdtype(image.dtype, np.integer)
+    if mode == "auto":
+        mode = "scale8" if image.dtype == np.uint8 else "percentile"
+    values = image.astype(np.float32)
+    if mode == "scale8":
+        return values / 255.0
+    if mode == "none":
+        return values
+    if mode == "imagenet":
+        scale = float(np.iinfo(image.dtype).max) if integer else 1.0
+        shape = (-1,) + (1,) * (image.ndim - 1)
+        return (values / scale - IMAGENET_MEAN[: len(values)].reshape(shape)) / IMAGENET_STD[: len(values)].reshape(shape)
+    flat = values.reshape(len(values), -1)
+    if mode == "percentile":  # robust to hot pixels and a dark background, per channel
+        low, high = np.percentile(flat, [1.0, 99.8], axis=1)
+    else:  # minmax
+        low, high = flat.min(axis=1), flat.max(axis=1)
+    shape = (-1,) + (1,) * (image.ndim - 1)
+    span = np.maximum(high - low, 1e-6).reshape(shape)
+    return np.clip((values - low.reshape(shape)) / span, 0.0, 1.0) if mode == "percentile" else (values - low.reshape(shape)) / span
+
+
+def match_channels(image: np.ndarray, channels: int, path: Path) -> np.ndarray:
+    """Grey repeated to 3 channels, colour averaged to grey, an alpha channel dropped."""
+    have = image.shape[0]
+    if have == channels:
+        return image
+    if have in (2, 4):  # grey + alpha, RGB + alpha
+        image, have = image[: have - 1], have - 1
+        if have == channels:
+            return image
+    if have == 1:
+        return np.repeat(image, channels, axis=0)
+    if channels == 1 and have == 3:
+        return image.mean(axis=0, keepdims=True, dtype=np.float32).astype(image.dtype)
+    raise DataError(f"{path} has {have} channels but model.in_channels = {channels}: set model.in_channels = {have}")
+
+
+def scan_pairs(root: Path) -> list[tuple[str, Path, Path]]:
+    """(name, image, mask) for every image with a mask of the same stem, sorted by name. Files that
+    are not regular files (FIFOs, sockets, broken links) are left out."""
+    image_dir, mask_dir = root / "images", root / "masks"
+    for folder in (image_dir, mask_dir):
+        if not folder.is_dir():
+            raise DataError(f"{folder} is missing: data.path must hold images/ and masks/ folders "
+                            f"(image and mask files with the same names)")
+    images, masks = _regular_files(image_dir, IMAGE_SUFFIXES), _regular_files(mask_dir, MASK_SUFFIXES)
+    if not images:
+        raise DataError(f"{image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}): add image/mask pairs or use "
+                        f"data.source = \"synthetic\"")
+    only_images, only_masks = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
+    if only_images or only_masks:
+        raise DataError(f"image and mask names differ: without mask {only_images[:5]}, without image {only_masks[:5]}; "
+                        f"every images/NAME.<ext> needs masks/NAME.<ext>")
+    return [(name, images[name], masks[name]) for name in sorted(images)]
+
+
+def _regular_files(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in suffixes or path.name.startswith("."):
+            continue
+        try:
+            if not stat.S_ISREG(path.stat().st_mode):
+                continue
+        except OSError:  # a broken symlink
+            continue
+        if path.stem in found:
+            raise DataError(f"{folder} holds two files named {path.stem} ({found[path.stem].name}, {path.name}): "
+                            f"keep one")
+        found[path.stem] = path
+    return found
+
+
+class FolderDataset(Dataset):
+    """``(image, mask)`` pairs of a folder, decoded on access.
+
+    ``dataset[i]`` is the validation form (whole image); ``training_sample(i, epoch)`` the training
+    form: a random crop of ``crop`` (padded with ignored pixels where the image is smaller) and
+    random flips and 90-degree rotations, drawn from ``(seed, epoch, i)`` so a resumed fit and any
+    number of workers see the same samples."""
+
+    def __init__(self, root: str | Path, *, dims: int, channels: int, normalize: str = "auto",
+                 crop: Sequence[int] | None = None, augment: bool = True, seed: int = 0):
+        self.root = Path(root)
+        self.pairs = scan_pairs(self.root)
+        self.names = [name for name, _, _ in self.pairs]
+        self.dims, self.channels, self.normalize = dims, channels, normalize
+        self.crop = tuple(crop) if crop else None
+        self.augment, self.seed = augment, seed
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self._read(index)
+        return torch.from_numpy(image), torch.from_numpy(mask)
+
+    def training_sample(self, index: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self._read(index)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        if self.crop:
+            image, mask = random_crop(image, mask, self.crop, rng)
+        if self.augment:
+            image, mask = flip_rotate(image, mask, rng)
+        return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(np.ascontiguousarray(mask))
+
+    def sample_digest(self, index: int) -> bytes:
+        """SHA256 of the image file's bytes, then the mask file's: no decoding, constant memory."""
+        _, image_path, mask_path = self.pairs[index]
+        digest = hashlib.sha256()
+        for path in (image_path, mask_path):
+            try:
+                with open(path, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(block)
+            except OSError as exc:
+                raise DataError(f"cannot read {path}: {exc.strerror}: replace or remove the file") from None
+        return digest.digest()
+
+    def check(self, num_classes: int, ignore_index: int | None) -> None:
+        """One streaming pass before training: every mask decodes, matches its image's size (read
+        from the image's header) and holds valid class ids; the first problem is named."""
+        allowed = set(range(num_classes)) | ({ignore_index} if ignore_index is not None else set())
+        for _, image_path, mask_path in self.pairs:
+            mask = read_mask(mask_path, self.dims)
+            spatial = image_spatial_shape(image_path, self.dims)
+            if tuple(spatial) != mask.shape:
+                raise DataError(f"{image_path.name}: the image is {_size(spatial)} but its mask is {_size(mask.shape)}: "
+                                f"a mask must match its image's size")
+            ids = np.unique(mask)
+            bad = [int(v) for v in ids if int(v) not in allowed]
+            if bad:
+                ignore = f"data.ignore_index = {ignore_index}" if ignore_index is not None else "data.ignore_index is not set"
+                raise DataError(f"{mask_path} holds class ids {bad[:5]} outside 0..{num_classes - 1} ({ignore}): fix the "
+                                f"mask, raise data.num_classes, or set data.ignore_index to the id to leave out")
+
+    def predefined_split(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Indices listed by ``train.txt`` and ``val.txt`` beside ``images/``, when both exist."""
+        files = [self.root / name for name in SPLIT_FILES]
+        if not any(f.exists() for f in files):
+            return None
+        if not all(f.is_file() for f in files):
+            raise DataError(f"{self.root} has only one of train.txt / val.txt: add the other, or remove it to split "
+                            f"by data.val_fraction")
+        position = {name: i for i, name in enumerate(self.names)}
+        parts = []
+        for f in files:
+            listed = [Path(line.strip()).stem for line in f.read_text().splitlines() if line.strip()
+                      and not line.lstrip().startswith("#")]
+            unknown = [n for n in listed if n not in position]
+            if unknown:
+                raise DataError(f"{f} names {unknown[:5]}, which have no image/mask pair: fix the list")
+            if not listed:
+                raise DataError(f"{f} lists no sample: list at least one name per line")
+            parts.append(np.array(sorted({position[n] for n in listed})))
+        overlap = set(parts[0].tolist()) & set(parts[1].tolist())
+        if overlap:
+            names = [self.names[i] for i in sorted(overlap)][:5]
+            raise DataError(f"train.txt and val.txt both list {names}: a sample may be in one split only")
+        return parts[0], parts[1]
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        _, image_path, mask_path = self.pairs[index]
+        image = read_image(image_path, self.dims)
+        image = normalize(match_channels(image, self.channels, image_path), self.normalize)
+        mask = read_mask(mask_path, self.dims)
+        if image.shape[1:] != mask.shape:
+            raise DataError(f"{image_path.name}: the image is {_size(image.shape[1:])} but its mask is "
+                            f"{_size(mask.shape)}: a mask must match its image's size")
+        return np.ascontiguousarray(image, dtype=np.float32), mask
+
+
+def random_crop(image: np.ndarray, mask: np.ndarray, crop: Sequence[int], rng: np.random.Generator):
+    """A random window of ``crop`` per spatial axis; sides shorter than the crop are padded (the
+    image with 0, the mask with ignored pixels) so every training sample has the crop's size."""
+    spatial = mask.shape
+    crop = tuple(crop) if len(crop) == len(spatial) else (crop[0],) * len(spatial)
+    pad = [max(0, c - s) for c, s in zip(crop, spatial)]
+    if any(pad):
+        image = np.pad(image, [(0, 0)] + [(0, p) for p in pad])
+        mask = np.pad(mask, [(0, p) for p in pad], constant_values=IGNORED)
+    starts = [int(rng.integers(0, s - c + 1)) for s, c in zip(mask.shape, crop)]
+    window = tuple(slice(a, a + c) for a, c in zip(starts, crop))
+    return image[(slice(None),) + window], mask[window]
+
+
+def flip_rotate(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
+    """Random flips of every spatial axis and a random multiple of 90 degrees in the last two axes
+    (only when they are equal, so a batch keeps one shape)."""
+    for axis in range(mask.ndim):
+        if rng.random() < 0.5:
+            image, mask = np.flip(image, axis + 1), np.flip(mask, axis)
+    turns = int(rng.integers(0, 4))
+    if turns and mask.shape[-1] == mask.shape[-2]:
+        image, mask = np.rot90(image, turns, axes=(-2, -1)), np.rot90(mask, turns, axes=(-2, -1))
+    return image, mask
+
+
+def _size(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape[::-1]))
