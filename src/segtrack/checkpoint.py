@@ -75,8 +75,9 @@ def link_atomic(source: Path, target: Path) -> int:
     return target.stat().st_size
 
 
-def load(path: str | os.PathLike, signature: dict[str, Any]) -> dict[str, Any]:
-    """Read a segtrack checkpoint safely and check that it belongs to a model with ``signature``."""
+def load(path: str | os.PathLike, signature: dict[str, Any] | None) -> dict[str, Any]:
+    """Read a segtrack checkpoint safely and check that it belongs to a model with ``signature``
+    (``None``: any model)."""
     source = Path(path)
     if not source.is_file():
         raise CheckpointError(f"checkpoint {str(source)!r} does not exist: pass an existing file or --resume auto")
@@ -102,7 +103,7 @@ def load(path: str | os.PathLike, signature: dict[str, Any]) -> dict[str, Any]:
     if payload.get("version") != VERSION:
         raise CheckpointError(f"{str(source)!r} has checkpoint version {payload.get('version')!r}; this segtrack reads "
                               f"version {VERSION}: resume with the segtrack version that wrote it")
-    if payload.get("model_signature") != signature:
+    if signature is not None and payload.get("model_signature") != signature:
         raise CheckpointError(
             f"{str(source)!r} is from another model ({payload.get('model_signature')}) than the configured one "
             f"({signature}): use the settings it was trained with, or start fresh"

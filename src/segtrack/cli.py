@@ -42,7 +42,17 @@ def build_parser(plugin_manager=None) -> argparse.ArgumentParser:
     cv.add_argument("--folds", type=int, metavar="K", help="number of folds (default: data.folds)")
     cv.set_defaults(handler=_cv)
 
-    plugins = sub.add_parser("plugins", parents=[common], help="list plugins, their hooks and load failures")
+    predict = sub.add_parser("predict", parents=[common], help="write a mask per image from a checkpoint or ONNX file")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="PATH", help="a segtrack checkpoint (e.g. checkpoints/best.pt)")
+    source.add_argument("--onnx", metavar="PATH", help="a model exported by segtrack (exports/NAME.onnx)")
+    predict.add_argument("--input", required=True, metavar="DIR", help="folder of images (PNG, JPEG, TIFF, .npy)")
+    predict.add_argument("--out", required=True, metavar="DIR", help="folder for the masks (same names)")
+    predict.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png (image + mask)")
+    predict.add_argument("--device", default="auto", help="checkpoint only: auto, cpu, cuda, cuda:N (default auto)")
+    predict.set_defaults(handler=_predict)
+
+    plugins = sub.add_parser("plugins", parents=[common], help="list plugins, models, datasets, hooks, load failures")
     plugins.add_argument("--json", action="store_true", help="print JSON")
     plugins.add_argument("--hooks", action="store_true", help="list every hook segtrack calls instead")
     plugins.set_defaults(handler=_plugins)
@@ -110,9 +120,21 @@ def _cv(args, settings) -> int:
     return 0 if all(f.status in ("completed", "stopped") for f in result.folds) else 1
 
 
+def _predict(args, settings) -> int:
+    from pathlib import Path
+
+    from segtrack.predict import check_source, from_checkpoint, from_onnx, predict_folder
+
+    source = check_source(args.checkpoint, args.onnx)
+    predictor = from_checkpoint(source, args.device) if args.checkpoint else from_onnx(source)
+    predict_folder(predictor, Path(args.input), Path(args.out), args.overlay)
+    return 0
+
+
 def _plugins(args, settings) -> int:
-    from segtrack.plugins import hook_names
     from segtrack import hookspecs
+    from segtrack.plugins import hook_names
+    from segtrack.registry import dataset_names, model_names
 
     manager = args.plugin_manager
     if args.hooks:
@@ -129,8 +151,10 @@ def _plugins(args, settings) -> int:
     ]
     failed = [{"name": f.name, "distribution": f.distribution, "error": f.error} for f in manager.load_failures]
     disabled = list(settings.get("plugins", {}).get("disabled", []))
+    models, datasets = model_names(), dataset_names()
     if args.json:
-        print(json.dumps({"plugins": plugins, "failed": failed, "disabled": disabled}, indent=2))
+        print(json.dumps({"plugins": plugins, "failed": failed, "disabled": disabled, "models": models,
+                          "datasets": datasets}, indent=2))
         return 0
     for p in plugins:
         origin = f"{p['distribution']} {p['version']}" if p["distribution"] else p["source"]
@@ -139,6 +163,10 @@ def _plugins(args, settings) -> int:
         print(f"{f['name']}  FAILED TO LOAD ({f['distribution']}): {f['error']}")
     for name in disabled:
         print(f"{name}  disabled (plugins.disabled)")
+    print("models (model.name):")
+    print("\n".join(f"    {name}  {origin}" for name, origin in models.items()))
+    print("datasets (data.source):")
+    print("\n".join(f"    {name}  {origin}" for name, origin in datasets.items()))
     return 0
 
 

@@ -124,11 +124,7 @@ def _model_builder(name: str, dims: int, offered: dict, kwargs: dict):
 
 
 def _torchvision_model(builder: str, dims: int, offered: dict, kwargs: dict):
-    try:
-        from torchvision.models import segmentation
-    except ImportError:
-        raise ConfigError(f"model.name = 'torchvision.{builder}' needs torchvision: pip install torchvision "
-                          f"(the release paired with your torch)") from None
+    segmentation = _import_zoo("torchvision.models.segmentation", f"torchvision.{builder}", "torchvision")
     available = sorted(n for n in segmentation.__all__ if n[0].islower() and callable(getattr(segmentation, n)))
     if builder not in available:
         raise ConfigError(f"torchvision has no segmentation model {builder!r}: use one of {', '.join(available)}")
@@ -139,11 +135,7 @@ def _torchvision_model(builder: str, dims: int, offered: dict, kwargs: dict):
 
 
 def _smp_model(arch: str, dims: int, offered: dict, kwargs: dict):
-    try:
-        import segmentation_models_pytorch as smp
-    except ImportError:
-        raise ConfigError(f"model.name = 'smp.{arch}' needs segmentation_models_pytorch: "
-                          f"pip install segmentation-models-pytorch") from None
+    smp = _import_zoo("segmentation_models_pytorch", f"smp.{arch}", "segmentation-models-pytorch")
     if dims != 2:
         raise ConfigError(f"model.name = 'smp.{arch}' is a 2D model: set data.dims = 2 or choose a 3D model")
     import torch
@@ -157,6 +149,24 @@ def _smp_model(arch: str, dims: int, offered: dict, kwargs: dict):
     # smp encoders down-sample 2**encoder_depth times (default 5): input sides must divide by it
     model.spatial_multiple = 2 ** int(options.get("encoder_depth", 5))
     return model
+
+
+def _import_zoo(module: str, name: str, package: str):
+    """An optional model package, or a ConfigError saying how to get a working one."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if exc.name and exc.name.split(".")[0] == module.split(".")[0]:
+            paired = " (the release paired with your torch, e.g. 0.28.0 for torch 2.13.0)" if package == "torchvision" else ""
+            raise ConfigError(f"model.name = {name!r} needs {package}: pip install {package}{paired}") from None
+        reason = f"ImportError: {exc}"
+    except Exception as exc:  # e.g. a CUDA torchvision build beside a CPU torch: its operators do not load
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    import torch
+
+    raise ConfigError(f"model.name = {name!r}: {package} is installed but cannot be imported ({reason}); its build "
+                      f"does not fit torch {torch.__version__}: install the build made for this torch (or its CPU "
+                      f"variant)") from None
 
 
 def _needs_2d_rgb(name: str, dims: int, in_channels: int) -> None:

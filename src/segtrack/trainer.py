@@ -390,7 +390,7 @@ class SegmentationTrainer:
             _prune_snapshots(ckpt_dir, cfg["keep"])
 
     def _export(self, state: FitState, export_dir: Path, run_name: str, sample: torch.Tensor, signature: dict):
-        from segtrack.export import export_onnx
+        from segtrack.export import export_onnx, predict_metadata
 
         cfg = self.config["export"]
         best = state.paths["best"]
@@ -399,7 +399,8 @@ class SegmentationTrainer:
         model.load_state_dict(payload["model"])
         path = export_dir / f"{run_name}.onnx"
         try:
-            diff = export_onnx(model, sample, path, cfg["opset"])
+            metadata = predict_metadata(self.config, spatial_multiple(model))
+            diff = export_onnx(model, sample, path, cfg["opset"], metadata)
         except Exception as exc:  # the trained checkpoints stay valid; say why the export is missing
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             log.warning("ONNX export skipped: this model cannot be exported (%s: %s); the fit and its checkpoints "

@@ -1,0 +1,176 @@
+"""``segtrack predict``: masks for a folder of images from a checkpoint or an exported ONNX file,
+one file at a time, read, normalised and padded exactly as in training."""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from segtrack.errors import CheckpointError, ConfigError
+from segtrack.imageio import IMAGE_SUFFIXES, PIL_SUFFIXES, read_image, write_mask, write_png
+
+OVERLAY_COLOURS = np.array([
+    [0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60],
+], dtype=np.uint8)
+
+
+class Predictor:
+    """Logits for one image ``(C, *spatial)`` float32, from a torch model or an ONNX session."""
+
+    def __init__(self, metadata: dict, run: Callable[[np.ndarray], np.ndarray], source: str):
+        self.dims, self.channels = metadata["dims"], metadata["in_channels"]
+        self.num_classes, self.normalize = metadata["num_classes"], metadata["normalize"]
+        self.multiple = max(1, int(metadata.get("spatial_multiple", 1)))
+        self.run, self.source = run, source
+
+    def mask_of(self, image: np.ndarray) -> np.ndarray:
+        spatial = image.shape[1:]
+        padded = [math.ceil(s / self.multiple) * self.multiple for s in spatial]
+        batch = np.zeros((1, image.shape[0], *padded), dtype=np.float32)
+        batch[(0, slice(None), *(slice(0, s) for s in spatial))] = image
+        logits = self.run(batch)
+        return logits[(0, slice(None), *(slice(0, s) for s in spatial))].argmax(0)
+
+
+def from_checkpoint(path: Path, device: str) -> Predictor:
+    import torch
+
+    from segtrack import checkpoint
+    from segtrack.registry import build_model, spatial_multiple
+    from segtrack.samples import logits_of
+    from segtrack.export import predict_metadata
+
+    payload = checkpoint.load(path, None)
+    config = payload.get("config") or {}
+    if not config:
+        raise CheckpointError(f"{path} was written before checkpoints carried their settings: predict with the "
+                              f"exported model (--onnx) or train again")
+    if "parameters" in payload["model_signature"]:
+        raise CheckpointError(f"{path} holds a model passed to the trainer from Python, which settings cannot "
+                              f"rebuild: predict with its exported ONNX file (--onnx)")
+    data = config["data"]
+    model = build_model(config["model"], data["num_classes"], data["dims"])
+    model.load_state_dict(payload["model"])
+    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if device == "auto" else device))
+    model = model.eval().to(target)
+
+    @torch.no_grad()
+    def run(batch: np.ndarray) -> np.ndarray:
+        return logits_of(model(torch.from_numpy(batch).to(target))).float().cpu().numpy()
+
+    return Predictor(predict_metadata(config, spatial_multiple(model)), run, str(path))
+
+
+def from_onnx(path: Path) -> Predictor:
+    import onnxruntime
+
+    from segtrack.export import read_metadata
+
+    try:
+        metadata = read_metadata(path)
+    except Exception as exc:
+        raise ConfigError(f"{path} is not a readable ONNX file ({type(exc).__name__}): pass a file that segtrack "
+                          f"exported") from None
+    if metadata is None:
+        raise ConfigError(f"{path} was not exported by segtrack (no 'segtrack' metadata): predict needs the "
+                          f"normalisation and classes stored at export")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return Predictor(metadata, lambda batch: session.run(None, {name: batch})[0], str(path))
+
+
+def input_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        what = "is a file" if folder.exists() else "does not exist"
+        raise ConfigError(f"--input {folder} {what}: pass a folder of images")
+    files = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+            try:
+                if stat.S_ISREG(path.stat().st_mode):
+                    files.append(path)
+            except OSError:
+                continue
+    if not files:
+        raise ConfigError(f"--input {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): pass the folder of "
+                          f"images to segment")
+    return files
+
+
+def output_folder(folder: Path, inputs: Path) -> Path:
+    if folder.resolve() == inputs.resolve():
+        raise ConfigError(f"--out {folder} is the input folder: masks would replace the images; choose another folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".segtrack-probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out {folder} is not a writable folder ({exc.strerror}): choose another folder") from None
+    return folder
+
+
+def mask_name(image_path: Path, dims: int) -> str:
+    """Same name; PNG for 2D PNG/JPEG/BMP inputs, TIFF for TIFF, ``.npy`` and every 3D volume."""
+    suffix = ".png" if dims == 2 and image_path.suffix.lower() in PIL_SUFFIXES else ".tif"
+    return image_path.stem + suffix
+
+
+def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """RGB image (2D, or a volume's middle slice) with the predicted classes blended in."""
+    if mask.ndim == 3:
+        image, mask = image[:, mask.shape[0] // 2], mask[mask.shape[0] // 2]
+    grey = image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, axis=0)
+    low, high = float(grey.min()), float(grey.max())
+    rgb = (grey - low) / (high - low or 1.0)
+    rgb = (rgb.transpose(1, 2, 0) * 255).astype(np.float32)
+    colours = OVERLAY_COLOURS[mask % len(OVERLAY_COLOURS)].astype(np.float32)
+    blended = np.where((mask > 0)[..., None], 0.55 * rgb + 0.45 * colours, rgb)
+    return blended.clip(0, 255).astype(np.uint8)
+
+
+def predict_folder(predictor: Predictor, inputs: Path, out: Path, with_overlay: bool, stream=None) -> int:
+    """Write one mask per image of ``inputs`` into ``out``; returns the number written."""
+    from segtrack.folder import match_channels, normalize
+
+    stream = stream or sys.stderr
+    files = input_files(inputs)
+    out = output_folder(out, inputs)
+    interactive = stream.isatty() and not os.environ.get("CI")
+    started = time.perf_counter()
+    for done, path in enumerate(files, start=1):
+        image = normalize(match_channels(read_image(path, predictor.dims), predictor.channels, path), predictor.normalize)
+        mask = predictor.mask_of(np.ascontiguousarray(image, dtype=np.float32))
+        write_mask(out / mask_name(path, predictor.dims), mask)
+        if with_overlay:
+            write_png(out / f"{path.stem}_overlay.png", overlay(image, mask))
+        if interactive:
+            stream.write(f"\rpredict {done}/{len(files)}  {path.name[:40]:<40}")
+            stream.flush()
+    elapsed = time.perf_counter() - started
+    if interactive:
+        stream.write("\n")
+    stream.write(f"predicted {len(files)} mask(s) into {out} in {elapsed:.1f}s "
+                 f"({len(files) / max(elapsed, 1e-9):.1f} images/s) with {predictor.source}\n")
+    stream.flush()
+    return len(files)
+
+
+def check_source(checkpoint_path: str | None, onnx_path: str | None) -> Path:
+    given = Path(checkpoint_path or onnx_path)
+    flag = "--checkpoint" if checkpoint_path else "--onnx"
+    if given.is_dir():
+        raise ConfigError(f"{flag} {given} is a folder: pass the file (e.g. checkpoints/best.pt or exports/NAME.onnx)")
+    if not given.is_file():
+        raise ConfigError(f"{flag} {given} does not exist: pass an existing file")
+    return given
+
