@@ -287,3 +287,11 @@ def secret_keys(project_dir: str | os.PathLike | None = None) -> frozenset[str]:
     for env_table in data.values():
         walk("", env_table)
     return frozenset(keys)
+
+
+def inference_config(config: Mapping[str, Any], project_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The ``model`` and ``data`` sections a checkpoint carries for ``segtrack predict``, without
+    any key that configs/.secrets.toml defines (other sections, plugins' included, stay out)."""
+    secrets = secret_keys(project_dir)
+    return {section: {k: v for k, v in config[section].items() if f"{section}.{k}" not in secrets}
+            for section in ("model", "data")}

@@ -21,6 +21,7 @@ import torch
 
 from segtrack import __version__, checkpoint
 from segtrack.config import (
+    inference_config,
     METRIC_NAMES,
     check_plugin_sections,
     class_names,
@@ -119,6 +120,7 @@ class SegmentationTrainer:
         self.data = DataPlan(self.config, self.dist, self.device.type == "cuda", train_data, val_data, builtin,
                              split, multiple)
         self._user_model = model
+        self._inference_config = inference_config(self.config)
         self._initial_weights = _cpu_copy(model.state_dict()) if model is not None else None
         self.model: torch.nn.Module | None = None
         self.epoch = 0
@@ -375,7 +377,7 @@ class SegmentationTrainer:
     def _save_checkpoints(self, state: FitState, ckpt_dir: Path, run: RunInfo, signature: dict, run_name: str,
                           fold: int | None, is_best: bool, sigterm: SigtermAsInterrupt) -> None:
         cfg = self.config["checkpoint"]
-        payload = state.payload(signature, run_name, fold, self.hooks.collect("state_dict"), self.config)
+        payload = state.payload(signature, run_name, fold, self.hooks.collect("state_dict"), self._inference_config)
         kinds = (["best"] if is_best else []) + ["last"] + (["epoch"] if cfg["keep"] else [])
         written = None
         for kind in kinds:
