@@ -16,7 +16,7 @@ from benchlib import interleaved, median, report
 from segtrack.config import load_settings
 from segtrack.data import synthetic_arrays
 from segtrack.metrics import ConfusionCounts, segmentation_loss
-from segtrack.model import build_model
+from segtrack.registry import build_model
 from segtrack.plugins import get_plugin_manager
 from segtrack.trainer import SegmentationTrainer
 
@@ -37,7 +37,7 @@ def hand_loop(workdir: str) -> None:
     order = np.random.default_rng(0).permutation(SAMPLES)
     val, train = np.sort(order[: SAMPLES // 4]), np.sort(order[SAMPLES // 4:])
     x, y = torch.from_numpy(images), torch.from_numpy(masks)
-    model = build_model({"name": "unet", "in_channels": 3, "width": 8, "depth": 2}, 3)
+    model = build_model({"name": "unet", "in_channels": 3, "width": 8, "depth": 2}, 3, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.003, weight_decay=1e-4)
     os.makedirs(f"{workdir}/hand", exist_ok=True)
     for epoch in range(EPOCHS):

@@ -115,7 +115,8 @@ def _model_builder(name: str, dims: int, offered: dict, kwargs: dict):
     if name.startswith("smp."):
         return _smp_model(name.removeprefix("smp."), dims, offered, kwargs)
     targets = dict(BUILTIN_MODELS)
-    targets.update({ep.name: ep.value for ep in entry_points(group=MODEL_GROUP)})
+    if name not in targets:  # built-in names win; only other names need the entry-point scan
+        targets.update({ep.name: ep.value for ep in entry_points(group=MODEL_GROUP)})
     if name not in targets:
         known = ", ".join(sorted(targets) + ["torchvision.<builder>", "smp.<Arch>"])
         raise ConfigError(f"model.name = {name!r} is not a known model ({known}): fix the name, install the package "

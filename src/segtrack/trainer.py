@@ -296,7 +296,8 @@ class SegmentationTrainer:
         totals = self.dist.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=device)]))
         dice, iou = counts.mean_foreground()
         per_class_dice, per_class_iou = (tuple(float(v) for v in t.cpu()) for t in counts.per_class())
-        samples = self._held_samples(model, data) if self.dist.is_main else ()
+        wanted = self.hooks.has_implementations("validation_end") or self.hooks.has_implementations("validation_metrics")
+        samples = self._held_samples(model, data) if self.dist.is_main and wanted else ()
         val_loss = float(totals[0] / totals[1]) if float(totals[1]) else math.nan
         return ValidationResult(epoch, val_loss, dice, iou, per_class_dice, int(totals[1]), samples, per_class_iou)
 
