@@ -46,6 +46,8 @@ def _prepare(case, tmp):
     elif case == "unreadable_mask":
         _pairs(data, sizes=[(8, 8, 8, 8)] * 2, values=(1, 1))
         (data / "masks" / "s1.png").write_bytes(b"garbage")
+    elif case in ("resume_folder", "config_folder"):
+        (tmp / "folder").mkdir()
     elif case == "not_a_dir":
         (tmp / "blocker").write_text("a file where a folder should be")
     return []
@@ -81,6 +83,17 @@ CASES = [
     ("one_fold", ["cv", "--folds", "1", *_sets()], ["--folds 1 is invalid"]),
     ("not_a_dir", ["train", *_sets("checkpoint.dir='blocker/sub'")], ["checkpoint.dir = 'blocker/sub' is not a writable folder"]),
     ("missing_checkpoint", ["train", "--resume", "gone.pt", *_sets()], ["checkpoint 'gone.pt' does not exist"]),
+    ("resume_folder", ["train", "--resume", "folder", *_sets()], ["checkpoint 'folder' is a folder", "folder/last.pt"]),
+    ("config_folder", ["train", "--config", "folder", *_sets()], ["config file 'folder' is a folder"]),
+    ("zero_folds", ["cv", "--folds", "0", *_sets()], ["--folds 0 is invalid"]),
+    ("infinite_lr", ["train", *_sets("train.lr=inf")], ["train.lr = inf is invalid: a finite number is needed"]),
+    ("nan_weight", ["train", *_sets("train.dice_weight=nan")], ["train.dice_weight = nan is invalid"]),
+    ("run_name_path", ["train", *_sets("run.name='../../escaped'")], ["run.name = '../../escaped' is invalid",
+                                                                     "a path is refused"]),
+    ("run_name_slash", ["train", *_sets("run.name='a/b'")], ["run.name = 'a/b' is invalid"]),
+    ("model_name", ["train", *_sets("model.name='unte'")], ["model.name = 'unte' is not a known model"]),
+    ("crop_sides", ["train", *_sets("data.crop=[64, 64, 64]")], ["data.crop = [64, 64, 64] has 3 sides but data.dims = 2"]),
+    ("normalize", ["train", *_sets("data.normalize='zscore'")], ["data.normalize = 'zscore' is invalid"]),
 ]
 
 

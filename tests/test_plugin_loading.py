@@ -52,6 +52,21 @@ def test_broken_plugin_is_skipped_with_its_name(fake_dist, settings_factory, cap
     assert "'broken'" in caplog.text and "failed to load" in caplog.text
 
 
+def test_a_plugin_calling_sys_exit_on_import_is_skipped_like_any_failure(fake_dist, settings_factory):
+    fake_dist("segtrack-quitter", "quitter", "quitter_plugin", "import sys\nsys.exit(3)")
+    manager = get_plugin_manager(settings_factory())
+    assert "quitter" not in manager.records
+    assert [(f.name, f.error) for f in manager.load_failures] == [("quitter", "called sys.exit(3) while being imported")]
+
+
+def test_a_misspelled_hook_of_an_entry_point_plugin_names_the_plugin(fake_dist, settings_factory):
+    fake_dist("segtrack-typo", "typo-plugin", "typo_plugin",
+              "from segtrack import hookimpl\nclass Plugin:\n    @hookimpl\n    def fit_ned(self):\n        pass\n",
+              "typo_plugin:Plugin")
+    with pytest.raises(PluginLoadError, match=r"plugin 'typo-plugin' implements 'fit_ned'.*did you mean 'fit_end'"):
+        get_plugin_manager(settings_factory())
+
+
 def test_broken_plugin_is_fatal_when_strict(fake_dist, settings_factory):
     fake_dist("segtrack-broken", "broken", "broken_plugin", "raise ImportError('no such dependency: foo')")
     with pytest.raises(PluginLoadError, match="'broken'.*failed to load.*plugins.disabled"):
@@ -82,13 +97,12 @@ def test_misspelled_hook_fails_loudly(settings_factory):
         def epoch_ended(self, epoch):
             pass
 
-    with pytest.raises(PluginLoadError, match="epoch_ended"):
+    with pytest.raises(PluginLoadError, match=r"plugin 'typo' implements 'epoch_ended', which is not a segtrack "
+                                              r"hook: did you mean 'epoch_end'\?"):
         get_plugin_manager(settings_factory(), [Typo()])
 
 
 def test_unknown_argument_name_fails_at_registration(settings_factory):
-    import pluggy
-
     from segtrack import hookimpl
 
     class WrongArg:
@@ -96,7 +110,7 @@ def test_unknown_argument_name_fails_at_registration(settings_factory):
         def epoch_end(self, epochs):
             pass
 
-    with pytest.raises(pluggy.PluginValidationError, match="epochs"):
+    with pytest.raises(PluginLoadError, match=r"plugin 'wrongarg': .*epochs"):
         get_plugin_manager(settings_factory(), [WrongArg()])
 
 

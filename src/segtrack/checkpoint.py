@@ -44,14 +44,18 @@ def save_atomic(payload: dict[str, Any], path: str | os.PathLike) -> int:
     """Write to a temp file in the same folder, fsync, rename over ``path``. Returns its size."""
     target = Path(path)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    writer = None
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
+            writer = _ErrorKeepingWriter(fh)
+            torch.save(payload, writer)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, RuntimeError) and writer is not None and writer.error is not None:
+            raise writer.error from None  # torch's zip writer reports a refused write as a position mismatch
         raise
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
@@ -59,6 +63,23 @@ def save_atomic(payload: dict[str, Any], path: str | os.PathLike) -> int:
     finally:
         os.close(dir_fd)
     return target.stat().st_size
+
+
+class _ErrorKeepingWriter:
+    """A file for ``torch.save`` that remembers the OSError of a refused write (a full disk)."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
 
 
 def link_atomic(source: Path, target: Path) -> int:
@@ -79,6 +100,9 @@ def load(path: str | os.PathLike, signature: dict[str, Any] | None) -> dict[str,
     """Read a segtrack checkpoint safely and check that it belongs to a model with ``signature``
     (``None``: any model)."""
     source = Path(path)
+    if source.is_dir():
+        raise CheckpointError(f"checkpoint {str(source)!r} is a folder: pass the checkpoint file inside it "
+                              f"(e.g. {str(source / 'last.pt')!r}) or --resume auto")
     if not source.is_file():
         raise CheckpointError(f"checkpoint {str(source)!r} does not exist: pass an existing file or --resume auto")
     corrupt = CheckpointError(
@@ -109,6 +133,15 @@ def load(path: str | os.PathLike, signature: dict[str, Any] | None) -> dict[str,
             f"({signature}): use the settings it was trained with, or start fresh"
         )
     return payload
+
+
+def epoch_of(path: Path) -> int | None:
+    """The epoch a segtrack checkpoint holds, or None if it cannot be read."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    return payload.get("epoch") if isinstance(payload, dict) else None
 
 
 def rng_state() -> dict[str, Any]:

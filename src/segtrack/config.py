@@ -25,7 +25,12 @@ METRIC_NAMES = ("train_loss", "val_loss", "val_dice", "val_iou")
 # key -> (allowed types, check or None, what is allowed, in words)
 _number = (int, float)
 SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
-    "run.name": ((str,), lambda v: bool(v.strip()), "a non-empty string"),
+    "run.name": (
+        (str,),
+        lambda v: bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\- ]{0,99}", v)) and ".." not in v,
+        "a name of letters, digits, _ . - and spaces, not starting with . and without '..' or '/' "
+        "(it names files and folders; a path is refused, not changed)",
+    ),
     "run.experiment": ((str,), lambda v: bool(v.strip()), "a non-empty string"),
     "train.epochs": ((int,), lambda v: v >= 1, "an integer >= 1"),
     "train.batch_size": ((int,), lambda v: v >= 1, "an integer >= 1"),
@@ -140,6 +145,9 @@ def load_settings(
             files.append(optional)
     if config_file is not None:
         path = Path(config_file)
+        if path.is_dir():
+            raise ConfigError(f"config file {str(path)!r} is a folder: pass a TOML file to --config "
+                              f"(e.g. {str(path / 'settings.toml')!r})")
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist: pass an existing TOML file to --config")
         files.append(path)

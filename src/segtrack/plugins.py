@@ -69,7 +69,13 @@ class PluginManager:
             plugin = plugin()  # a class entry point gets a fresh instance per manager
         if name in self.records:
             raise PluginLoadError(f"two plugins are named {name!r}: rename one (a plugin's name must be unique)")
-        self.pm.register(plugin, name=name)
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            detail = next((line.strip() for line in str(exc).splitlines() if line.startswith("Argument")),
+                          str(exc).splitlines()[-1])
+            raise PluginLoadError(f"plugin {name!r}: hook {getattr(exc, 'hook', '?')}: {detail}: a hookimpl takes "
+                                  f"only argument names its hook declares (`segtrack plugins --hooks`)") from None
         hooks = []
         for hook_caller in self.pm.get_hookcallers(plugin) or []:
             for impl in hook_caller.get_hookimpls():
@@ -230,8 +236,9 @@ def get_plugin_manager(
             version = ep.dist.version if ep.dist else None
             try:
                 manager.register(ep.load(), name, "entry point", dist, version)
-            except Exception as exc:
-                message = f"{type(exc).__name__}: {exc}"
+            except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() on import ends nothing
+                message = (f"called sys.exit({exc.code!r}) while being imported" if isinstance(exc, SystemExit)
+                           else f"{type(exc).__name__}: {exc}")
                 if strict:
                     raise PluginLoadError(
                         f"plugin {name!r} ({dist}) failed to load: {message} (plugins.strict is true; "
@@ -247,14 +254,26 @@ def get_plugin_manager(
             name = (plugin if isinstance(plugin, type) else type(plugin)).__name__.lower()
         manager.register(plugin, name, "code", None, None)
 
-    try:
-        manager.pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginLoadError(
-            f"{exc}: a hookimpl's name matches no segtrack hook; check its spelling against "
-            f"`segtrack plugins --hooks`"
-        ) from None
+    _check_hook_names(manager)
     return manager
+
+
+def _check_hook_names(manager: PluginManager) -> None:
+    """Every hookimpl names a segtrack hook; a typo names the plugin (by its segtrack name) and
+    the closest hook, instead of pluggy's object repr."""
+    known = hook_names()
+    for hook in sorted(vars(manager.pm.hook)):
+        caller = getattr(manager.pm.hook, hook)
+        if getattr(caller, "spec", True) is not None or not hasattr(caller, "get_hookimpls"):
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.opts.get("optionalhook"):
+                continue
+            hint = difflib.get_close_matches(hook, known, n=1)
+            suggestion = f"did you mean {hint[0]!r}? " if hint else ""
+            raise PluginLoadError(
+                f"plugin {impl.plugin_name!r} implements {hook!r}, which is not a segtrack hook: {suggestion}"
+                f"rename it (`segtrack plugins --hooks` lists every hook)")
 
 
 def _plugin_settings(settings: Any) -> Mapping[str, Any]:

@@ -5,14 +5,20 @@ Plain string handling only: the core never imports mlflow."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from segtrack import ConfigError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks")
+MASK = "***"
+# the password of any scheme://user:password@ (up to the last @ before a path or a space), and
+# password=/token=/secret= query values: what redact() masks wherever such a URI appears in a text
+_USERINFO_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s/@:]*:)[^\s/]*@")
+_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pwd|token|secret)=)[^&\s'\"]*", re.I)
 
 
 def resolve_tracking_uri(explicit: str | None = None, settings: Any = None) -> str:
@@ -46,7 +52,7 @@ def check_uri(uri: str) -> str:
         raise ConfigError(f"tracking URI {redact(uri)!r} has no host: write it as http://host:port")
     if scheme == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
         raise ConfigError(
-            f"tracking URI {uri!r} is MLflow's legacy file store, which MLflow 3 refuses: use "
+            f"tracking URI {redact(uri)!r} is MLflow's legacy file store, which MLflow 3 refuses: use "
             f"sqlite:///mlflow.db, or set MLFLOW_ALLOW_FILE_STORE=true to keep the file store"
         )
     return uri
@@ -78,12 +84,25 @@ def local_artifact_root(uri: str) -> str | None:
     return (db.resolve().parent / "mlartifacts").as_uri()
 
 
-def redact(uri: str) -> str:
-    """The URI without a password, for messages and params."""
+def redact(text: str) -> str:
+    """``text`` (a URI, or a message quoting URIs) with every password masked: ``http://user:***@host:port``."""
+    return _QUERY_SECRET.sub(rf"\1{MASK}", _USERINFO_PASSWORD.sub(rf"\1{MASK}@", text))
+
+
+def split_credentials(uri: str) -> tuple[str, str, str]:
+    """``(uri without user:password@, username, password)``, the last two percent-decoded ("" if absent)."""
     parts = urlsplit(uri)
-    if parts.password is None:
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return uri, "", ""
+    username, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=host)), unquote(username), unquote(password)
+
+
+def with_credentials(uri: str, username: str, password: str) -> str:
+    """``uri`` (without credentials) with ``user:password@`` put in, percent-encoded."""
+    if not username and not password:
         return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{parts.username}:***@{host}", parts.path, parts.query, parts.fragment))
+    parts = urlsplit(uri)
+    userinfo = quote(username, safe="") + (":" + quote(password, safe="") if password else "")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}"))

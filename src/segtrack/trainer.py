@@ -33,7 +33,7 @@ from segtrack.config import (
 )
 from segtrack.data import ArrayDataset, configured_data
 from segtrack.distributed import DistContext, context_from_env
-from segtrack.errors import ConfigError, DataError, PeerLost
+from segtrack.errors import CheckpointError, ConfigError, DataError, PeerLost
 from segtrack.fit_state import FitState
 from segtrack.fitdata import DataPlan, FitData
 from segtrack.metrics import ConfusionCounts, segmentation_loss
@@ -145,11 +145,14 @@ class SegmentationTrainer:
 
     def cv(self, folds: int | None = None) -> CrossValidationResult:
         """k-fold cross-validation over ``train_data``: one fit per fold, then ``cross_validation_end``."""
-        folds = folds or self.config["data"]["folds"]
-        if not isinstance(folds, int) or folds < 2:
+        folds = self.config["data"]["folds"] if folds is None else folds
+        if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
             raise ConfigError(f"--folds {folds!r} is invalid: cross-validation needs an integer >= 2")
         if self.data.val_dataset is not None or self.data.val_loader is not None:
             raise ConfigError("cv() splits train_data into folds, so val_data would be unused: pass only train_data")
+        if folds > self.data.splittable_count:  # checked before any hook, so no tracker opens a CV run
+            raise DataError(f"{folds} folds need at least {folds} samples, the dataset has "
+                            f"{self.data.splittable_count}: lower --folds")
         name = self.config["run"]["name"]
         cv_id = uuid.uuid4().hex[:12]
         self.hooks.call("cross_validation_start", trainer=self,
@@ -182,7 +185,10 @@ class SegmentationTrainer:
         ckpt_dir, export_dir = self._prepare_folders(ckpt_dir)
         if payload is not None:
             state.restore(payload)
-            state.paths.update(last=str(ckpt_dir / "last.pt"), **({"best": str(ckpt_dir / "best.pt")} if state.best_epoch >= 0 else {}))
+            state.paths["last"] = str(ckpt_dir / "last.pt")
+            best = _best_checkpoint_for(Path(resume), ckpt_dir, state.best_epoch) if self.dist.is_main else None
+            if best is not None:
+                state.paths["best"] = str(best)
             for name, plugin_state in payload.get("plugins", {}).items():
                 hooks.call_one(name, "load_state_dict", state=plugin_state)
         train_model = self._distributed(state.model)
@@ -385,7 +391,13 @@ class SegmentationTrainer:
             path = ckpt_dir / (f"epoch-{state.epoch:04d}.pt" if kind == "epoch" else f"{kind}.pt")
             # the same state under several names: serialise once, then link
             with sigterm.held():
-                size = checkpoint.save_atomic(payload, path) if written is None else checkpoint.link_atomic(written, path)
+                try:
+                    size = checkpoint.save_atomic(payload, path) if written is None else checkpoint.link_atomic(written, path)
+                except OSError as exc:  # a full disk, a quota, a folder removed under the fit
+                    raise CheckpointError(
+                        f"cannot write {path.name} in {ckpt_dir} ({exc.strerror or exc}): the checkpoints written "
+                        f"before are intact; free space there or set checkpoint.dir, then resume with "
+                        f"--resume auto") from None
                 written, state.paths[kind] = path, str(path)
             self.hooks.call("checkpoint_saved", trainer=self, run=run, checkpoint=CheckpointInfo(
                 str(path), kind, state.epoch, state.monitor, state.last_metrics[state.monitor], size))
@@ -396,7 +408,10 @@ class SegmentationTrainer:
         from segtrack.export import export_onnx, predict_metadata
 
         cfg = self.config["export"]
-        best = state.paths["best"]
+        best = state.paths.get("best")
+        if best is None or not Path(best).is_file():  # the best epoch's checkpoint could not be found on resume
+            best = state.paths["last"]
+            log.warning("exporting %s: the checkpoint of the best epoch is not in the checkpoint folder", best)
         payload = checkpoint.load(best, signature)
         model = copy.deepcopy(state.model).cpu()
         model.load_state_dict(payload["model"])
@@ -475,6 +490,21 @@ class SegmentationTrainer:
             yield
         finally:
             self.hooks.strict = saved
+
+
+def _best_checkpoint_for(source: Path, ckpt_dir: Path, best_epoch: int) -> Path | None:
+    """The best epoch's checkpoint for a fit resumed from ``source``: ``<ckpt_dir>/best.pt`` when
+    it holds that epoch; else the source itself or its sibling ``best.pt``, linked into
+    ``ckpt_dir`` so the fit's folder is complete; None when no file holds that epoch."""
+    if best_epoch < 0:
+        return None
+    target = ckpt_dir / "best.pt"
+    for candidate in (target, source, source.with_name("best.pt")):
+        if candidate.is_file() and checkpoint.epoch_of(candidate) == best_epoch:
+            if candidate.resolve() != target.resolve():
+                checkpoint.link_atomic(candidate, target)
+            return target
+    return None
 
 
 def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -87,3 +87,13 @@ def test_full_spool_disk(tmp_path):
         assert not any(Path(tiny).iterdir())
     finally:
         subprocess.run(["umount", str(tiny)], check=False)
+
+
+def test_too_many_folds_fails_before_any_run_is_opened(tmp_path):
+    """The fold count is checked against the data before cross_validation_start: no FAILED CV
+    parent is left in the store, no store is even created."""
+    before = {p.name for p in tmp_path.iterdir()}
+    args = [a for s in SETS for a in ("--set", s)]
+    out = subprocess.run([sys.executable, "-m", "segtrack", "cv", "--folds", "1000", *args], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env={**os.environ})
+    _assert_clean_failure(out, tmp_path, ["1000 folds need at least 1000 samples, the dataset has 8"], before)

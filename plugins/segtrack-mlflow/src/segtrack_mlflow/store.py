@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 from typing import Any
+
+from segtrack import ConfigError
+from segtrack.tracking_uri import MASK, is_remote, redact, split_credentials, with_credentials
 
 DEFAULT_REQUEST_TIMEOUT = "10"
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
@@ -19,10 +25,80 @@ def configure_http(request_timeout: float | None = None) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(request_timeout or DEFAULT_REQUEST_TIMEOUT)))
 
 
+def use_credentials(username: str, password: str) -> None:
+    """Basic auth for every MLflow request of this process (MLflow reads these on each request)."""
+    if username:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = username
+    if password:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+
+
+def connect_uri(uri: str) -> str:
+    """The URI to hand MLflow for ``uri``, as given or as a spool keeps it (password masked).
+
+    A server's URI loses its ``user:password@`` (MLflow would print it in run links and errors):
+    they become MLFLOW_TRACKING_USERNAME/PASSWORD, which MLflow sends as basic auth. A database
+    URI keeps its credentials; a masked password comes from MLFLOW_TRACKING_PASSWORD (or
+    mlflow.password), else from the driver's own sources (PGPASSWORD, ~/.pgpass).
+    """
+    bare, username, password = split_credentials(uri)
+    password = "" if password == MASK else password
+    if is_remote(uri):
+        if password:  # given with the URI: it wins
+            use_credentials(username, password)
+        elif username:
+            os.environ.setdefault("MLFLOW_TRACKING_USERNAME", username)
+        return bare
+    return with_credentials(bare, username, password or os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+
+
 def client(tracking_uri: str):
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    check_sqlite_store(tracking_uri)
+    return MlflowClient(tracking_uri=connect_uri(tracking_uri))
+
+
+class Clients(dict):
+    """MlflowClients by the tracking URI a spool keeps (password masked), each made on first use:
+    from the real URI when this process knows it (the fit that wrote the spool), else from the
+    masked one and the credentials of the environment or settings."""
+
+    def __init__(self, *real_uris: str):
+        super().__init__()
+        self.real = {redact(uri): uri for uri in real_uris}
+
+    def __missing__(self, uri: str):
+        self[uri] = client(self.real.get(uri, uri))
+        return self[uri]
+
+
+MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}
+
+
+def check_sqlite_store(uri: str) -> None:
+    """Refuse an SQLite file that is not an MLflow store: MLflow would add its tables to it.
+
+    A missing or empty file, a database without tables, or one holding MLflow's tables pass.
+    """
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
+        return
+    path = Path(uri[len("sqlite:///"):].split("?")[0])
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        tables, why = None, f"cannot be read as SQLite ({exc})"
+    else:
+        why = f"holds other tables ({', '.join(sorted(tables)[:5])}{', ...' if len(tables) > 5 else ''})"
+    if tables is None or (tables and not MLFLOW_TABLES <= tables):
+        raise ConfigError(
+            f"tracking URI {redact(uri)!r} points at {str(path)!r}, which is not an MLflow store: it {why}; "
+            f"use a new file (e.g. sqlite:///mlflow.db) or an existing MLflow store, so MLflow does not add "
+            f"its tables to this database"
+        )
 
 
 def ensure_experiment(mlflow_client, name: str, artifact_location: str | None = None) -> str:
