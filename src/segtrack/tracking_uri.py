@@ -15,9 +15,9 @@ from segtrack import ConfigError
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks")
 MASK = "***"
-# the password of any scheme://user:password@ (up to the last @ before a path or a space), and
-# password=/token=/secret= query values: what redact() masks wherever such a URI appears in a text
-_USERINFO_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s/@:]*:)[^\s/]*@")
+# the password of any scheme://user:password@ (up to the last @ before a space: a password may hold
+# an unencoded / or @), and password=/token=/secret= query values: what redact() masks in any text
+_USERINFO_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s/@:]*:)[^\s]*@")
 _QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pwd|token|secret)=)[^&\s'\"]*", re.I)
 
 
@@ -50,6 +50,11 @@ def check_uri(uri: str) -> str:
         )
     if scheme in ("http", "https") and not urlsplit(uri).hostname:
         raise ConfigError(f"tracking URI {redact(uri)!r} has no host: write it as http://host:port")
+    try:
+        urlsplit(uri).port
+    except ValueError:
+        raise ConfigError(f"tracking URI {redact(uri)!r} has an invalid port: write it as http://host:port, "
+                          f"the port a number from 1 to 65535 (percent-encode a ':' or '/' in a password)") from None
     if scheme == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
         raise ConfigError(
             f"tracking URI {redact(uri)!r} is MLflow's legacy file store, which MLflow 3 refuses: use "

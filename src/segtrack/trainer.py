@@ -151,7 +151,7 @@ class SegmentationTrainer:
         if self.data.val_dataset is not None or self.data.val_loader is not None:
             raise ConfigError("cv() splits train_data into folds, so val_data would be unused: pass only train_data")
         if folds > self.data.splittable_count:  # checked before any hook, so no tracker opens a CV run
-            raise DataError(f"{folds} folds need at least {folds} samples, the dataset has "
+            raise ConfigError(f"{folds} folds need at least {folds} samples, the dataset has "
                             f"{self.data.splittable_count}: lower --folds")
         name = self.config["run"]["name"]
         cv_id = uuid.uuid4().hex[:12]

@@ -6,6 +6,7 @@ Both use MLflow's own schema, so one set of queries serves both. Never one call 
 from __future__ import annotations
 
 import io
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -13,6 +14,8 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from segtrack import ConfigError
+from segtrack.tracking_uri import redact
+from segtrack_analytics.errors import NoStore, StoreError, StoreUnreachable
 from segtrack_analytics.tables import KEY_VALUE, METRIC, RUN_INDEX, RunDetails, conform
 
 CHUNK = 500  # run ids per IN (...) list
@@ -30,6 +33,10 @@ DETAIL_SQL = {
     "metrics": "SELECT run_uuid AS run_id, key, step, value, timestamp, is_nan FROM metrics WHERE {runs}",
 }
 SCHEMAS = {"params": KEY_VALUE, "tags": KEY_VALUE, "latest": METRIC, "metrics": METRIC}
+MLFLOW_TABLES = ("experiments", "runs", "params", "tags", "metrics", "latest_metrics")
+TABLES_SQL = {"sqlite": "SELECT name FROM sqlite_master WHERE type = 'table'",
+              "postgresql": "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = current_schema()"}
+PG_CONNECT_TIMEOUT = 10  # seconds; libpq waits forever by default
 
 
 def _quote(values: Sequence[str]) -> str:
@@ -45,14 +52,22 @@ class SqlSource:
         if self.kind == "sqlite":
             self.path = Path(uri[len("sqlite:///"):])
             if not self.path.is_file():
-                raise ConfigError(f"no MLflow store at {self.path}: train first (make train), or pass --tracking-uri")
+                raise NoStore(f"no MLflow store at {self.path}: train first (make train), or pass --tracking-uri")
 
     def _fetch(self, sql: str) -> pa.Table:
         if self.kind == "sqlite":
             return _sqlite_arrow(self.path, sql)
         return _postgres_arrow(self.uri, sql)
 
+    def _require_mlflow_tables(self) -> None:
+        missing = set(MLFLOW_TABLES) - set(self._fetch(TABLES_SQL[self.kind]).column("name").to_pylist())
+        if missing:
+            store = self.path if self.kind == "sqlite" else redact(self.uri)
+            raise StoreError(f"{store} is a database but not an MLflow store (no table {', '.join(sorted(missing))}): "
+                             f"pass the database MLflow tracks runs in as --tracking-uri")
+
     def run_index(self, experiments: Sequence[str] | None) -> pa.Table:
+        self._require_mlflow_tables()
         where = f"AND e.name IN ({_quote(experiments)})" if experiments else ""
         return conform(self._fetch(RUN_INDEX_SQL.format(experiment_filter=where)), RUN_INDEX)
 
@@ -84,19 +99,33 @@ def _bools(table: pa.Table) -> pa.Table:
 
 
 def _sqlite_arrow(path: Path, sql: str) -> pa.Table:
-    uri = f"file:{path.resolve()}?mode=ro"
+    """Read-only; the path is percent-encoded, else a '?' or '#' in it would end the file name
+    and SQLite would create another file."""
+    uri = path.resolve().as_uri() + "?mode=ro"
     try:
         import adbc_driver_sqlite.dbapi as adbc
     except ImportError:
-        return _sqlite3_arrow(uri, sql)
+        adbc = None
+    try:
+        return _adbc_arrow(adbc, uri, sql) if adbc else _sqlite3_arrow(uri, sql)
+    except (sqlite3.Error, *((adbc.Error,) if adbc else ())) as exc:
+        raise _sqlite_error(path, exc) from None
+
+
+def _sqlite_error(path: Path, exc: Exception) -> StoreError:
+    cause = _first_line(exc).rpartition("[SQLite] ")[2].removeprefix("Failed to prepare query: ")  # ADBC's prefix
+    if "not a database" in cause:
+        return StoreError(f"{path} is not an SQLite database: pass an MLflow store as --tracking-uri sqlite:///PATH")
+    return StoreError(f"cannot read the SQLite store {path} ({cause}): check the file, or pass another --tracking-uri")
+
+
+def _adbc_arrow(adbc, uri: str, sql: str) -> pa.Table:
     with adbc.connect(uri) as con, con.cursor() as cur:
         cur.execute(sql)
         return cur.fetch_arrow_table()
 
 
 def _sqlite3_arrow(uri: str, sql: str) -> pa.Table:
-    import sqlite3
-
     con = sqlite3.connect(uri, uri=True)
     try:
         cur = con.execute(sql)
@@ -115,14 +144,17 @@ def _postgres_arrow(uri: str, sql: str) -> pa.Table:
         raise ConfigError("reading a PostgreSQL MLflow store needs psycopg2: pip install 'segtrack-analytics[postgres]'") from None
     import pyarrow.csv as pacsv
 
-    parts = urlsplit(uri)
-    dsn = uri.replace(parts.scheme + "://", "postgresql://", 1)
-    con = psycopg2.connect(dsn)
+    con = _postgres_connect(psycopg2, uri)
     try:
         con.set_session(readonly=True)
         buffer = io.BytesIO()
         with con.cursor() as cur:
             cur.copy_expert(f"COPY ({sql}) TO STDOUT WITH CSV HEADER", buffer)
+    except psycopg2.OperationalError as exc:  # the server went away during the read
+        raise StoreUnreachable(f"the PostgreSQL store {redact(uri)}", _first_line(exc)) from None
+    except psycopg2.Error as exc:
+        raise StoreError(f"cannot read the PostgreSQL store {redact(uri)} ({_first_line(exc)}): "
+                         f"check the database, or pass another --tracking-uri") from None
     finally:
         con.close()
     buffer.seek(0)
@@ -138,3 +170,19 @@ def _postgres_arrow(uri: str, sql: str) -> pa.Table:
 
         table = table.set_column(table.column_names.index("value"), "value", pc.cast(table.column("value"), pa.float64()))
     return table
+
+
+def _postgres_connect(psycopg2, uri: str):
+    dsn = uri.replace(urlsplit(uri).scheme + "://", "postgresql://", 1)
+    timeout = {} if "connect_timeout" in dsn else {"connect_timeout": PG_CONNECT_TIMEOUT}
+    try:
+        return psycopg2.connect(dsn, **timeout)
+    except psycopg2.OperationalError as exc:  # down, wrong port, no such database or user, bad password
+        raise StoreUnreachable(f"the PostgreSQL store {redact(uri)}", _first_line(exc),
+                               "start PostgreSQL, or pass the right --tracking-uri") from None
+
+
+def _first_line(exc: Exception) -> str:
+    """The driver's message without its connection preamble or follow-up lines."""
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return lines[0].rpartition(" failed: ")[2].removeprefix("FATAL:").strip()

@@ -6,17 +6,24 @@ import json
 import urllib.error
 import urllib.request
 
-from segtrack.tracking_uri import auth_header
+from segtrack.tracking_uri import MASK, auth_header, redact, split_credentials
 
 
 def probe_http(uri: str, username: str = "", password: str = "", timeout: float = 3.0) -> str:
-    """Returns "ok", "unauthorized" or "unreachable: <why>"."""
+    """Returns "ok", "unauthorized" or "unreachable: <why>".
+
+    Credentials in the URI (``http://user:password@host:port``) are sent as basic auth, never as
+    part of the host name; else the arguments, else MLFLOW_TRACKING_USERNAME/PASSWORD or _TOKEN.
+    """
+    bare, uri_username, uri_password = split_credentials(uri)
+    if uri_password and uri_password != MASK:
+        username, password = uri_username, uri_password
     request = urllib.request.Request(
-        uri.rstrip("/") + "/api/2.0/mlflow/experiments/search",
+        bare.rstrip("/") + "/api/2.0/mlflow/experiments/search",
         data=json.dumps({"max_results": 1}).encode(), method="POST",
         headers={"Content-Type": "application/json"},
     )
-    header = auth_header(username, password)
+    header = auth_header(username or uri_username, password)
     if header:
         request.add_header("Authorization", header)
     try:
@@ -27,5 +34,5 @@ def probe_http(uri: str, username: str = "", password: str = "", timeout: float 
         if exc.code in (401, 403):
             return "unauthorized"
         return "ok" if exc.code < 500 else f"unreachable: HTTP {exc.code}"
-    except (urllib.error.URLError, OSError) as exc:
-        return f"unreachable: {getattr(exc, 'reason', exc)}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return f"unreachable: {redact(str(getattr(exc, 'reason', exc)))}"
