@@ -63,3 +63,19 @@ def test_records_are_frozen():
     for obj in vars(records).values():
         if dataclasses.is_dataclass(obj):
             assert obj.__dataclass_params__.frozen, obj.__name__
+
+
+def test_every_hook_name_the_code_calls_is_a_hookspec():
+    """Hook calls are by name: a misspelled name anywhere in the core or a first-party plugin fails here."""
+    import re
+    from pathlib import Path
+
+    from segtrack.plugins import hook_names
+
+    root = Path(__file__).resolve().parents[1]
+    sources = [*root.glob("src/segtrack/*.py"), *root.glob("plugins/*/src/*/*.py")]
+    pattern = re.compile(r"\b(?:call|call_all_ranks|call_bounded|collect|has_implementations)\(\s*\"(\w+)\"|"
+                         r"\bcall_one\(\s*\w+,\s*\"(\w+)\"")
+    called = {name for path in sources for match in pattern.finditer(path.read_text()) for name in match.groups() if name}
+    assert len(called) >= 15, called
+    assert called <= set(hook_names()), called - set(hook_names())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import threading
 import traceback
@@ -100,6 +101,8 @@ class PluginManager:
     def _implementations(self, hook: str) -> list[tuple[str, Any, tuple[str, ...]]]:
         impls = self._impls.get(hook)
         if impls is None:
+            if hook not in _hook_set():
+                raise ValueError(f"segtrack called {hook!r}, which is not a hook in segtrack.hookspecs")
             caller = getattr(self.pm.hook, hook)
             # pluggy's order: last registered first, tryfirst/trylast respected
             impls = [(i.plugin_name, i.function, tuple(i.argnames)) for i in reversed(caller.get_hookimpls())]
@@ -288,6 +291,11 @@ def _core_version() -> str:
     from segtrack import __version__
 
     return __version__
+
+
+@functools.cache
+def _hook_set() -> frozenset[str]:
+    return frozenset(hook_names())
 
 
 def hook_names() -> list[str]:

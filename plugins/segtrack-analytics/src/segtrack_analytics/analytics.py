@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from segtrack import ConfigError
 from segtrack.tracking_uri import resolve_tracking_uri
 from segtrack_analytics.cache import RunCache, changed_runs, merge
 
+log = logging.getLogger("segtrack.analytics")
 DEFAULT_CACHE_DIR = ".segtrack/analytics"
 # MLflow's SQL stores keep NaN as 0 with is_nan = 1 and clamp +-inf to the largest double.
 # isnan first: DuckDB orders NaN above every number, so NaN >= max would read as +inf.
@@ -90,10 +92,16 @@ class RunAnalytics:
             if not dropped_ids and not any(rid in cached_ids for rid in reread_ids):
                 added = fresh  # only new runs: the cache grows by a delta file
         if cache and (cached is None or reread or dropped):
-            cache.save(index, details, added)
+            _save(cache, index, details, added)
         self._build(index, details)
         return LoadStats(index.num_rows, details.metrics.num_rows, reread, dropped, cached is not None,
                          time.perf_counter() - started)
+
+    def experiment_run_counts(self) -> dict[str, int]:
+        """Runs per active experiment of the store, most runs first (experiments without runs left out)."""
+        index = make_source(self.tracking_uri).run_index(None)
+        counts = index.group_by("experiment").aggregate([("run_id", "count")]).to_pylist()
+        return {c["experiment"]: c["run_id_count"] for c in sorted(counts, key=lambda c: -c["run_id_count"])}
 
     def _build(self, index: pa.Table, details) -> None:
         con = self.con
@@ -189,6 +197,15 @@ class RunAnalytics:
             f"SELECT count(*), count(*) FILTER (WHERE {column} {better} ?) FROM runs "
             f"WHERE {column} IS NOT NULL AND NOT isnan({column})", [value]).fetchone()
         return ahead + 1, total
+
+
+def _save(cache: RunCache, index: pa.Table, details, added) -> None:
+    """The cache only saves time: a folder that cannot be written costs a warning, not the answer."""
+    try:
+        cache.save(index, details, added)
+    except OSError as exc:
+        log.warning("analytics: cannot write the cache in %s (%s): set analytics.cache_dir to a writable folder",
+                    cache.folder.parent, exc.strerror or exc)
 
 
 def _empty():

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+from segtrack import ConfigError
+from segtrack.tracking_uri import redact
 from segtrack_analytics.render import FORMATS
 
 
@@ -34,7 +35,7 @@ def add_commands(subparsers) -> None:
     top.add_argument("--mode", choices=("max", "min"), default="max")
     plot = command("plot", "learning curves of a metric as a PNG", _plot)
     plot.add_argument("--metric", required=True)
-    plot.add_argument("--out", default="learning-curves.png", help="PNG file to write")
+    plot.add_argument("--out", default="learning-curves.png", help="image file to write (.png, .svg or .pdf)")
 
 
 def _load(args, settings):
@@ -46,8 +47,18 @@ def _load(args, settings):
     experiment = args.experiment or default_experiment(settings)
     stats = analytics.load_experiment_runs(None if experiment == "all" else experiment, full=args.full_refresh)
     if stats.runs == 0:
-        print(f"no runs in experiment {experiment!r} at {analytics.tracking_uri}", file=sys.stderr)
+        raise ConfigError(_no_runs(analytics, experiment))
     return analytics
+
+
+def _no_runs(analytics, experiment: str) -> str:
+    """Which experiments do hold runs, and how to pick one."""
+    store = redact(analytics.tracking_uri)
+    counts = analytics.experiment_run_counts()
+    if not counts:
+        return f"no runs at {store} yet: train first, or pass the --tracking-uri of a store with runs"
+    found = ", ".join(f"{name!r} ({n} run{'s' if n != 1 else ''})" for name, n in counts.items())
+    return f"no runs in experiment {experiment!r} at {store}, which has {found}: choose one with --experiment NAME, or all"
 
 
 def _print(table, args) -> None:
@@ -76,7 +87,7 @@ def _top(args, settings):
 
 
 def _plot(args, settings):
-    from segtrack_analytics.plot import plot_learning_curves
+    from segtrack_analytics.plot import check_out, plot_learning_curves
 
-    path = plot_learning_curves(_load(args, settings), args.metric, Path(args.out))
-    print(f"wrote {path}")
+    out = check_out(Path(args.out))  # before the store is read: a bad --out fails at once
+    print(f"wrote {plot_learning_curves(_load(args, settings), args.metric, out)}")

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
+
+from segtrack import ConfigError
+
+SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def plot_learning_curves(analytics, metric: str, out: Path, title: str | None = None) -> Path:
@@ -13,13 +19,12 @@ def plot_learning_curves(analytics, metric: str, out: Path, title: str | None = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    out = check_out(Path(out))
     key = metric.removeprefix("metrics.")
     rows = analytics.con.execute(
         "SELECT m.run_id, r.run_name, r.parent_run_id, m.step, m.value FROM metrics m JOIN runs r USING (run_id) "
         "WHERE m.key = ? ORDER BY r.start_time, m.run_id, m.step, m.timestamp", [key]).fetchall()
     if not rows:
-        from segtrack import ConfigError
-
         raise ConfigError(f"no run has a history of {key!r}: pick a metric from "
                           f"{', '.join(c[8:] for c in analytics.columns if c.startswith('metrics.'))}")
     curves: dict[str, dict] = {}
@@ -53,8 +58,30 @@ def plot_learning_curves(analytics, metric: str, out: Path, title: str | None = 
     if labels:
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        _save(fig, out)
+    finally:
+        plt.close(fig)
     return out
+
+
+def check_out(out: Path) -> Path:
+    """``out`` if a plot can be written there: a file name with a supported extension."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder: name the image file, e.g. --out {out / 'learning-curves.png'}")
+    if out.suffix.lower() not in SUFFIXES:
+        raise ConfigError(f"--out {out} names no supported image type: end it in {', '.join(SUFFIXES)}")
+    return out
+
+
+def _save(fig, out: Path) -> None:
+    """Through a temporary file beside ``out``: a failed write leaves no partial image."""
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, format=out.suffix[1:].lower())
+        os.replace(tmp, out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise ConfigError(f"cannot write --out {out} ({exc.strerror or exc}): pass a path in a folder you can write to") from None

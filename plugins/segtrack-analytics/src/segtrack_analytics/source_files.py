@@ -10,7 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 
-from segtrack import ConfigError
+from segtrack_analytics.errors import NoStore
 from segtrack_analytics.tables import KEY_VALUE, METRIC, RUN_INDEX, RunDetails
 from segtrack_analytics.source_rest import _table
 
@@ -43,7 +43,7 @@ class FileSource:
         parts = urlsplit(uri)
         self.root = Path(unquote(parts.path if parts.scheme == "file" else uri))
         if not self.root.is_dir():
-            raise ConfigError(f"no MLflow file store at {self.root}: pass the mlruns folder as --tracking-uri file:PATH")
+            raise NoStore(f"no MLflow file store at {self.root}: pass the mlruns folder as --tracking-uri file:PATH")
         self._folders: dict[str, Path] = {}
 
     def run_index(self, experiments: Sequence[str] | None) -> pa.Table:

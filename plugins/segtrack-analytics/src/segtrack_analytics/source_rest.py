@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from segtrack import ConfigError
 from segtrack.tracking_uri import auth_header
+from segtrack_analytics.errors import StoreError, StoreUnreachable
 from segtrack_analytics.tables import KEY_VALUE, METRIC, RUN_INDEX, RunDetails
 
 PAGE = 1000
@@ -41,10 +42,12 @@ class RestSource:
             if exc.code in (401, 403):
                 raise ConfigError(f"{self.base} rejected the credentials: set MLFLOW_TRACKING_USERNAME and "
                                   f"MLFLOW_TRACKING_PASSWORD") from None
-            raise ConfigError(f"{self.base}{path} answered HTTP {exc.code}: {exc.read()[:300]!r}") from None
+            if exc.code == 404:
+                raise StoreError(f"{self.base} is not an MLflow tracking server (HTTP 404 on {path}): "
+                                 f"pass the server's address as --tracking-uri") from None
+            raise StoreError(f"{self.base}{path} answered HTTP {exc.code}: {exc.read()[:300]!r}") from None
         except (urllib.error.URLError, OSError) as exc:
-            raise ConfigError(f"cannot reach the tracking server {self.base} ({getattr(exc, 'reason', exc)}): "
-                              f"start it or pass another --tracking-uri") from None
+            raise StoreUnreachable(f"the tracking server {self.base}", str(getattr(exc, "reason", exc))) from None
 
     def _experiments(self, names: Sequence[str] | None) -> dict[str, str]:
         found, token = {}, None

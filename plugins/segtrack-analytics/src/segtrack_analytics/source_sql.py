@@ -63,8 +63,9 @@ class SqlSource:
         missing = set(MLFLOW_TABLES) - set(self._fetch(TABLES_SQL[self.kind]).column("name").to_pylist())
         if missing:
             store = self.path if self.kind == "sqlite" else redact(self.uri)
-            raise StoreError(f"{store} is a database but not an MLflow store (no table {', '.join(sorted(missing))}): "
-                             f"pass the database MLflow tracks runs in as --tracking-uri")
+            raise StoreError(f"{store} is a database but not an MLflow store (it lacks the table"
+                             f"{'s' if len(missing) > 1 else ''} {', '.join(sorted(missing))}): pass the database "
+                             f"MLflow tracks runs in as --tracking-uri")
 
     def run_index(self, experiments: Sequence[str] | None) -> pa.Table:
         self._require_mlflow_tables()

@@ -33,7 +33,8 @@ class MlflowPlugin:
 
     def __init__(self):
         self.section: dict = {}
-        self.tracking_uri = ""
+        self.tracking_uri = ""  # as shown and spooled: password masked
+        self._uri = ""  # as given: handed to MLflow, never printed nor written
         self.experiment = ""
         self.secret_keys: frozenset[str] = frozenset()
         self.spool: Spool | None = None
@@ -58,16 +59,15 @@ class MlflowPlugin:
         from segtrack.config import secret_keys
 
         self.section = mlflow_section(settings)
-        self.tracking_uri = resolve_tracking_uri(None, settings)
+        self._uri = resolve_tracking_uri(None, settings)
+        self.tracking_uri = redact(self._uri)
         self.experiment = self.section["experiment"] or settings.get("run", {}).get("experiment") or "segtrack"
         self.secret_keys = secret_keys()
-        if self.section["username"]:
-            os.environ["MLFLOW_TRACKING_USERNAME"] = self.section["username"]
-        if self.section["password"]:
-            os.environ["MLFLOW_TRACKING_PASSWORD"] = self.section["password"]
+        store.use_credentials(self.section["username"], self.section["password"])
         if os.environ.get("RANK", "0") == "0":
+            store.check_sqlite_store(self._uri)
             self._check_spool_dir()
-            if is_remote(self.tracking_uri):
+            if is_remote(self._uri):
                 self._check_server()
 
     def _check_spool_dir(self) -> None:
@@ -90,12 +90,13 @@ class MlflowPlugin:
     def _check_server(self) -> None:
         from segtrack_mlflow.probe import probe_http
 
-        outcome = probe_http(self.tracking_uri, timeout=min(5.0, self.section["request_timeout"]))
-        shown = redact(self.tracking_uri)
+        outcome = probe_http(self._uri, timeout=min(5.0, self.section["request_timeout"]))
+        shown = self.tracking_uri
         if outcome == "unauthorized":
             raise ConfigError(
                 f"MLflow server {shown} rejected the credentials: set MLFLOW_TRACKING_USERNAME and "
-                f"MLFLOW_TRACKING_PASSWORD (or mlflow.username and mlflow.password in configs/.secrets.toml)"
+                f"MLFLOW_TRACKING_PASSWORD (or mlflow.username and mlflow.password in configs/.secrets.toml, "
+                f"or user:password@ in the tracking URI)"
             )
         if outcome != "ok":
             if self.section["offline"] == "fail":
@@ -119,7 +120,7 @@ class MlflowPlugin:
 
         if self._shipper is None:
             store.configure_http(self.section["request_timeout"])
-            self._shipper = Shipper()
+            self._shipper = Shipper(store.Clients(self._uri))
         self._shipper.add(spool)
         return self._shipper
 
@@ -129,7 +130,7 @@ class MlflowPlugin:
                                     "run_name": run_name, "parent": parent.local_id if parent else None})
         spool.append({"t": "create", "experiment": self.experiment, "run_name": run_name, "tags": tags,
                       "parent": parent.local_id if parent else None, "ts": _now_ms(),
-                      "artifact_location": local_artifact_root(self.tracking_uri)})
+                      "artifact_location": local_artifact_root(self._uri)})
         return spool
 
     def _log_params(self, spool: Spool, config) -> None:
@@ -254,7 +255,7 @@ class MlflowPlugin:
             "MLflow run %r is not fully sent after %.0f s (%s): %s still spooled in %s. They are kept on disk; "
             "send them with `segtrack mlflow sync` once %s is reachable",
             spool.meta["run_name"], self.section["drain_timeout"], self._shipper.last_error or "still sending",
-            what, spool.folder, redact(self.tracking_uri))
+            what, spool.folder, self.tracking_uri)
 
     # -- state in checkpoints -------------------------------------------------------------------
 
