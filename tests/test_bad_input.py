@@ -86,7 +86,7 @@ CASES = [
     ("resume_folder", ["train", "--resume", "folder", *_sets()], ["checkpoint 'folder' is a folder", "folder/last.pt"]),
     ("config_folder", ["train", "--config", "folder", *_sets()], ["config file 'folder' is a folder"]),
     ("zero_folds", ["cv", "--folds", "0", *_sets()], ["--folds 0 is invalid"]),
-    ("infinite_lr", ["train", *_sets("train.lr=inf")], ["train.lr = inf is invalid: a finite number is needed"]),
+    ("infinite_lr", ["train", *_sets("train.lr=inf")], ["train.lr = inf is invalid", "a number > 0"]),
     ("nan_weight", ["train", *_sets("train.dice_weight=nan")], ["train.dice_weight = nan is invalid"]),
     ("run_name_path", ["train", *_sets("run.name='../../escaped'")], ["run.name = '../../escaped' is invalid",
                                                                      "a path is refused"]),

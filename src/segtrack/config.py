@@ -15,6 +15,7 @@ from dynaconf import Dynaconf
 from dynaconf.utils.parse_conf import parse_conf_data
 
 from segtrack.errors import ConfigError
+from segtrack.schema import Setting
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
 PROJECT_FILE = Path("configs") / "settings.toml"
@@ -213,29 +214,14 @@ def plain(value: Any) -> Any:
 
 def validate(config: Mapping[str, Any]) -> None:
     """Check every core key's type and range, and reject unknown keys in core sections."""
+    from segtrack.schema import dynaconf_of
+    from segtrack.schema import validate as check_schema
+
     problems = []
-    for section in CORE_SECTIONS:
-        given = config.get(section, {})
-        if not isinstance(given, Mapping):
-            problems.append(f"{section}: expected a table of settings, got {given!r}")
-            continue
-        known = [k.split(".", 1)[1] for k in SCHEMA if k.startswith(section + ".")]
-        for key in given:
-            if key not in known:
-                hint = difflib.get_close_matches(key, known, n=1)
-                fix = f"did you mean {section}.{hint[0]}?" if hint else f"known keys: {', '.join(known)}"
-                problems.append(f"{section}.{key}: unknown setting ({fix})")
-    for dotted, (types, check, allowed) in SCHEMA.items():
-        section, key = dotted.split(".", 1)
-        value = config.get(section, {}).get(key, _MISSING) if isinstance(config.get(section), Mapping) else _MISSING
-        if value is _MISSING:
-            problems.append(f"{dotted}: missing (allowed: {allowed})")
-            continue
-        wrong_type = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
-        if isinstance(value, float) and not math.isfinite(value):
-            problems.append(f"{dotted} = {value!r} is invalid: a finite number is needed (allowed is {allowed})")
-        elif wrong_type or (check is not None and not check(value)):
-            problems.append(f"{dotted} = {value!r} is invalid: allowed is {allowed}")
+    try:
+        check_schema(dynaconf_of(config), CORE_SCHEMA, sorted(CORE_SECTIONS))
+    except ConfigError as exc:
+        problems = str(exc).split("\n  ")[1:]
     data = config.get("data", {})
     crop, dims = data.get("crop"), data.get("dims")
     if isinstance(crop, list) and isinstance(dims, int) and len(crop) != dims:
@@ -247,6 +233,19 @@ def validate(config: Mapping[str, Any]) -> None:
                         f"per class, background first, or []")
     if problems:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+
+
+def _typed(types: tuple[type, ...], check: Any):
+    """A schema check from the table's (allowed types, range check) pair; bool is not an int."""
+    def ok(value: Any) -> bool:
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            return False
+        return check is None or bool(check(value))
+
+    return ok
+
+
+CORE_SCHEMA = [Setting(key, allowed, _typed(types, check)) for key, (types, check, allowed) in SCHEMA.items()]
 
 
 _MISSING = object()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from segtrack import hookimpl
+from segtrack import ConfigError, hookimpl
 
 log = logging.getLogger("segtrack.analytics")
 
@@ -29,12 +29,24 @@ class AnalyticsPlugin:
 
         add_commands(subparsers)
 
-    def _analytics(self):
+    def _analytics(self, purpose: str, command: str):
+        """The experiment's runs, or None when the store cannot be read: one warning line then, never
+        a plugin failure (an unreachable store is not a bug of this plugin, and the fit succeeded)."""
         from segtrack_analytics.analytics import RunAnalytics
+        from segtrack_analytics.errors import NoStore, StoreUnreachable
         from segtrack_analytics.settings import default_experiment
 
-        analytics = RunAnalytics(None, self.settings, cache_dir=self.section["cache_dir"])
-        analytics.load_experiment_runs(default_experiment(self.settings))
+        try:
+            analytics = RunAnalytics(None, self.settings, cache_dir=self.section["cache_dir"])
+            analytics.load_experiment_runs(default_experiment(self.settings))
+        except NoStore:
+            return None  # no tracking plugin wrote a store: nothing to compare with
+        except StoreUnreachable as exc:
+            log.warning("analytics: cannot %s: %s; `%s` works once the store is back", purpose, exc.reason, command)
+            return None
+        except ConfigError as exc:
+            log.warning("analytics: cannot %s: %s", purpose, exc)
+            return None
         return analytics
 
     # trylast: read the store after the tracking plugin's own fit_end has flushed this run
@@ -42,12 +54,11 @@ class AnalyticsPlugin:
     def fit_end(self, run, result):
         if not self.section.get("rank_at_fit_end") or result.best_epoch < 0 or run.fold is not None:
             return
-        analytics = self._analytics()
-        mode = run.config["checkpoint"]["mode"]
         metric = f"best_{result.monitor}"
-        if f"metrics.{metric}" not in analytics.columns:
+        analytics = self._analytics("rank this run", f"segtrack runs top --metric {metric}")
+        if analytics is None or f"metrics.{metric}" not in analytics.columns:
             return  # nothing tracked this metric (no tracking plugin, or it could not ship yet)
-        rank, total = analytics.rank_of(metric, result.best_value, mode)
+        rank, total = analytics.rank_of(metric, result.best_value, run.config["checkpoint"]["mode"])
         sys.stderr.write(f"analytics: this run ranks {rank} of {total} in the experiment on {metric} "
                          f"({result.best_value:.4f}; `segtrack runs top --metric {metric}` lists the best)\n")
 
@@ -57,9 +68,9 @@ class AnalyticsPlugin:
             return
         from segtrack_analytics.render import render
 
-        analytics = self._analytics()
-        metric = "best_val_dice" if "metrics.best_val_dice" in analytics.columns else None
-        if metric is None:
+        metric = "best_val_dice"
+        analytics = self._analytics("summarise the experiment", f"segtrack runs summary --metric {metric}")
+        if analytics is None or f"metrics.{metric}" not in analytics.columns:
             return
-        sys.stderr.write("analytics: cross-fold summary of the experiment on best_val_dice\n"
+        sys.stderr.write(f"analytics: cross-fold summary of the experiment on {metric}\n"
                          + render(analytics.cross_fold_summary(metric)) + "\n")

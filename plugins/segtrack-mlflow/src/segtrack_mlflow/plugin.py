@@ -13,7 +13,7 @@ from segtrack.records import thaw
 
 from segtrack_mlflow import store
 from segtrack_mlflow.settings import mlflow_section
-from segtrack_mlflow.spool import Spool
+from segtrack_mlflow.spool import Spool, SpoolCorrupt
 from segtrack_mlflow.uri import is_remote, local_artifact_root, redact, resolve_tracking_uri
 
 log = logging.getLogger("segtrack.mlflow")
@@ -170,19 +170,28 @@ class MlflowPlugin:
             tags.update({"segtrack.fold": str(run.fold), "segtrack.num_folds": str(run.num_folds),
                          "segtrack.cv_id": run.cv_id or ""})
         folder = Path(self.resume_state["spool"]) if self.resume_state else None
-        if folder is not None and (folder / "meta.json").is_file():
+        self.spool = self._reopen(folder) if folder is not None else None
+        if self.spool is not None:
             # resumed: the same run, params already logged, steps already spooled are skipped
-            self.spool = Spool(folder)
             self.spool.append({"t": "status", "status": "RUNNING", "ts": _now_ms()})
             self.spool.append({"t": "tags", "tags": {**tags, "segtrack.resumed_from": run.resumed_from or ""}})
         else:
-            if folder is not None:
-                log.warning("spool %s of the resumed run is gone: logging into a new MLflow run", folder)
             parent = self.parent if (run.cv_id and run.cv_id == self.parent_cv_id) else None
             self.spool = self._new_spool(run.run_name, tags, parent)
             self._log_params(self.spool, run.config)
         self._every = self.section["log_every_n_steps"]
         self._shipper_for(self.spool)
+
+    def _reopen(self, folder: Path) -> Spool | None:
+        """The resumed run's spool; None (a new run, said why) when it is gone or unreadable."""
+        if not (folder / "meta.json").is_file():
+            log.warning("spool %s of the resumed run is gone: logging into a new MLflow run", folder)
+            return None
+        try:
+            return Spool(folder)
+        except SpoolCorrupt as exc:
+            log.warning("%s; meanwhile this fit logs into a new MLflow run", exc)
+            return None
 
     @hookimpl
     def train_batch_end(self, step):

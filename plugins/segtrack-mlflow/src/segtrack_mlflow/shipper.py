@@ -9,7 +9,8 @@ import threading
 import time
 
 from segtrack_mlflow import store
-from segtrack_mlflow.spool import Pending, Spool, SpoolBusy, read_meta
+from segtrack_mlflow.spool import Pending, Spool, SpoolBusy, SpoolCorrupt, read_meta
+from segtrack_mlflow.uri import redact
 
 log = logging.getLogger("segtrack.mlflow")
 BATCHED = ("metric", "params", "tags")
@@ -19,8 +20,9 @@ class WaitingForParent(Exception):
     """A child run cannot be created before its parent run exists."""
 
 
-def ship(spool: Spool, clients: dict, spools_by_id: dict[str, Spool] | None = None, wait: float = 0.0) -> int:
-    """Send every complete pending record of ``spool``; returns how many were sent.
+def ship(spool: Spool, clients: store.Clients, spools_by_id: dict[str, Spool] | None = None, wait: float = 0.0) -> int:
+    """Send every complete pending record of ``spool`` through ``clients`` (by the spool's tracking
+    URI); returns how many were sent.
 
     Holds the spool's ship lock throughout (SpoolBusy when another sender keeps it past ``wait``
     seconds): a fit's shipper and `segtrack mlflow sync` never send the same records, nor create
@@ -32,31 +34,29 @@ def ship(spool: Spool, clients: dict, spools_by_id: dict[str, Spool] | None = No
         return _ship_locked(spool, clients, spools_by_id or {})
 
 
-def _ship_locked(spool: Spool, clients: dict, spools_by_id: dict[str, Spool]) -> int:
-    uri = spool.meta["tracking_uri"]
-    client = clients.get(uri)
-    if client is None:
-        client = clients[uri] = store.client(uri)
-    items = spool.pending()
-    sent, i = 0, 0
-    while i < len(items):
-        kind = items[i].record["t"]
-        if spool.run_id is None and kind != "create":
-            raise RuntimeError(f"spool {spool.local_id}: records precede the run's creation")
-        try:
-            if kind in BATCHED:
-                j = _batch_end(items, i)
-                _send_batch(client, spool.run_id, [p.record for p in items[i:j]])
-            else:
-                j = i + 1
-                _send_one(client, spool, items[i].record, items[i + 1:], spools_by_id)
-        except Exception as exc:
-            if not store.is_rejected(exc):
-                raise
-            _reject(spool, items[i:j], exc)
-        spool.commit(items[j - 1].end)
-        sent += j - i
-        i = j
+def _ship_locked(spool: Spool, clients: store.Clients, spools_by_id: dict[str, Spool]) -> int:
+    sent = 0
+    while items := spool.pending():  # up to a corrupt line: the next call names it (SpoolCorrupt)
+        client = clients[spool.meta["tracking_uri"]]
+        i = 0
+        while i < len(items):
+            kind = items[i].record["t"]
+            if spool.run_id is None and kind != "create":
+                raise RuntimeError(f"spool {spool.local_id}: records precede the run's creation")
+            try:
+                if kind in BATCHED:
+                    j = _batch_end(items, i)
+                    _send_batch(client, spool.run_id, [p.record for p in items[i:j]])
+                else:
+                    j = i + 1
+                    _send_one(client, spool, items[i].record, items[i + 1:], spools_by_id)
+            except Exception as exc:
+                if not store.is_rejected(exc):
+                    raise
+                _reject(spool, items[i:j], exc)
+            spool.commit(items[j - 1].end)
+            sent += j - i
+            i = j
     return sent
 
 
@@ -132,7 +132,7 @@ def _sibling_run_id(spool: Spool, local_id: str) -> str | None:
     """The MLflow run id recorded by another spool of the same root (None if it has none yet)."""
     try:
         return read_meta(spool.folder.parent / local_id).get("run_id")
-    except (OSError, ValueError):
+    except (OSError, SpoolCorrupt):
         return None
 
 
@@ -140,19 +140,19 @@ def _reject(spool: Spool, items: list[Pending], error: BaseException) -> None:
     """The server refused these records: keep them beside the spool, say so, and move on."""
     with open(spool.folder / "rejected.jsonl", "a") as fh:
         for item in items:
-            fh.write(json.dumps({"record": item.record, "error": str(error)[:500]}) + "\n")
+            fh.write(json.dumps({"record": item.record, "error": redact(str(error))[:500]}) + "\n")
     log.error("MLflow refused %d record(s) of run %s (%s); they are kept in %s",
-              len(items), spool.run_id, str(error).splitlines()[0][:200], spool.folder / "rejected.jsonl")
+              len(items), spool.run_id, redact(str(error).splitlines()[0])[:200], spool.folder / "rejected.jsonl")
 
 
 class Shipper:
     """One background thread per plugin instance, shipping its spools in creation order."""
 
-    def __init__(self, interval: float = 1.0, max_backoff: float = 5.0):
+    def __init__(self, clients: store.Clients, interval: float = 1.0, max_backoff: float = 5.0):
         self.interval, self.max_backoff = interval, max_backoff
         self.spools: dict[str, Spool] = {}
         self.last_error: str | None = None
-        self.clients: dict = {}
+        self.clients = clients
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._lock = threading.Lock()
@@ -181,10 +181,12 @@ class Shipper:
                     self._idle.set()
                 self._wake.wait(self.interval)
             except Exception as exc:  # down or refusing: keep everything, retry later
-                if self.last_error is None:
+                if self.last_error is None and isinstance(exc, SpoolCorrupt):
+                    log.error("%s", exc)
+                elif self.last_error is None:
                     log.warning("MLflow unreachable (%s: %s); spooling locally and retrying",
-                                type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                                type(exc).__name__, redact(str(exc).splitlines()[0])[:200] if str(exc) else "")
+                self.last_error = redact(f"{type(exc).__name__}: {exc}")
                 time.sleep(backoff)
                 backoff = min(self.max_backoff, backoff * 2)
 

@@ -6,6 +6,9 @@ Layout of one spool folder (named by its local id, which sorts by creation time)
     cursor         byte offset in records.jsonl up to which records reached MLflow
     files/         hard links (or copies) of artifacts waiting for upload
     ship.lock      flock held by whoever is sending (a fit's shipper thread or `segtrack mlflow sync`)
+The fit writing records.jsonl holds a shared flock on it, so `segtrack mlflow sync` never cuts a
+record short that a live fit is still writing. meta.json keeps the tracking URI with its password
+masked: the sender takes credentials from the environment or settings (see store.connect_uri).
 """
 
 from __future__ import annotations
@@ -22,13 +25,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from segtrack import SegtrackError
 
-def read_meta(folder: Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / "meta.json").read_text())
+FIX = "move that line out of the file (it cannot be sent) and run `segtrack mlflow sync` again"
 
 
 class SpoolBusy(Exception):
     """Another sender (thread or process) holds this spool's ship lock."""
+
+
+class SpoolCorrupt(SegtrackError):
+    """A spool file cannot be read: the message names the spool, the file, the line and the fix."""
+
+    exit_code = 2
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((Path(folder) / "meta.json").read_text())
+        if isinstance(meta, dict) and "local_id" in meta:
+            return meta
+        why = "no local_id"
+    except ValueError as exc:
+        why = str(exc)
+    raise SpoolCorrupt(f"spool {folder}: meta.json is corrupt ({why}): restore it, or move the folder out of the "
+                       f"spool folder if its run is not needed")
 
 
 @dataclass(frozen=True)
@@ -47,17 +68,24 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 class Spool:
-    def __init__(self, folder: Path):
+    """A spool opened by its writer (a fit: ``writer=True``), or only to be read and shipped
+    (`segtrack mlflow status` and `sync`), which changes nothing on disk by opening it."""
+
+    def __init__(self, folder: Path, writer: bool = True):
         self.folder = Path(folder)
         self.meta: dict[str, Any] = read_meta(self.folder)
         self._lock = threading.Lock()
-        self._repair_tail()
-        self._fd = os.open(self.folder / "records.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = -1
         self._max_steps: dict[str, int] = {}
-        for item in self._read_from(0):
-            if item.record.get("t") == "metric":
+        if not writer:
+            return
+        for item in self._read_all(0):
+            if item.record["t"] == "metric":
                 key, step = item.record["k"], item.record["s"]
                 self._max_steps[key] = max(step, self._max_steps.get(key, step))
+        self._fd = os.open(self.folder / "records.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._repair_tail(self._fd)
+        fcntl.flock(self._fd, fcntl.LOCK_SH)  # held while open: a live writer's tail is never cut
 
     # -- creation -------------------------------------------------------------------------------
 
@@ -70,12 +98,11 @@ class Spool:
         (folder / "records.jsonl").touch()
         return cls(folder)
 
-    @classmethod
-    def all_in(cls, root: Path) -> list[Spool]:
+    @staticmethod
+    def folders_in(root: Path) -> list[Path]:
+        """Every spool folder under ``root``, oldest first."""
         root = Path(root)
-        if not root.is_dir():
-            return []
-        return [cls(p) for p in sorted(root.iterdir()) if (p / "meta.json").is_file()]
+        return sorted(p for p in root.iterdir() if (p / "meta.json").is_file()) if root.is_dir() else []
 
     @property
     def local_id(self) -> str:
@@ -164,7 +191,11 @@ class Spool:
 
     def cursor(self) -> int:
         path = self.folder / "cursor"
-        return int(path.read_text()) if path.is_file() else 0
+        try:
+            return int(path.read_text()) if path.is_file() else 0
+        except ValueError:
+            raise SpoolCorrupt(f"spool {self.folder}: cursor is not a byte offset: delete that file to send "
+                               f"the spool from its start (MLflow ignores points sent twice)") from None
 
     def commit(self, offset: int) -> None:
         _write_atomic(self.folder / "cursor", str(offset))
@@ -176,31 +207,74 @@ class Spool:
         return (self.folder / "records.jsonl").stat().st_size > self.cursor()
 
     def _read_from(self, offset: int, limit: int | None = None) -> list[Pending]:
+        """Complete records from ``offset`` on, up to a corrupt line (SpoolCorrupt if it comes first)."""
         items = []
         with open(self.folder / "records.jsonl", "rb") as fh:
             fh.seek(offset)
             position = offset
             for line in fh:
                 if not line.endswith(b"\n"):
-                    break  # a record still being written
+                    break  # a record still being written, or torn by a crash (torn_line() tells)
+                try:
+                    record = json.loads(line)
+                except ValueError as exc:
+                    record = exc
+                if not isinstance(record, dict) or not isinstance(record.get("t"), str):
+                    if items:
+                        break
+                    why = record if isinstance(record, ValueError) else "not a record object"
+                    raise SpoolCorrupt(f"spool {self.folder}: line {self._line_at(position)} of records.jsonl is "
+                                       f"corrupt ({why}): {FIX}")
                 position += len(line)
-                items.append(Pending(position, json.loads(line)))
+                items.append(Pending(position, record))
                 if limit is not None and len(items) >= limit:
                     break
         return items
 
-    def _repair_tail(self) -> None:
-        """Drop a half-written last line left by a crash, so new records start on a fresh line."""
+    def _line_at(self, offset: int) -> int:
+        with open(self.folder / "records.jsonl", "rb") as fh:
+            return fh.read(offset).count(b"\n") + 1
+
+    def torn_line(self) -> int | None:
+        """The number of an unfinished last line (a crash cut it short, or a fit is writing it)."""
         path = self.folder / "records.jsonl"
-        if not path.is_file():
-            return
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(path, "r+b") as fh:
-                fh.truncate(data.rfind(b"\n") + 1)
+        size = path.stat().st_size if path.is_file() else 0
+        if size == 0:
+            return None
+        with open(path, "rb") as fh:
+            fh.seek(size - 1)
+            return None if fh.read(1) == b"\n" else self._line_at(size)
+
+    def repair_tail(self) -> int | None:
+        """Drop a torn last line left by a crash, unless a fit holds the spool open (it is still
+        writing that line); returns the number of the line dropped. Only senders call this."""
+        if self.torn_line() is None:
+            return None
+        fd = os.open(self.folder / "records.jsonl", os.O_RDWR)
+        try:
+            return self._repair_tail(fd)
+        finally:
+            os.close(fd)
+
+    def _repair_tail(self, fd: int) -> int | None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # a live writer holds it
+        torn = self.torn_line()
+        if torn is not None:
+            with open(self.folder / "records.jsonl", "rb") as fh:
+                os.ftruncate(fd, fh.read().rfind(b"\n") + 1)
+        return torn
+
+    def _read_all(self, offset: int) -> Iterator[Pending]:
+        while items := self._read_from(offset, 20_000):
+            yield from items
+            offset = items[-1].end
 
     def summary(self) -> dict[str, int]:
+        """Unsent records by type (SpoolCorrupt names the first corrupt line)."""
         counts: dict[str, int] = {}
-        for item in self.pending():
+        for item in self._read_all(self.cursor()):
             counts[item.record["t"]] = counts.get(item.record["t"], 0) + 1
         return counts

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from segtrack import ConfigError
-from segtrack.tracking_uri import MASK, is_remote, redact, split_credentials, with_credentials
+from segtrack_mlflow.uri import MASK, is_remote, redact, split_credentials, with_credentials
 
 DEFAULT_REQUEST_TIMEOUT = "10"
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits

@@ -1,0 +1,134 @@
+"""Settings schemas, the core's and each plugin's (``settings_schema`` hook), checked in one pass
+through Dynaconf validators. Every problem is reported together, each as: key, value given, what
+is allowed. Plugin defaults are filled in by the same pass."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from segtrack.errors import ConfigError
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key of a settings section.
+
+    :param key: ``"section.name"``; a plugin's section is the plugin's name.
+    :param allowed: what is allowed, in words (shown in the error).
+    :param check: returns True for a valid value (a non-finite float is always refused).
+    :param default: filled in when the key is not given; without one, the key must be given.
+    :param secret: the value is shown as ``***`` in errors.
+    """
+
+    key: str
+    allowed: str
+    check: Callable[[Any], bool] | None = None
+    default: Any = _REQUIRED
+    secret: bool = False
+
+    @property
+    def section(self) -> str:
+        return self.key.split(".", 1)[0]
+
+
+# -- checks a schema can reuse -----------------------------------------------------------------
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def one_of(*choices: Any) -> Callable[[Any], bool]:
+    """The value is one of ``choices`` (``True`` is not ``1``)."""
+    return lambda value: any(value == c and type(value) is type(c) for c in choices)
+
+
+# -- validation --------------------------------------------------------------------------------
+
+
+def validate(settings: Any, schema: Sequence[Setting], sections: Iterable[str]) -> None:
+    """Check ``sections`` of ``settings`` (a Dynaconf object) against ``schema``; fill defaults.
+
+    Raises one ``ConfigError`` listing every problem: unknown keys (with the closest known one),
+    missing keys, and values their check refuses."""
+    from dynaconf import ValidationError, Validator
+
+    problems = _unknown_keys(settings, schema, sections)
+    validators = [Validator(s.key, condition=_condition(s), messages={"condition": _message(s), "must_exist_true":
+                            f"{{name}}: missing (allowed: {s.allowed})"},
+                            **({"must_exist": True} if s.default is _REQUIRED else {"default": s.default}))
+                  for s in schema]
+    settings.validators.register(*validators)
+    try:
+        settings.validators.validate_all()
+    except ValidationError as exc:
+        problems.extend(message for _, message in exc.details)
+    finally:
+        settings.validators.clear()
+    if problems:
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+
+
+def _condition(setting: Setting) -> Callable[[Any], bool]:
+    def ok(value: Any) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return setting.check is None or bool(setting.check(value))
+
+    return ok
+
+
+def _message(setting: Setting) -> str:
+    shown = "'***'" if setting.secret else "{value!r}"
+    return f"{{name}} = {shown} is invalid: allowed is {_braces(setting.allowed)}"
+
+
+def _braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _unknown_keys(settings: Any, schema: Sequence[Setting], sections: Iterable[str]) -> list[str]:
+    problems = []
+    for section in sections:
+        given = settings.get(section) if hasattr(settings, "get") else None
+        if given is None:
+            continue
+        if not isinstance(given, Mapping):
+            problems.append(f"{section}: expected a table of settings, got {given!r}")
+            continue
+        known = [s.key.split(".", 1)[1] for s in schema if s.section == section]
+        for key in given:
+            key = str(key).lower()
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                fix = f"did you mean {section}.{hint[0]}?" if hint else f"known keys: {', '.join(known)}"
+                problems.append(f"{section}.{key}: unknown setting ({fix})")
+    return problems
+
+
+def dynaconf_of(config: Mapping[str, Any]):
+    """A Dynaconf object holding ``config`` (for settings that arrive as a plain mapping)."""
+    from dynaconf import Dynaconf
+
+    settings = Dynaconf(settings_files=[], environments=False, load_dotenv=False, envvar_prefix=False)
+    for section, values in config.items():
+        settings.set(section, dict(values) if isinstance(values, Mapping) else values)
+    return settings
