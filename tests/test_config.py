@@ -47,3 +47,53 @@ def test_repository_profiles_are_valid(monkeypatch):
 
     for env in ("development", "testing", "production"):
         load_settings(env=env, project_dir=REPO)
+
+
+class _Budget:
+    """A plugin declaring its section through settings_schema."""
+
+    name = "budget"
+
+    def __init__(self):
+        self.seen = None
+
+    from segtrack import hookimpl as _hookimpl
+
+    @_hookimpl
+    def settings_schema(self):
+        from segtrack import Setting
+        from segtrack.schema import is_number, is_str
+
+        return [Setting("budget.minutes", "a number of minutes > 0", lambda v: is_number(v) and v > 0, default=60),
+                Setting("budget.token", "a string", is_str, default="", secret=True)]
+
+    @_hookimpl
+    def settings_loaded(self, settings):
+        self.seen = settings["budget"]
+
+
+def _trainer_with(plugin, settings_factory, *overrides):
+    from segtrack.plugins import get_plugin_manager
+    from segtrack.trainer import SegmentationTrainer
+
+    settings = settings_factory(*overrides)
+    manager = get_plugin_manager(settings, [plugin], autoload=False, disabled=["progress"])
+    return SegmentationTrainer(settings, plugin_manager=manager)
+
+
+def test_a_plugin_schema_fills_defaults_and_hands_one_read_only_mapping(settings_factory):
+    plugin = _Budget()
+    trainer = _trainer_with(plugin, settings_factory)
+    assert dict(plugin.seen) == {"minutes": 60, "token": ""}
+    assert trainer.config["budget"]["minutes"] == 60
+    with pytest.raises(TypeError):
+        plugin.seen["minutes"] = 1  # read-only
+
+
+def test_a_plugin_schema_reports_every_problem_like_the_core(settings_factory):
+    with pytest.raises(ConfigError) as error:
+        _trainer_with(_Budget(), settings_factory, "budget.minutes=-5", "budget.minuts=3", "budget.token=7")
+    message = str(error.value)
+    assert "budget.minutes = -5 is invalid: allowed is a number of minutes > 0" in message
+    assert "budget.minuts: unknown setting (did you mean budget.minutes?)" in message
+    assert "budget.token = '***' is invalid" in message and "7" not in message.split("budget.token")[1][:12]

@@ -10,6 +10,7 @@ from segtrack.plugins import hook_names
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 PINNED = {
+    "settings_schema": [],
     "settings_loaded": ["settings"],
     "cli_commands": ["subparsers"],
     "fit_start": ["trainer", "run"],

@@ -11,7 +11,7 @@ from recorder import Recorder
 from segtrack import PluginHookError, hookimpl
 from segtrack.plugins import hook_names
 
-TRAINING_HOOKS = [h for h in hook_names() if h not in ("cli_commands", "settings_loaded", "load_state_dict",
+TRAINING_HOOKS = [h for h in hook_names() if h not in ("cli_commands", "settings_schema", "settings_loaded", "load_state_dict",
                                                          "cross_validation_start", "cross_validation_end")]
 
 

@@ -17,6 +17,7 @@ from segtrack.errors import (
     PluginLoadError,
     SegtrackError,
 )
+from segtrack.schema import Setting
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "PluginLoadError",
     "SegmentationTrainer",
     "SegtrackError",
+    "Setting",
     "__version__",
     "hookimpl",
     "load_settings",

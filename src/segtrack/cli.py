@@ -95,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "handler", None):
             parser.print_help()
             return 2
+        settings = checked_plugin_settings(settings, manager)
         args.plugin_manager = manager
         code = args.handler(args, settings)
         return 0 if code is None else int(code)
@@ -104,6 +105,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("segtrack: interrupted", file=sys.stderr)
         return 130
+
+
+def checked_plugin_settings(settings, manager):
+    """One read-only mapping of every section, plugin schemas checked and defaults filled in."""
+    from segtrack.config import checked_settings
+    from segtrack.plugins import installed_entry_points
+    from segtrack.records import freeze
+
+    known = set(installed_entry_points()) | set(settings.get("plugins", {}).get("disabled", []))
+    return freeze(checked_settings(settings, manager, known))
 
 
 def _train(args, settings) -> int:

@@ -257,6 +257,36 @@ def _is_target(value: str) -> bool:
                              for part in (module, attr))
 
 
+def checked_settings(settings: Any, manager: Any, known_plugins: Iterable[str] = ()) -> dict[str, Any]:
+    """Settings after the plugins' schemas (``settings_schema``) are checked: a plain dict with
+    plugin defaults filled in. Sections must be core sections or named after a known plugin."""
+    from segtrack.schema import Setting, dynaconf_of
+    from segtrack.schema import validate as check_schema
+
+    store = dynaconf_of(settings) if isinstance(settings, Mapping) else settings
+    config = resolved_dict(store)
+    check_plugin_sections(config, set(manager.names()) | set(known_plugins))
+    schema: list[Setting] = []
+    for plugin, declared in manager.collect("settings_schema").items():
+        for setting in declared:
+            if not isinstance(setting, Setting) or setting.section != plugin:
+                manager.report_failure(plugin, "settings_schema", TypeError(
+                    f"declares {setting!r}: return segtrack.Setting objects keyed '{plugin}.<key>'"))
+                break
+        else:
+            schema.extend(declared)
+    check_schema(store, schema, sorted({s.section for s in schema}))
+    return resolved_dict(store)
+
+
+def secret_settings(manager: Any) -> frozenset[str]:
+    """Dotted keys that plugins declare secret (``Setting(secret=True)``)."""
+    from segtrack.schema import Setting
+
+    return frozenset(s.key for declared in manager.collect("settings_schema").values() for s in declared
+                     if isinstance(s, Setting) and s.secret)
+
+
 def check_plugin_sections(config: Mapping[str, Any], plugin_names: Iterable[str]) -> None:
     """Every non-core section must belong to a known (installed, registered or disabled) plugin."""
     names = set(plugin_names)

@@ -29,13 +29,30 @@ hookspec = pluggy.HookspecMarker("segtrack")
 
 
 @hookspec
+def settings_schema():
+    """Declare this plugin's settings section, checked by segtrack with the core's.
+
+    Fires once per trainer and once per CLI command (on every rank), right after plugins are
+    loaded and before ``settings_loaded``.
+
+    :return: a sequence of ``segtrack.Setting``, keys ``"<plugin name>.<key>"`` (the section is
+        the plugin's entry-point name). segtrack refuses unknown keys in that section, fills in
+        defaults, and reports every problem in one error (key, value given, what is allowed);
+        ``secret=True`` keys are never shown, logged or stored by segtrack.
+    :raises: a raising implementation is reported as this plugin's failure, and its section is
+        then checked by nothing.
+    """
+
+
+@hookspec
 def settings_loaded(settings):
-    """Check this plugin's own settings before any work starts.
+    """Read (and check further) this plugin's settings before any work starts.
 
-    Fires once per trainer (on every rank) after segtrack validated its own sections and before
-    ``fit_start`` or ``cross_validation_start``.
+    Fires once per trainer (on every rank) after segtrack validated its own sections and every
+    declared plugin schema, and before ``fit_start`` or ``cross_validation_start``.
 
-    :param settings: the resolved settings (Dynaconf object); read, do not modify.
+    :param settings: the resolved settings as one read-only mapping (section -> key -> value),
+        plugin defaults filled in from ``settings_schema``.
     :return: ignored.
     :raises segtrack.ConfigError: rejects the settings; this is fatal, propagates to the caller and
         the CLI exits with status 2 before training. Any other exception is isolated as usual.

@@ -128,7 +128,7 @@ def dynaconf_of(config: Mapping[str, Any]):
     """A Dynaconf object holding ``config`` (for settings that arrive as a plain mapping)."""
     from dynaconf import Dynaconf
 
-    settings = Dynaconf(settings_files=[], environments=False, load_dotenv=False, envvar_prefix=False)
+    settings = Dynaconf(settings_files=[], environments=False, load_dotenv=False, loaders=[])  # no env vars
     for section, values in config.items():
         settings.set(section, dict(values) if isinstance(values, Mapping) else values)
     return settings

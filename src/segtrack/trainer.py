@@ -23,7 +23,7 @@ from segtrack import __version__, checkpoint
 from segtrack.config import (
     inference_config,
     METRIC_NAMES,
-    check_plugin_sections,
+    checked_settings,
     class_names,
     ignore_index,
     load_settings,
@@ -94,8 +94,8 @@ class SegmentationTrainer:
         self.hooks = plugin_manager or get_plugin_manager(self.config, plugins, rank=self.dist.rank)
         self.hooks.rank = self.dist.rank
         known = set(self.hooks.names()) | set(installed_entry_points()) | set(self.config["plugins"]["disabled"])
-        check_plugin_sections(self.config, known)
-        self.hooks.call_all_ranks("settings_loaded", settings=settings)
+        self.config = checked_settings(settings, self.hooks, known)
+        self.hooks.call_all_ranks("settings_loaded", settings=freeze(self.config))
 
         self.device = _resolve_device(self.config["train"]["device"], self.dist)
         amp = self.config["train"]["amp"]

@@ -11,6 +11,11 @@ TINY = [
 ]
 
 
+def cli_sets(uri: str, *extra: str) -> list[str]:
+    """``--set`` arguments for a tiny fit tracked at ``uri``, plus ``extra`` settings."""
+    return [a for s in [*TINY, f"mlflow.tracking_uri='{uri}'", *extra] for a in ("--set", s)]
+
+
 def populate(uri: str, experiment: str = "synthetic", runs: int = 6, parent: bool = True) -> list[str]:
     """Runs shaped like segtrack's: params, tags (fold, parent), 3 metrics x 4 steps, one NaN and
     one inf value; the last run stays RUNNING. Returns the run ids."""

@@ -7,51 +7,47 @@ import io
 import json
 
 import pytest
-from analytics_helpers import TINY, populate
+from analytics_helpers import cli_sets, populate
 from PIL import Image
 
 from segtrack.cli import main
 
 
-def _sets(uri: str, *extra: str) -> list[str]:
-    return [a for s in [*TINY, f"mlflow.tracking_uri='{uri}'", *extra] for a in ("--set", s)]
-
-
 def test_train_and_cv_then_summary_top_list_and_plot(sqlite_uri, capsys):
-    assert main(["train", *_sets(sqlite_uri, "run.name='single'")]) == 0
+    assert main(["train", *cli_sets(sqlite_uri, "run.name='single'")]) == 0
     err = capsys.readouterr().err
     assert "analytics: this run ranks 1 of 1 in the experiment on best_val_dice" in err
-    assert main(["cv", "--folds", "3", *_sets(sqlite_uri, "run.name='cv3'")]) == 0
+    assert main(["cv", "--folds", "3", *cli_sets(sqlite_uri, "run.name='cv3'")]) == 0
     err = capsys.readouterr().err
     assert "analytics: cross-fold summary of the experiment on best_val_dice" in err and "cv3" in err
 
-    assert main(["runs", "summary", "--metric", "best_val_dice", "--format", "json", *_sets(sqlite_uri)]) == 0
+    assert main(["runs", "summary", "--metric", "best_val_dice", "--format", "json", *cli_sets(sqlite_uri)]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["cv_run"] == "cv3" and row["folds"] == 3 and row["min"] <= row["mean"] <= row["max"]
 
-    assert main(["runs", "top", "--metric", "best_val_dice", "-n", "2", "--format", "csv", *_sets(sqlite_uri)]) == 0
+    assert main(["runs", "top", "--metric", "best_val_dice", "-n", "2", "--format", "csv", *cli_sets(sqlite_uri)]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(rows) == 2 and float(rows[0]["metrics.best_val_dice"]) >= float(rows[1]["metrics.best_val_dice"])
 
-    assert main(["runs", "list", *_sets(sqlite_uri)]) == 0
+    assert main(["runs", "list", *cli_sets(sqlite_uri)]) == 0
     listing = capsys.readouterr().out
     assert "single" in listing and "cv3-fold2" in listing and "(5 rows)" in listing
 
     assert main(["runs", "query", 'SELECT count(*) AS n FROM metrics WHERE key = \'val_dice\'', "--format", "json",
-                 *_sets(sqlite_uri)]) == 0
+                 *cli_sets(sqlite_uri)]) == 0
     assert json.loads(capsys.readouterr().out) == [{"n": 2 * 4}]
 
-    assert main(["runs", "plot", "--metric", "val_dice", "--out", "curves/dice.png", *_sets(sqlite_uri)]) == 0
+    assert main(["runs", "plot", "--metric", "val_dice", "--out", "curves/dice.png", *cli_sets(sqlite_uri)]) == 0
     with Image.open("curves/dice.png") as image:
         assert image.format == "PNG" and image.size[0] >= 800
 
 
 def test_sql_errors_show_duckdbs_message_and_the_columns(sqlite_uri, capsys):
     populate(sqlite_uri, experiment="segtrack")
-    code = main(["runs", "query", "SELEC 1", *_sets(sqlite_uri)])
+    code = main(["runs", "query", "SELEC 1", *cli_sets(sqlite_uri)])
     err = capsys.readouterr().err
     assert code == 2 and "Parser Error" in err and "runs columns: run_id, experiment" in err
-    code = main(["runs", "top", "--metric", "val_dize", *_sets(sqlite_uri)])
+    code = main(["runs", "top", "--metric", "val_dize", *cli_sets(sqlite_uri)])
     assert code == 2 and "did you mean metrics.val_dice" in capsys.readouterr().err
 
 

@@ -8,6 +8,8 @@ from segtrack import ConfigError
 from segtrack.tracking_uri import redact
 from segtrack_analytics.render import FORMATS
 
+SHOWN = 10  # experiments named when the chosen one has no runs
+
 
 def add_commands(subparsers) -> None:
     runs = subparsers.add_parser("runs", help="query tracked runs with DuckDB (list, query, summary, top, plot)")
@@ -52,13 +54,15 @@ def _load(args, settings):
 
 
 def _no_runs(analytics, experiment: str) -> str:
-    """Which experiments do hold runs, and how to pick one."""
+    """Which experiments do hold runs (the ten largest), and how to pick one."""
     store = redact(analytics.tracking_uri)
     counts = analytics.experiment_run_counts()
     if not counts:
         return f"no runs at {store} yet: train first, or pass the --tracking-uri of a store with runs"
-    found = ", ".join(f"{name!r} ({n} run{'s' if n != 1 else ''})" for name, n in counts.items())
-    return f"no runs in experiment {experiment!r} at {store}, which has {found}: choose one with --experiment NAME, or all"
+    found = ", ".join(f"{name!r} ({n} run{'s' if n != 1 else ''})" for name, n in list(counts.items())[:SHOWN])
+    more = f" and {len(counts) - SHOWN} more" if len(counts) > SHOWN else ""
+    return (f"no runs in experiment {experiment!r} at {store}, which has {found}{more}: "
+            f"choose one with --experiment NAME (or --experiment all)")
 
 
 def _print(table, args) -> None:

@@ -84,4 +84,5 @@ def _save(fig, out: Path) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise ConfigError(f"cannot write --out {out} ({exc.strerror or exc}): pass a path in a folder you can write to") from None
+        raise ConfigError(f"cannot write --out {out} ({exc.strerror or exc}): "
+                          f"pass a path in a folder you can write to") from None

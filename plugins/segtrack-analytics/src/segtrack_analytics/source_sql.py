@@ -63,7 +63,8 @@ class SqlSource:
         missing = set(MLFLOW_TABLES) - set(self._fetch(TABLES_SQL[self.kind]).column("name").to_pylist())
         if missing:
             store = self.path if self.kind == "sqlite" else redact(self.uri)
-            lacks = "none of MLflow's tables" if len(missing) == len(MLFLOW_TABLES) else f"no table {', '.join(sorted(missing))}"
+            lacks = ("none of MLflow's tables" if len(missing) == len(MLFLOW_TABLES)
+                     else f"no table {', '.join(sorted(missing))}")
             raise StoreError(f"{store} is a database but not an MLflow store (it has {lacks}): pass the database "
                              f"MLflow tracks runs in as --tracking-uri")
 
