@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 
@@ -48,7 +48,7 @@ def save_atomic(payload: dict[str, Any], path: str | os.PathLike) -> int:
     try:
         with os.fdopen(fd, "wb") as fh:
             writer = _ErrorKeepingWriter(fh)
-            torch.save(payload, writer)
+            torch.save(payload, cast(IO[bytes], writer))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -149,8 +149,8 @@ def rng_state() -> dict[str, Any]:
 
     import numpy as np
 
-    np_state = np.random.get_state()
-    state = {
+    np_state: Any = np.random.get_state()
+    state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype("int64")), *np_state[2:]],
         "python": _tuples_to_lists(random.getstate()),

@@ -51,6 +51,8 @@ def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, opset:
                 model, (sample,), dynamo=True, dynamic_shapes=dynamic, opset_version=opset,
                 input_names=["x"], output_names=["logits"], external_data=False, verbose=False,
             )
+            if program is None:
+                raise RuntimeError("torch.onnx.export returned no program")
             program.save(str(tmp), external_data=False)
         if metadata is not None:
             _add_metadata(tmp, metadata)

@@ -57,8 +57,9 @@ class DataPlan:
         self.predefined_split, self.spatial_multiple = predefined_split, spatial_multiple
         self.train_loader = train_data if isinstance(train_data, DataLoader) else None
         self.val_loader = val_data if isinstance(val_data, DataLoader) else None
-        self.dataset = builtin if builtin is not None else _map_style(train_data, "train_data")
-        self.val_dataset = _map_style(val_data, "val_data") if val_data is not None else None
+        # any map-style dataset: typed Any, as torch's Dataset declares no __len__
+        self.dataset: Any = builtin if builtin is not None else _map_style(train_data, "train_data")
+        self.val_dataset: Any = _map_style(val_data, "val_data") if val_data is not None else None
         self._digests: dict[int, list[bytes | None]] = {}
         for loader in (self.train_loader, self.val_loader):
             if loader is not None and dist.enabled and not _distributed_sampler(loader):
@@ -136,7 +137,7 @@ class DataPlan:
             len(train) if hasattr(train, "__len__") else 0,
         )
 
-    def _loader_over(self, dataset: Dataset, shuffle: bool) -> _OwnLoader:
+    def _loader_over(self, dataset: Any, shuffle: bool) -> _OwnLoader:
         indices = np.arange(len(dataset))
         order_of = _EpochOrder(len(indices), self.batch_size, self.seed, self.dist)
         if shuffle:
@@ -199,7 +200,7 @@ class DataPlan:
     def _fingerprint_any(self, dataset, loader) -> str:
         if dataset is not None:
             return self._fingerprint(dataset, np.arange(len(dataset)))
-        digests = []  # an iterable dataset: hash what one pass of the loader yields
+        digests: list[bytes] = []  # an iterable dataset: hash what one pass of the loader yields
         for batch in loader(0) if isinstance(loader, _OwnLoader) else loader:
             images, masks = as_pair(batch, self.dims, batched=True, ignore_index=self.ignore_index)
             digests.extend(sample_digest(i, m) for i, m in zip(images, masks))
@@ -287,9 +288,9 @@ class _OwnLoader:
         return self.count
 
 
-def _map_style(data: Any, name: str) -> Dataset | None:
+def _map_style(data: Any, name: str) -> Any:
     """The indexable dataset behind ``data`` (a Dataset, or a DataLoader's), or None if iterable."""
-    dataset = data.dataset if isinstance(data, DataLoader) else data
+    dataset: Any = data.dataset if isinstance(data, DataLoader) else data
     if dataset is None:
         return None
     if isinstance(dataset, torch.utils.data.IterableDataset):
@@ -305,7 +306,8 @@ def _map_style(data: Any, name: str) -> Dataset | None:
 def _distributed_sampler(loader: DataLoader) -> bool:
     from torch.utils.data.distributed import DistributedSampler
 
-    sampler = loader.batch_sampler.sampler if loader.batch_sampler is not None else loader.sampler
+    batch_sampler: Any = loader.batch_sampler
+    sampler = batch_sampler.sampler if batch_sampler is not None else loader.sampler
     return isinstance(sampler, DistributedSampler) or isinstance(loader.sampler, DistributedSampler)
 
 
@@ -314,8 +316,9 @@ def _set_sampler_epoch(loader: Any, epoch: int) -> None:
     if not isinstance(loader, DataLoader):
         return
     for sampler in (loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        set_epoch = getattr(sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
 
 
 def _length(dataset) -> int:

@@ -90,11 +90,11 @@ def _read_pil(path: Path, as_mask: bool) -> np.ndarray:
                                 f"palette PNG, whose palette index is the class)")
             return np.asarray(im)  # P: palette indices; L, I;16, I: the ids themselves
         if im.mode == "P":
-            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-        elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-            im = im.convert("RGB")
-        elif im.mode == "1":
-            im = im.convert("L")
+            return np.asarray(im.convert("RGBA" if "transparency" in im.info else "RGB"))
+        if im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            return np.asarray(im.convert("RGB"))
+        if im.mode == "1":
+            return np.asarray(im.convert("L"))
         return np.asarray(im)
 
 

@@ -252,10 +252,9 @@ def get_plugin_manager(
                             "plugins.disabled to silence this", name, dist, message)
 
     for plugin in plugins:
-        name = getattr(plugin, "name", None)
-        if not isinstance(name, str):
-            name = (plugin if isinstance(plugin, type) else type(plugin)).__name__.lower()
-        manager.register(plugin, name, "code", None, None)
+        given = getattr(plugin, "name", None)
+        code_name = given if isinstance(given, str) else (plugin if isinstance(plugin, type) else type(plugin)).__name__.lower()
+        manager.register(plugin, code_name, "code", None, None)
 
     _check_hook_names(manager)
     return manager

@@ -9,6 +9,7 @@ import stat
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,9 @@ class Predictor:
         spatial = image.shape[1:]
         padded = [math.ceil(s / self.multiple) * self.multiple for s in spatial]
         batch = np.zeros((1, image.shape[0], *padded), dtype=np.float32)
-        batch[(0, slice(None), *(slice(0, s) for s in spatial))] = image
-        logits = self.run(batch)
-        return logits[(0, slice(None), *(slice(0, s) for s in spatial))].argmax(0)
+        real_area: tuple[Any, ...] = (0, slice(None), *(slice(0, s) for s in spatial))
+        batch[real_area] = image
+        return self.run(batch)[real_area].argmax(0)
 
 
 def from_checkpoint(path: Path, device: str) -> Predictor:
@@ -166,7 +167,7 @@ def predict_folder(predictor: Predictor, inputs: Path, out: Path, with_overlay: 
 
 
 def check_source(checkpoint_path: str | None, onnx_path: str | None) -> Path:
-    given = Path(checkpoint_path or onnx_path)
+    given = Path(checkpoint_path or onnx_path or "")
     flag = "--checkpoint" if checkpoint_path else "--onnx"
     if given.is_dir():
         raise ConfigError(f"{flag} {given} is a folder: pass the file (e.g. checkpoints/best.pt or exports/NAME.onnx)")

@@ -65,6 +65,7 @@ def load_callable(target: str, setting: str) -> Callable[..., Any]:
 def call_with(builder: Callable[..., Any], offered: Mapping[str, Any], kwargs: Mapping[str, Any], setting: str) -> Any:
     """Call ``builder`` with the offered arguments its signature names (all of them if it takes
     ``**kwargs``), plus the user's ``kwargs``, which win."""
+    params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(builder).parameters
     except (TypeError, ValueError):

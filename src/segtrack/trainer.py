@@ -183,7 +183,7 @@ class SegmentationTrainer:
         payload = checkpoint.load(resume, signature) if resume else None
         self._preflight(state.model, data)
         ckpt_dir, export_dir = self._prepare_folders(ckpt_dir)
-        if payload is not None:
+        if payload is not None and resume is not None:
             state.restore(payload)
             state.paths["last"] = str(ckpt_dir / "last.pt")
             best = _best_checkpoint_for(Path(resume), ckpt_dir, state.best_epoch) if self.dist.is_main else None
@@ -435,7 +435,7 @@ class SegmentationTrainer:
         """Seeded model (fresh, or the user's at its initial weights), optimizer, schedule, scaler."""
         cfg, train_cfg = self.config, self.config["train"]
         _seed_everything(train_cfg["seed"])
-        if self._user_model is not None:
+        if self._user_model is not None and self._initial_weights is not None:
             model = self._user_model
             model.load_state_dict(self._initial_weights)
         else:
