@@ -51,10 +51,10 @@ def check_uri(uri: str) -> str:
     if scheme in ("http", "https") and not urlsplit(uri).hostname:
         raise ConfigError(f"tracking URI {redact(uri)!r} has no host: write it as http://host:port")
     try:
-        urlsplit(uri).port
+        urlsplit(uri).port  # noqa: B018  (raises ValueError unless a number from 0 to 65535)
     except ValueError:
-        raise ConfigError(f"tracking URI {redact(uri)!r} has an invalid port: write it as http://host:port, "
-                          f"the port a number from 1 to 65535 (percent-encode a ':' or '/' in a password)") from None
+        raise ConfigError(f"tracking URI {redact(uri)!r} has an invalid port: write host:port with a port from "
+                          f"1 to 65535, and percent-encode any ':', '/' or '@' in a password (%3A, %2F, %40)") from None
     if scheme == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
         raise ConfigError(
             f"tracking URI {redact(uri)!r} is MLflow's legacy file store, which MLflow 3 refuses: use "

@@ -215,3 +215,59 @@ def test_a_user_3d_model_with_a_plugin_metric_is_logged_like_the_builtin_one(set
     for key in ("val_dice_liver", "val_iou_tumour", "val_foreground_share"):
         assert [s for s, _ in history(client, run.info.run_id, key)] == [0, 1, 2], key
     assert f"samples/best-epoch-{result.best_epoch}.png" in artifacts(client, run.info.run_id)  # a volume's middle slice
+
+
+def _foreign_database(path: Path, kind: str) -> bytes:
+    if kind == "tables":
+        import sqlite3
+
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE patients (id INTEGER PRIMARY KEY, name TEXT)")
+            db.execute("INSERT INTO patients (name) VALUES ('ada')")
+        db.close()
+    else:
+        path.write_text("name,age\nada,36\n")
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("kind, why", [("tables", "it holds other tables (patients)"),
+                                       ("csv", "it cannot be read as SQLite (file is not a database)")])
+def test_an_sqlite_file_that_is_not_an_mlflow_store_is_refused_untouched(trainer_factory, tmp_path, kind, why):
+    from segtrack import ConfigError
+    from segtrack_mlflow import ExperimentTracker
+
+    before = _foreign_database(tmp_path / "clinic.db", kind)
+    message = (f"tracking URI 'sqlite:///clinic.db' points at 'clinic.db', which is not an MLflow store: {why}; "
+               f"use a new file (e.g. sqlite:///mlflow.db) or an existing MLflow store")
+    with pytest.raises(ConfigError) as info:
+        trainer_factory("mlflow.tracking_uri='sqlite:///clinic.db'")
+    assert str(info.value).startswith(message)
+    with pytest.raises(ConfigError, match="not an MLflow store"):
+        ExperimentTracker("sqlite:///clinic.db")
+    assert (tmp_path / "clinic.db").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clinic.db"]  # no spool, checkpoint or artifact folder
+
+
+def test_a_database_password_in_the_uri_is_used_but_never_kept(trainer_factory, postgres_uri, tmp_path, capfd, caplog):
+    """The local PostgreSQL trusts every password: this proves where the password goes, not that it is checked."""
+    from segtrack_mlflow.shipper import ship
+    from segtrack_mlflow.spool import Spool
+    from segtrack_mlflow.store import Clients
+
+    secret = "pg-s3cret-pw"
+    uri = postgres_uri.replace("postgres@", f"postgres:{secret}@")
+    trainer_factory(f"mlflow.tracking_uri='{uri}'", "mlflow.experiment='pg-masked'").fit()
+    client = MlflowClient(postgres_uri)
+    run = only_run(client, "pg-masked")
+    assert run.info.status == "FINISHED" and len(history(client, run.info.run_id, "val_dice")) == 3
+    masked = postgres_uri.replace("postgres@", "postgres:***@")
+    assert run.data.params["mlflow.tracking_uri"] == masked
+    (folder,) = (tmp_path / ".segtrack" / "spool").iterdir()
+    assert Spool(folder, writer=False).meta["tracking_uri"] == masked
+    # another process sends a spool it did not write: the masked password is left to the driver
+    spool = Spool(folder, writer=False)
+    spool.commit(0)
+    assert ship(spool, Clients()) > 0
+    shown = [*run.data.params.values(), *run.data.tags.values(), *capfd.readouterr(), caplog.text]
+    assert not [text for text in shown if secret in text]
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]

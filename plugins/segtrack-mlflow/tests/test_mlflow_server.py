@@ -118,23 +118,16 @@ def test_offline_fail_stops_before_training(trainer_factory, tmp_path):
 
 @pytest.fixture
 def auth_server(tmp_path, sqlite_template):
-    from mlflow_helpers import MlflowServer
+    from segtrack_mlflow.testing import basic_auth_server
 
     pytest.importorskip("flask_wtf", reason="mlflow's basic-auth app needs Flask-WTF (mlflow[auth])")
     shutil.copy(sqlite_template, tmp_path / "auth-backend.db")
-    config = tmp_path / "auth.ini"
-    config.write_text(
-        "[mlflow]\ndefault_permission = READ\n"
-        f"database_uri = sqlite:///{tmp_path / 'auth-users.db'}\n"
-        "admin_username = admin\nadmin_password = segtrack-admin-pw\nauthorization_function = "
-        "mlflow.server.auth:authenticate_request_basic_auth\n")
-    server = MlflowServer(f"sqlite:///{tmp_path / 'auth-backend.db'}", tmp_path, app_name="basic-auth",
-                          env={"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test"}).start()
+    server = basic_auth_server(tmp_path, tmp_path / "auth-backend.db", "segtrack-admin-pw").start()
     yield server
     server.stop()
 
 
-def test_authenticated_server_good_and_bad_credentials(trainer_factory, auth_server, monkeypatch):
+def test_authenticated_server_good_and_bad_credentials_from_env_and_uri(trainer_factory, auth_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
     with pytest.raises(ConfigError, match="rejected the credentials"):
@@ -145,3 +138,36 @@ def test_authenticated_server_good_and_bad_credentials(trainer_factory, auth_ser
     run = only_run(client)
     assert run.info.status == "FINISHED"
     assert "mlflow.password" not in run.data.params
+
+    # the same credentials inside the URI (user:password@host), none in the environment
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    with_password = auth_server.uri.replace("http://", "http://admin:{}@")
+    with pytest.raises(ConfigError, match="rejected the credentials") as info:
+        trainer_factory(f"mlflow.tracking_uri='{with_password.format('wrong-password')}'")
+    assert "wrong-password" not in str(info.value) and "admin:***@" in str(info.value)
+    good = with_password.format("segtrack-admin-pw")
+    trainer_factory(f"mlflow.tracking_uri='{good}'", "mlflow.experiment='uri'").fit()
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "segtrack-admin-pw")
+    run = only_run(client, "uri")
+    assert run.info.status == "FINISHED" and "checkpoints/best.pt" in artifacts(client, run.info.run_id)
+    assert run.data.params["mlflow.tracking_uri"] == auth_server.uri.replace("http://", "http://admin:***@")
+
+
+def test_a_password_in_the_uri_shows_nowhere(trainer_factory, sqlite_server, tmp_path, capfd, caplog):
+    """mlflow's default app does not check credentials: reachable proves the host was parsed right."""
+    from segtrack_mlflow.probe import probe_http
+
+    secret = "hun/ter2@pw"  # percent-encoded in the URI: '/' and '@' must not split the host
+    uri = sqlite_server.uri.replace("http://", "http://alice:hun%2Fter2%40pw@")
+    assert probe_http(uri) == "ok"
+    trainer_factory(f"mlflow.tracking_uri='{uri}'", "mlflow.experiment='masked'").fit()
+    run = only_run(MlflowClient(sqlite_server.uri), "masked")
+    assert run.info.status == "FINISHED" and "unreachable" not in caplog.text
+    assert run.data.params["mlflow.tracking_uri"] == sqlite_server.uri.replace("http://", "http://alice:***@")
+    shown = [*run.data.params.values(), *run.data.tags.values(), *capfd.readouterr(), caplog.text]
+    files = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "server" not in p.name]
+    for encoded in (secret, "hun%2Fter2%40pw"):
+        assert not [text for text in shown if encoded in text]
+        assert not [data for data in files if encoded.encode() in data]

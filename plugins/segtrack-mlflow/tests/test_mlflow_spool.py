@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 from mlflow_helpers import history, only_run
 
 from segtrack_mlflow.shipper import ship
+from segtrack_mlflow.store import Clients
 from segtrack_mlflow.spool import Spool, SpoolBusy
 from segtrack_mlflow.uri import local_artifact_root
 
@@ -33,10 +34,10 @@ def test_concurrent_senders_create_one_run_and_send_each_record_once(sqlite_uri,
     start, sent, errors = threading.Barrier(senders), [], []
 
     def send():
-        spool = Spool(folder)  # its own open files, as a second process would have
+        spool = Spool(folder, writer=False)  # its own open files, as `segtrack mlflow sync` would have
         start.wait()
         try:
-            sent.append(ship(spool, {}, wait=120))
+            sent.append(ship(spool, Clients(), wait=120))
         except Exception as exc:  # surfaced by the assertion below
             errors.append(exc)
 
@@ -56,8 +57,100 @@ def test_concurrent_senders_create_one_run_and_send_each_record_once(sqlite_uri,
 
 def test_a_spool_being_sent_elsewhere_is_left_alone(sqlite_uri, tmp_path):
     spool = _spool(tmp_path / "spool", sqlite_uri)
-    with Spool(spool.folder).shipping():
+    with Spool(spool.folder, writer=False).shipping():
         with pytest.raises(SpoolBusy, match="being sent by another process"):
-            ship(spool, {}, wait=0.2)
+            ship(spool, Clients(), wait=0.2)
         assert spool.has_pending()
-    assert ship(spool, {}) == STEPS + 2 and not spool.has_pending()
+    assert ship(spool, Clients()) == STEPS + 2 and not spool.has_pending()
+
+
+# -- torn and corrupt spools: `status` changes nothing, `sync` sends what it can and names the line --
+
+def _cli(capsys, *args):
+    from segtrack.cli import main
+
+    code = main(["mlflow", *args, "--set", "plugins.disabled=['analytics']"])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _replace_line(spool, number, text: bytes):
+    path = spool.folder / "records.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[number - 1] = text
+    path.write_bytes(b"".join(lines))
+
+
+def test_status_names_a_corrupt_record_and_changes_nothing(tmp_path, capsys):
+    root = tmp_path / "spool"
+    good, bad = _spool(root, "sqlite:///unused.db"), _spool(root, "sqlite:///unused.db")
+    _replace_line(bad, 5, b'{"t":"metric","k":"train_lo{"t":"metric"}\n')  # a torn record, then the next
+    before = _snapshot(root)
+    code, out, err = _cli(capsys, "status", "--spool-dir", str(root))
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"segtrack: error: spool {bad.folder}: line 5 of records.jsonl is corrupt (Expecting ',' delimiter at "
+        f"column 30): move that line out of the file (it cannot be sent) and run "
+        f"`segtrack mlflow sync` again"]
+    assert f"{good.local_id}  racer  run (not created yet)  sqlite:///unused.db  1 create, 40 metric, 1 status" in out
+    assert _snapshot(root) == before
+
+
+def test_sync_sends_up_to_a_corrupt_record_and_the_rest_once_it_is_moved_out(sqlite_uri, tmp_path, capsys):
+    spool = _spool(tmp_path / "spool", sqlite_uri)
+    _replace_line(spool, 5, b"\0\0\0\0\n")  # a crash left zeros where step 3 was
+    code, out, err = _cli(capsys, "sync", "--spool-dir", str(spool.folder.parent))
+    assert code == 2 and f"spool {spool.folder}: line 5 of records.jsonl is corrupt" in err
+    client = MlflowClient(sqlite_uri)
+    run_id = only_run(client).info.run_id
+    assert [s for s, _ in history(client, run_id, "train_loss")] == [0, 1, 2]  # the lines before it
+
+    _replace_line(spool, 5, b"")  # the user moves the line out, as the message says
+    code, out, err = _cli(capsys, "sync", "--spool-dir", str(spool.folder.parent))
+    assert code == 0 and "nothing left to send" in out and not err
+    assert [s for s, _ in history(client, run_id, "train_loss")] == [s for s in range(STEPS) if s != 3]
+    assert only_run(client).info.status == "FINISHED"
+
+
+def test_a_torn_last_record_is_reported_by_status_and_dropped_by_sync(sqlite_uri, tmp_path, capsys):
+    spool = _spool(tmp_path / "spool", sqlite_uri)
+    records = spool.folder / "records.jsonl"
+    whole = records.read_bytes()
+    records.write_bytes(whole + b'{"t":"metric","k":"val_')  # the process died in this write
+    before = _snapshot(spool.folder)
+    code, out, _ = _cli(capsys, "status", "--spool-dir", str(spool.folder.parent))
+    assert code == 0 and "42 metric" not in out and f"line {STEPS + 3} is cut short" in out
+    assert _snapshot(spool.folder) == before
+
+    code, out, err = _cli(capsys, "sync", "--spool-dir", str(spool.folder.parent))
+    assert code == 0 and f"dropped line {STEPS + 3} of records.jsonl" in out and not err
+    assert records.read_bytes() == whole
+    client = MlflowClient(sqlite_uri)
+    assert len(history(client, only_run(client).info.run_id, "train_loss")) == STEPS
+
+
+def test_sync_never_cuts_the_tail_a_live_fit_is_writing(tmp_path):
+    writer = _spool(tmp_path / "spool", "sqlite:///unused.db")
+    writer = Spool(writer.folder)  # a fit holds its spool open
+    records = writer.folder / "records.jsonl"
+    with open(records, "ab") as fh:
+        fh.write(b'{"t":"metric"')  # half of a record: the fit is writing it
+    before = records.read_bytes()
+    assert Spool(writer.folder, writer=False).repair_tail() is None and records.read_bytes() == before
+    writer.close()  # the fit died: now the half record is a torn tail
+    assert Spool(writer.folder, writer=False).repair_tail() == STEPS + 3 and records.read_bytes().endswith(b"}\n")
+
+
+def test_a_corrupt_meta_json_is_named_and_the_other_spools_listed(tmp_path, capsys):
+    root = tmp_path / "spool"
+    good, bad = _spool(root, "sqlite:///unused.db"), _spool(root, "sqlite:///unused.db")
+    (bad.folder / "meta.json").write_text('{"local_id": "x", "tracking')
+    code, out, err = _cli(capsys, "status", "--spool-dir", str(root))
+    assert code == 2 and good.local_id in out
+    assert err.startswith(f"segtrack: error: spool {bad.folder}: meta.json is corrupt (Unterminated string")
+    assert len(err.strip().splitlines()) == 1

@@ -43,9 +43,9 @@ class SpoolCorrupt(SegtrackError):
 def read_meta(folder: Path) -> dict[str, Any]:
     try:
         meta = json.loads((Path(folder) / "meta.json").read_text())
-        if isinstance(meta, dict) and "local_id" in meta:
+        if isinstance(meta, dict) and {"local_id", "tracking_uri", "run_name"} <= meta.keys():
             return meta
-        why = "no local_id"
+        why = "local_id, tracking_uri or run_name missing"
     except ValueError as exc:
         why = str(exc)
     raise SpoolCorrupt(f"spool {folder}: meta.json is corrupt ({why}): restore it, or move the folder out of the "
@@ -204,11 +204,14 @@ class Spool:
         return self._read_from(self.cursor(), limit)
 
     def has_pending(self) -> bool:
-        return (self.folder / "records.jsonl").stat().st_size > self.cursor()
+        path = self.folder / "records.jsonl"
+        return path.is_file() and path.stat().st_size > self.cursor()
 
     def _read_from(self, offset: int, limit: int | None = None) -> list[Pending]:
         """Complete records from ``offset`` on, up to a corrupt line (SpoolCorrupt if it comes first)."""
-        items = []
+        items: list[Pending] = []
+        if not (self.folder / "records.jsonl").is_file():
+            return items
         with open(self.folder / "records.jsonl", "rb") as fh:
             fh.seek(offset)
             position = offset
@@ -216,13 +219,14 @@ class Spool:
                 if not line.endswith(b"\n"):
                     break  # a record still being written, or torn by a crash (torn_line() tells)
                 try:
-                    record = json.loads(line)
-                except ValueError as exc:
-                    record = exc
+                    record, why = json.loads(line), "not a record object"
+                except json.JSONDecodeError as exc:
+                    record, why = None, f"{exc.msg} at column {exc.colno}"
+                except ValueError:
+                    record, why = None, "not UTF-8 text"
                 if not isinstance(record, dict) or not isinstance(record.get("t"), str):
                     if items:
                         break
-                    why = record if isinstance(record, ValueError) else "not a record object"
                     raise SpoolCorrupt(f"spool {self.folder}: line {self._line_at(position)} of records.jsonl is "
                                        f"corrupt ({why}): {FIX}")
                 position += len(line)

@@ -89,16 +89,19 @@ def check_sqlite_store(uri: str) -> None:
     try:
         with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError:
+        return  # locked or unreadable: MLflow's own error says which
     except sqlite3.DatabaseError as exc:
-        tables, why = None, f"cannot be read as SQLite ({exc})"
+        why = f"cannot be read as SQLite ({exc})"
     else:
+        if not tables or MLFLOW_TABLES <= tables:
+            return
         why = f"holds other tables ({', '.join(sorted(tables)[:5])}{', ...' if len(tables) > 5 else ''})"
-    if tables is None or (tables and not MLFLOW_TABLES <= tables):
-        raise ConfigError(
-            f"tracking URI {redact(uri)!r} points at {str(path)!r}, which is not an MLflow store: it {why}; "
-            f"use a new file (e.g. sqlite:///mlflow.db) or an existing MLflow store, so MLflow does not add "
-            f"its tables to this database"
-        )
+    raise ConfigError(
+        f"tracking URI {redact(uri)!r} points at {str(path)!r}, which is not an MLflow store: it {why}; "
+        f"use a new file (e.g. sqlite:///mlflow.db) or an existing MLflow store, so MLflow does not add "
+        f"its tables to this database"
+    )
 
 
 def ensure_experiment(mlflow_client, name: str, artifact_location: str | None = None) -> str:

@@ -71,6 +71,19 @@ class MlflowServer:
         self.process = None
 
 
+def basic_auth_server(workdir: Path, backend_db: Path, admin_password: str) -> MlflowServer:
+    """`mlflow server` with MLflow's basic-auth app (needs Flask-WTF): user ``admin`` with
+    ``admin_password``, everyone else refused. ``backend_db`` is a migrated SQLite store."""
+    config = workdir / "auth.ini"
+    config.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{workdir / 'auth-users.db'}\n"
+        f"admin_username = admin\nadmin_password = {admin_password}\nauthorization_function = "
+        "mlflow.server.auth:authenticate_request_basic_auth\n")
+    return MlflowServer(f"sqlite:///{backend_db}", workdir, app_name="basic-auth",
+                        env={"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test"})
+
+
 def migrated_sqlite_store(path: Path) -> str:
     """A new SQLite store with MLflow's migrations applied (they take seconds: do it once, copy it)."""
     from mlflow import MlflowClient

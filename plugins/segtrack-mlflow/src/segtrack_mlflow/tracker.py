@@ -9,7 +9,7 @@ from typing import Any
 
 from segtrack_mlflow import store
 from segtrack_mlflow.params import to_params
-from segtrack_mlflow.uri import local_artifact_root, resolve_tracking_uri
+from segtrack_mlflow.uri import local_artifact_root, redact, resolve_tracking_uri
 
 
 class ExperimentTracker:
@@ -25,14 +25,16 @@ class ExperimentTracker:
             from segtrack import ConfigError
 
             raise ConfigError(f"experiment {experiment!r} is invalid: pass a non-empty experiment name")
-        self.tracking_uri = resolve_tracking_uri(tracking_uri, settings)
+        uri = resolve_tracking_uri(tracking_uri, settings)
+        self.tracking_uri = redact(uri)  # shown; the client has the credentials
         self.experiment = experiment
-        self.client = store.client(self.tracking_uri)
+        self.client = store.client(uri)
+        self._artifact_root = local_artifact_root(uri)
         self.run_id: str | None = None
 
     def start_run(self, run_name: str | None = None, tags: Mapping[str, Any] | None = None,
                   parent_run_id: str | None = None) -> str:
-        experiment_id = store.ensure_experiment(self.client, self.experiment, local_artifact_root(self.tracking_uri))
+        experiment_id = store.ensure_experiment(self.client, self.experiment, self._artifact_root)
         all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
