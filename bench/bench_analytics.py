@@ -59,15 +59,30 @@ def bench_size(root: Path, runs: int) -> list[tuple[str, str, str]]:
     histories = per_run / len(sample) * (runs + 100)
     ratio = (search + histories) / cold
     return [
-        (f"{runs:>6} runs: cold load (runs + metrics)", f"{cold:.3f} s", "target <= 4 s at 10k" if runs == 10000 else ""),
+        (
+            f"{runs:>6} runs: cold load (runs + metrics)",
+            f"{cold:.3f} s",
+            "target <= 4 s at 10k" if runs == 10000 else "",
+        ),
         (f"{runs:>6} runs: first load, writing cache", f"{first:.3f} s", ""),
         (f"{runs:>6} runs: warm load from cache", f"{warm:.3f} s", ""),
-        (f"{runs:>6} runs: refresh after 100 new runs", f"{refresh:.3f} s", "target <= 0.5 s at 10k" if runs == 10000 else ""),
+        (
+            f"{runs:>6} runs: refresh after 100 new runs",
+            f"{refresh:.3f} s",
+            "target <= 0.5 s at 10k" if runs == 10000 else "",
+        ),
         (f"{runs:>6} runs: cross_fold_summary", f"{summary * 1e3:.1f} ms", "target <= 50 ms"),
         (f"{runs:>6} runs: top_models(5)", f"{top * 1e3:.1f} ms", "target <= 50 ms"),
-        (f"{runs:>6} runs: mlflow.search_runs alone", f"{search:.3f} s", f"{search / cold:.1f}x our cold load (wide table only)"),
-        (f"{runs:>6} runs: + get_metric_history per run", f"{search + histories:.1f} s",
-         f"extrapolated from {len(sample)} runs x {len(METRICS)} metrics; {ratio:.0f}x our cold load"),
+        (
+            f"{runs:>6} runs: mlflow.search_runs alone",
+            f"{search:.3f} s",
+            f"{search / cold:.1f}x our cold load (wide table only)",
+        ),
+        (
+            f"{runs:>6} runs: + get_metric_history per run",
+            f"{search + histories:.1f} s",
+            f"extrapolated from {len(sample)} runs x {len(METRICS)} metrics; {ratio:.0f}x our cold load",
+        ),
     ]
 
 

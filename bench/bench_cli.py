@@ -25,11 +25,18 @@ def main() -> None:
     wall(["--version"], 1)  # warm the file cache once
     baseline = median([_python_startup() for _ in range(9)])
     help_s, plugins_s = wall(["--help"]), wall(["plugins"])
-    report("CLI start-up (python bench/bench_cli.py)", [
-        ("segtrack --help", f"{help_s:.3f} s", f"target <= 0.5 s ({help_s / baseline:.1f}x a bare `python -c pass`)"),
-        ("segtrack plugins", f"{plugins_s:.3f} s", "no torch import"),
-        ("python -c pass", f"{baseline:.3f} s", "interpreter floor"),
-    ])
+    report(
+        "CLI start-up (python bench/bench_cli.py)",
+        [
+            (
+                "segtrack --help",
+                f"{help_s:.3f} s",
+                f"target <= 0.5 s ({help_s / baseline:.1f}x a bare `python -c pass`)",
+            ),
+            ("segtrack plugins", f"{plugins_s:.3f} s", "no torch import"),
+            ("python -c pass", f"{baseline:.3f} s", "interpreter floor"),
+        ],
+    )
 
 
 def _python_startup() -> float:

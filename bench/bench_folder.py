@@ -37,9 +37,11 @@ def write_pairs(root: Path, count: int) -> None:
     for i in range(count):
         mask = np.zeros((SIDE, SIDE), np.uint8)
         for cls in (1, 2):
-            cy, cx, r = rng.integers(40, SIDE - 40, 2).tolist() + [int(rng.integers(12, 40))]
+            cy, cx, r = [*rng.integers(40, SIDE - 40, 2).tolist(), int(rng.integers(12, 40))]
             mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = cls
-        rgb = (np.stack([mask == 1, mask == 2, mask == 0], -1) * 150 + rng.integers(0, 100, (SIDE, SIDE, 3))).astype(np.uint8)
+        rgb = (np.stack([mask == 1, mask == 2, mask == 0], -1) * 150 + rng.integers(0, 100, (SIDE, SIDE, 3))).astype(
+            np.uint8
+        )
         Image.fromarray(rgb).save(root / "images" / f"p{i:05d}.png", compress_level=1)
         Image.fromarray(mask).save(root / "masks" / f"p{i:05d}.png")
 
@@ -71,9 +73,18 @@ def _rss_mb(pid: int) -> float:
 
 def one_epoch(data: Path, workdir: Path) -> tuple[float, float]:
     """(peak RSS of any process in MB, fit images/s) of one `segtrack train` epoch."""
-    sets = [f"data.source='folder'", f"data.path='{data}'", f"data.crop={CROP}", f"train.num_workers={WORKERS}",
-            "train.epochs=1", f"train.batch_size={BATCH}", "export.enabled=false", "plugins.autoload=false",
-            "model.width=8", "model.depth=2"]
+    sets = [
+        "data.source='folder'",
+        f"data.path='{data}'",
+        f"data.crop={CROP}",
+        f"train.num_workers={WORKERS}",
+        "train.epochs=1",
+        f"train.batch_size={BATCH}",
+        "export.enabled=false",
+        "plugins.autoload=false",
+        "model.width=8",
+        "model.depth=2",
+    ]
     cmd = [sys.executable, "-m", "segtrack", "train", *[a for s in sets for a in ("--set", s)]]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "CI": "1"}
     process = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -137,7 +148,7 @@ def main(rounds: int) -> None:
         peaks: dict[int, list[float]] = {c: [] for c in SIZES}
         fit_rates: dict[int, list[float]] = {c: [] for c in SIZES}
         for round_index in range(rounds):
-            for count in (SIZES if round_index % 2 == 0 else SIZES[::-1]):
+            for count in SIZES if round_index % 2 == 0 else SIZES[::-1]:
                 workdir = root / f"run{count}-{round_index}"
                 workdir.mkdir()
                 peak, rate = one_epoch(root / f"pairs{count}", workdir)
@@ -147,14 +158,25 @@ def main(rounds: int) -> None:
         compute = median([compute_rate() for _ in range(rounds)])
     growth = median(peaks[1500]) - median(peaks[150])
     bound = "data" if loader < compute else "compute"
-    report(f"folder dataset, one epoch, crop {CROP}, {WORKERS} workers, {rounds} interleaved rounds (medians)", [
-        ("peak RSS, 150 pairs", f"{median(peaks[150]):.0f} MB", ""),
-        ("peak RSS, 1,500 pairs", f"{median(peaks[1500]):.0f} MB", ""),
-        ("growth 150 -> 1,500", f"{growth:+.0f} MB", f"target <= {TARGET_GROWTH_MB} MB: {'ok' if growth <= TARGET_GROWTH_MB else 'MISSED'}"),
-        ("loader alone", f"{loader:.0f} img/s", "read+decode+normalise+crop+flip"),
-        ("training step alone", f"{compute:.0f} img/s", "forward+backward+AdamW on ready crops"),
-        ("whole fit (1,500)", f"{median(fit_rates[1500]):.0f} img/s", f"train images / epoch seconds: {bound}-bound"),
-    ])
+    report(
+        f"folder dataset, one epoch, crop {CROP}, {WORKERS} workers, {rounds} interleaved rounds (medians)",
+        [
+            ("peak RSS, 150 pairs", f"{median(peaks[150]):.0f} MB", ""),
+            ("peak RSS, 1,500 pairs", f"{median(peaks[1500]):.0f} MB", ""),
+            (
+                "growth 150 -> 1,500",
+                f"{growth:+.0f} MB",
+                f"target <= {TARGET_GROWTH_MB} MB: {'ok' if growth <= TARGET_GROWTH_MB else 'MISSED'}",
+            ),
+            ("loader alone", f"{loader:.0f} img/s", "read+decode+normalise+crop+flip"),
+            ("training step alone", f"{compute:.0f} img/s", "forward+backward+AdamW on ready crops"),
+            (
+                "whole fit (1,500)",
+                f"{median(fit_rates[1500]):.0f} img/s",
+                f"train images / epoch seconds: {bound}-bound",
+            ),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -51,9 +51,14 @@ def main() -> None:
     for impls in (1, 4, 16):
         ours, plain, empty = measure(impls)
         per_impl = (ours - empty) / impls
-        rows.append((f"{impls:>2} impl(s): per call per impl", f"{per_impl * 1e6:.3f} us",
-                     f"target <= 2 us; whole call {ours * 1e6:.2f} us, plain pluggy {plain * 1e6:.2f} us "
-                     f"(isolated/plain {ours / plain:.2f}x)"))
+        rows.append(
+            (
+                f"{impls:>2} impl(s): per call per impl",
+                f"{per_impl * 1e6:.3f} us",
+                f"target <= 2 us; whole call {ours * 1e6:.2f} us, plain pluggy {plain * 1e6:.2f} us "
+                f"(isolated/plain {ours / plain:.2f}x)",
+            )
+        )
     rows.append(("no impl: per call", f"{empty * 1e6:.3f} us", ""))
     report("hook dispatch (python bench/bench_hooks.py)", rows)
 

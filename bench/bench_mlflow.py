@@ -30,9 +30,19 @@ from segtrack_mlflow.testing import MlflowServer, free_port
 
 OTHERS = [n for n in ("analytics",) if n in installed_entry_points()]  # not measured here
 EPOCHS = 10  # a fit of ~6 s: the one-off cost of creating the run is part of it, not all of it
-SHAPE = [f"train.epochs={EPOCHS}", "train.batch_size=4", "data.num_samples=320", "data.image_size=32", "model.width=10",
-         "model.depth=2", "export.enabled=false", "mlflow.log_every_n_steps=1", "mlflow.sample_overlays=0",
-         "mlflow.checkpoint_policy='none'", "mlflow.drain_timeout=0"]
+SHAPE = [
+    f"train.epochs={EPOCHS}",
+    "train.batch_size=4",
+    "data.num_samples=320",
+    "data.image_size=32",
+    "model.width=10",
+    "model.depth=2",
+    "export.enabled=false",
+    "mlflow.log_every_n_steps=1",
+    "mlflow.sample_overlays=0",
+    "mlflow.checkpoint_policy='none'",
+    "mlflow.drain_timeout=0",
+]
 
 
 class LoopClock:
@@ -77,8 +87,14 @@ class NaiveLogger:
 
 def fit(uri: str, workdir: Path, plugin_on: bool, extra=()) -> tuple[float, float]:
     clock = LoopClock()
-    settings = load_settings(overrides=[*SHAPE, f"mlflow.tracking_uri='{uri}'", f"checkpoint.dir='{workdir}/ck'",
-                                        f"mlflow.spool_dir='{workdir}/spool'"])
+    settings = load_settings(
+        overrides=[
+            *SHAPE,
+            f"mlflow.tracking_uri='{uri}'",
+            f"checkpoint.dir='{workdir}/ck'",
+            f"mlflow.spool_dir='{workdir}/spool'",
+        ]
+    )
     disabled = ["progress", *OTHERS] + ([] if plugin_on else ["mlflow"])
     manager = get_plugin_manager(settings, [clock, *extra], disabled=disabled)
     started = time.perf_counter()
@@ -122,9 +138,16 @@ def first_point_seconds(workdir: Path) -> float:
     watcher = threading.Thread(target=poll, daemon=True)
     started = time.perf_counter()
     watcher.start()
-    settings = load_settings(overrides=[*SHAPE, "train.epochs=1", f"mlflow.tracking_uri='sqlite:///{db}'",
-                                        "mlflow.drain_timeout=60", f"mlflow.spool_dir='{workdir}/spool1'",
-                                        f"checkpoint.dir='{workdir}/ck1'"])
+    settings = load_settings(
+        overrides=[
+            *SHAPE,
+            "train.epochs=1",
+            f"mlflow.tracking_uri='sqlite:///{db}'",
+            "mlflow.drain_timeout=60",
+            f"mlflow.spool_dir='{workdir}/spool1'",
+            f"checkpoint.dir='{workdir}/ck1'",
+        ]
+    )
     manager = get_plugin_manager(settings, disabled=["progress", *OTHERS])
     SegmentationTrainer(settings, plugin_manager=manager).fit()
     found.wait(60)
@@ -160,15 +183,27 @@ def main(rounds: int = 3) -> None:
         server.stop()
     steps = EPOCHS * 60
     off = statistics.median(loop["off"])
-    rows = [(f"{name}: loop time", f"{statistics.median(v):.3f} s",
-             f"{statistics.median(v) / off:.3f}x off; {statistics.median(v) / steps * 1e3:.1f} ms/step; "
-             f"server CPU {statistics.median(server_cpu[name]):.2f} s")
-            for name, v in loop.items()]
+    rows = [
+        (
+            f"{name}: loop time",
+            f"{statistics.median(v):.3f} s",
+            f"{statistics.median(v) / off:.3f}x off; {statistics.median(v) / steps * 1e3:.1f} ms/step; "
+            f"server CPU {statistics.median(server_cpu[name]):.2f} s",
+        )
+        for name, v in loop.items()
+    ]
     rows.append(("target", "", "on <= 1.03x, down <= 1.03x; naive reported"))
-    rows.append(("fresh sqlite store: first point", f"{first_point_seconds(workdir):.2f} s",
-                 "trainer construction -> first metric row (includes mlflow import and migrations)"))
-    report(f"per-step MLflow logging, {steps} steps, median of {rounds} interleaved rounds "
-           "(python bench/bench_mlflow.py)", rows)
+    rows.append(
+        (
+            "fresh sqlite store: first point",
+            f"{first_point_seconds(workdir):.2f} s",
+            "trainer construction -> first metric row (includes mlflow import and migrations)",
+        )
+    )
+    report(
+        f"per-step MLflow logging, {steps} steps, median of {rounds} interleaved rounds (python bench/bench_mlflow.py)",
+        rows,
+    )
     shutil.rmtree(workdir, ignore_errors=True)
 
 

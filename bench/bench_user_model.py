@@ -29,9 +29,17 @@ EPOCHS, TRAIN, VAL, SIZE, BATCH = 5, 216, 72, 64, 8
 class EncoderDecoder(nn.Module):
     def __init__(self, width: int = 16):
         super().__init__()
-        self.encode = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                    nn.Conv2d(width, width * 2, 3, stride=2, padding=1), nn.BatchNorm2d(width * 2), nn.ReLU())
-        self.decode = nn.Sequential(nn.ConvTranspose2d(width * 2, width, 2, stride=2), nn.ReLU(), nn.Conv2d(width, 3, 1))
+        self.encode = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, width * 2, 3, stride=2, padding=1),
+            nn.BatchNorm2d(width * 2),
+            nn.ReLU(),
+        )
+        self.decode = nn.Sequential(
+            nn.ConvTranspose2d(width * 2, width, 2, stride=2), nn.ReLU(), nn.Conv2d(width, 3, 1)
+        )
 
     def forward(self, x):
         return {"out": self.decode(self.encode(x))}
@@ -40,8 +48,14 @@ class EncoderDecoder(nn.Module):
 class DictSamples(Dataset):
     def __init__(self, count: int, seed: int):
         generator = torch.Generator().manual_seed(seed)
-        self.labels = torch.randint(0, 3, (count, 1, SIZE // 8, SIZE // 8), generator=generator).repeat_interleave(8, -1).repeat_interleave(8, -2)
-        self.images = self.labels.float().repeat(1, 3, 1, 1) / 2 + 0.2 * torch.randn(count, 3, SIZE, SIZE, generator=generator)
+        self.labels = (
+            torch.randint(0, 3, (count, 1, SIZE // 8, SIZE // 8), generator=generator)
+            .repeat_interleave(8, -1)
+            .repeat_interleave(8, -2)
+        )
+        self.images = self.labels.float().repeat(1, 3, 1, 1) / 2 + 0.2 * torch.randn(
+            count, 3, SIZE, SIZE, generator=generator
+        )
 
     def __len__(self):
         return len(self.labels)
@@ -52,14 +66,23 @@ class DictSamples(Dataset):
 
 def loaders():
     torch.manual_seed(0)
-    return (DataLoader(DictSamples(TRAIN, 1), batch_size=BATCH, shuffle=True),
-            DataLoader(DictSamples(VAL, 2), batch_size=BATCH))
+    return (
+        DataLoader(DictSamples(TRAIN, 1), batch_size=BATCH, shuffle=True),
+        DataLoader(DictSamples(VAL, 2), batch_size=BATCH),
+    )
 
 
 def trainer_fit(workdir: str, device: str) -> None:
     train, val = loaders()
-    settings = load_settings(overrides=[f"train.epochs={EPOCHS}", "export.enabled=false", "train.scheduler='constant'",
-                                        f"train.device='{device}'", f"checkpoint.dir='{workdir}/trainer'"])
+    settings = load_settings(
+        overrides=[
+            f"train.epochs={EPOCHS}",
+            "export.enabled=false",
+            "train.scheduler='constant'",
+            f"train.device='{device}'",
+            f"checkpoint.dir='{workdir}/trainer'",
+        ]
+    )
     manager = get_plugin_manager(settings, autoload=False, disabled=["progress"])
     SegmentationTrainer(settings, model=EncoderDecoder(), train_data=train, val_data=val, plugin_manager=manager).fit()
 
@@ -91,16 +114,19 @@ def hand_loop(workdir: str, device: str) -> None:
                 segmentation_loss(logits.float(), y, 1.0)
                 counts.update(logits.argmax(1), y)
         counts.mean_foreground()
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
-                   f"{workdir}/hand/last.pt")
+        torch.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
+            f"{workdir}/hand/last.pt",
+        )
 
 
 def compare(device: str, rounds: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as workdir:
         os.chdir(workdir)
         trainer_fit(workdir, device), hand_loop(workdir, device)  # warm-up
-        times = interleaved({"trainer": lambda: trainer_fit(workdir, device),
-                             "hand": lambda: hand_loop(workdir, device)}, rounds=rounds)
+        times = interleaved(
+            {"trainer": lambda: trainer_fit(workdir, device), "hand": lambda: hand_loop(workdir, device)}, rounds=rounds
+        )
     return median(times["trainer"]), median(times["hand"])
 
 
@@ -111,13 +137,22 @@ def main() -> None:
     for device in devices:
         t, h = compare(device, rounds)
         amp = " + AMP" if device == "cuda" else ""
-        rows += [(f"{device}{amp}: SegmentationTrainer.fit", f"{t:.3f} s", ""),
-                 (f"{device}{amp}: hand-written loop", f"{h:.3f} s", ""),
-                 (f"{device}{amp}: ratio trainer/hand", f"{t / h:.3f}x", f"target <= 1.02x (median of {rounds} interleaved rounds)")]
+        rows += [
+            (f"{device}{amp}: SegmentationTrainer.fit", f"{t:.3f} s", ""),
+            (f"{device}{amp}: hand-written loop", f"{h:.3f} s", ""),
+            (
+                f"{device}{amp}: ratio trainer/hand",
+                f"{t / h:.3f}x",
+                f"target <= 1.02x (median of {rounds} interleaved rounds)",
+            ),
+        ]
     if "cuda" not in devices:
         rows.append(("cuda + AMP", "not measured", "no CUDA device on this machine"))
-    report(f"user model + DataLoaders vs hand-written loop, {EPOCHS} epochs, {TRAIN} train / {VAL} val {SIZE}x{SIZE}, "
-           "whole fit incl. settings, plugin manager, fingerprints, checkpoints (python bench/bench_user_model.py)", rows)
+    report(
+        f"user model + DataLoaders vs hand-written loop, {EPOCHS} epochs, {TRAIN} train / {VAL} val {SIZE}x{SIZE}, "
+        "whole fit incl. settings, plugin manager, fingerprints, checkpoints (python bench/bench_user_model.py)",
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -32,34 +32,73 @@ def add_runs(path, count: int, seed: int = 0, start_ms: int = 1_700_000_000_000)
         run_id = uuid.UUID(int=rng.getrandbits(128)).hex
         ids.append(run_id)
         begin = start_ms + index * 1000
-        runs.append((run_id, f"run-{seed}-{index}", "LOCAL", "bench", "", "bench", "FINISHED", begin, begin + 900, "",
-                     "active", f"file:///tmp/{run_id}", experiment_id))
+        runs.append(
+            (
+                run_id,
+                f"run-{seed}-{index}",
+                "LOCAL",
+                "bench",
+                "",
+                "bench",
+                "FINISHED",
+                begin,
+                begin + 900,
+                "",
+                "active",
+                f"file:///tmp/{run_id}",
+                experiment_id,
+            )
+        )
         if index % 5 == 0:
             parent = run_id
         width = 8 * (1 + index % 4)
-        for key, value in (("model.width", width), ("model.depth", 2 + index % 3), ("train.lr", 0.001 * (1 + index % 5)),
-                           ("train.epochs", EPOCHS), ("train.batch_size", 8), ("train.seed", index), ("data.folds", 5),
-                           ("data.image_size", 64), ("checkpoint.monitor", "val_dice"), ("model.name", "unet")):
+        for key, value in (
+            ("model.width", width),
+            ("model.depth", 2 + index % 3),
+            ("train.lr", 0.001 * (1 + index % 5)),
+            ("train.epochs", EPOCHS),
+            ("train.batch_size", 8),
+            ("train.seed", index),
+            ("data.folds", 5),
+            ("data.image_size", 64),
+            ("checkpoint.monitor", "val_dice"),
+            ("model.name", "unet"),
+        ):
             params.append((key, str(value), run_id))
-        for key, value in (("segtrack.fold", str(index % 5)), ("model", f"unet-w{width}"), ("mlflow.runName", f"run-{index}"),
-                           ("mlflow.parentRunId", parent), ("data.test_sha256", f"{index % 5:064x}")):
+        for key, value in (
+            ("segtrack.fold", str(index % 5)),
+            ("model", f"unet-w{width}"),
+            ("mlflow.runName", f"run-{index}"),
+            ("mlflow.parentRunId", parent),
+            ("data.test_sha256", f"{index % 5:064x}"),
+        ):
             tags.append((key, value, run_id))
         base = rng.random() * 0.3
         for step in range(EPOCHS):
-            values = {"train_loss": 1.5 - base - step * 0.05, "val_loss": 1.6 - base - step * 0.045,
-                      "val_dice": base + step * 0.03, "val_iou": base * 0.8 + step * 0.025}
+            values = {
+                "train_loss": 1.5 - base - step * 0.05,
+                "val_loss": 1.6 - base - step * 0.045,
+                "val_dice": base + step * 0.03,
+                "val_iou": base * 0.8 + step * 0.025,
+            }
             for key, value in values.items():
                 metrics.append((key, value, begin + step, run_id, step, 0))
         for key in METRICS:
             latest.append((key, metrics[-4 + METRICS.index(key)][1], begin + EPOCHS - 1, EPOCHS - 1, 0, run_id))
     with con:
-        con.executemany("INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, status, "
-                        "start_time, end_time, source_version, lifecycle_stage, artifact_uri, experiment_id) "
-                        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", runs)
+        con.executemany(
+            "INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, status, "
+            "start_time, end_time, source_version, lifecycle_stage, artifact_uri, experiment_id) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            runs,
+        )
         con.executemany("INSERT INTO params (key, value, run_uuid) VALUES (?,?,?)", params)
         con.executemany("INSERT INTO tags (key, value, run_uuid) VALUES (?,?,?)", tags)
-        con.executemany("INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) VALUES (?,?,?,?,?,?)", metrics)
-        con.executemany("INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) VALUES (?,?,?,?,?,?)",
-                        latest)
+        con.executemany(
+            "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) VALUES (?,?,?,?,?,?)", metrics
+        )
+        con.executemany(
+            "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) VALUES (?,?,?,?,?,?)", latest
+        )
     con.close()
     return ids

@@ -22,8 +22,13 @@ class TinySegNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 3, width: int = 16):
         super().__init__()
-        self.encoder = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                     nn.Conv2d(width, width, 3, padding=2, dilation=2), nn.ReLU())
+        self.encoder = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=2, dilation=2),
+            nn.ReLU(),
+        )
         self.classifier = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, x):
@@ -79,15 +84,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    settings = load_settings(overrides=[
-        "run.name=own-model-2d", "data.num_classes=3", "data.ignore_index=255",
-        "data.class_names=['background','nucleus','membrane']", "checkpoint.monitor=val_fg_precision",
-        "train.epochs=6", "train.lr=0.01", *args.overrides])
-    trainer = SegmentationTrainer(settings, model=TinySegNet(), train_data=Microscopy16Bit(),
-                                  plugins=[ForegroundPrecision()])
+    settings = load_settings(
+        overrides=[
+            "run.name=own-model-2d",
+            "data.num_classes=3",
+            "data.ignore_index=255",
+            "data.class_names=['background','nucleus','membrane']",
+            "checkpoint.monitor=val_fg_precision",
+            "train.epochs=6",
+            "train.lr=0.01",
+            *args.overrides,
+        ]
+    )
+    trainer = SegmentationTrainer(
+        settings, model=TinySegNet(), train_data=Microscopy16Bit(), plugins=[ForegroundPrecision()]
+    )
     result = trainer.fit()
-    print(f"{result.status}: best val_fg_precision {result.best_value:.3f} at epoch {result.best_epoch + 1}, "
-          f"val_dice_nucleus {result.best_metrics['val_dice_nucleus']:.3f}; ONNX: {result.export and result.export.path}")
+    print(
+        f"{result.status}: best val_fg_precision {result.best_value:.3f} at epoch {result.best_epoch + 1}, "
+        f"val_dice_nucleus {result.best_metrics['val_dice_nucleus']:.3f}; ONNX: {result.export and result.export.path}"
+    )
 
 
 if __name__ == "__main__":

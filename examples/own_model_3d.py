@@ -20,8 +20,13 @@ class VolumeNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, width: int = 8):
         super().__init__()
-        self.down = nn.Sequential(nn.Conv3d(in_channels, width, 3, padding=1), nn.InstanceNorm3d(width), nn.ReLU(),
-                                  nn.Conv3d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU())
+        self.down = nn.Sequential(
+            nn.Conv3d(in_channels, width, 3, padding=1),
+            nn.InstanceNorm3d(width),
+            nn.ReLU(),
+            nn.Conv3d(width, 2 * width, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
         self.up = nn.ConvTranspose3d(2 * width, width, 2, stride=2)
         self.head = nn.Conv3d(width, num_classes, 1)
 
@@ -57,9 +62,18 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    settings = load_settings(overrides=[
-        "run.name=own-model-3d", "data.dims=3", "data.num_classes=2", "data.class_names=['background','organ']",
-        "train.epochs=6", "train.lr=0.02", "train.batch_size=4", *args.overrides])
+    settings = load_settings(
+        overrides=[
+            "run.name=own-model-3d",
+            "data.dims=3",
+            "data.num_classes=2",
+            "data.class_names=['background','organ']",
+            "train.epochs=6",
+            "train.lr=0.02",
+            "train.batch_size=4",
+            *args.overrides,
+        ]
+    )
     outcome = SegmentationTrainer(settings, model=VolumeNet(), train_data=OrganVolumes()).cv(folds=args.folds)
     for fold in outcome.folds:
         print(f"fold {fold.fold}: {fold.status}, best val_dice_organ {fold.best_metrics['val_dice_organ']:.3f}")

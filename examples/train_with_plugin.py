@@ -1,6 +1,6 @@
 """Train with a plugin passed in code: early stopping on the monitored metric.
 
-    python examples/train_with_plugin.py --set train.epochs=20
+python examples/train_with_plugin.py --set train.epochs=20
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ def main() -> None:
     args = parser.parse_args()
     result = SegmentationTrainer(load_settings(overrides=args.overrides), plugins=[EarlyStopping(args.patience)]).fit()
     best = "nan" if math.isnan(result.best_value) else f"{result.best_value:.4f}"
-    print(f"{result.status}: {result.epochs_completed} epochs, best {result.monitor} {best}"
-          + (f" ({result.stop_reason})" if result.stop_reason else ""))
+    print(
+        f"{result.status}: {result.epochs_completed} epochs, best {result.monitor} {best}"
+        + (f" ({result.stop_reason})" if result.stop_reason else "")
+    )
 
 
 if __name__ == "__main__":

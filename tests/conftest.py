@@ -11,8 +11,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
-from recorder import TINY  # noqa: E402,F401
-from segtrack.testing import clean_env  # noqa: E402,F401
+from recorder import TINY
+
+from segtrack.testing import clean_env  # noqa: F401
 
 SCENARIO_ROWS: list[dict] = []  # tests/reliability's report_row rows, printed at the end
 

@@ -11,7 +11,9 @@ from torch.utils.data import Dataset
 class PlainFCN(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, width: int = 6):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, num_classes, 1))
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, num_classes, 1)
+        )
 
     def forward(self, x):
         return self.body(x)
@@ -32,7 +34,7 @@ class Stripes(Dataset):
         for i in range(count):
             mask = np.zeros((size, size), np.int64)
             for cls in range(1, num_classes):
-                mask[:, (i + cls * 4) % size: (i + cls * 4) % size + 3] = cls
+                mask[:, (i + cls * 4) % size : (i + cls * 4) % size + 3] = cls
             image = np.repeat((mask / num_classes).astype(np.float32)[None], channels, axis=0)
             self.items.append((torch.from_numpy(image), torch.from_numpy(mask)))
 

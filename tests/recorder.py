@@ -6,8 +6,14 @@ from segtrack import hookimpl
 
 # settings for a fit that takes a fraction of a second
 TINY = [
-    "train.epochs=2", "train.batch_size=4", "train.lr=0.01", "data.num_samples=16", "data.image_size=16",
-    "model.width=4", "model.depth=1", "export.enabled=false",
+    "train.epochs=2",
+    "train.batch_size=4",
+    "train.lr=0.01",
+    "data.num_samples=16",
+    "data.image_size=16",
+    "model.width=4",
+    "model.depth=1",
+    "export.enabled=false",
 ]
 
 

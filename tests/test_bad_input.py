@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from recorder import TINY
 
 from segtrack.cli import main
-from recorder import TINY
 
 
 def _sets(*items):
@@ -58,9 +58,17 @@ CASES = [
     ("negative_epochs", ["train", *_sets("train.epochs=-1")], ["train.epochs = -1 is invalid", "integer >= 1"]),
     ("wrong_type", ["train", *_sets("train.lr='fast'")], ["train.lr = 'fast' is invalid", "a number > 0"]),
     ("bool_for_int", ["train", *_sets("train.batch_size=true")], ["train.batch_size = True is invalid"]),
-    ("unknown_key", ["train", *_sets("train.ephocs=3")], ["train.ephocs: unknown setting", "did you mean train.epochs"]),
+    (
+        "unknown_key",
+        ["train", *_sets("train.ephocs=3")],
+        ["train.ephocs: unknown setting", "did you mean train.epochs"],
+    ),
     ("unknown_choice", ["train", *_sets("checkpoint.monitor='dice'")], ["checkpoint.monitor = 'dice'", "val_dice"]),
-    ("unknown_section", ["train", *_sets("trian.epochs=3")], ["unknown settings section(s) 'trian'", "did you mean 'train'"]),
+    (
+        "unknown_section",
+        ["train", *_sets("trian.epochs=3")],
+        ["unknown settings section(s) 'trian'", "did you mean 'train'"],
+    ),
     ("unknown_plugin_disabled", ["train", *_sets("plugins.disabled=['mlfow']")], ["unknown plugin(s) 'mlfow'"]),
     ("bad_set_syntax", ["train", "--set", "epochs"], ["--set 'epochs' is not SECTION.KEY=VALUE"]),
     ("unknown_env", ["train", "--env", "staging"], ["unknown environment 'staging'"]),
@@ -72,27 +80,49 @@ CASES = [
     ("folder_without_path", ["train", *_sets("data.source='folder'")], ["data.path is empty"]),
     ("missing_folder", ["train", *_sets("data.source='folder'", "data.path='nowhere'")], ["nowhere/images is missing"]),
     ("empty_folder", ["train", *_sets("data.source='folder'", "data.path='data'")], ["holds no images (.png"]),
-    ("mismatched_names", ["train", *_sets("data.source='folder'", "data.path='data'")],
-     ["image and mask names differ", "without mask ['b']", "without image ['c']"]),
-    ("mask_size", ["train", *_sets("data.source='folder'", "data.path='data'")], ["s1.png: the image is 8x8 but its mask is 4x4"]),
+    (
+        "mismatched_names",
+        ["train", *_sets("data.source='folder'", "data.path='data'")],
+        ["image and mask names differ", "without mask ['b']", "without image ['c']"],
+    ),
+    (
+        "mask_size",
+        ["train", *_sets("data.source='folder'", "data.path='data'")],
+        ["s1.png: the image is 8x8 but its mask is 4x4"],
+    ),
     ("class_ids", ["train", *_sets("data.source='folder'", "data.path='data'")], ["class ids [7] outside 0..2"]),
-    ("unreadable_mask", ["train", *_sets("data.source='folder'", "data.path='data'")], ["cannot read data/masks/s1.png"]),
+    (
+        "unreadable_mask",
+        ["train", *_sets("data.source='folder'", "data.path='data'")],
+        ["cannot read data/masks/s1.png"],
+    ),
     ("too_few_samples", ["train", *_sets("data.num_samples=1")], ["data.num_samples = 1 is invalid"]),
     ("depth_vs_size", ["train", *_sets("data.image_size=20", "model.depth=3")], ["sides divisible by 8"]),
     ("too_many_folds", ["cv", "--folds", "40", *_sets()], ["40 folds need at least 40 samples"]),
     ("one_fold", ["cv", "--folds", "1", *_sets()], ["--folds 1 is invalid"]),
-    ("not_a_dir", ["train", *_sets("checkpoint.dir='blocker/sub'")], ["checkpoint.dir = 'blocker/sub' is not a writable folder"]),
+    (
+        "not_a_dir",
+        ["train", *_sets("checkpoint.dir='blocker/sub'")],
+        ["checkpoint.dir = 'blocker/sub' is not a writable folder"],
+    ),
     ("missing_checkpoint", ["train", "--resume", "gone.pt", *_sets()], ["checkpoint 'gone.pt' does not exist"]),
     ("resume_folder", ["train", "--resume", "folder", *_sets()], ["checkpoint 'folder' is a folder", "folder/last.pt"]),
     ("config_folder", ["train", "--config", "folder", *_sets()], ["config file 'folder' is a folder"]),
     ("zero_folds", ["cv", "--folds", "0", *_sets()], ["--folds 0 is invalid"]),
     ("infinite_lr", ["train", *_sets("train.lr=inf")], ["train.lr = inf is invalid", "a number > 0"]),
     ("nan_weight", ["train", *_sets("train.dice_weight=nan")], ["train.dice_weight = nan is invalid"]),
-    ("run_name_path", ["train", *_sets("run.name='../../escaped'")], ["run.name = '../../escaped' is invalid",
-                                                                     "a path is refused"]),
+    (
+        "run_name_path",
+        ["train", *_sets("run.name='../../escaped'")],
+        ["run.name = '../../escaped' is invalid", "a path is refused"],
+    ),
     ("run_name_slash", ["train", *_sets("run.name='a/b'")], ["run.name = 'a/b' is invalid"]),
     ("model_name", ["train", *_sets("model.name='unte'")], ["model.name = 'unte' is not a known model"]),
-    ("crop_sides", ["train", *_sets("data.crop=[64, 64, 64]")], ["data.crop = [64, 64, 64] has 3 sides but data.dims = 2"]),
+    (
+        "crop_sides",
+        ["train", *_sets("data.crop=[64, 64, 64]")],
+        ["data.crop = [64, 64, 64] has 3 sides but data.dims = 2"],
+    ),
     ("normalize", ["train", *_sets("data.normalize='zscore'")], ["data.normalize = 'zscore' is invalid"]),
 ]
 

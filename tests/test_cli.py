@@ -14,22 +14,26 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 def _segtrack(*args, cwd, env=None):
     full_env = {**os.environ, "SEGTRACK_PLUGINS__AUTOLOAD": "false", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "segtrack", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "segtrack", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_help_and_plugins_import_nothing_heavy(tmp_path):
     """With every installed plugin loaded, `--help` and `plugins` import no torch, mlflow, duckdb, pyarrow."""
     heavy = ("torch", "mlflow", "duckdb", "pyarrow")
     for args in (["--help"], ["plugins"], ["runs", "--help"], ["mlflow", "--help"]):
-        probe = (f"import sys; from segtrack.cli import main\n"
-                 f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
-                 f"print('HEAVY', sorted(m for m in {heavy!r} if m in sys.modules))")
+        probe = (
+            f"import sys; from segtrack.cli import main\n"
+            f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+            f"print('HEAVY', sorted(m for m in {heavy!r} if m in sys.modules))"
+        )
         out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
         last = out.stdout.strip().splitlines()[-1]
         assert last == "HEAVY []", (args, last, out.stderr[-2000:])
-    help_text = subprocess.run([sys.executable, "-m", "segtrack", "--help"], cwd=tmp_path, capture_output=True,
-                               text=True, timeout=60).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "segtrack", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    ).stdout
     assert "train" in help_text and "plugins" in help_text
     assert _segtrack("--version", cwd=tmp_path).stdout.startswith("segtrack 0.")
 
@@ -39,7 +43,8 @@ def test_train_from_the_command_line_with_env_and_project_settings(tmp_path):
     (tmp_path / "configs" / "settings.toml").write_text(
         "[default.run]\nname = 'from-project'\n[testing.train]\nepochs = 1\nbatch_size = 4\n"
         "[testing.data]\nnum_samples = 8\nimage_size = 16\n[testing.model]\nwidth = 2\ndepth = 1\n"
-        "[testing.export]\nenabled = false\n")
+        "[testing.export]\nenabled = false\n"
+    )
     out = _segtrack("train", "--env", "testing", cwd=tmp_path, env={"SEGTRACK_TRAIN__EPOCHS": "2"})
     assert out.returncode == 0, out.stderr
     assert "segtrack: from-project:" in out.stderr  # project file
@@ -53,25 +58,66 @@ def test_train_from_the_command_line_with_env_and_project_settings(tmp_path):
 
 
 def test_cv_from_the_command_line(tmp_path):
-    sets = [a for s in ["train.epochs=1", "data.num_samples=9", "data.image_size=16", "model.width=2",
-                        "model.depth=1", "export.enabled=false"] for a in ("--set", s)]
+    sets = [
+        a
+        for s in [
+            "train.epochs=1",
+            "data.num_samples=9",
+            "data.image_size=16",
+            "model.width=2",
+            "model.depth=1",
+            "export.enabled=false",
+        ]
+        for a in ("--set", s)
+    ]
     out = _segtrack("cv", "--folds", "3", *sets, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "cross-validation" in out.stderr and "val_dice" in out.stderr
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        "segtrack-fold0", "segtrack-fold1", "segtrack-fold2"]
+        "segtrack-fold0",
+        "segtrack-fold1",
+        "segtrack-fold2",
+    ]
 
 
 def test_example_third_party_plugin_installs_and_fires_through_its_entry_point(tmp_path):
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(REPO / "examples" / "segtrack-csv-logger")],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(REPO / "examples" / "segtrack-csv-logger"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     first_party = first_party_plugins()
-    env = {"PYTHONPATH": str(site), "SEGTRACK_PLUGINS__AUTOLOAD": "true",
-           "SEGTRACK_PLUGINS__DISABLED": repr(first_party)}
-    sets = [a for s in ["train.epochs=2", "data.num_samples=8", "data.image_size=16", "model.width=2",
-                        "model.depth=1", "export.enabled=false", "csv.path='out/metrics.csv'"] for a in ("--set", s)]
+    env = {
+        "PYTHONPATH": str(site),
+        "SEGTRACK_PLUGINS__AUTOLOAD": "true",
+        "SEGTRACK_PLUGINS__DISABLED": repr(first_party),
+    }
+    sets = [
+        a
+        for s in [
+            "train.epochs=2",
+            "data.num_samples=8",
+            "data.image_size=16",
+            "model.width=2",
+            "model.depth=1",
+            "export.enabled=false",
+            "csv.path='out/metrics.csv'",
+        ]
+        for a in ("--set", s)
+    ]
     listing = _segtrack("plugins", cwd=tmp_path, env=env)
     assert "csv  (segtrack-csv-logger 0.1.0, entry point)" in listing.stdout
     out = _segtrack("train", *sets, cwd=tmp_path, env=env)
@@ -89,10 +135,30 @@ def test_example_third_party_plugin_installs_and_fires_through_its_entry_point(t
 
 def test_example_script_trains_with_a_plugin_in_code(tmp_path):
     out = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "train_with_plugin.py"), "--patience", "1",
-         *[a for s in ["train.epochs=6", "train.lr=1e-6", "data.num_samples=8", "data.image_size=16",
-                       "model.width=2", "model.depth=1", "export.enabled=false"] for a in ("--set", s)]],
-        cwd=tmp_path, env={**os.environ, "SEGTRACK_PLUGINS__AUTOLOAD": "false"}, capture_output=True, text=True,
-        timeout=300)
+        [
+            sys.executable,
+            str(REPO / "examples" / "train_with_plugin.py"),
+            "--patience",
+            "1",
+            *[
+                a
+                for s in [
+                    "train.epochs=6",
+                    "train.lr=1e-6",
+                    "data.num_samples=8",
+                    "data.image_size=16",
+                    "model.width=2",
+                    "model.depth=1",
+                    "export.enabled=false",
+                ]
+                for a in ("--set", s)
+            ],
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "SEGTRACK_PLUGINS__AUTOLOAD": "false"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(("stopped:", "completed:"))

@@ -11,7 +11,8 @@ from segtrack.config import load_settings, resolved_dict, secret_keys
 def test_layers_override_in_order(tmp_path, monkeypatch):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "settings.toml").write_text(
-        "[default.train]\nepochs = 4\nbatch_size = 2\nlr = 0.5\n[testing.train]\nepochs = 5\n")
+        "[default.train]\nepochs = 4\nbatch_size = 2\nlr = 0.5\n[testing.train]\nepochs = 5\n"
+    )
     (tmp_path / "extra.toml").write_text("[default.train]\nbatch_size = 3\nlr = 0.25\n")
     monkeypatch.setenv("SEGTRACK_TRAIN__LR", "0.125")
     cfg = resolved_dict(load_settings(tmp_path / "extra.toml", "testing", ["train.seed=7"], project_dir=tmp_path))
@@ -64,8 +65,10 @@ class _Budget:
         from segtrack import Setting
         from segtrack.schema import is_number, is_str
 
-        return [Setting("budget.minutes", "a number of minutes > 0", lambda v: is_number(v) and v > 0, default=60),
-                Setting("budget.token", "a string", is_str, default="", secret=True)]
+        return [
+            Setting("budget.minutes", "a number of minutes > 0", lambda v: is_number(v) and v > 0, default=60),
+            Setting("budget.token", "a string", is_str, default="", secret=True),
+        ]
 
     @_hookimpl
     def settings_loaded(self, settings):

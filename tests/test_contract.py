@@ -7,6 +7,7 @@ import re
 
 from segtrack import hookspecs
 from segtrack.plugins import hook_names
+
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 PINNED = {
@@ -75,8 +76,12 @@ def test_every_hook_name_the_code_calls_is_a_hookspec():
 
     root = Path(__file__).resolve().parents[1]
     sources = [*root.glob("src/segtrack/*.py"), *root.glob("plugins/*/src/*/*.py")]
-    pattern = re.compile(r"\b(?:call|call_all_ranks|call_bounded|collect|has_implementations)\(\s*\"(\w+)\"|"
-                         r"\bcall_one\(\s*\w+,\s*\"(\w+)\"")
-    called = {name for path in sources for match in pattern.finditer(path.read_text()) for name in match.groups() if name}
+    pattern = re.compile(
+        r"\b(?:call|call_all_ranks|call_bounded|collect|has_implementations)\(\s*\"(\w+)\"|"
+        r"\bcall_one\(\s*\w+,\s*\"(\w+)\""
+    )
+    called = {
+        name for path in sources for match in pattern.finditer(path.read_text()) for name in match.groups() if name
+    }
     assert len(called) >= 15, called
     assert called <= set(hook_names()), called - set(hook_names())

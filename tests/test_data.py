@@ -15,7 +15,7 @@ def test_synthetic_data_is_deterministic_and_labelled():
     b = synthetic_arrays(4, 32, 4, 3, seed=1)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert set(np.unique(a[1])) == {0, 1, 2, 3}
-    assert a[0].shape == (4, 3, 32, 32) and 0 <= a[0].min() and a[0].max() <= 1
+    assert a[0].shape == (4, 3, 32, 32) and a[0].min() >= 0 and a[0].max() <= 1
 
 
 def test_fingerprint_is_order_independent_and_content_sensitive():
@@ -45,6 +45,6 @@ def test_folder_dataset_reads_pairs(tmp_path):
     _write_pair(tmp_path, "a")
     _write_pair(tmp_path, "b", mask_value=2)
     dataset = FolderDataset(tmp_path, dims=2, channels=3)
-    (image_a, mask_a), (image_b, mask_b) = dataset[0], dataset[1]
+    (image_a, _mask_a), (_image_b, mask_b) = dataset[0], dataset[1]
     assert len(dataset) == 2 and image_a.shape == (3, 8, 8) and mask_b.max() == 2
     assert image_a.max() == pytest.approx(128 / 255)

@@ -47,13 +47,36 @@ def _free_port() -> int:
 
 def test_two_process_fit_fires_hooks_on_rank_zero_only(tmp_path):
     (tmp_path / "fit.py").write_text(SCRIPT)
-    sets = ["train.epochs=2", "train.batch_size=2", "data.num_samples=12", "data.image_size=16", "model.width=2",
-            "model.depth=1", "export.enabled=false"]
+    sets = [
+        "train.epochs=2",
+        "train.batch_size=2",
+        "data.num_samples=12",
+        "data.image_size=16",
+        "model.width=2",
+        "model.depth=1",
+        "export.enabled=false",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), "fit.py", *sets],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "fit.py",
+            *sets,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [json.loads(line) for line in (tmp_path / "hooks-rank0.jsonl").read_text().splitlines()]
     assert [(r["rank"], r["world"], r["epoch"]) for r in lines] == [(0, 2, 0), (0, 2, 1)]
@@ -102,12 +125,35 @@ STALL_SCRIPT = textwrap.dedent("""
 
 def _stalled_job(tmp_path, mode: str) -> subprocess.Popen:
     (tmp_path / "stall.py").write_text(STALL_SCRIPT)
-    sets = ["train.epochs=2", "train.batch_size=2", "data.num_samples=12", "data.image_size=16", "model.width=2",
-            "model.depth=1", "export.enabled=false"]
+    sets = [
+        "train.epochs=2",
+        "train.batch_size=2",
+        "data.num_samples=12",
+        "data.image_size=16",
+        "model.width=2",
+        "model.depth=1",
+        "export.enabled=false",
+    ]
     return subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), "stall.py", mode, *sets],
-        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "stall.py",
+            mode,
+            *sets,
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def test_a_rank_that_died_makes_the_others_fail_not_interrupted(tmp_path):

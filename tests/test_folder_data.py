@@ -48,12 +48,14 @@ def test_16bit_tiff_tiles_of_mixed_sizes_train_with_crops(trainer_factory, tmp_p
     assert image.shape == (1, 32, 32) and mask.shape == (32, 32)
     # 16-bit: percentile-normalised into [0, 1], not divided by 255
     whole, _ = dataset[0]
-    assert whole.dtype == torch.float32 and 0.0 <= float(whole.min()) and float(whole.max()) <= 1.0
+    assert whole.dtype == torch.float32 and float(whole.min()) >= 0.0 and float(whole.max()) <= 1.0
 
 
 def test_validation_pads_whole_images_and_leaves_the_padding_out():
-    pairs = [(torch.ones(1, 37, 41), torch.ones(37, 41, dtype=torch.long)),
-             (torch.ones(1, 50, 45), torch.zeros(50, 45, dtype=torch.long))]
+    pairs = [
+        (torch.ones(1, 37, 41), torch.ones(37, 41, dtype=torch.long)),
+        (torch.ones(1, 50, 45), torch.zeros(50, 45, dtype=torch.long)),
+    ]
     images, masks = pad_stack(pairs, multiple=4)
     assert images.shape == (2, 1, 52, 48) and masks.shape == (2, 52, 48)
     assert int((masks[0] == 1).sum()) == 37 * 41 and int((masks[0] == IGNORED).sum()) == 52 * 48 - 37 * 41
@@ -131,7 +133,9 @@ def test_3d_tiff_and_npy_volumes_train(trainer_factory, tmp_path, monkeypatch):
         else:
             tifffile.imwrite(root / "images" / f"v{i}.tif", volume)  # one page per depth slice
         tifffile.imwrite(root / "masks" / f"v{i}.tif", mask)
-    trainer = trainer_factory(*FOLDER, "data.dims=3", "data.num_classes=2", "model.in_channels=1", "data.crop=[8, 16, 16]")
+    trainer = trainer_factory(
+        *FOLDER, "data.dims=3", "data.num_classes=2", "model.in_channels=1", "data.crop=[8, 16, 16]"
+    )
     result = trainer.fit()
     assert result.status == "completed"
     assert trainer.data.dataset[0][0].shape == (1, 10, 20, 18)
@@ -162,8 +166,20 @@ def test_an_unreadable_image_found_mid_epoch_is_named_in_one_sentence(tmp_path, 
     monkeypatch.chdir(tmp_path)
     _pngs(tmp_path / "data", count=8)
     (tmp_path / "data" / "images" / "s3.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"torn" * 10)
-    code = main(["train", *[a for s in FOLDER for a in ("--set", s)], "--set", "train.num_workers=2",
-                 "--set", "data.val_fraction=0.5", "--set", "plugins.autoload=false", "--set", "data.num_classes=2"])
+    code = main(
+        [
+            "train",
+            *[a for s in FOLDER for a in ("--set", s)],
+            "--set",
+            "train.num_workers=2",
+            "--set",
+            "data.val_fraction=0.5",
+            "--set",
+            "plugins.autoload=false",
+            "--set",
+            "data.num_classes=2",
+        ]
+    )
     err = capsys.readouterr().err
     assert code != 0 and "cannot read data/images/s3.png" in err and "Traceback" not in err, err
 

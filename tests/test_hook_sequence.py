@@ -7,8 +7,15 @@ from recorder import RaiseAt, Recorder
 
 from segtrack.errors import PluginHookError
 
-EPOCH = ["epoch_start", "train_batch_end", "train_batch_end", "train_batch_end", "validation_end", "epoch_end",
-         "state_dict"]
+EPOCH = [
+    "epoch_start",
+    "train_batch_end",
+    "train_batch_end",
+    "train_batch_end",
+    "validation_end",
+    "epoch_end",
+    "state_dict",
+]
 
 
 def test_two_epoch_fit_sequence(trainer_factory):
@@ -17,12 +24,12 @@ def test_two_epoch_fit_sequence(trainer_factory):
     result = trainer.fit()
     # 16 samples, 25% validation -> 12 train samples in batches of 4 -> 3 steps per epoch
     expected = ["settings_loaded", "fit_start"]
-    expected += EPOCH + ["checkpoint_saved", "checkpoint_saved"]  # epoch 0 is always best: best, last
+    expected += [*EPOCH, "checkpoint_saved", "checkpoint_saved"]  # epoch 0 is always best: best, last
     names = recorder.names()
-    second_epoch = names[len(expected):]
+    second_epoch = names[len(expected) :]
     assert names[: len(expected)] == expected
     assert second_epoch[: len(EPOCH)] == EPOCH
-    assert second_epoch[len(EPOCH):-1] in (["checkpoint_saved", "checkpoint_saved"], ["checkpoint_saved"])
+    assert second_epoch[len(EPOCH) : -1] in (["checkpoint_saved", "checkpoint_saved"], ["checkpoint_saved"])
     assert names[-1] == "fit_end"
     assert result.status == "completed" and result.epochs_completed == 2
     kinds = [kw["checkpoint"].kind for name, kw in recorder.calls if name == "checkpoint_saved"]

@@ -5,21 +5,33 @@ from __future__ import annotations
 import time
 
 import pytest
+
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 from recorder import Recorder
 
 from segtrack import PluginHookError, hookimpl
 from segtrack.plugins import hook_names
 
-TRAINING_HOOKS = [h for h in hook_names() if h not in ("cli_commands", "settings_schema", "settings_loaded", "load_state_dict",
-                                                         "cross_validation_start", "cross_validation_end")]
+TRAINING_HOOKS = [
+    h
+    for h in hook_names()
+    if h
+    not in (
+        "cli_commands",
+        "settings_schema",
+        "settings_loaded",
+        "load_state_dict",
+        "cross_validation_start",
+        "cross_validation_end",
+    )
+]
 
 
 def _raising_everywhere():
     namespace = {"hookimpl": hookimpl}
     body = "".join(
-        f"    @hookimpl\n    def {h}(self):\n        raise RuntimeError('broken {h}')\n" for h in TRAINING_HOOKS + [
-            "cross_validation_start", "cross_validation_end"]
+        f"    @hookimpl\n    def {h}(self):\n        raise RuntimeError('broken {h}')\n"
+        for h in [*TRAINING_HOOKS, "cross_validation_start", "cross_validation_end"]
     )
     exec("class Broken:\n    name = 'broken'\n" + body, namespace)
     return namespace["Broken"]()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from recorder import first_party_plugins
 
 from segtrack import ConfigError, PluginLoadError
 from segtrack.plugins import get_plugin_manager
-from recorder import first_party_plugins
 
 GOOD = """
 from segtrack import hookimpl
@@ -30,7 +30,11 @@ def test_entry_point_plugin_is_discovered_and_fires(fake_dist, trainer_factory, 
     manager = get_plugin_manager(settings_factory(), disabled=["progress", *first_party_plugins()])
     record = manager.records["good"]
     assert (record.source, record.distribution, record.version, record.hooks) == (
-        "entry point", "segtrack-good", "1.2.3", ("epoch_end",))
+        "entry point",
+        "segtrack-good",
+        "1.2.3",
+        ("epoch_end",),
+    )
     trainer = SegmentationTrainer(settings_factory(), plugin_manager=manager)
     trainer.fit()
     assert manager.get_plugin("good").seen == [0, 1]
@@ -56,13 +60,19 @@ def test_a_plugin_calling_sys_exit_on_import_is_skipped_like_any_failure(fake_di
     fake_dist("segtrack-quitter", "quitter", "quitter_plugin", "import sys\nsys.exit(3)")
     manager = get_plugin_manager(settings_factory())
     assert "quitter" not in manager.records
-    assert [(f.name, f.error) for f in manager.load_failures] == [("quitter", "called sys.exit(3) while being imported")]
+    assert [(f.name, f.error) for f in manager.load_failures] == [
+        ("quitter", "called sys.exit(3) while being imported")
+    ]
 
 
 def test_a_misspelled_hook_of_an_entry_point_plugin_names_the_plugin(fake_dist, settings_factory):
-    fake_dist("segtrack-typo", "typo-plugin", "typo_plugin",
-              "from segtrack import hookimpl\nclass Plugin:\n    @hookimpl\n    def fit_ned(self):\n        pass\n",
-              "typo_plugin:Plugin")
+    fake_dist(
+        "segtrack-typo",
+        "typo-plugin",
+        "typo_plugin",
+        "from segtrack import hookimpl\nclass Plugin:\n    @hookimpl\n    def fit_ned(self):\n        pass\n",
+        "typo_plugin:Plugin",
+    )
     with pytest.raises(PluginLoadError, match=r"plugin 'typo-plugin' implements 'fit_ned'.*did you mean 'fit_end'"):
         get_plugin_manager(settings_factory())
 
@@ -97,8 +107,11 @@ def test_misspelled_hook_fails_loudly(settings_factory):
         def epoch_ended(self, epoch):
             pass
 
-    with pytest.raises(PluginLoadError, match=r"plugin 'typo' implements 'epoch_ended', which is not a segtrack "
-                                              r"hook: did you mean 'epoch_end'\?"):
+    with pytest.raises(
+        PluginLoadError,
+        match=r"plugin 'typo' implements 'epoch_ended', which is not a segtrack "
+        r"hook: did you mean 'epoch_end'\?",
+    ):
         get_plugin_manager(settings_factory(), [Typo()])
 
 
@@ -145,8 +158,13 @@ def test_plugins_command_lists_versions_hooks_and_failures(fake_dist, capsys):
     assert main(["plugins", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
     good = next(p for p in listing["plugins"] if p["name"] == "good")
-    assert good == {"name": "good", "source": "entry point", "distribution": "segtrack-good",
-                    "version": "1.2.3", "hooks": ["epoch_end"]}
+    assert good == {
+        "name": "good",
+        "source": "entry point",
+        "distribution": "segtrack-good",
+        "version": "1.2.3",
+        "hooks": ["epoch_end"],
+    }
     assert listing["failed"][0]["name"] == "broken" and "missing foo" in listing["failed"][0]["error"]
     assert main(["plugins"]) == 0
     text = capsys.readouterr().out

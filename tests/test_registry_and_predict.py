@@ -57,44 +57,88 @@ def test_data_factory_as_one_dataset_or_a_pair(trainer_factory):
     assert (data.num_train, data.num_val) == (10, 4) and pair.fit().status == "completed"
 
 
-@pytest.mark.skipif(not _importable("torchvision.models.segmentation"),
-                    reason="torchvision missing or not built for this torch (CPU torch + CUDA torchvision wheel)")
+@pytest.mark.skipif(
+    not _importable("torchvision.models.segmentation"),
+    reason="torchvision missing or not built for this torch (CPU torch + CUDA torchvision wheel)",
+)
 def test_a_torchvision_model_by_name(trainer_factory):
-    trainer = trainer_factory("model.name='torchvision.lraspp_mobilenet_v3_large'", "data.image_size=32",
-                              "train.epochs=1", "train.batch_size=2")
+    trainer = trainer_factory(
+        "model.name='torchvision.lraspp_mobilenet_v3_large'",
+        "data.image_size=32",
+        "train.epochs=1",
+        "train.batch_size=2",
+    )
     assert trainer.fit().status == "completed"
 
 
 @pytest.mark.skipif(not _importable("segmentation_models_pytorch"), reason="segmentation_models_pytorch not importable")
 def test_an_smp_model_by_name(trainer_factory):
-    trainer = trainer_factory("model.name='smp.Unet'", "model.kwargs={encoder_name = 'resnet18', encoder_depth = 3, "
-                              "decoder_channels = [32, 16, 8]}", "train.epochs=1")
+    trainer = trainer_factory(
+        "model.name='smp.Unet'",
+        "model.kwargs={encoder_name = 'resnet18', encoder_depth = 3, decoder_channels = [32, 16, 8]}",
+        "train.epochs=1",
+    )
     assert trainer.fit().status == "completed"
 
 
 def test_a_zoo_that_is_missing_or_broken_is_one_clear_error(trainer_factory):
     if _importable("torchvision.models.segmentation"):
         pytest.skip("torchvision works here")
-    with pytest.raises(ConfigError, match=r"model.name = 'torchvision.fcn_resnet50'.*(needs torchvision|cannot be imported)"):
+    with pytest.raises(
+        ConfigError, match=r"model.name = 'torchvision.fcn_resnet50'.*(needs torchvision|cannot be imported)"
+    ):
         trainer_factory("model.name='torchvision.fcn_resnet50'")
 
 
 def test_an_installed_package_contributes_a_dataset_and_a_model_by_name(tmp_path):
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(REPO / "examples" / "segtrack-shapes")],
-                   check=True, capture_output=True, timeout=300)
-    env = {**os.environ, "PYTHONPATH": str(site), "SEGTRACK_PLUGINS__AUTOLOAD": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(REPO / "examples" / "segtrack-shapes"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(site),
+        "SEGTRACK_PLUGINS__AUTOLOAD": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     segtrack = [sys.executable, "-m", "segtrack"]
-    listing = subprocess.run([*segtrack, "plugins", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=120)
+    listing = subprocess.run(
+        [*segtrack, "plugins", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     names = json.loads(listing.stdout)
     assert "ellipses" in names["datasets"] and "segtrack-shapes 0.1.0" in names["datasets"]["ellipses"]
     assert "dilated-fcn" in names["models"]
-    sets = ["data.source='ellipses'", "data.kwargs={count = 12, size = 24}", "model.name='dilated-fcn'",
-            "model.kwargs={width = 6}", "model.in_channels=1", "train.epochs=2", "export.enabled=false"]
-    out = subprocess.run([*segtrack, "train", *[a for s in sets for a in ("--set", s)]], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    sets = [
+        "data.source='ellipses'",
+        "data.kwargs={count = 12, size = 24}",
+        "model.name='dilated-fcn'",
+        "model.kwargs={width = 6}",
+        "model.in_channels=1",
+        "train.epochs=2",
+        "export.enabled=false",
+    ]
+    out = subprocess.run(
+        [*segtrack, "train", *[a for s in sets for a in ("--set", s)]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert "9 train / 3 val samples" in out.stderr and "fit completed" in out.stderr
 
@@ -128,17 +172,29 @@ def _cli(*args):
 def test_predict_from_checkpoint_and_from_onnx_gives_the_same_masks(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _png_folder(tmp_path / "data")
-    sets = ["data.source='folder'", "data.path='data'", "data.crop=16", "train.epochs=3", "model.width=4",
-            "train.lr=0.02", "run.name='cells'"]
+    sets = [
+        "data.source='folder'",
+        "data.path='data'",
+        "data.crop=16",
+        "train.epochs=3",
+        "model.width=4",
+        "train.lr=0.02",
+        "run.name='cells'",
+    ]
     assert _cli("train", *[a for s in sets for a in ("--set", s)]) == 0
-    assert _cli("predict", "--checkpoint", "checkpoints/best.pt", "--input", "data/images", "--out", "by_ckpt",
-                "--overlay") == 0
+    assert (
+        _cli(
+            "predict", "--checkpoint", "checkpoints/best.pt", "--input", "data/images", "--out", "by_ckpt", "--overlay"
+        )
+        == 0
+    )
     assert _cli("predict", "--onnx", "exports/cells.onnx", "--input", "data/images", "--out", "by_onnx") == 0
     err = capsys.readouterr().err
     assert "predicted 6 mask(s) into by_ckpt" in err and "images/s" in err
     for i in range(6):
-        from_ckpt, from_onnx, image = (_pixels(tmp_path / folder / f"img{i}.png")
-                                       for folder in ("by_ckpt", "by_onnx", "data/images"))
+        from_ckpt, from_onnx, image = (
+            _pixels(tmp_path / folder / f"img{i}.png") for folder in ("by_ckpt", "by_onnx", "data/images")
+        )
         assert from_ckpt.shape == image.shape[:2] and from_ckpt.max() <= 2
         assert np.array_equal(from_ckpt, from_onnx)
         assert (tmp_path / "by_ckpt" / f"img{i}_overlay.png").is_file()
@@ -154,8 +210,16 @@ def test_predict_writes_volumes_as_multipage_tiff(tmp_path, monkeypatch):
         mask[1:4, 2:8, 2:7] = 1
         np.save(root / "images" / f"vol{i}.npy", (mask * 200.0 + 20).astype(np.uint8))
         tifffile.imwrite(root / "masks" / f"vol{i}.tif", mask)
-    sets = ["data.source='folder'", "data.path='data'", "data.dims=3", "data.num_classes=2", "model.in_channels=1",
-            "train.epochs=1", "model.width=2", "model.depth=1"]
+    sets = [
+        "data.source='folder'",
+        "data.path='data'",
+        "data.dims=3",
+        "data.num_classes=2",
+        "model.in_channels=1",
+        "train.epochs=1",
+        "model.width=2",
+        "model.depth=1",
+    ]
     assert _cli("train", *[a for s in sets for a in ("--set", s)]) == 0
     assert _cli("predict", "--onnx", "exports/segtrack.onnx", "--input", "data/images", "--out", "pred") == 0
     assert tifffile.imread(tmp_path / "pred" / "vol0.tif").shape == (6, 12, 10)

@@ -16,7 +16,9 @@ def _weights(path):
 def test_resumed_fit_ends_with_the_same_weights(trainer_factory, tmp_path):
     straight = trainer_factory("train.epochs=4", "checkpoint.dir='straight'").fit()
 
-    interrupted = trainer_factory("train.epochs=4", "checkpoint.dir='resumed'", plugins=[RaiseAt(2, KeyboardInterrupt())])
+    interrupted = trainer_factory(
+        "train.epochs=4", "checkpoint.dir='resumed'", plugins=[RaiseAt(2, KeyboardInterrupt())]
+    )
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit()
     assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["epoch"] == 1
@@ -58,14 +60,17 @@ class Evil:
         return (exec, ("open('pwned', 'w').close()",))
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("corrupt", "corrupt or truncated"),
-    ("truncated", "corrupt or truncated"),
-    ("pickle", "refused without running it.*Unsupported global"),
-    ("foreign", "not a segtrack checkpoint"),
-    ("other_model", "from another model"),
-    ("missing", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("corrupt", "corrupt or truncated"),
+        ("truncated", "corrupt or truncated"),
+        ("pickle", "refused without running it.*Unsupported global"),
+        ("foreign", "not a segtrack checkpoint"),
+        ("other_model", "from another model"),
+        ("missing", "does not exist"),
+    ],
+)
 def test_bad_checkpoints_are_refused(trainer_factory, tmp_path, case, expected):
     path = tmp_path / "bad.pt"
     if case == "corrupt":

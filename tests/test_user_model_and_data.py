@@ -55,7 +55,9 @@ class MonaiStyleDataset(Dataset):
             image = (label / 2.0 + rng.normal(0, 0.1, shape)).astype(np.float32)[None]
             if ignore is not None:
                 label[..., :2, :] = ignore
-            self.items.append({"image": torch.from_numpy(image), "label": torch.from_numpy(label[None].astype(np.float32))})
+            self.items.append(
+                {"image": torch.from_numpy(image), "label": torch.from_numpy(label[None].astype(np.float32))}
+            )
 
     def __len__(self):
         return len(self.items)
@@ -80,8 +82,14 @@ def test_dict_output_model_on_a_monai_style_dataset_trains_and_exports(tmp_path,
     recorder = Recorder()
     torch.manual_seed(0)
     model = DictOutputNet()
-    trainer = _trainer(tmp_path, "export.enabled=true", "data.class_names=['bg','cell','nucleus']",
-                       model=model, train_data=MonaiStyleDataset(), plugins=[recorder])
+    trainer = _trainer(
+        tmp_path,
+        "export.enabled=true",
+        "data.class_names=['bg','cell','nucleus']",
+        model=model,
+        train_data=MonaiStyleDataset(),
+        plugins=[recorder],
+    )
     result = trainer.fit()
     assert result.status == "completed" and result.epochs_completed == 2
     assert trainer.model is model  # the user's module, trained in place
@@ -106,15 +114,28 @@ def test_golden_hook_sequence_is_the_same_for_a_user_model(tmp_path, monkeypatch
     builtin, user = Recorder(), Recorder()
     same_best = ["checkpoint.monitor=lr", "checkpoint.mode=min"]  # cosine lr: every epoch is best, in both fits
     trainer_factory(*same_best, plugins=[builtin]).fit()
-    _trainer(tmp_path, *same_best, "checkpoint.dir=user-ckpt", model=TupleOutputNet(), train_data=MonaiStyleDataset(count=16),
-             plugins=[user]).fit()
+    _trainer(
+        tmp_path,
+        *same_best,
+        "checkpoint.dir=user-ckpt",
+        model=TupleOutputNet(),
+        train_data=MonaiStyleDataset(count=16),
+        plugins=[user],
+    ).fit()
     assert user.names() == builtin.names()
 
 
 def test_3d_builtin_fit_and_3d_export(tmp_path, monkeypatch):
     _in_dir(tmp_path, monkeypatch)
-    result = _trainer(tmp_path, "data.dims=3", "data.image_size=16", "data.num_samples=10", "model.width=2",
-                      "model.depth=1", "export.enabled=true").fit()
+    result = _trainer(
+        tmp_path,
+        "data.dims=3",
+        "data.image_size=16",
+        "data.num_samples=10",
+        "model.width=2",
+        "model.depth=1",
+        "export.enabled=true",
+    ).fit()
     assert result.status == "completed" and 0 <= result.final_metrics["val_dice"] <= 1
     assert result.export.parity_ok and result.export.input_shape[1:] == (3, 16, 16, 16)
     session = onnxruntime.InferenceSession(result.export.path, providers=["CPUExecutionProvider"])
@@ -127,8 +148,9 @@ def test_3d_user_dataset_with_a_dataloader_passed_directly(tmp_path, monkeypatch
     train = DataLoader(MonaiStyleDataset(count=6, dims=3, size=(16, 28)), batch_size=2, shuffle=True)
     val = DataLoader(MonaiStyleDataset(count=3, dims=3, size=(16, 28), seed=1), batch_size=3)
     recorder = Recorder()
-    result = _trainer(tmp_path, "data.dims=3", model=DictOutputNet(dims=3), train_data=train, val_data=val,
-                      plugins=[recorder]).fit()
+    result = _trainer(
+        tmp_path, "data.dims=3", model=DictOutputNet(dims=3), train_data=train, val_data=val, plugins=[recorder]
+    ).fit()
     assert result.status == "completed"
     steps = [kw["step"] for name, kw in recorder.calls if name == "train_batch_end"]
     assert [s.batch_size for s in steps] == [2, 2, 2] * 2  # the user's loader, as given
@@ -162,8 +184,9 @@ def test_resumed_user_model_fit_ends_with_the_same_weights(tmp_path, monkeypatch
     start = {k: v.clone() for k, v in straight_model.state_dict().items()}
     loader = DataLoader(data, batch_size=3, shuffle=True)
     val = DataLoader(MonaiStyleDataset(count=4, seed=2), batch_size=4)
-    straight = _trainer(tmp_path, "train.epochs=3", "checkpoint.dir=a", model=straight_model, train_data=loader,
-                        val_data=val).fit()
+    straight = _trainer(
+        tmp_path, "train.epochs=3", "checkpoint.dir=a", model=straight_model, train_data=loader, val_data=val
+    ).fit()
 
     class StopAfterFirst:
         @hookimpl
@@ -172,12 +195,20 @@ def test_resumed_user_model_fit_ends_with_the_same_weights(tmp_path, monkeypatch
 
     resumed_model = DictOutputNet()
     resumed_model.load_state_dict(start)
-    _trainer(tmp_path, "train.epochs=3", "checkpoint.dir=b", model=resumed_model, train_data=loader, val_data=val,
-             plugins=[StopAfterFirst()]).fit()
+    _trainer(
+        tmp_path,
+        "train.epochs=3",
+        "checkpoint.dir=b",
+        model=resumed_model,
+        train_data=loader,
+        val_data=val,
+        plugins=[StopAfterFirst()],
+    ).fit()
     other = DictOutputNet()
     other.load_state_dict(start)
-    resumed = _trainer(tmp_path, "train.epochs=3", "checkpoint.dir=b", model=other, train_data=loader,
-                       val_data=val).fit(resume="auto")
+    resumed = _trainer(
+        tmp_path, "train.epochs=3", "checkpoint.dir=b", model=other, train_data=loader, val_data=val
+    ).fit(resume="auto")
     assert resumed.status == "completed" and resumed.epochs_completed == 3
     a = torch.load(straight.last_checkpoint, weights_only=True)["model"]
     b = torch.load(resumed.last_checkpoint, weights_only=True)["model"]
@@ -186,8 +217,9 @@ def test_resumed_user_model_fit_ends_with_the_same_weights(tmp_path, monkeypatch
 
 def test_ignore_index_is_left_out_of_loss_and_metrics(tmp_path, monkeypatch):
     _in_dir(tmp_path, monkeypatch)
-    result = _trainer(tmp_path, "data.ignore_index=255", model=DictOutputNet(),
-                      train_data=MonaiStyleDataset(ignore=255)).fit()
+    result = _trainer(
+        tmp_path, "data.ignore_index=255", model=DictOutputNet(), train_data=MonaiStyleDataset(ignore=255)
+    ).fit()
     assert result.status == "completed" and np.isfinite(result.final_metrics["val_loss"])
     from segtrack.metrics import ConfusionCounts, segmentation_loss
 
@@ -225,9 +257,14 @@ def test_plugins_contribute_metrics_and_one_can_be_monitored(tmp_path, monkeypat
             return {"val_dice": 1.0, "text": "high"}  # a taken name, and not a number
 
     recorder = Recorder()
-    result = _trainer(tmp_path, "checkpoint.monitor=val_pixels_seen", "checkpoint.mode=min",
-                      train_data=MonaiStyleDataset(count=8), model=DictOutputNet(),
-                      plugins=[BoundaryMetric(), BadMetric(), recorder]).fit()
+    result = _trainer(
+        tmp_path,
+        "checkpoint.monitor=val_pixels_seen",
+        "checkpoint.mode=min",
+        train_data=MonaiStyleDataset(count=8),
+        model=DictOutputNet(),
+        plugins=[BoundaryMetric(), BadMetric(), recorder],
+    ).fit()
     epochs = [kw["epoch"] for name, kw in recorder.calls if name == "epoch_end"]
     assert [e.metrics["val_pixels_seen"] for e in epochs] == [2 * 20 * 28.0] * 2
     assert epochs[0].monitor == "val_pixels_seen" and result.best_epoch == 0
@@ -277,24 +314,46 @@ def _pairs(image_shape=(1, 16, 16), mask_shape=(16, 16), mask_value=1, count=6):
 
 
 BAD = [
-    ("output channels", dict(model=DictOutputNet(num_classes=5), train_data=_pairs()), ModelError,
-     ["5 channels", "data.num_classes = 3"]),
-    ("class id too large", dict(model=DictOutputNet(), train_data=_pairs(mask_value=7)), DataError,
-     ["class ids [7]", "0..2", "data.ignore_index"]),
-    ("sizes differ", dict(model=DictOutputNet(), train_data=_pairs(mask_shape=(16, 12))), DataError,
-     ["16x16", "16x12"]),
-    ("neither tuple nor dict", dict(model=DictOutputNet(), train_data=PairsDataset([torch.zeros(1, 8, 8)] * 4)),
-     DataError, ["(image, mask) pair", "Tensor"]),
+    (
+        "output channels",
+        dict(model=DictOutputNet(num_classes=5), train_data=_pairs()),
+        ModelError,
+        ["5 channels", "data.num_classes = 3"],
+    ),
+    (
+        "class id too large",
+        dict(model=DictOutputNet(), train_data=_pairs(mask_value=7)),
+        DataError,
+        ["class ids [7]", "0..2", "data.ignore_index"],
+    ),
+    (
+        "sizes differ",
+        dict(model=DictOutputNet(), train_data=_pairs(mask_shape=(16, 12))),
+        DataError,
+        ["16x16", "16x12"],
+    ),
+    (
+        "neither tuple nor dict",
+        dict(model=DictOutputNet(), train_data=PairsDataset([torch.zeros(1, 8, 8)] * 4)),
+        DataError,
+        ["(image, mask) pair", "Tensor"],
+    ),
     ("string output", dict(model=StringModel(), train_data=_pairs()), ModelError, ["returned str", "forward()"]),
     ("val without train", dict(model=DictOutputNet(), val_data=_pairs()), ConfigError, ["val_data", "train_data"]),
     ("not a module", dict(model="resnet", train_data=_pairs()), ConfigError, ["torch.nn.Module"]),
-    ("3D data with dims 2", dict(model=DictOutputNet(dims=3), train_data=_pairs((1, 8, 16, 16), (8, 16, 16))),
-     DataError, ["data.dims = 2"]),
+    (
+        "3D data with dims 2",
+        dict(model=DictOutputNet(dims=3), train_data=_pairs((1, 8, 16, 16), (8, 16, 16))),
+        DataError,
+        ["data.dims = 2"],
+    ),
 ]
 
 
 @pytest.mark.parametrize("case, kwargs, error, fragments", BAD, ids=[c[0] for c in BAD])
-def test_bad_user_model_or_data_is_a_clear_error_and_writes_nothing(case, kwargs, error, fragments, tmp_path, monkeypatch):
+def test_bad_user_model_or_data_is_a_clear_error_and_writes_nothing(
+    case, kwargs, error, fragments, tmp_path, monkeypatch
+):
     _in_dir(tmp_path, monkeypatch)
     recorder = Recorder()
     model = kwargs.get("model")

@@ -22,8 +22,8 @@ def ensure_writable_dir(path: str | os.PathLike, setting: str) -> Path:
     folder = Path(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".segtrack-probe-", delete=True)
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".segtrack-probe-", delete=True):
+            pass
     except OSError as exc:
         raise CheckpointError(
             f"{setting} = {str(folder)!r} is not a writable folder ({exc.strerror}): "
@@ -101,8 +101,10 @@ def load(path: str | os.PathLike, signature: dict[str, Any] | None) -> dict[str,
     (``None``: any model)."""
     source = Path(path)
     if source.is_dir():
-        raise CheckpointError(f"checkpoint {str(source)!r} is a folder: pass the checkpoint file inside it "
-                              f"(e.g. {str(source / 'last.pt')!r}) or --resume auto")
+        raise CheckpointError(
+            f"checkpoint {str(source)!r} is a folder: pass the checkpoint file inside it "
+            f"(e.g. {str(source / 'last.pt')!r}) or --resume auto"
+        )
     if not source.is_file():
         raise CheckpointError(f"checkpoint {str(source)!r} does not exist: pass an existing file or --resume auto")
     corrupt = CheckpointError(
@@ -114,8 +116,10 @@ def load(path: str | os.PathLike, signature: dict[str, Any] | None) -> dict[str,
     try:
         payload = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        detail = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line),
-                      "objects other than tensors and plain data")
+        detail = next(
+            (line.strip() for line in str(exc).splitlines() if "Unsupported global" in line),
+            "objects other than tensors and plain data",
+        )
         raise CheckpointError(
             f"checkpoint {str(source)!r} was refused without running it ({detail}): only load "
             f"checkpoints written by segtrack"
@@ -125,8 +129,10 @@ def load(path: str | os.PathLike, signature: dict[str, Any] | None) -> dict[str,
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(source)!r} is not a segtrack checkpoint: pass a file written by segtrack")
     if payload.get("version") != VERSION:
-        raise CheckpointError(f"{str(source)!r} has checkpoint version {payload.get('version')!r}; this segtrack reads "
-                              f"version {VERSION}: resume with the segtrack version that wrote it")
+        raise CheckpointError(
+            f"{str(source)!r} has checkpoint version {payload.get('version')!r}; this segtrack reads "
+            f"version {VERSION}: resume with the segtrack version that wrote it"
+        )
     if signature is not None and payload.get("model_signature") != signature:
         raise CheckpointError(
             f"{str(source)!r} is from another model ({payload.get('model_signature')}) than the configured one "

@@ -18,8 +18,14 @@ def _settings_options() -> argparse.ArgumentParser:
     group = common.add_argument_group("settings")
     group.add_argument("--config", metavar="FILE", help="TOML settings file layered over configs/settings.toml")
     group.add_argument("--env", metavar="NAME", help="settings environment: development (default), testing, production")
-    group.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
-                       help="override one setting, e.g. --set train.epochs=3 (repeatable)")
+    group.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one setting, e.g. --set train.epochs=3 (repeatable)",
+    )
     group.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     return common
 
@@ -27,7 +33,8 @@ def _settings_options() -> argparse.ArgumentParser:
 def build_parser(plugin_manager=None) -> argparse.ArgumentParser:
     common = _settings_options()
     parser = argparse.ArgumentParser(
-        prog="segtrack", parents=[common],
+        prog="segtrack",
+        parents=[common],
         description="Train segmentation models with lifecycle hooks and plugins.",
         epilog="Set SEGTRACK_PLUGINS__AUTOLOAD=false to start without any installed plugin.",
     )
@@ -35,7 +42,9 @@ def build_parser(plugin_manager=None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = sub.add_parser("train", parents=[common], help="train on the configured data")
-    train.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint; auto = <checkpoint.dir>/last.pt if present")
+    train.add_argument(
+        "--resume", metavar="PATH|auto", help="continue from a checkpoint; auto = <checkpoint.dir>/last.pt if present"
+    )
     train.set_defaults(handler=_train)
 
     cv = sub.add_parser("cv", parents=[common], help="k-fold cross-validation, one fit per fold")
@@ -82,8 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"segtrack {__version__}")
         return 0
     early, _ = _settings_options().parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO if early.verbose else logging.WARNING,
-                        format="segtrack: %(levelname)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if early.verbose else logging.WARNING,
+        format="segtrack: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         from segtrack.config import load_settings
         from segtrack.plugins import get_plugin_manager
@@ -157,15 +169,25 @@ def _plugins(args, settings) -> int:
             print("\n".join(f"{name:<{width}}  {summary}" for name, summary in hooks.items()))
         return 0
     plugins = [
-        {"name": r.name, "source": r.source, "distribution": r.distribution, "version": r.version, "hooks": list(r.hooks)}
+        {
+            "name": r.name,
+            "source": r.source,
+            "distribution": r.distribution,
+            "version": r.version,
+            "hooks": list(r.hooks),
+        }
         for r in manager.records.values()
     ]
     failed = [{"name": f.name, "distribution": f.distribution, "error": f.error} for f in manager.load_failures]
     disabled = list(settings.get("plugins", {}).get("disabled", []))
     models, datasets = model_names(), dataset_names()
     if args.json:
-        print(json.dumps({"plugins": plugins, "failed": failed, "disabled": disabled, "models": models,
-                          "datasets": datasets}, indent=2))
+        print(
+            json.dumps(
+                {"plugins": plugins, "failed": failed, "disabled": disabled, "models": models, "datasets": datasets},
+                indent=2,
+            )
+        )
         return 0
     for p in plugins:
         origin = f"{p['distribution']} {p['version']}" if p["distribution"] else p["source"]

@@ -4,7 +4,6 @@ SEGTRACK_* environment variables < --set KEY=VALUE."""
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -62,9 +61,14 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     ),
     "data.crop": (
         (int, list),
-        lambda v: (isinstance(v, int) and not isinstance(v, bool) and (v == 0 or v >= 8))
-        or (isinstance(v, list) and 2 <= len(v) <= 3 and all(isinstance(c, int) and not isinstance(c, bool) and c >= 8
-                                                             for c in v)),
+        lambda v: (
+            (isinstance(v, int) and not isinstance(v, bool) and (v == 0 or v >= 8))
+            or (
+                isinstance(v, list)
+                and 2 <= len(v) <= 3
+                and all(isinstance(c, int) and not isinstance(c, bool) and c >= 8 for c in v)
+            )
+        ),
         "0 (no crop), a side >= 8, or one side per spatial axis, e.g. [128, 128]",
     ),
     "data.path": ((str,), None, "a folder path (string)"),
@@ -115,6 +119,8 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "plugins.strict": ((bool,), None, "true or false"),
     "plugins.fit_end_timeout": (_number, lambda v: v > 0, "a number of seconds > 0"),
 }
+
+
 def ignore_index(data: Mapping[str, Any]) -> int | None:
     """``data.ignore_index`` as the loop uses it: None for "none"."""
     value = data["ignore_index"]
@@ -147,8 +153,10 @@ def load_settings(
     if config_file is not None:
         path = Path(config_file)
         if path.is_dir():
-            raise ConfigError(f"config file {str(path)!r} is a folder: pass a TOML file to --config "
-                              f"(e.g. {str(path / 'settings.toml')!r})")
+            raise ConfigError(
+                f"config file {str(path)!r} is a folder: pass a TOML file to --config "
+                f"(e.g. {str(path / 'settings.toml')!r})"
+            )
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist: pass an existing TOML file to --config")
         files.append(path)
@@ -225,18 +233,23 @@ def validate(config: Mapping[str, Any]) -> None:
     data = config.get("data", {})
     crop, dims = data.get("crop"), data.get("dims")
     if isinstance(crop, list) and isinstance(dims, int) and len(crop) != dims:
-        problems.append(f"data.crop = {crop!r} has {len(crop)} sides but data.dims = {dims}: give one side per "
-                        f"spatial axis, or a single number")
+        problems.append(
+            f"data.crop = {crop!r} has {len(crop)} sides but data.dims = {dims}: give one side per "
+            f"spatial axis, or a single number"
+        )
     names, classes = data.get("class_names"), data.get("num_classes")
     if isinstance(names, list) and names and isinstance(classes, int) and len(names) != classes:
-        problems.append(f"data.class_names has {len(names)} names but data.num_classes = {classes}: give one name "
-                        f"per class, background first, or []")
+        problems.append(
+            f"data.class_names has {len(names)} names but data.num_classes = {classes}: give one name "
+            f"per class, background first, or []"
+        )
     if problems:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
 
 
 def _typed(types: tuple[type, ...], check: Any):
     """A schema check from the table's (allowed types, range check) pair; bool is not an int."""
+
     def ok(value: Any) -> bool:
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             return False
@@ -253,8 +266,9 @@ _MISSING = object()
 
 def _is_target(value: str) -> bool:
     module, sep, attr = value.partition(":")
-    return bool(sep) and all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", part)
-                             for part in (module, attr))
+    return bool(sep) and all(
+        re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", part) for part in (module, attr)
+    )
 
 
 def checked_settings(settings: Any, manager: Any, known_plugins: Iterable[str] = ()) -> dict[str, Any]:
@@ -270,8 +284,11 @@ def checked_settings(settings: Any, manager: Any, known_plugins: Iterable[str] =
     for plugin, declared in manager.collect("settings_schema").items():
         for setting in declared:
             if not isinstance(setting, Setting) or setting.section != plugin:
-                manager.report_failure(plugin, "settings_schema", TypeError(
-                    f"declares {setting!r}: return segtrack.Setting objects keyed '{plugin}.<key>'"))
+                manager.report_failure(
+                    plugin,
+                    "settings_schema",
+                    TypeError(f"declares {setting!r}: return segtrack.Setting objects keyed '{plugin}.<key>'"),
+                )
                 break
         else:
             schema.extend(declared)
@@ -283,8 +300,12 @@ def secret_settings(manager: Any) -> frozenset[str]:
     """Dotted keys that plugins declare secret (``Setting(secret=True)``)."""
     from segtrack.schema import Setting
 
-    return frozenset(s.key for declared in manager.collect("settings_schema").values() for s in declared
-                     if isinstance(s, Setting) and s.secret)
+    return frozenset(
+        s.key
+        for declared in manager.collect("settings_schema").values()
+        for s in declared
+        if isinstance(s, Setting) and s.secret
+    )
 
 
 def check_plugin_sections(config: Mapping[str, Any], plugin_names: Iterable[str]) -> None:
@@ -330,5 +351,7 @@ def inference_config(config: Mapping[str, Any], project_dir: str | os.PathLike |
     """The ``model`` and ``data`` sections a checkpoint carries for ``segtrack predict``, without
     any key that configs/.secrets.toml defines (other sections, plugins' included, stay out)."""
     secrets = secret_keys(project_dir)
-    return {section: {k: v for k, v in config[section].items() if f"{section}.{k}" not in secrets}
-            for section in ("model", "data")}
+    return {
+        section: {k: v for k, v in config[section].items() if f"{section}.{k}" not in secrets}
+        for section in ("model", "data")
+    }

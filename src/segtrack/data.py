@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from segtrack.errors import DataError
+
 
 class ArrayDataset(Dataset):
     """Images (N, C, H, W) float32 in [0, 1] and masks (N, H, W) int64 class ids, in memory."""
@@ -58,14 +58,17 @@ def synthetic_arrays(num_samples: int, image_size: int, num_classes: int, channe
 
 def load_arrays(data: dict, model: dict, seed: int):
     """The built-in synthetic images (or volumes) and masks, checked against the UNet's depth."""
-    images, masks = synthetic_arrays(data["num_samples"], data["image_size"], data["num_classes"],
-                                     model["in_channels"], seed, data["dims"])
+    images, masks = synthetic_arrays(
+        data["num_samples"], data["image_size"], data["num_classes"], model["in_channels"], seed, data["dims"]
+    )
     multiple = 2 ** model["depth"] if model["name"] == "unet" and not model.get("factory") else 1
     sides = masks.shape[1:]
     if any(side % multiple for side in sides):
         size = "x".join(map(str, sides[::-1]))
-        raise DataError(f"images are {size} but model.depth={model['depth']} needs sides divisible "
-                        f"by {multiple}: change data.image_size or model.depth")
+        raise DataError(
+            f"images are {size} but model.depth={model['depth']} needs sides divisible "
+            f"by {multiple}: change data.image_size or model.depth"
+        )
     return images, masks
 
 
@@ -77,8 +80,14 @@ def configured_data(config: dict):
     if data.get("factory") or data["source"] not in ("synthetic", "folder"):
         from segtrack.registry import build_dataset
 
-        offered = {"num_classes": data["num_classes"], "in_channels": model["in_channels"], "dims": data["dims"],
-                   "seed": train["seed"], "path": data["path"], "config": config}
+        offered = {
+            "num_classes": data["num_classes"],
+            "in_channels": model["in_channels"],
+            "dims": data["dims"],
+            "seed": train["seed"],
+            "path": data["path"],
+            "config": config,
+        }
         train_set, val_set = build_dataset(data, offered)
         return train_set, val_set, None
     if data["source"] == "synthetic":
@@ -88,8 +97,15 @@ def configured_data(config: dict):
     from segtrack.folder import FolderDataset
 
     crop = data["crop"] if isinstance(data["crop"], list) else ([data["crop"]] if data["crop"] else None)
-    dataset = FolderDataset(data["path"], dims=data["dims"], channels=model["in_channels"],
-                            normalize=data["normalize"], crop=crop, augment=train["augment"], seed=train["seed"])
+    dataset = FolderDataset(
+        data["path"],
+        dims=data["dims"],
+        channels=model["in_channels"],
+        normalize=data["normalize"],
+        crop=crop,
+        augment=train["augment"],
+        seed=train["seed"],
+    )
     dataset.check(data["num_classes"], None if data["ignore_index"] == "none" else data["ignore_index"])
     return dataset, None, dataset.predefined_split()
 

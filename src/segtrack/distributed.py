@@ -93,7 +93,7 @@ def _start_time(pid: int) -> str:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return ""
-    return stat[stat.rindex(")") + 2:].split()[19]  # field 22, starttime (after pid and (comm))
+    return stat[stat.rindex(")") + 2 :].split()[19]  # field 22, starttime (after pid and (comm))
 
 
 def _alive(pid: int, started: str) -> bool:
@@ -110,7 +110,7 @@ def _alive(pid: int, started: str) -> bool:
         except PermissionError:
             pass  # exists, owned by someone else
         return True
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return fields[0] not in ("Z", "X") and (not started or fields[19] == started)
 
 

@@ -27,8 +27,9 @@ class LogitsOnly(torch.nn.Module):
         return logits_of(self.model(x))
 
 
-def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, opset: int,
-                metadata: dict | None = None) -> float:
+def export_onnx(
+    model: torch.nn.Module, sample: torch.Tensor, path: Path, opset: int, metadata: dict | None = None
+) -> float:
     """Write ``model`` as one self-contained ONNX file, batch and spatial axes dynamic (2D or 3D).
     ``metadata`` is stored as JSON under the model's ``segtrack`` metadata key (what
     ``segtrack predict --onnx`` needs: normalisation, channels, classes, spatial multiple).
@@ -48,8 +49,15 @@ def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, opset:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                model, (sample,), dynamo=True, dynamic_shapes=dynamic, opset_version=opset,
-                input_names=["x"], output_names=["logits"], external_data=False, verbose=False,
+                model,
+                (sample,),
+                dynamo=True,
+                dynamic_shapes=dynamic,
+                opset_version=opset,
+                input_names=["x"],
+                output_names=["logits"],
+                external_data=False,
+                verbose=False,
             )
             if program is None:
                 raise RuntimeError("torch.onnx.export returned no program")
@@ -89,6 +97,11 @@ def read_metadata(path: Path) -> dict | None:
 def predict_metadata(config: dict, spatial_multiple: int) -> dict:
     """What inference needs from a fit's settings, to read and pad images as training did."""
     data = config["data"]
-    return {"dims": data["dims"], "in_channels": config["model"]["in_channels"], "num_classes": data["num_classes"],
-            "normalize": data.get("normalize", "auto"), "spatial_multiple": spatial_multiple,
-            "class_names": list(data.get("class_names") or [])}
+    return {
+        "dims": data["dims"],
+        "in_channels": config["model"]["in_channels"],
+        "num_classes": data["num_classes"],
+        "normalize": data.get("normalize", "auto"),
+        "spatial_multiple": spatial_multiple,
+        "class_names": list(data.get("class_names") or []),
+    }

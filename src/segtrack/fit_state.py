@@ -42,23 +42,37 @@ class FitState:
         """Take one epoch's metrics; True when the monitored one improved."""
         self.epoch, self.last_metrics = epoch, metrics
         value = metrics[self.monitor]
-        improved = not math.isnan(value) and (value > self.best_value if self.mode == "max" else value < self.best_value)
+        improved = not math.isnan(value) and (
+            value > self.best_value if self.mode == "max" else value < self.best_value
+        )
         if improved:
             self.best_value, self.best_epoch, self.best_metrics = value, epoch, dict(metrics)
         return improved
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    def payload(self, signature: dict, run_name: str, fold: int | None, plugin_states: dict,
-                config: dict | None = None) -> dict[str, Any]:
+    def payload(
+        self, signature: dict, run_name: str, fold: int | None, plugin_states: dict, config: dict | None = None
+    ) -> dict[str, Any]:
         """The checkpoint: a plain dict with named keys, read back by ``restore``."""
         return {
-            "format": checkpoint.FORMAT, "version": checkpoint.VERSION, "model_signature": signature,
-            "epoch": self.epoch, "global_step": self.global_step, "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "best_value": self.best_value, "best_epoch": self.best_epoch,
-            "best_metrics": self.best_metrics, "metrics": self.last_metrics, "run_name": run_name, "fold": fold,
-            "rng": checkpoint.rng_state(), "plugins": plugin_states,
+            "format": checkpoint.FORMAT,
+            "version": checkpoint.VERSION,
+            "model_signature": signature,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "best_metrics": self.best_metrics,
+            "metrics": self.last_metrics,
+            "run_name": run_name,
+            "fold": fold,
+            "rng": checkpoint.rng_state(),
+            "plugins": plugin_states,
             "config": config or {},  # the settings of the fit: `segtrack predict` rebuilds model and data steps
         }
 
@@ -75,12 +89,32 @@ class FitState:
 
     # -- outcome -----------------------------------------------------------------------------
 
-    def result(self, *, epochs_completed: int, export, export_error, stop_reason, failures: tuple[PluginFailure, ...],
-               fold: int | None, duration_s: float) -> FitResult:
+    def result(
+        self,
+        *,
+        epochs_completed: int,
+        export,
+        export_error,
+        stop_reason,
+        failures: tuple[PluginFailure, ...],
+        fold: int | None,
+        duration_s: float,
+    ) -> FitResult:
         return FitResult(
-            status=self.status, epochs_completed=epochs_completed, best_value=self.best_value,
-            best_epoch=self.best_epoch, monitor=self.monitor, final_metrics=freeze(self.last_metrics),
-            best_metrics=freeze(self.best_metrics), best_checkpoint=self.paths.get("best"),
-            last_checkpoint=self.paths.get("last"), export=export, export_error=export_error,
-            stop_reason=stop_reason, error=self.error, plugin_failures=failures, fold=fold, duration_s=duration_s,
+            status=self.status,
+            epochs_completed=epochs_completed,
+            best_value=self.best_value,
+            best_epoch=self.best_epoch,
+            monitor=self.monitor,
+            final_metrics=freeze(self.last_metrics),
+            best_metrics=freeze(self.best_metrics),
+            best_checkpoint=self.paths.get("best"),
+            last_checkpoint=self.paths.get("last"),
+            export=export,
+            export_error=export_error,
+            stop_reason=stop_reason,
+            error=self.error,
+            plugin_failures=failures,
+            fold=fold,
+            duration_s=duration_s,
         )

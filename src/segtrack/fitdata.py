@@ -41,12 +41,21 @@ class FitData:
 class DataPlan:
     """Turns the trainer's data (configured or passed in) into one ``FitData`` per fit or fold."""
 
-    def __init__(self, config: dict, dist: DistContext, pin_memory: bool, train_data: Any = None,
-                 val_data: Any = None, builtin: ArrayDataset | None = None,
-                 predefined_split: tuple[np.ndarray, np.ndarray] | None = None, spatial_multiple: int = 1):
+    def __init__(
+        self,
+        config: dict,
+        dist: DistContext,
+        pin_memory: bool,
+        train_data: Any = None,
+        val_data: Any = None,
+        builtin: ArrayDataset | None = None,
+        predefined_split: tuple[np.ndarray, np.ndarray] | None = None,
+        spatial_multiple: int = 1,
+    ):
         if val_data is not None and train_data is None:
-            raise ConfigError("val_data was given without train_data: pass train_data too (val_data alone "
-                              "cannot train a model)")
+            raise ConfigError(
+                "val_data was given without train_data: pass train_data too (val_data alone cannot train a model)"
+            )
         self.dims = config["data"]["dims"]
         self.ignore_index = ignore_index(config["data"])
         self.seed = config["train"]["seed"]
@@ -63,14 +72,18 @@ class DataPlan:
         self._digests: dict[int, list[bytes | None]] = {}
         for loader in (self.train_loader, self.val_loader):
             if loader is not None and dist.enabled and not _distributed_sampler(loader):
-                raise ConfigError("under torchrun a DataLoader passed as train_data/val_data needs a "
-                                  "DistributedSampler: pass the Dataset instead and segtrack shards it per rank")
+                raise ConfigError(
+                    "under torchrun a DataLoader passed as train_data/val_data needs a "
+                    "DistributedSampler: pass the Dataset instead and segtrack shards it per rank"
+                )
 
     @property
     def splittable_count(self) -> int:
         if self.dataset is None:
-            raise ConfigError("train_data is a DataLoader over an iterable dataset: it cannot be split; pass "
-                              "val_data too, or a map-style Dataset")
+            raise ConfigError(
+                "train_data is a DataLoader over an iterable dataset: it cannot be split; pass "
+                "val_data too, or a map-style Dataset"
+            )
         return len(self.dataset)
 
     # -- one fit ---------------------------------------------------------------------------------
@@ -105,9 +118,14 @@ class DataPlan:
             return self._fetch(dataset, batches, collate, workers)
 
         return FitData(
-            train_batches, val_batches, self._held(dataset, val_idx),
-            self._fingerprint(dataset, train_idx), self._fingerprint(dataset, val_idx),
-            len(train_idx), len(val_idx), math.ceil(len(shard(torch.arange(len(train_idx)), self.dist)) / batch_size),
+            train_batches,
+            val_batches,
+            self._held(dataset, val_idx),
+            self._fingerprint(dataset, train_idx),
+            self._fingerprint(dataset, val_idx),
+            len(train_idx),
+            len(val_idx),
+            math.ceil(len(shard(torch.arange(len(train_idx)), self.dist)) / batch_size),
         )
 
     def _given_pair(self) -> FitData:
@@ -131,9 +149,13 @@ class DataPlan:
             images, masks = as_pair(_first(val_batches()), self.dims, batched=True, ignore_index=self.ignore_index)
             held = images[:HELD_SAMPLES], masks[:HELD_SAMPLES]
         return FitData(
-            train_batches, val_batches, held,
-            self._fingerprint_any(self.dataset, train), self._fingerprint_any(val_set, val),
-            _length(self.dataset), _length(val_set),
+            train_batches,
+            val_batches,
+            held,
+            self._fingerprint_any(self.dataset, train),
+            self._fingerprint_any(val_set, val),
+            _length(self.dataset),
+            _length(val_set),
             len(train) if hasattr(train, "__len__") else 0,
         )
 
@@ -141,8 +163,15 @@ class DataPlan:
         indices = np.arange(len(dataset))
         order_of = _EpochOrder(len(indices), self.batch_size, self.seed, self.dist)
         if shuffle:
-            return _OwnLoader(lambda epoch: self._fetch(_training_view(dataset, epoch), [b.tolist() for b in order_of(epoch)],
-                                                        self._collate, self.num_workers), order_of.count)
+            return _OwnLoader(
+                lambda epoch: self._fetch(
+                    _training_view(dataset, epoch),
+                    [b.tolist() for b in order_of(epoch)],
+                    self._collate,
+                    self.num_workers,
+                ),
+                order_of.count,
+            )
         mine = indices[self.dist.rank :: self.dist.world_size]
         batches = [mine[i : i + self.batch_size].tolist() for i in range(0, len(mine), self.batch_size)]
         return _OwnLoader(lambda epoch: self._fetch(dataset, batches, self._collate, self.num_workers), len(batches))
@@ -153,8 +182,16 @@ class DataPlan:
         if isinstance(dataset, ArrayDataset) and workers == 0:
             # in memory: index whole batches (a DataLoader would fetch and stack sample by sample)
             return ((dataset.images[b], dataset.masks[b]) for b in batches)
-        return _Unwrapped(DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                                     pin_memory=self.pin_memory, persistent_workers=False))
+        return _Unwrapped(
+            DataLoader(
+                dataset,
+                batch_sampler=batches,
+                num_workers=workers,
+                collate_fn=collate,
+                pin_memory=self.pin_memory,
+                persistent_workers=False,
+            )
+        )
 
     def _collate(self, samples: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples stacked into a batch; samples of different sizes, or sides the model cannot take,
@@ -296,8 +333,10 @@ def _map_style(data: Any, name: str) -> Any:
     if isinstance(dataset, torch.utils.data.IterableDataset):
         return None
     if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
-        raise ConfigError(f"{name} is a {type(data).__name__}: pass a map-style torch Dataset (with __len__ and "
-                          f"__getitem__) or a DataLoader")
+        raise ConfigError(
+            f"{name} is a {type(data).__name__}: pass a map-style torch Dataset (with __len__ and "
+            f"__getitem__) or a DataLoader"
+        )
     if len(dataset) == 0:
         raise DataError(f"{name} is empty: it holds no samples")
     return dataset

@@ -38,7 +38,9 @@ def normalize(image: np.ndarray, mode: str) -> np.ndarray:
     if mode == "imagenet":
         scale = float(np.iinfo(image.dtype).max) if integer else 1.0
         shape = (-1,) + (1,) * (image.ndim - 1)
-        return (values / scale - IMAGENET_MEAN[: len(values)].reshape(shape)) / IMAGENET_STD[: len(values)].reshape(shape)
+        return (values / scale - IMAGENET_MEAN[: len(values)].reshape(shape)) / IMAGENET_STD[: len(values)].reshape(
+            shape
+        )
     flat = values.reshape(len(values), -1)
     if mode == "percentile":  # robust to hot pixels and a dark background, per channel
         low, high = np.percentile(flat, [1.0, 99.8], axis=1)
@@ -46,7 +48,11 @@ def normalize(image: np.ndarray, mode: str) -> np.ndarray:
         low, high = flat.min(axis=1), flat.max(axis=1)
     shape = (-1,) + (1,) * (image.ndim - 1)
     span = np.maximum(high - low, 1e-6).reshape(shape)
-    return np.clip((values - low.reshape(shape)) / span, 0.0, 1.0) if mode == "percentile" else (values - low.reshape(shape)) / span
+    return (
+        np.clip((values - low.reshape(shape)) / span, 0.0, 1.0)
+        if mode == "percentile"
+        else (values - low.reshape(shape)) / span
+    )
 
 
 def match_channels(image: np.ndarray, channels: int, path: Path) -> np.ndarray:
@@ -71,16 +77,22 @@ def scan_pairs(root: Path) -> list[tuple[str, Path, Path]]:
     image_dir, mask_dir = root / "images", root / "masks"
     for folder in (image_dir, mask_dir):
         if not folder.is_dir():
-            raise DataError(f"{folder} is missing: data.path must hold images/ and masks/ folders "
-                            f"(image and mask files with the same names)")
+            raise DataError(
+                f"{folder} is missing: data.path must hold images/ and masks/ folders "
+                f"(image and mask files with the same names)"
+            )
     images, masks = _regular_files(image_dir, IMAGE_SUFFIXES), _regular_files(mask_dir, MASK_SUFFIXES)
     if not images:
-        raise DataError(f"{image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}): add image/mask pairs or use "
-                        f"data.source = \"synthetic\"")
+        raise DataError(
+            f"{image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}): add image/mask pairs or use "
+            f'data.source = "synthetic"'
+        )
     only_images, only_masks = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
     if only_images or only_masks:
-        raise DataError(f"image and mask names differ: without mask {only_images[:5]}, without image {only_masks[:5]}; "
-                        f"every images/NAME.<ext> needs masks/NAME.<ext>")
+        raise DataError(
+            f"image and mask names differ: without mask {only_images[:5]}, without image {only_masks[:5]}; "
+            f"every images/NAME.<ext> needs masks/NAME.<ext>"
+        )
     return [(name, images[name], masks[name]) for name in sorted(images)]
 
 
@@ -95,8 +107,9 @@ def _regular_files(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
         except OSError:  # a broken symlink
             continue
         if path.stem in found:
-            raise DataError(f"{folder} holds two files named {path.stem} ({found[path.stem].name}, {path.name}): "
-                            f"keep one")
+            raise DataError(
+                f"{folder} holds two files named {path.stem} ({found[path.stem].name}, {path.name}): keep one"
+            )
         found[path.stem] = path
     return found
 
@@ -109,8 +122,17 @@ class FolderDataset(Dataset):
     random flips and 90-degree rotations, drawn from ``(seed, epoch, i)`` so a resumed fit and any
     number of workers see the same samples."""
 
-    def __init__(self, root: str | Path, *, dims: int, channels: int, normalize: str = "auto",
-                 crop: Sequence[int] | None = None, augment: bool = True, seed: int = 0):
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        dims: int,
+        channels: int,
+        normalize: str = "auto",
+        crop: Sequence[int] | None = None,
+        augment: bool = True,
+        seed: int = 0,
+    ):
         self.root = Path(root)
         self.pairs = scan_pairs(self.root)
         self.names = [name for name, _, _ in self.pairs]
@@ -155,14 +177,22 @@ class FolderDataset(Dataset):
             mask = read_mask(mask_path, self.dims)
             spatial = image_spatial_shape(image_path, self.dims)
             if tuple(spatial) != mask.shape:
-                raise DataError(f"{image_path.name}: the image is {_size(spatial)} but its mask is {_size(mask.shape)}: "
-                                f"a mask must match its image's size")
+                raise DataError(
+                    f"{image_path.name}: the image is {_size(spatial)} but its mask is {_size(mask.shape)}: "
+                    f"a mask must match its image's size"
+                )
             ids = np.unique(mask)
             bad = [int(v) for v in ids if int(v) not in allowed]
             if bad:
-                ignore = f"data.ignore_index = {ignore_index}" if ignore_index is not None else "data.ignore_index is not set"
-                raise DataError(f"{mask_path} holds class ids {bad[:5]} outside 0..{num_classes - 1} ({ignore}): fix the "
-                                f"mask, raise data.num_classes, or set data.ignore_index to the id to leave out")
+                ignore = (
+                    f"data.ignore_index = {ignore_index}"
+                    if ignore_index is not None
+                    else "data.ignore_index is not set"
+                )
+                raise DataError(
+                    f"{mask_path} holds class ids {bad[:5]} outside 0..{num_classes - 1} ({ignore}): fix the "
+                    f"mask, raise data.num_classes, or set data.ignore_index to the id to leave out"
+                )
 
     def predefined_split(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Indices listed by ``train.txt`` and ``val.txt`` beside ``images/``, when both exist."""
@@ -170,13 +200,18 @@ class FolderDataset(Dataset):
         if not any(f.exists() for f in files):
             return None
         if not all(f.is_file() for f in files):
-            raise DataError(f"{self.root} has only one of train.txt / val.txt: add the other, or remove it to split "
-                            f"by data.val_fraction")
+            raise DataError(
+                f"{self.root} has only one of train.txt / val.txt: add the other, or remove it to split "
+                f"by data.val_fraction"
+            )
         position = {name: i for i, name in enumerate(self.names)}
         parts = []
         for f in files:
-            listed = [Path(line.strip()).stem for line in f.read_text().splitlines() if line.strip()
-                      and not line.lstrip().startswith("#")]
+            listed = [
+                Path(line.strip()).stem
+                for line in f.read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
             unknown = [n for n in listed if n not in position]
             if unknown:
                 raise DataError(f"{f} names {unknown[:5]}, which have no image/mask pair: fix the list")
@@ -195,8 +230,10 @@ class FolderDataset(Dataset):
         image = normalize(match_channels(image, self.channels, image_path), self.normalize)
         mask = read_mask(mask_path, self.dims)
         if image.shape[1:] != mask.shape:
-            raise DataError(f"{image_path.name}: the image is {_size(image.shape[1:])} but its mask is "
-                            f"{_size(mask.shape)}: a mask must match its image's size")
+            raise DataError(
+                f"{image_path.name}: the image is {_size(image.shape[1:])} but its mask is "
+                f"{_size(mask.shape)}: a mask must match its image's size"
+            )
         return np.ascontiguousarray(image, dtype=np.float32), mask
 
 
@@ -211,7 +248,7 @@ def random_crop(image: np.ndarray, mask: np.ndarray, crop: Sequence[int], rng: n
         mask = np.pad(mask, [(0, p) for p in pad], constant_values=IGNORED)
     starts = [int(rng.integers(0, s - c + 1)) for s, c in zip(mask.shape, crop)]
     window = tuple(slice(a, a + c) for a, c in zip(starts, crop))
-    return image[(slice(None),) + window], mask[window]
+    return image[(slice(None), *window)], mask[window]
 
 
 def flip_rotate(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):

@@ -55,11 +55,12 @@ def read_mask(path: Path, dims: int) -> np.ndarray:
     if array.ndim == dims + 1 and 1 in (array.shape[0], array.shape[-1]):
         array = array[0] if array.shape[0] == 1 else array[..., 0]
     if array.ndim != dims:
-        raise DataError(f"{path} is a mask of shape {array.shape}, not {dims}D class ids: a mask holds one class "
-                        f"id per pixel (a single-channel or palette image)")
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
-            raise DataError(f"{path} holds non-integer values: a mask holds whole class ids")
+        raise DataError(
+            f"{path} is a mask of shape {array.shape}, not {dims}D class ids: a mask holds one class "
+            f"id per pixel (a single-channel or palette image)"
+        )
+    if np.issubdtype(array.dtype, np.floating) and (not np.all(np.isfinite(array)) or np.any(array != np.round(array))):
+        raise DataError(f"{path} holds non-integer values: a mask holds whole class ids")
     return array.astype(np.int64)
 
 
@@ -86,8 +87,10 @@ def _read_pil(path: Path, as_mask: bool) -> np.ndarray:
     with Image.open(path) as im:
         if as_mask:
             if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
-                raise DataError(f"{path} is a colour ({im.mode}) image: a mask must hold class ids (a grey or "
-                                f"palette PNG, whose palette index is the class)")
+                raise DataError(
+                    f"{path} is a colour ({im.mode}) image: a mask must hold class ids (a grey or "
+                    f"palette PNG, whose palette index is the class)"
+                )
             return np.asarray(im)  # P: palette indices; L, I;16, I: the ids themselves
         if im.mode == "P":
             return np.asarray(im.convert("RGBA" if "transparency" in im.info else "RGB"))

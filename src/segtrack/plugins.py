@@ -73,10 +73,14 @@ class PluginManager:
         try:
             self.pm.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
-            detail = next((line.strip() for line in str(exc).splitlines() if line.startswith("Argument")),
-                          str(exc).splitlines()[-1])
-            raise PluginLoadError(f"plugin {name!r}: hook {getattr(exc, 'hook', '?')}: {detail}: a hookimpl takes "
-                                  f"only argument names its hook declares (`segtrack plugins --hooks`)") from None
+            detail = next(
+                (line.strip() for line in str(exc).splitlines() if line.startswith("Argument")),
+                str(exc).splitlines()[-1],
+            )
+            raise PluginLoadError(
+                f"plugin {name!r}: hook {getattr(exc, 'hook', '?')}: {detail}: a hookimpl takes "
+                f"only argument names its hook declares (`segtrack plugins --hooks`)"
+            ) from None
         hooks = []
         for hook_caller in self.pm.get_hookcallers(plugin) or []:
             for impl in hook_caller.get_hookimpls():
@@ -166,8 +170,11 @@ class PluginManager:
             worker.start()
             worker.join(limit)
             if worker.is_alive():
-                self.report_failure(plugin, hook, TimeoutError(
-                    f"still running after {limit:g} s (plugins.fit_end_timeout); left behind"))
+                self.report_failure(
+                    plugin,
+                    hook,
+                    TimeoutError(f"still running after {limit:g} s (plugins.fit_end_timeout); left behind"),
+                )
             elif outcome and isinstance(outcome[0], Exception):
                 self.report_failure(plugin, hook, outcome[0])
             elif outcome:
@@ -184,7 +191,10 @@ class PluginManager:
             tb = "".join(traceback.format_exception(exc))
             log.warning(
                 "plugin %r failed in hook %r and was skipped (training continues; later failures of "
-                "this hook are counted, not repeated):\n%s", plugin, hook, tb,
+                "this hook are counted, not repeated):\n%s",
+                plugin,
+                hook,
+                tb,
             )
         else:
             entry[0] += 1
@@ -240,20 +250,29 @@ def get_plugin_manager(
             try:
                 manager.register(ep.load(), name, "entry point", dist, version)
             except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() on import ends nothing
-                message = (f"called sys.exit({exc.code!r}) while being imported" if isinstance(exc, SystemExit)
-                           else f"{type(exc).__name__}: {exc}")
+                message = (
+                    f"called sys.exit({exc.code!r}) while being imported"
+                    if isinstance(exc, SystemExit)
+                    else f"{type(exc).__name__}: {exc}"
+                )
                 if strict:
                     raise PluginLoadError(
                         f"plugin {name!r} ({dist}) failed to load: {message} (plugins.strict is true; "
                         f"fix or uninstall it, or add {name!r} to plugins.disabled)"
                     ) from exc
                 manager.load_failures.append(LoadFailure(name, dist, message))
-                log.warning("plugin %r (%s) failed to load and is skipped: %s; add it to "
-                            "plugins.disabled to silence this", name, dist, message)
+                log.warning(
+                    "plugin %r (%s) failed to load and is skipped: %s; add it to plugins.disabled to silence this",
+                    name,
+                    dist,
+                    message,
+                )
 
     for plugin in plugins:
         given = getattr(plugin, "name", None)
-        code_name = given if isinstance(given, str) else (plugin if isinstance(plugin, type) else type(plugin)).__name__.lower()
+        code_name = (
+            given if isinstance(given, str) else (plugin if isinstance(plugin, type) else type(plugin)).__name__.lower()
+        )
         manager.register(plugin, code_name, "code", None, None)
 
     _check_hook_names(manager)
@@ -275,7 +294,8 @@ def _check_hook_names(manager: PluginManager) -> None:
             suggestion = f"did you mean {hint[0]!r}? " if hint else ""
             raise PluginLoadError(
                 f"plugin {impl.plugin_name!r} implements {hook!r}, which is not a segtrack hook: {suggestion}"
-                f"rename it (`segtrack plugins --hooks` lists every hook)")
+                f"rename it (`segtrack plugins --hooks` lists every hook)"
+            )
 
 
 def _plugin_settings(settings: Any) -> Mapping[str, Any]:

@@ -9,18 +9,29 @@ import stat
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from segtrack.errors import CheckpointError, ConfigError
 from segtrack.imageio import IMAGE_SUFFIXES, PIL_SUFFIXES, read_image, write_mask, write_png
 
-OVERLAY_COLOURS = np.array([
-    [0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60],
-], dtype=np.uint8)
+OVERLAY_COLOURS = np.array(
+    [
+        [0, 0, 0],
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+    ],
+    dtype=np.uint8,
+)
 
 
 class Predictor:
@@ -45,23 +56,28 @@ def from_checkpoint(path: Path, device: str) -> Predictor:
     import torch
 
     from segtrack import checkpoint
+    from segtrack.export import predict_metadata
     from segtrack.registry import build_model, spatial_multiple
     from segtrack.samples import logits_of
-    from segtrack.export import predict_metadata
 
     payload = checkpoint.load(path, None)
     config = payload.get("config") or {}
     if not config:
-        raise CheckpointError(f"{path} was written before checkpoints carried their settings: predict with the "
-                              f"exported model (--onnx) or train again")
+        raise CheckpointError(
+            f"{path} was written before checkpoints carried their settings: predict with the "
+            f"exported model (--onnx) or train again"
+        )
     if "parameters" in payload["model_signature"]:
-        raise CheckpointError(f"{path} holds a model passed to the trainer from Python, which settings cannot "
-                              f"rebuild: predict with its exported ONNX file (--onnx)")
+        raise CheckpointError(
+            f"{path} holds a model passed to the trainer from Python, which settings cannot "
+            f"rebuild: predict with its exported ONNX file (--onnx)"
+        )
     data = config["data"]
     model = build_model(config["model"], data["num_classes"], data["dims"])
     model.load_state_dict(payload["model"])
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device == "auto" else device))
+    target = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     model = model.eval().to(target)
 
     @torch.no_grad()
@@ -79,11 +95,14 @@ def from_onnx(path: Path) -> Predictor:
     try:
         metadata = read_metadata(path)
     except Exception as exc:
-        raise ConfigError(f"{path} is not a readable ONNX file ({type(exc).__name__}): pass a file that segtrack "
-                          f"exported") from None
+        raise ConfigError(
+            f"{path} is not a readable ONNX file ({type(exc).__name__}): pass a file that segtrack exported"
+        ) from None
     if metadata is None:
-        raise ConfigError(f"{path} was not exported by segtrack (no 'segtrack' metadata): predict needs the "
-                          f"normalisation and classes stored at export")
+        raise ConfigError(
+            f"{path} was not exported by segtrack (no 'segtrack' metadata): predict needs the "
+            f"normalisation and classes stored at export"
+        )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return Predictor(metadata, lambda batch: session.run(None, {name: batch})[0], str(path))
@@ -102,8 +121,9 @@ def input_files(folder: Path) -> list[Path]:
             except OSError:
                 continue
     if not files:
-        raise ConfigError(f"--input {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): pass the folder of "
-                          f"images to segment")
+        raise ConfigError(
+            f"--input {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): pass the folder of images to segment"
+        )
     return files
 
 
@@ -149,7 +169,9 @@ def predict_folder(predictor: Predictor, inputs: Path, out: Path, with_overlay: 
     interactive = stream.isatty() and not os.environ.get("CI")
     started = time.perf_counter()
     for done, path in enumerate(files, start=1):
-        image = normalize(match_channels(read_image(path, predictor.dims), predictor.channels, path), predictor.normalize)
+        image = normalize(
+            match_channels(read_image(path, predictor.dims), predictor.channels, path), predictor.normalize
+        )
         mask = predictor.mask_of(np.ascontiguousarray(image, dtype=np.float32))
         write_mask(out / mask_name(path, predictor.dims), mask)
         if with_overlay:
@@ -160,8 +182,10 @@ def predict_folder(predictor: Predictor, inputs: Path, out: Path, with_overlay: 
     elapsed = time.perf_counter() - started
     if interactive:
         stream.write("\n")
-    stream.write(f"predicted {len(files)} mask(s) into {out} in {elapsed:.1f}s "
-                 f"({len(files) / max(elapsed, 1e-9):.1f} images/s) with {predictor.source}\n")
+    stream.write(
+        f"predicted {len(files)} mask(s) into {out} in {elapsed:.1f}s "
+        f"({len(files) / max(elapsed, 1e-9):.1f} images/s) with {predictor.source}\n"
+    )
     stream.flush()
     return len(files)
 
@@ -174,4 +198,3 @@ def check_source(checkpoint_path: str | None, onnx_path: str | None) -> Path:
     if not given.is_file():
         raise ConfigError(f"{flag} {given} does not exist: pass an existing file")
     return given
-

@@ -47,8 +47,10 @@ class ProgressPlugin:
         self._last_draw = now
         done = step.batch_index + 1
         filled = int(24 * done / max(1, self._batches))
-        self._write(f"\r  epoch {step.epoch + 1}/{self._epochs} [{'#' * filled}{'.' * (24 - filled)}] "
-                    f"{done}/{self._batches} loss {step.loss:.4f}")
+        self._write(
+            f"\r  epoch {step.epoch + 1}/{self._epochs} [{'#' * filled}{'.' * (24 - filled)}] "
+            f"{done}/{self._batches} loss {step.loss:.4f}"
+        )
 
     @hookimpl
     def epoch_end(self, epoch):
@@ -75,13 +77,16 @@ class ProgressPlugin:
             f"fit {result.status} after {result.epochs_completed} epoch(s): best {result.monitor} "
             f"{result.best_value:.4f} at epoch {result.best_epoch + 1}"
             + (f", best checkpoint {result.best_checkpoint}" if result.best_checkpoint else "")
-            + failures + "\n"
+            + failures
+            + "\n"
         )
 
     @hookimpl
     def cross_validation_end(self, result):
         lines = [f"cross-validation {result.cv_id}: {len(result.folds)}/{result.num_folds} folds"]
         for name, stats in result.summary.items():
-            lines.append(f"  {name:<10} mean {stats['mean']:.4f}  std {stats['std']:.4f}  "
-                         f"min {stats['min']:.4f}  max {stats['max']:.4f}")
+            lines.append(
+                f"  {name:<10} mean {stats['mean']:.4f}  std {stats['std']:.4f}  "
+                f"min {stats['min']:.4f}  max {stats['max']:.4f}"
+            )
         self._write("\n".join(lines) + "\n")

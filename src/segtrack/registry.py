@@ -37,7 +37,10 @@ def model_names() -> dict[str, str]:
 
 
 def dataset_names() -> dict[str, str]:
-    names = {"synthetic": "built-in synthetic shapes  (segtrack)", "folder": "images/ + masks/ under data.path  (segtrack)"}
+    names = {
+        "synthetic": "built-in synthetic shapes  (segtrack)",
+        "folder": "images/ + masks/ under data.path  (segtrack)",
+    }
     names.update(contributed(DATASET_GROUP))
     return names
 
@@ -46,13 +49,17 @@ def load_callable(target: str, setting: str) -> Callable[..., Any]:
     """Import ``pkg.module:callable`` (dots allowed after the colon)."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(f"{setting} = {target!r} is not of the form 'package.module:callable': "
-                          f"name the module and the function that builds it")
+        raise ConfigError(
+            f"{setting} = {target!r} is not of the form 'package.module:callable': "
+            f"name the module and the function that builds it"
+        )
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"{setting} = {target!r}: cannot import {module_name} ({exc}): install it or fix "
-                          f"the name (is its folder on PYTHONPATH?)") from None
+        raise ConfigError(
+            f"{setting} = {target!r}: cannot import {module_name} ({exc}): install it or fix "
+            f"the name (is its folder on PYTHONPATH?)"
+        ) from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ConfigError(f"{setting} = {target!r}: {module_name} has no {attr}: fix the name")
@@ -105,8 +112,10 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int, dims: int):
 
     if not isinstance(model, torch.nn.Module):
         source = model_cfg.get("factory") or model_cfg["name"]
-        raise ConfigError(f"the model builder {source!r} returned a {type(model).__name__}, not a torch.nn.Module: "
-                          f"return the model itself")
+        raise ConfigError(
+            f"the model builder {source!r} returned a {type(model).__name__}, not a torch.nn.Module: "
+            f"return the model itself"
+        )
     return model
 
 
@@ -119,9 +128,11 @@ def _model_builder(name: str, dims: int, offered: dict, kwargs: dict):
     if name not in targets:  # built-in names win; only other names need the entry-point scan
         targets.update({ep.name: ep.value for ep in entry_points(group=MODEL_GROUP)})
     if name not in targets:
-        known = ", ".join(sorted(targets) + ["torchvision.<builder>", "smp.<Arch>"])
-        raise ConfigError(f"model.name = {name!r} is not a known model ({known}): fix the name, install the package "
-                          f"that provides it, or set model.factory = 'package.module:callable'")
+        known = ", ".join([*sorted(targets), "torchvision.<builder>", "smp.<Arch>"])
+        raise ConfigError(
+            f"model.name = {name!r} is not a known model ({known}): fix the name, install the package "
+            f"that provides it, or set model.factory = 'package.module:callable'"
+        )
     return call_with(load_callable(targets[name], f"model.name = {name!r}"), offered, kwargs, f"model.name = {name!r}")
 
 
@@ -142,7 +153,9 @@ def _smp_model(arch: str, dims: int, offered: dict, kwargs: dict):
         raise ConfigError(f"model.name = 'smp.{arch}' is a 2D model: set data.dims = 2 or choose a 3D model")
     import torch
 
-    archs = sorted(n for n in dir(smp) if isinstance(getattr(smp, n), type) and issubclass(getattr(smp, n), torch.nn.Module))
+    archs = sorted(
+        n for n in dir(smp) if isinstance(getattr(smp, n), type) and issubclass(getattr(smp, n), torch.nn.Module)
+    )
     if arch not in archs:
         raise ConfigError(f"segmentation_models_pytorch has no architecture {arch!r}: use one of {', '.join(archs)}")
     options = {"encoder_weights": None, "in_channels": offered["in_channels"], "classes": offered["num_classes"]}
@@ -159,24 +172,32 @@ def _import_zoo(module: str, name: str, package: str):
         return importlib.import_module(module)
     except ImportError as exc:
         if exc.name and exc.name.split(".")[0] == module.split(".")[0]:
-            paired = " (the release paired with your torch, e.g. 0.28.0 for torch 2.13.0)" if package == "torchvision" else ""
+            paired = (
+                " (the release paired with your torch, e.g. 0.28.0 for torch 2.13.0)"
+                if package == "torchvision"
+                else ""
+            )
             raise ConfigError(f"model.name = {name!r} needs {package}: pip install {package}{paired}") from None
         reason = f"ImportError: {exc}"
     except Exception as exc:  # e.g. a CUDA torchvision build beside a CPU torch: its operators do not load
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     import torch
 
-    raise ConfigError(f"model.name = {name!r}: {package} is installed but cannot be imported ({reason}); its build "
-                      f"does not fit torch {torch.__version__}: install the build made for this torch (or its CPU "
-                      f"variant)") from None
+    raise ConfigError(
+        f"model.name = {name!r}: {package} is installed but cannot be imported ({reason}); its build "
+        f"does not fit torch {torch.__version__}: install the build made for this torch (or its CPU "
+        f"variant)"
+    ) from None
 
 
 def _needs_2d_rgb(name: str, dims: int, in_channels: int) -> None:
     if dims != 2:
         raise ConfigError(f"model.name = {name!r} is a 2D model: set data.dims = 2 or choose a 3D model")
     if in_channels != 3:
-        raise ConfigError(f"model.name = {name!r} takes 3-channel images but model.in_channels = {in_channels}: "
-                          f"set model.in_channels = 3 (grey images are repeated to 3 channels)")
+        raise ConfigError(
+            f"model.name = {name!r} takes 3-channel images but model.in_channels = {in_channels}: "
+            f"set model.in_channels = 3 (grey images are repeated to 3 channels)"
+        )
 
 
 def spatial_multiple(model) -> int:
@@ -201,8 +222,10 @@ def build_dataset(data_cfg: Mapping[str, Any], offered: Mapping[str, Any]):
         targets = {ep.name: ep.value for ep in entry_points(group=DATASET_GROUP)}
         if name not in targets:
             known = ", ".join([*BUILTIN_DATASETS, *sorted(targets)])
-            raise ConfigError(f"data.source = {name!r} is not a known dataset ({known}): fix the name, install the "
-                              f"package that provides it, or set data.factory = 'package.module:callable'")
+            raise ConfigError(
+                f"data.source = {name!r} is not a known dataset ({known}): fix the name, install the "
+                f"package that provides it, or set data.factory = 'package.module:callable'"
+            )
         builder = load_callable(targets[name], setting)
     built = call_with(builder, offered, kwargs, setting)
     if isinstance(built, (tuple, list)) and len(built) == 2:

@@ -18,13 +18,17 @@ def split_sample(item: Any) -> tuple[Any, Any]:
     """``(image, mask)`` of a sample or batch given as a pair or as a dict (``"mask"`` or MONAI's ``"label"``)."""
     if isinstance(item, Mapping):
         if "image" not in item or not ("mask" in item or "label" in item):
-            raise DataError(f"a sample dict needs keys \"image\" and \"mask\" (or \"label\"); this one has "
-                            f"{sorted(map(str, item))}: rename the keys in your dataset")
+            raise DataError(
+                f'a sample dict needs keys "image" and "mask" (or "label"); this one has '
+                f"{sorted(map(str, item))}: rename the keys in your dataset"
+            )
         return item["image"], item["mask"] if "mask" in item else item["label"]
     if isinstance(item, Sequence) and not isinstance(item, (str, bytes)) and len(item) >= 2:
         return item[0], item[1]
-    raise DataError(f"a sample must be an (image, mask) pair or a dict with \"image\" and \"mask\"; got "
-                    f"{type(item).__name__}: make your dataset's __getitem__ return one of those")
+    raise DataError(
+        f'a sample must be an (image, mask) pair or a dict with "image" and "mask"; got '
+        f"{type(item).__name__}: make your dataset's __getitem__ return one of those"
+    )
 
 
 def as_pair(item: Any, dims: int, batched: bool, ignore_index: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,16 +39,22 @@ def as_pair(item: Any, dims: int, batched: bool, ignore_index: int | None) -> tu
     if image.ndim == lead + dims:  # no channel axis: one channel
         image = image.unsqueeze(lead)
     if image.ndim != lead + 1 + dims:
-        raise DataError(f"a {what}'s image has shape {tuple(image.shape)}, but data.dims = {dims} needs "
-                        f"{'(N, ' if batched else '('}C, {_axes(dims)}): set data.dims or reshape the images")
+        raise DataError(
+            f"a {what}'s image has shape {tuple(image.shape)}, but data.dims = {dims} needs "
+            f"{'(N, ' if batched else '('}C, {_axes(dims)}): set data.dims or reshape the images"
+        )
     if mask.ndim == image.ndim:
         if mask.shape[lead] != 1:
-            raise DataError(f"a {what}'s mask has shape {tuple(mask.shape)}: masks hold class ids, one channel at "
-                            f"most; convert one-hot masks with argmax over the channel axis")
+            raise DataError(
+                f"a {what}'s mask has shape {tuple(mask.shape)}: masks hold class ids, one channel at "
+                f"most; convert one-hot masks with argmax over the channel axis"
+            )
         mask = mask.squeeze(lead)
-    if tuple(mask.shape[lead:]) != tuple(image.shape[lead + 1:]):
-        raise DataError(f"a {what}'s image is {_size(image.shape[lead + 1:])} but its mask is "
-                        f"{_size(mask.shape[lead:])}: each mask must have its image's size")
+    if tuple(mask.shape[lead:]) != tuple(image.shape[lead + 1 :]):
+        raise DataError(
+            f"a {what}'s image is {_size(image.shape[lead + 1 :])} but its mask is "
+            f"{_size(mask.shape[lead:])}: each mask must have its image's size"
+        )
     if mask.is_floating_point():
         mask = mask.round()
     mask = mask.long()
@@ -61,34 +71,44 @@ def check_class_ids(masks: torch.Tensor, num_classes: int, ignore_index: int | N
         return
     bad = masks[(masks >= num_classes) | (masks < IGNORED)].unique()
     ignore = f"data.ignore_index = {ignore_index}" if ignore_index is not None else "data.ignore_index is not set"
-    raise DataError(f"a mask holds class ids {bad.tolist()[:5]} outside 0..{num_classes - 1} ({ignore}): "
-                    f"fix the masks, raise data.num_classes, or set data.ignore_index to the id to leave out")
+    raise DataError(
+        f"a mask holds class ids {bad.tolist()[:5]} outside 0..{num_classes - 1} ({ignore}): "
+        f"fix the masks, raise data.num_classes, or set data.ignore_index to the id to leave out"
+    )
 
 
 def logits_of(output: Any) -> torch.Tensor:
     """The logits in a model's output: a tensor, a dict's ``"out"`` (torchvision), or a sequence's first item."""
     if isinstance(output, Mapping):
         if "out" not in output:
-            raise ModelError(f"the model returned a dict with keys {sorted(map(str, output))}: segtrack reads the "
-                             f"logits from key \"out\"; return a tensor or a dict with \"out\"")
+            raise ModelError(
+                f"the model returned a dict with keys {sorted(map(str, output))}: segtrack reads the "
+                f'logits from key "out"; return a tensor or a dict with "out"'
+            )
         output = output["out"]
     elif isinstance(output, (tuple, list)) and output:
         output = output[0]
     if not isinstance(output, torch.Tensor):
-        raise ModelError(f"the model returned {type(output).__name__}, not logits: forward() must return a tensor "
-                         f"(N, num_classes, ...), a dict holding it under \"out\", or a tuple starting with it")
+        raise ModelError(
+            f"the model returned {type(output).__name__}, not logits: forward() must return a tensor "
+            f'(N, num_classes, ...), a dict holding it under "out", or a tuple starting with it'
+        )
     return output
 
 
 def check_logits(logits: torch.Tensor, masks: torch.Tensor, num_classes: int) -> None:
     """Before the first optimizer step: the model's output fits ``num_classes`` and the masks."""
     if logits.ndim != masks.ndim + 1 or logits.shape[1] != num_classes:
-        raise ModelError(f"the model outputs shape {tuple(logits.shape)}, i.e. {logits.shape[1] if logits.ndim > 1 else '?'} "
-                         f"channels, but data.num_classes = {num_classes}: build the model with {num_classes} "
-                         f"output channels or set data.num_classes")
+        raise ModelError(
+            f"the model outputs shape {tuple(logits.shape)}, i.e. {logits.shape[1] if logits.ndim > 1 else '?'} "
+            f"channels, but data.num_classes = {num_classes}: build the model with {num_classes} "
+            f"output channels or set data.num_classes"
+        )
     if logits.shape[2:] != masks.shape[1:]:
-        raise ModelError(f"the model outputs logits of size {_size(logits.shape[2:])} for masks of size "
-                         f"{_size(masks.shape[1:])}: the model must return full-resolution logits")
+        raise ModelError(
+            f"the model outputs logits of size {_size(logits.shape[2:])} for masks of size "
+            f"{_size(masks.shape[1:])}: the model must return full-resolution logits"
+        )
 
 
 def _axes(dims: int) -> str:

@@ -72,10 +72,15 @@ def validate(settings: Any, schema: Sequence[Setting], sections: Iterable[str]) 
     from dynaconf import ValidationError, Validator
 
     problems = _unknown_keys(settings, schema, sections)
-    validators = [Validator(s.key, condition=_condition(s), messages={"condition": _message(s), "must_exist_true":
-                            f"{{name}}: missing (allowed: {s.allowed})"},
-                            **({"must_exist": True} if s.default is _REQUIRED else {"default": s.default}))
-                  for s in schema]
+    validators = [
+        Validator(
+            s.key,
+            condition=_condition(s),
+            messages={"condition": _message(s), "must_exist_true": f"{{name}}: missing (allowed: {s.allowed})"},
+            **({"must_exist": True} if s.default is _REQUIRED else {"default": s.default}),
+        )
+        for s in schema
+    ]
     settings.validators.register(*validators)
     try:
         settings.validators.validate_all()

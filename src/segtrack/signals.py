@@ -43,7 +43,9 @@ class SigtermAsInterrupt:
         self._previous = None
 
     def _handler(self, signum, frame):
-        interrupt = self._interrupt(signal.Signals(signum).name)  # peers checked now: in a user's kill they exit soon too
+        interrupt = self._interrupt(
+            signal.Signals(signum).name
+        )  # peers checked now: in a user's kill they exit soon too
         if self.ending or self.holding:
             self.pending = self.pending or interrupt
             return
@@ -52,8 +54,10 @@ class SigtermAsInterrupt:
     def _interrupt(self, name: str) -> KeyboardInterrupt:
         lost = self.dist.lost_peers()
         if lost:
-            return PeerLost(f"rank {', '.join(map(str, lost))} of this job died and the launcher stopped this "
-                            f"rank ({name}); see that rank's output for the cause")
+            return PeerLost(
+                f"rank {', '.join(map(str, lost))} of this job died and the launcher stopped this "
+                f"rank ({name}); see that rank's output for the cause"
+            )
         return KeyboardInterrupt(f"signal {name}")
 
     @contextlib.contextmanager

@@ -53,8 +53,10 @@ def check_uri(uri: str) -> str:
     try:
         urlsplit(uri).port  # noqa: B018  (raises ValueError unless a number from 0 to 65535)
     except ValueError:
-        raise ConfigError(f"tracking URI {redact(uri)!r} has an invalid port: write host:port with a port from "
-                          f"1 to 65535, and percent-encode any ':', '/' or '@' in a password (%3A, %2F, %40)") from None
+        raise ConfigError(
+            f"tracking URI {redact(uri)!r} has an invalid port: write host:port with a port from "
+            f"1 to 65535, and percent-encode any ':', '/' or '@' in a password (%3A, %2F, %40)"
+        ) from None
     if scheme == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
         raise ConfigError(
             f"tracking URI {redact(uri)!r} is MLflow's legacy file store, which MLflow 3 refuses: use "
@@ -85,7 +87,7 @@ def local_artifact_root(uri: str) -> str | None:
     parts = urlsplit(uri)
     if parts.scheme != "sqlite":
         return None
-    db = Path(uri[len("sqlite:///"):])
+    db = Path(uri[len("sqlite:///") :])
     return (db.resolve().parent / "mlartifacts").as_uri()
 
 

@@ -21,11 +21,11 @@ import torch
 
 from segtrack import __version__, checkpoint
 from segtrack.config import (
-    inference_config,
     METRIC_NAMES,
     checked_settings,
     class_names,
     ignore_index,
+    inference_config,
     load_settings,
     plain,
     resolved_dict,
@@ -38,7 +38,6 @@ from segtrack.fit_state import FitState
 from segtrack.fitdata import DataPlan, FitData
 from segtrack.metrics import ConfusionCounts, segmentation_loss
 from segtrack.model import model_signature, user_model_signature
-from segtrack.registry import build_model, spatial_multiple
 from segtrack.plugins import PluginManager, get_plugin_manager, installed_entry_points
 from segtrack.records import (
     CheckpointInfo,
@@ -54,6 +53,7 @@ from segtrack.records import (
     ValidationSample,
     freeze,
 )
+from segtrack.registry import build_model, spatial_multiple
 from segtrack.samples import as_pair, check_class_ids, check_logits, logits_of
 from segtrack.signals import SigtermAsInterrupt, interrupt_behind
 
@@ -78,16 +78,25 @@ class SegmentationTrainer:
         then be empty.
     """
 
-    def __init__(self, settings: Any = None, plugins: Iterable[Any] = (), *, model: torch.nn.Module | None = None,
-                 train_data: Any = None, val_data: Any = None, plugin_manager: PluginManager | None = None):
+    def __init__(
+        self,
+        settings: Any = None,
+        plugins: Iterable[Any] = (),
+        *,
+        model: torch.nn.Module | None = None,
+        train_data: Any = None,
+        val_data: Any = None,
+        plugin_manager: PluginManager | None = None,
+    ):
         if settings is None:
             settings = load_settings()
         self.settings = settings
         self.config = resolved_dict(settings) if not isinstance(settings, Mapping) else plain(settings)
         validate(self.config)
         if model is not None and not isinstance(model, torch.nn.Module):
-            raise ConfigError(f"model is a {type(model).__name__}: pass a torch.nn.Module (or None for the "
-                              f"configured model.name)")
+            raise ConfigError(
+                f"model is a {type(model).__name__}: pass a torch.nn.Module (or None for the configured model.name)"
+            )
         self.dist: DistContext = context_from_env()
         if plugin_manager is not None and list(plugins):
             raise ConfigError("pass plugins either in `plugins` or inside `plugin_manager`, not both")
@@ -101,24 +110,29 @@ class SegmentationTrainer:
         amp = self.config["train"]["amp"]
         self.amp = self.device.type == "cuda" if amp == "auto" else bool(amp)
         if self.amp and self.device.type != "cuda":
-            raise ConfigError("train.amp = true needs a CUDA device: set train.amp = \"auto\" or false on CPU")
+            raise ConfigError('train.amp = true needs a CUDA device: set train.amp = "auto" or false on CPU')
         data_cfg = self.config["data"]
         self.num_classes, self.dims = data_cfg["num_classes"], data_cfg["dims"]
         self.ignore_index, self.class_names = ignore_index(data_cfg), class_names(data_cfg)
-        self._check_monitor(self._builtin_metric_names(), final=not self.hooks.has_implementations("validation_metrics"))
+        self._check_monitor(
+            self._builtin_metric_names(), final=not self.hooks.has_implementations("validation_metrics")
+        )
         if val_data is not None and train_data is None:
-            raise ConfigError("val_data was given without train_data: pass train_data too (val_data alone "
-                              "cannot train a model)")
+            raise ConfigError(
+                "val_data was given without train_data: pass train_data too (val_data alone cannot train a model)"
+            )
         # the configured model is built once here, so a wrong name or kwargs fails before any work
-        multiple = spatial_multiple(model if model is not None else build_model(self.config["model"], self.num_classes,
-                                                                                self.dims))
+        multiple = spatial_multiple(
+            model if model is not None else build_model(self.config["model"], self.num_classes, self.dims)
+        )
         builtin, split = None, None
         if train_data is None:
             train_data, val_data, split = configured_data(self.config)
             if isinstance(train_data, ArrayDataset):
                 builtin, train_data = train_data, None
-        self.data = DataPlan(self.config, self.dist, self.device.type == "cuda", train_data, val_data, builtin,
-                             split, multiple)
+        self.data = DataPlan(
+            self.config, self.dist, self.device.type == "cuda", train_data, val_data, builtin, split, multiple
+        )
         self._user_model = model
         self._inference_config = inference_config(self.config)
         self._initial_weights = _cpu_copy(model.state_dict()) if model is not None else None
@@ -151,19 +165,23 @@ class SegmentationTrainer:
         if self.data.val_dataset is not None or self.data.val_loader is not None:
             raise ConfigError("cv() splits train_data into folds, so val_data would be unused: pass only train_data")
         if folds > self.data.splittable_count:  # checked before any hook, so no tracker opens a CV run
-            raise ConfigError(f"{folds} folds need at least {folds} samples, the dataset has "
-                            f"{self.data.splittable_count}: lower --folds")
+            raise ConfigError(
+                f"{folds} folds need at least {folds} samples, the dataset has "
+                f"{self.data.splittable_count}: lower --folds"
+            )
         name = self.config["run"]["name"]
         cv_id = uuid.uuid4().hex[:12]
-        self.hooks.call("cross_validation_start", trainer=self,
-                        info=CrossValidationInfo(cv_id, folds, freeze(self.config), name))
+        self.hooks.call(
+            "cross_validation_start", trainer=self, info=CrossValidationInfo(cv_id, folds, freeze(self.config), name)
+        )
         results: list[FitResult] = []
         try:
             for fold in range(folds):
                 data = self.data.for_fold(fold, folds)
                 ckpt_dir = Path(self.config["checkpoint"]["dir"]) / f"{name}-fold{fold}"
-                results.append(self._fit(data, ckpt_dir, f"{name}-fold{fold}", None,
-                                         fold=fold, num_folds=folds, cv_id=cv_id))
+                results.append(
+                    self._fit(data, ckpt_dir, f"{name}-fold{fold}", None, fold=fold, num_folds=folds, cv_id=cv_id)
+                )
         finally:
             outcome = CrossValidationResult(cv_id, folds, tuple(results), freeze(_summary(results)))
             with self._lenient_if_failing():
@@ -172,8 +190,16 @@ class SegmentationTrainer:
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def _fit(self, data: FitData, ckpt_dir: Path, run_name: str, resume: str | None,
-             fold: int | None = None, num_folds: int | None = None, cv_id: str | None = None) -> FitResult:
+    def _fit(
+        self,
+        data: FitData,
+        ckpt_dir: Path,
+        run_name: str,
+        resume: str | None,
+        fold: int | None = None,
+        num_folds: int | None = None,
+        cv_id: str | None = None,
+    ) -> FitResult:
         cfg, hooks = self.config, self.hooks
         # setup: checkpoint to resume (read before any folder is created), folders, model, optimizer
         if resume == "auto":
@@ -210,15 +236,32 @@ class SegmentationTrainer:
                     hooks.call("validation_end", trainer=self, run=run, result=validation)
                     state.scheduler.step()
                     # metrics: built-in, per class, then the plugins' own
-                    metrics = {"train_loss": train_loss, "val_loss": validation.val_loss, "val_dice": validation.val_dice,
-                               "val_iou": validation.val_iou, "lr": lr, **self._per_class(validation)}
+                    metrics = {
+                        "train_loss": train_loss,
+                        "val_loss": validation.val_loss,
+                        "val_dice": validation.val_dice,
+                        "val_iou": validation.val_iou,
+                        "lr": lr,
+                        **self._per_class(validation),
+                    }
                     metrics.update(self._plugin_metrics(run, validation, metrics))
                     self._check_monitor(metrics, final=self.dist.is_main)
                     is_best = state.record_epoch(epoch, metrics)
                     epochs_completed = epoch + 1
-                    hooks.call("epoch_end", trainer=self, run=run, epoch=EpochResult(
-                        epoch, freeze(metrics), state.monitor, is_best, state.best_value, state.best_epoch,
-                        time.perf_counter() - epoch_started))
+                    hooks.call(
+                        "epoch_end",
+                        trainer=self,
+                        run=run,
+                        epoch=EpochResult(
+                            epoch,
+                            freeze(metrics),
+                            state.monitor,
+                            is_best,
+                            state.best_value,
+                            state.best_epoch,
+                            time.perf_counter() - epoch_started,
+                        ),
+                    )
                     # checkpoints (rank 0): best when improved, last always, optional per-epoch snapshots
                     if self.dist.is_main:
                         self._save_checkpoints(state, ckpt_dir, run, signature, run_name, fold, is_best, sigterm)
@@ -233,16 +276,24 @@ class SegmentationTrainer:
             except BaseException as exc:
                 sigterm.ending = True
                 interrupt = interrupt_behind(exc)
-                state.status = "interrupted" if interrupt is not None and not isinstance(interrupt, PeerLost) else "failed"
+                state.status = (
+                    "interrupted" if interrupt is not None and not isinstance(interrupt, PeerLost) else "failed"
+                )
                 state.error = f"{type(exc).__name__}: {exc}"
                 with self._lenient_if_failing(force=True):
                     hooks.call("fit_exception", trainer=self, run=run, error=exc)
                 raise
             finally:
                 sigterm.ending = True
-                result = state.result(epochs_completed=epochs_completed, export=export, export_error=export_error,
-                                      stop_reason=self.stop_reason, failures=hooks.failures(), fold=fold,
-                                      duration_s=time.perf_counter() - started)
+                result = state.result(
+                    epochs_completed=epochs_completed,
+                    export=export,
+                    export_error=export_error,
+                    stop_reason=self.stop_reason,
+                    failures=hooks.failures(),
+                    fold=fold,
+                    duration_s=time.perf_counter() - started,
+                )
                 with self._lenient_if_failing(force=state.status in ("failed", "interrupted")):
                     hooks.call_bounded("fit_end", hooks.fit_end_timeout, trainer=self, run=run, result=result)
         return replace(result, plugin_failures=hooks.failures())  # with failures in fit_end itself
@@ -253,7 +304,13 @@ class SegmentationTrainer:
         # shuffles, dropout and augmentations as an uninterrupted one, whatever the loader
         _seed_everything(train_cfg["seed"] * 100_003 + epoch + 2)
         model.train()
-        device, amp, dice_weight, optimizer, scaler = self.device, self.amp, train_cfg["dice_weight"], state.optimizer, state.scaler
+        device, amp, dice_weight, optimizer, scaler = (
+            self.device,
+            self.amp,
+            train_cfg["dice_weight"],
+            state.optimizer,
+            state.scaler,
+        )
         call, has_step_hooks = self.hooks.call, self.hooks.has_implementations("train_batch_end")
         total, count = torch.zeros((), device=device), 0
         for batch_index, batch in enumerate(data.train_batches(epoch)):
@@ -272,9 +329,22 @@ class SegmentationTrainer:
             total += detached * len(images)
             count += len(images)
             if has_step_hooks:
-                call("train_batch_end", trainer=self, run=run, step=StepResult(
-                    epoch, batch_index, state.global_step, float(detached), optimizer.param_groups[0]["lr"], len(images)))
-        sums = self.dist.all_reduce_sum(torch.stack([total.double(), torch.tensor(float(count), device=device).double()]))
+                call(
+                    "train_batch_end",
+                    trainer=self,
+                    run=run,
+                    step=StepResult(
+                        epoch,
+                        batch_index,
+                        state.global_step,
+                        float(detached),
+                        optimizer.param_groups[0]["lr"],
+                        len(images),
+                    ),
+                )
+        sums = self.dist.all_reduce_sum(
+            torch.stack([total.double(), torch.tensor(float(count), device=device).double()])
+        )
         return float(sums[0] / sums[1]) if float(sums[1]) else math.nan
 
     @torch.no_grad()
@@ -296,13 +366,21 @@ class SegmentationTrainer:
             predictions = logits.argmax(1)
             counts.update(predictions, masks)
             if batch_hooks:
-                self.hooks.call("validation_batch_end", trainer=self, run=run, batch=ValidationBatch(
-                    epoch, batch_index, images, masks, logits, predictions))
+                self.hooks.call(
+                    "validation_batch_end",
+                    trainer=self,
+                    run=run,
+                    batch=ValidationBatch(epoch, batch_index, images, masks, logits, predictions),
+                )
         self.dist.all_reduce_sum(counts.counts)
-        totals = self.dist.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=device)]))
+        totals = self.dist.all_reduce_sum(
+            torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=device)])
+        )
         dice, iou = counts.mean_foreground()
         per_class_dice, per_class_iou = (tuple(float(v) for v in t.cpu()) for t in counts.per_class())
-        wanted = self.hooks.has_implementations("validation_end") or self.hooks.has_implementations("validation_metrics")
+        wanted = self.hooks.has_implementations("validation_end") or self.hooks.has_implementations(
+            "validation_metrics"
+        )
         samples = self._held_samples(model, data) if self.dist.is_main and wanted else ()
         val_loss = float(totals[0] / totals[1]) if float(totals[1]) else math.nan
         return ValidationResult(epoch, val_loss, dice, iou, per_class_dice, int(totals[1]), samples, per_class_iou)
@@ -343,11 +421,15 @@ class SegmentationTrainer:
                 out[f"val_dice_{name}"], out[f"val_iou_{name}"] = dice, iou
         return out
 
-    def _plugin_metrics(self, run: RunInfo, validation: ValidationResult, taken: Mapping[str, float]) -> dict[str, float]:
+    def _plugin_metrics(
+        self, run: RunInfo, validation: ValidationResult, taken: Mapping[str, float]
+    ) -> dict[str, float]:
         if not self.dist.is_main:
             return {}
         merged: dict[str, float] = {}
-        for plugin, values in self.hooks.collect("validation_metrics", trainer=self, run=run, result=validation).items():
+        for plugin, values in self.hooks.collect(
+            "validation_metrics", trainer=self, run=run, result=validation
+        ).items():
             try:
                 if not isinstance(values, Mapping):
                     raise TypeError(f"validation_metrics returned {type(values).__name__}, not a dict of floats")
@@ -370,8 +452,9 @@ class SegmentationTrainer:
         plugins contribute metrics (their names are known only then)."""
         monitor, names = self.config["checkpoint"]["monitor"], list(names)
         if final and monitor not in names:
-            raise ConfigError(f"checkpoint.monitor = {monitor!r} is not a metric of this fit: use one of "
-                              f"{', '.join(names)}")
+            raise ConfigError(
+                f"checkpoint.monitor = {monitor!r} is not a metric of this fit: use one of {', '.join(names)}"
+            )
 
     def _stop_everywhere(self) -> bool:
         if not self.dist.enabled:
@@ -381,8 +464,17 @@ class SegmentationTrainer:
             self.stop_reason = "stop requested on rank 0"
         return bool(self.stop_reason)
 
-    def _save_checkpoints(self, state: FitState, ckpt_dir: Path, run: RunInfo, signature: dict, run_name: str,
-                          fold: int | None, is_best: bool, sigterm: SigtermAsInterrupt) -> None:
+    def _save_checkpoints(
+        self,
+        state: FitState,
+        ckpt_dir: Path,
+        run: RunInfo,
+        signature: dict,
+        run_name: str,
+        fold: int | None,
+        is_best: bool,
+        sigterm: SigtermAsInterrupt,
+    ) -> None:
         cfg = self.config["checkpoint"]
         payload = state.payload(signature, run_name, fold, self.hooks.collect("state_dict"), self._inference_config)
         kinds = (["best"] if is_best else []) + ["last"] + (["epoch"] if cfg["keep"] else [])
@@ -392,15 +484,26 @@ class SegmentationTrainer:
             # the same state under several names: serialise once, then link
             with sigterm.held():
                 try:
-                    size = checkpoint.save_atomic(payload, path) if written is None else checkpoint.link_atomic(written, path)
+                    size = (
+                        checkpoint.save_atomic(payload, path)
+                        if written is None
+                        else checkpoint.link_atomic(written, path)
+                    )
                 except OSError as exc:  # a full disk, a quota, a folder removed under the fit
                     raise CheckpointError(
                         f"cannot write {path.name} in {ckpt_dir} ({exc.strerror or exc}): the checkpoints written "
                         f"before are intact; free space there or set checkpoint.dir, then resume with "
-                        f"--resume auto") from None
+                        f"--resume auto"
+                    ) from None
                 written, state.paths[kind] = path, str(path)
-            self.hooks.call("checkpoint_saved", trainer=self, run=run, checkpoint=CheckpointInfo(
-                str(path), kind, state.epoch, state.monitor, state.last_metrics[state.monitor], size))
+            self.hooks.call(
+                "checkpoint_saved",
+                trainer=self,
+                run=run,
+                checkpoint=CheckpointInfo(
+                    str(path), kind, state.epoch, state.monitor, state.last_metrics[state.monitor], size
+                ),
+            )
         if cfg["keep"]:
             _prune_snapshots(ckpt_dir, cfg["keep"])
 
@@ -421,12 +524,19 @@ class SegmentationTrainer:
             diff = export_onnx(model, sample, path, cfg["opset"], metadata)
         except Exception as exc:  # the trained checkpoints stay valid; say why the export is missing
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            log.warning("ONNX export skipped: this model cannot be exported (%s: %s); the fit and its checkpoints "
-                        "are fine (%s); set export.enabled = false to silence this", type(exc).__name__, reason, best)
+            log.warning(
+                "ONNX export skipped: this model cannot be exported (%s: %s); the fit and its checkpoints "
+                "are fine (%s); set export.enabled = false to silence this",
+                type(exc).__name__,
+                reason,
+                best,
+            )
             return None, f"{type(exc).__name__}: {reason}"
         ok = diff <= cfg["tolerance"]
         if not ok:
-            log.warning("ONNX export %s differs from torch by %.3g (> export.tolerance %.3g)", path, diff, cfg["tolerance"])
+            log.warning(
+                "ONNX export %s differs from torch by %.3g (> export.tolerance %.3g)", path, diff, cfg["tolerance"]
+            )
         return ExportInfo(str(path), "onnx", cfg["opset"], payload["epoch"], tuple(sample.shape), diff, ok), None
 
     # -- setup helpers --------------------------------------------------------------------------
@@ -442,8 +552,14 @@ class SegmentationTrainer:
             model = build_model(cfg["model"], self.num_classes, self.dims)
         model = model.to(self.device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
-        return FitState(model, optimizer, _make_scheduler(optimizer, train_cfg["scheduler"], train_cfg["epochs"]),
-                        torch.amp.GradScaler("cuda", enabled=self.amp), cfg["checkpoint"]["monitor"], cfg["checkpoint"]["mode"])
+        return FitState(
+            model,
+            optimizer,
+            _make_scheduler(optimizer, train_cfg["scheduler"], train_cfg["epochs"]),
+            torch.amp.GradScaler("cuda", enabled=self.amp),
+            cfg["checkpoint"]["monitor"],
+            cfg["checkpoint"]["mode"],
+        )
 
     def _signature(self, model: torch.nn.Module) -> dict:
         if self._user_model is not None:
@@ -467,16 +583,33 @@ class SegmentationTrainer:
 
     def _run_info(self, data: FitData, state: FitState, run_name: str, resume, fold, num_folds, cv_id) -> RunInfo:
         kind = type(state.model)
-        model_name = self.config["model"]["name"] if self._user_model is None else f"{kind.__module__}.{kind.__qualname__}"
+        model_name = (
+            self.config["model"]["name"] if self._user_model is None else f"{kind.__module__}.{kind.__qualname__}"
+        )
         return RunInfo(
-            run_name=run_name, config=freeze(self.config), device=str(self.device), rank=self.dist.rank,
-            world_size=self.dist.world_size, local_rank=self.dist.local_rank, fold=fold, num_folds=num_folds,
-            cv_id=cv_id, train_sha256=data.train_sha256, val_sha256=data.val_sha256, num_train=data.num_train,
-            num_val=data.num_val, num_parameters=sum(p.numel() for p in state.model.parameters()),
-            start_epoch=state.start_epoch, resumed_from=resume, segtrack_version=__version__,
+            run_name=run_name,
+            config=freeze(self.config),
+            device=str(self.device),
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            local_rank=self.dist.local_rank,
+            fold=fold,
+            num_folds=num_folds,
+            cv_id=cv_id,
+            train_sha256=data.train_sha256,
+            val_sha256=data.val_sha256,
+            num_train=data.num_train,
+            num_val=data.num_val,
+            num_parameters=sum(p.numel() for p in state.model.parameters()),
+            start_epoch=state.start_epoch,
+            resumed_from=resume,
+            segtrack_version=__version__,
             plugins=tuple((r.name, r.version or "") for r in self.hooks.records.values()),
-            batches_per_epoch=data.batches_per_epoch, spatial_dims=self.dims, num_classes=self.num_classes,
-            class_names=self.class_names, model_name=model_name,
+            batches_per_epoch=data.batches_per_epoch,
+            spatial_dims=self.dims,
+            num_classes=self.num_classes,
+            class_names=self.class_names,
+            model_name=model_name,
         )
 
     @contextlib.contextmanager
@@ -516,7 +649,7 @@ def _resolve_device(name: str, ctx: DistContext) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"train.device = {name!r} but no CUDA device is available: use \"auto\" or \"cpu\"")
+            raise ConfigError(f'train.device = {name!r} but no CUDA device is available: use "auto" or "cpu"')
         if name == "cuda":
             return torch.device("cuda", ctx.local_rank)
         index = int(name.split(":")[1])
@@ -551,6 +684,10 @@ def _summary(results: list[FitResult]) -> dict[str, dict[str, float]]:
     for name in METRIC_NAMES:
         values = np.array([r.best_metrics[name] for r in results if name in r.best_metrics], dtype=float)
         if values.size:
-            summary[name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
-                             "min": float(values.min()), "max": float(values.max())}
+            summary[name] = {
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+                "min": float(values.min()),
+                "max": float(values.max()),
+            }
     return summary

@@ -10,7 +10,7 @@ import pytest
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from segtrack_mlflow.testing import sqlite_template, sqlite_uri  # noqa: E402,F401
+from segtrack_mlflow.testing import sqlite_template, sqlite_uri  # noqa: F401
 
 ROW_KEY = "reliability_row"  # tests/conftest.py gathers these rows and prints the table
 

@@ -34,12 +34,29 @@ def test_eight_parallel_fits_to_one_postgres_backed_server(tmp_path, postgres_se
     for index in range(8):
         folder = tmp_path / f"fit{index}"
         folder.mkdir()
-        sets = [f"train.epochs={EPOCHS}", "train.batch_size=4", "data.num_samples=16", "data.image_size=16",
-                "model.width=2", "model.depth=1", "export.enabled=false", "mlflow.log_every_n_steps=1",
-                f"run.name='parallel-{index}'", f"train.seed={index}", "mlflow.drain_timeout=120",
-                "plugins.disabled=['progress', 'analytics']"]
-        procs.append(subprocess.Popen([sys.executable, "-m", "segtrack", "train", *[a for s in sets for a in ("--set", s)]],
-                                      cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        sets = [
+            f"train.epochs={EPOCHS}",
+            "train.batch_size=4",
+            "data.num_samples=16",
+            "data.image_size=16",
+            "model.width=2",
+            "model.depth=1",
+            "export.enabled=false",
+            "mlflow.log_every_n_steps=1",
+            f"run.name='parallel-{index}'",
+            f"train.seed={index}",
+            "mlflow.drain_timeout=120",
+            "plugins.disabled=['progress', 'analytics']",
+        ]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "segtrack", "train", *[a for s in sets for a in ("--set", s)]],
+                cwd=folder,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
     outputs = [p.communicate(timeout=600)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, outputs
     assert not any("WARNING" in out or "ERROR" in out for out in outputs), outputs
@@ -51,7 +68,18 @@ def test_eight_parallel_fits_to_one_postgres_backed_server(tmp_path, postgres_se
         assert run.info.status == "FINISHED"
         for key, count in [*((k, EPOCHS) for k in KEYS), ("train_loss_step", STEPS)]:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
-            expected, found, duplicates = expected + count, found + len(set(steps)), duplicates + len(steps) - len(set(steps))
+            expected, found, duplicates = (
+                expected + count,
+                found + len(set(steps)),
+                duplicates + len(steps) - len(set(steps)),
+            )
     assert (found, duplicates) == (expected, 0)
-    report_row(scenario="8 parallel fits, one server, PostgreSQL backend", runs=8, faults=0, expected=expected,
-               found=found, duplicates=duplicates, result="pass; no errors")
+    report_row(
+        scenario="8 parallel fits, one server, PostgreSQL backend",
+        runs=8,
+        faults=0,
+        expected=expected,
+        found=found,
+        duplicates=duplicates,
+        result="pass; no errors",
+    )

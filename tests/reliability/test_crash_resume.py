@@ -17,9 +17,18 @@ import torch
 
 HERE = Path(__file__).parent
 EPOCHS = 6
-SETTINGS = [f"train.epochs={EPOCHS}", "train.batch_size=4", "data.num_samples=24", "data.image_size=16",
-            "model.width=4", "model.depth=1", "export.enabled=false", "mlflow.log_every_n_steps=1",
-            "mlflow.sample_overlays=0", "plugins.disabled=['progress', 'analytics']"]
+SETTINGS = [
+    f"train.epochs={EPOCHS}",
+    "train.batch_size=4",
+    "data.num_samples=24",
+    "data.image_size=16",
+    "model.width=4",
+    "model.depth=1",
+    "export.enabled=false",
+    "mlflow.log_every_n_steps=1",
+    "mlflow.sample_overlays=0",
+    "plugins.disabled=['progress', 'analytics']",
+]
 KEYS = ("train_loss", "val_loss", "val_dice", "val_iou", "lr")
 
 
@@ -38,8 +47,13 @@ def _chaos(cwd, uri, kill=None):
 
 def _kill_after(cwd, uri, seconds):
     """Start a fit (resuming if there is a checkpoint) and SIGKILL it after ``seconds``."""
-    proc = subprocess.Popen([sys.executable, str(HERE / "chaos.py"), *_sets()], cwd=cwd, env=_env(uri),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "chaos.py"), *_sets()],
+        cwd=cwd,
+        env=_env(uri),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         proc.wait(timeout=seconds)
         return proc.returncode  # finished before the kill
@@ -52,8 +66,14 @@ def _kill_after(cwd, uri, seconds):
 def _reference_weights(tmp_path_factory):
     folder = tmp_path_factory.mktemp("reference")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SEGTRACK_PLUGINS__AUTOLOAD": "false"}
-    subprocess.run([sys.executable, "-m", "segtrack", "train", *_sets("plugins.disabled=[]")], cwd=folder,
-                   env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "segtrack", "train", *_sets("plugins.disabled=[]")],
+        cwd=folder,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["model"]
 
 
@@ -85,17 +105,27 @@ def _verify(tmp_path, uri, reference, report_row, scenario, faults):
         duplicates += len(steps) - len(set(steps))
         assert sorted(steps) == list(range(EPOCHS)), (key, steps)
     assert run.info.status == "FINISHED"
-    report_row(scenario=scenario, runs=1, faults=faults, expected=expected, found=found, duplicates=duplicates,
-               result="pass")
+    report_row(
+        scenario=scenario, runs=1, faults=faults, expected=expected, found=found, duplicates=duplicates, result="pass"
+    )
 
 
-@pytest.mark.parametrize("kill", ["state_dict:2:0.003", "checkpoint_saved:3:0.02", "epoch_end:1:0.0"],
-                         ids=["during-checkpoint-write", "during-artifact-upload", "after-epoch-logged"])
+@pytest.mark.parametrize(
+    "kill",
+    ["state_dict:2:0.003", "checkpoint_saved:3:0.02", "epoch_end:1:0.0"],
+    ids=["during-checkpoint-write", "during-artifact-upload", "after-epoch-logged"],
+)
 def test_kill_at_a_chosen_moment_then_resume(kill, tmp_path, sqlite_uri, reference, report_row):
     crashed = _chaos(tmp_path, sqlite_uri, kill)
     assert crashed.returncode == -9, crashed.stderr[-2000:]
-    resumed = subprocess.run([sys.executable, "-m", "segtrack", "train", "--resume", "auto", *_sets()],
-                             cwd=tmp_path, env=_env(sqlite_uri), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "segtrack", "train", "--resume", "auto", *_sets()],
+        cwd=tmp_path,
+        env=_env(sqlite_uri),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _verify(tmp_path, sqlite_uri, reference, report_row, f"SIGKILL {kill}", 1)
 
@@ -107,7 +137,13 @@ def test_random_kills_then_resume(seed, tmp_path, sqlite_uri, reference, report_
     for _ in range(3):
         if _kill_after(tmp_path, sqlite_uri, rng.uniform(2.0, 6.0)) == -9:
             kills += 1
-    final = subprocess.run([sys.executable, "-m", "segtrack", "train", "--resume", "auto", *_sets()],
-                           cwd=tmp_path, env=_env(sqlite_uri), capture_output=True, text=True, timeout=600)
+    final = subprocess.run(
+        [sys.executable, "-m", "segtrack", "train", "--resume", "auto", *_sets()],
+        cwd=tmp_path,
+        env=_env(sqlite_uri),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert final.returncode == 0, final.stderr[-3000:]
     _verify(tmp_path, sqlite_uri, reference, report_row, f"random SIGKILLs, seed {seed}", kills)

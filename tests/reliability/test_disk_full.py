@@ -13,7 +13,7 @@ import textwrap
 
 import torch
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import resource, signal, sys
     from segtrack import hookimpl
     from segtrack.cli import main
@@ -31,23 +31,44 @@ SCRIPT = textwrap.dedent('''
     real = plugins.get_plugin_manager
     plugins.get_plugin_manager = lambda settings, *a, **k: real(settings, [FillDisk()], *a, **k)
     sys.exit(main(sys.argv[1:]))
-''')
+""")
 
 
 def test_a_full_disk_during_a_checkpoint_write_fails_the_fit_in_one_sentence(tmp_path, report_row):
     (tmp_path / "fill.py").write_text(SCRIPT)
-    sets = ["train.epochs=3", "data.num_samples=16", "data.image_size=16", "model.width=16", "model.depth=1",
-            "export.enabled=false", "plugins.autoload=false"]
-    out = subprocess.run([sys.executable, "fill.py", "train", *[a for s in sets for a in ("--set", s)]],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    sets = [
+        "train.epochs=3",
+        "data.num_samples=16",
+        "data.image_size=16",
+        "model.width=16",
+        "model.depth=1",
+        "export.enabled=false",
+        "plugins.autoload=false",
+    ]
+    out = subprocess.run(
+        [sys.executable, "fill.py", "train", *[a for s in sets for a in ("--set", s)]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 1, out.stderr
-    assert "segtrack: error: cannot write best.pt in checkpoints" in out.stderr or \
-        "segtrack: error: cannot write last.pt in checkpoints" in out.stderr, out.stderr
+    assert (
+        "segtrack: error: cannot write best.pt in checkpoints" in out.stderr
+        or "segtrack: error: cannot write last.pt in checkpoints" in out.stderr
+    ), out.stderr
     assert "intact" in out.stderr and "Traceback" not in out.stderr
     assert "fit failed after" in out.stderr
     for name in ("last.pt",):
         payload = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
         assert payload["epoch"] == 0
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
-    report_row(scenario="checkpoint write refused by the file system (EFBIG via RLIMIT_FSIZE)", runs=1, faults=1,
-               expected="failed, epoch-0 checkpoints intact", found="failed, intact", duplicates="-", result="pass")
+    report_row(
+        scenario="checkpoint write refused by the file system (EFBIG via RLIMIT_FSIZE)",
+        runs=1,
+        faults=1,
+        expected="failed, epoch-0 checkpoints intact",
+        found="failed, intact",
+        duplicates="-",
+        result="pass",
+    )

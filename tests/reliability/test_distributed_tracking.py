@@ -11,8 +11,17 @@ import sys
 import torch
 
 KEYS = ("train_loss", "val_loss", "val_dice", "val_iou", "lr")
-SETS = ["train.epochs=3", "train.batch_size=2", "data.num_samples=12", "data.image_size=16", "model.width=2",
-        "model.depth=1", "export.enabled=false", "mlflow.sample_overlays=0", "plugins.disabled=['progress', 'analytics']"]
+SETS = [
+    "train.epochs=3",
+    "train.batch_size=2",
+    "data.num_samples=12",
+    "data.image_size=16",
+    "model.width=2",
+    "model.depth=1",
+    "export.enabled=false",
+    "mlflow.sample_overlays=0",
+    "plugins.disabled=['progress', 'analytics']",
+]
 
 
 def _port() -> int:
@@ -23,8 +32,20 @@ def _port() -> int:
 
 def _torchrun(cwd, uri, *args, script=None):
     target = [script] if script else ["-m", "segtrack"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_port()), *target, *[a for s in SETS for a in ("--set", s)], *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_port()),
+        *target,
+        *[a for s in SETS for a in ("--set", s)],
+        *args,
+    ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
@@ -54,8 +75,15 @@ def test_fit_and_cv_under_torchrun(tmp_path, sqlite_uri, report_row):
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in folds)
     for fold in folds:
         assert _points(client, fold.info.run_id) == {k: [0, 1, 2] for k in KEYS}
-    report_row(scenario="torchrun 2 ranks: fit + 2-fold CV", runs=4, faults=0, expected=3 * 5 * 3,
-               found=3 * 5 * 3, duplicates=0, result="pass; all ranks exit 0")
+    report_row(
+        scenario="torchrun 2 ranks: fit + 2-fold CV",
+        runs=4,
+        faults=0,
+        expected=3 * 5 * 3,
+        found=3 * 5 * 3,
+        duplicates=0,
+        result="pass; all ranks exit 0",
+    )
 
 
 DYING_RANK = """
@@ -91,8 +119,15 @@ def test_a_dying_rank_fails_the_job_and_the_run(tmp_path, sqlite_uri, report_row
     assert client.get_metric_history(run.info.run_id, "val_dice")  # it died mid-fit, after logging
     for path in (tmp_path / "checkpoints").iterdir():
         torch.load(path, weights_only=True)  # nothing half-written
-    report_row(scenario="torchrun: rank 1 SIGKILLed mid-fit", runs=1, faults=1, expected="-", found="-",
-               duplicates=0, result="pass; job exits non-zero, run FAILED")
+    report_row(
+        scenario="torchrun: rank 1 SIGKILLed mid-fit",
+        runs=1,
+        faults=1,
+        expected="-",
+        found="-",
+        duplicates=0,
+        result="pass; job exits non-zero, run FAILED",
+    )
 
 
 EARLY_STOP = """
@@ -124,5 +159,12 @@ def test_a_stop_requested_on_rank_zero_stops_every_rank(tmp_path, sqlite_uri, re
     (run,) = client.search_runs([client.get_experiment_by_name("segtrack").experiment_id])
     assert run.info.status == "FINISHED"
     assert _points(client, run.info.run_id) == {k: [0] for k in KEYS}
-    report_row(scenario="torchrun 2 ranks: request_stop on rank 0 after epoch 0", runs=1, faults=0,
-               expected=len(KEYS), found=len(KEYS), duplicates=0, result="pass; both ranks stop, exit 0")
+    report_row(
+        scenario="torchrun 2 ranks: request_stop on rank 0 after epoch 0",
+        runs=1,
+        faults=0,
+        expected=len(KEYS),
+        found=len(KEYS),
+        duplicates=0,
+        result="pass; both ranks stop, exit 0",
+    )

@@ -59,10 +59,22 @@ def _scenario(tmp_path, sqlite_template, report_row, down_seconds: float):
     server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path).start()
     done, windows = threading.Event(), []
     clock = EpochClock(done)
-    settings = load_settings(overrides=[
-        "train.epochs=10000", "train.batch_size=4", "data.num_samples=40", "data.image_size=16", "model.width=4",
-        "model.depth=1", "export.enabled=false", f"mlflow.tracking_uri='{server.uri}'", "mlflow.log_every_n_steps=1",
-        "mlflow.request_timeout=2", "mlflow.drain_timeout=120", "mlflow.sample_overlays=0"])
+    settings = load_settings(
+        overrides=[
+            "train.epochs=10000",
+            "train.batch_size=4",
+            "data.num_samples=40",
+            "data.image_size=16",
+            "model.width=4",
+            "model.depth=1",
+            "export.enabled=false",
+            f"mlflow.tracking_uri='{server.uri}'",
+            "mlflow.log_every_n_steps=1",
+            "mlflow.request_timeout=2",
+            "mlflow.drain_timeout=120",
+            "mlflow.sample_overlays=0",
+        ]
+    )
     others = [n for n in ("analytics",) if n in installed_entry_points()]
     manager = get_plugin_manager(settings, [clock], disabled=["progress", *others])
     chaos = threading.Thread(target=_outages, args=(server, down_seconds, 2, done, windows))
@@ -84,9 +96,15 @@ def _scenario(tmp_path, sqlite_template, report_row, down_seconds: float):
         assert run.info.status == "FINISHED" and result.status == "stopped"
         assert (found, duplicates) == (expected, 0)
         assert during, "no epoch ran while the server was down"
-        report_row(scenario=f"2 outages of {down_seconds:g} s (+ restart)", runs=1, faults=2, expected=expected,
-                   found=found, duplicates=duplicates,
-                   result=f"pass; epoch time during/outside outage {ratio:.3f}x ({len(during)}/{len(outside)} epochs)")
+        report_row(
+            scenario=f"2 outages of {down_seconds:g} s (+ restart)",
+            runs=1,
+            faults=2,
+            expected=expected,
+            found=found,
+            duplicates=duplicates,
+            result=f"pass; epoch time during/outside outage {ratio:.3f}x ({len(during)}/{len(outside)} epochs)",
+        )
     finally:
         server.stop()
 

@@ -8,18 +8,29 @@ import os
 import subprocess
 import sys
 
-HOOKS = ["fit_start", "epoch_start", "train_batch_end", "validation_end", "epoch_end", "checkpoint_saved",
-         "model_exported", "fit_end", "state_dict"]
+HOOKS = [
+    "fit_start",
+    "epoch_start",
+    "train_batch_end",
+    "validation_end",
+    "epoch_end",
+    "checkpoint_saved",
+    "model_exported",
+    "fit_end",
+    "state_dict",
+]
 
 
 def _site(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
-    body = "".join(f"    @hookimpl\n    def {h}(self):\n        raise RuntimeError('raiser broke in {h}')\n" for h in HOOKS)
+    body = "".join(
+        f"    @hookimpl\n    def {h}(self):\n        raise RuntimeError('raiser broke in {h}')\n" for h in HOOKS
+    )
     plugins = {
         "raiser": "from segtrack import hookimpl\n\nclass Raiser:\n" + body,
         "hanger": "import time\nfrom segtrack import hookimpl\n\nclass Hanger:\n    @hookimpl\n    def fit_end(self):\n"
-                  "        time.sleep(600)\n",
+        "        time.sleep(600)\n",
         "broken": "raise ImportError('broken needs a package that is not installed')\n",
     }
     for name, source in plugins.items():
@@ -33,11 +44,25 @@ def _site(tmp_path):
 
 
 def _train(tmp_path, uri, *extra):
-    sets = ["train.epochs=2", "data.num_samples=8", "data.image_size=16", "model.width=2", "model.depth=1",
-            "plugins.fit_end_timeout=2", "plugins.disabled=['analytics']", *extra]
+    sets = [
+        "train.epochs=2",
+        "data.num_samples=8",
+        "data.image_size=16",
+        "model.width=2",
+        "model.depth=1",
+        "plugins.fit_end_timeout=2",
+        "plugins.disabled=['analytics']",
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": str(_site(tmp_path)), "MLFLOW_TRACKING_URI": uri}
-    return subprocess.run([sys.executable, "-m", "segtrack", "train", *[a for s in sets for a in ("--set", s)]],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "segtrack", "train", *[a for s in sets for a in ("--set", s)]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _status(uri):
@@ -58,8 +83,15 @@ def test_misbehaving_plugins_cannot_stop_the_fit(tmp_path, sqlite_uri, report_ro
     assert "plugin 'hanger' failed 1x in fit_end: TimeoutError" in err or "'hanger' failed in hook 'fit_end'" in err
     assert "fit completed after 2 epoch(s)" in err
     assert _status(sqlite_uri) == "FINISHED"
-    report_row(scenario="plugins raising everywhere, hanging, failing to import", runs=1, faults=3,
-               expected="fit completes", found="completed, 3 plugins named", duplicates="-", result="pass")
+    report_row(
+        scenario="plugins raising everywhere, hanging, failing to import",
+        runs=1,
+        faults=3,
+        expected="fit completes",
+        found="completed, 3 plugins named",
+        duplicates="-",
+        result="pass",
+    )
 
 
 def test_strict_stops_at_the_first_failure_and_marks_the_run_failed(tmp_path, sqlite_uri, report_row):
@@ -68,5 +100,12 @@ def test_strict_stops_at_the_first_failure_and_marks_the_run_failed(tmp_path, sq
     assert "plugin 'raiser' raised in hook 'fit_start': RuntimeError: raiser broke in fit_start" in out.stderr
     assert "plugins.strict is true" in out.stderr and "Traceback" not in out.stderr.split("segtrack: error:")[-1]
     assert _status(sqlite_uri) == "FAILED"
-    report_row(scenario="plugins.strict=true with a raising plugin", runs=1, faults=1, expected="FAILED",
-               found="FAILED", duplicates="-", result="pass; clear error, exit 1")
+    report_row(
+        scenario="plugins.strict=true with a raising plugin",
+        runs=1,
+        faults=1,
+        expected="FAILED",
+        found="FAILED",
+        duplicates="-",
+        result="pass; clear error, exit 1",
+    )

@@ -16,14 +16,31 @@ SECRETS = {"secrets_file": "s3cr3t-from-secrets-file", "env": "s3cr3t-from-env",
 def test_secrets_appear_nowhere_in_the_store(tmp_path, sqlite_uri, report_row):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / ".secrets.toml").write_text(f"[default.mlflow]\npassword = '{SECRETS['secrets_file']}'\n")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_uri, "SEGTRACK_MLFLOW__USERNAME": "alice",
-           "MLFLOW_TRACKING_PASSWORD": SECRETS["env"], "OMP_NUM_THREADS": "1"}
-    sets = ["train.epochs=2", "data.num_samples=8", "data.image_size=16", "model.width=2", "model.depth=1",
-            f"mlflow.tracking_uri='http://alice:{SECRETS['settings']}@127.0.0.1:9'",
-            "plugins.disabled=['progress', 'analytics']"]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": sqlite_uri,
+        "SEGTRACK_MLFLOW__USERNAME": "alice",
+        "MLFLOW_TRACKING_PASSWORD": SECRETS["env"],
+        "OMP_NUM_THREADS": "1",
+    }
+    sets = [
+        "train.epochs=2",
+        "data.num_samples=8",
+        "data.image_size=16",
+        "model.width=2",
+        "model.depth=1",
+        f"mlflow.tracking_uri='http://alice:{SECRETS['settings']}@127.0.0.1:9'",
+        "plugins.disabled=['progress', 'analytics']",
+    ]
     # the settings URI is overridden by MLFLOW_TRACKING_URI, but the setting itself is a param
-    out = subprocess.run([sys.executable, "-m", "segtrack", "train", *[a for s in sets for a in ("--set", s)]],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "segtrack", "train", *[a for s in sets for a in ("--set", s)]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     scanned = 0
     for path in [tmp_path / "mlflow.db", *(tmp_path / "mlartifacts").rglob("*"), *(tmp_path / ".segtrack").rglob("*")]:
@@ -33,8 +50,15 @@ def test_secrets_appear_nowhere_in_the_store(tmp_path, sqlite_uri, report_row):
             for origin, secret in SECRETS.items():
                 assert secret.encode() not in data, f"{origin} secret found in {path}"
     assert scanned > 5
-    report_row(scenario="secrets in .secrets.toml, env, settings URI", runs=1, faults=0, expected="0 leaks",
-               found=f"0 leaks in {scanned} files", duplicates="-", result="pass")
+    report_row(
+        scenario="secrets in .secrets.toml, env, settings URI",
+        runs=1,
+        faults=0,
+        expected="0 leaks",
+        found=f"0 leaks in {scanned} files",
+        duplicates="-",
+        result="pass",
+    )
 
 
 class Payload:
@@ -45,13 +69,25 @@ class Payload:
 def test_pickle_payload_checkpoint_is_refused_unrun(tmp_path, report_row):
     (tmp_path / "checkpoints").mkdir()
     torch.save({"format": "segtrack.checkpoint", "model": Payload()}, tmp_path / "checkpoints" / "last.pt")
-    out = subprocess.run([sys.executable, "-m", "segtrack", "train", "--resume", "auto"], cwd=tmp_path,
-                         env={**os.environ, "SEGTRACK_PLUGINS__AUTOLOAD": "false"}, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "segtrack", "train", "--resume", "auto"],
+        cwd=tmp_path,
+        env={**os.environ, "SEGTRACK_PLUGINS__AUTOLOAD": "false"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 1 and "refused without running it" in out.stderr
     assert not (tmp_path / "pwned").exists()
-    report_row(scenario="checkpoint with a pickle payload", runs=0, faults=1, expected="refused", found="refused",
-               duplicates="-", result="pass; payload never ran")
+    report_row(
+        scenario="checkpoint with a pickle payload",
+        runs=0,
+        faults=1,
+        expected="refused",
+        found="refused",
+        duplicates="-",
+        result="pass; payload never ran",
+    )
 
 
 def test_autoload_off_runs_no_third_party_code(tmp_path, report_row):
@@ -59,18 +95,53 @@ def test_autoload_off_runs_no_third_party_code(tmp_path, report_row):
     (site / "spy-0.1.dist-info").mkdir(parents=True)
     (site / "spy-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: spy\nVersion: 0.1\n")
     (site / "spy-0.1.dist-info" / "entry_points.txt").write_text("[segtrack.plugins]\nspy = spy_plugin\n")
-    (site / "spy_plugin.py").write_text(textwrap.dedent(f"""
-        open({str(tmp_path / 'imported')!r}, 'w').close()
-    """))
+    (site / "spy_plugin.py").write_text(
+        textwrap.dedent(f"""
+        open({str(tmp_path / "imported")!r}, 'w').close()
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": str(site), "SEGTRACK_PLUGINS__AUTOLOAD": "false"}
-    for args in (["--help"], ["plugins"], ["train", "--set", "train.epochs=1", "--set", "data.num_samples=4",
-                                           "--set", "data.image_size=16", "--set", "model.depth=1",
-                                           "--set", "export.enabled=false"]):
-        subprocess.run([sys.executable, "-m", "segtrack", *args], cwd=tmp_path, env=env, capture_output=True,
-                       timeout=300, check=True)
+    for args in (
+        ["--help"],
+        ["plugins"],
+        [
+            "train",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "data.num_samples=4",
+            "--set",
+            "data.image_size=16",
+            "--set",
+            "model.depth=1",
+            "--set",
+            "export.enabled=false",
+        ],
+    ):
+        subprocess.run(
+            [sys.executable, "-m", "segtrack", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            timeout=300,
+            check=True,
+        )
     assert not (tmp_path / "imported").exists()
-    subprocess.run([sys.executable, "-m", "segtrack", "plugins"], cwd=tmp_path,
-                   env={**env, "SEGTRACK_PLUGINS__AUTOLOAD": "true"}, capture_output=True, timeout=300, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "segtrack", "plugins"],
+        cwd=tmp_path,
+        env={**env, "SEGTRACK_PLUGINS__AUTOLOAD": "true"},
+        capture_output=True,
+        timeout=300,
+        check=True,
+    )
     assert (tmp_path / "imported").exists()  # the spy is real: with autoload on it runs
-    report_row(scenario="SEGTRACK_PLUGINS__AUTOLOAD=false", runs=0, faults=0, expected="no import",
-               found="no import", duplicates="-", result="pass")
+    report_row(
+        scenario="SEGTRACK_PLUGINS__AUTOLOAD=false",
+        runs=0,
+        faults=0,
+        expected="no import",
+        found="no import",
+        duplicates="-",
+        result="pass",
+    )

@@ -14,17 +14,26 @@ import sys
 import pytest
 
 PASSWORD = "uri-s3cret-pass"  # the server's admin password (MLflow wants at least 12 characters)
-SETS = ["train.epochs=2", "data.num_samples=8", "data.image_size=16", "model.width=2", "model.depth=1",
-        "export.enabled=false", "mlflow.drain_timeout=2", "mlflow.request_timeout=1",
-        "plugins.disabled=['progress', 'analytics']"]
+SETS = [
+    "train.epochs=2",
+    "data.num_samples=8",
+    "data.image_size=16",
+    "model.width=2",
+    "model.depth=1",
+    "export.enabled=false",
+    "mlflow.drain_timeout=2",
+    "mlflow.request_timeout=1",
+    "plugins.disabled=['progress', 'analytics']",
+]
 
 
 def _segtrack(cwd, *args, uri, sets=()):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "SEGTRACK_"))}
     env.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"})
     sets = [a for s in [*SETS, *sets] for a in ("--set", s)] if args[0] == "train" else []
-    out = subprocess.run([sys.executable, "-m", "segtrack", *args, *sets], cwd=cwd, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "segtrack", *args, *sets], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     return out
 
@@ -81,6 +90,12 @@ def test_a_password_in_the_uri_authenticates_and_shows_nowhere(tmp_path, sqlite_
     files = [p for p in work.rglob("*") if p.is_file() and p.name != ".secrets.toml"]
     assert not [p for p in files if PASSWORD.encode() in p.read_bytes()]
     assert len(files) > 5
-    report_row(scenario="password inside the tracking URI, basic-auth server, offline spool + sync",
-               runs=2, faults=1, expected="0 leaks", found=f"0 leaks in {len(shown)} texts, {len(files)} files",
-               duplicates="-", result="pass")
+    report_row(
+        scenario="password inside the tracking URI, basic-auth server, offline spool + sync",
+        runs=2,
+        faults=1,
+        expected="0 leaks",
+        found=f"0 leaks in {len(shown)} texts, {len(files)} files",
+        duplicates="-",
+        result="pass",
+    )

@@ -5,9 +5,17 @@ from __future__ import annotations
 import math
 
 TINY = [
-    "train.epochs=2", "train.batch_size=4", "train.lr=0.01", "data.num_samples=12", "data.image_size=16",
-    "model.width=2", "model.depth=1", "export.enabled=false", "mlflow.drain_timeout=60",
-    "mlflow.sample_overlays=0", "mlflow.checkpoint_policy='none'",
+    "train.epochs=2",
+    "train.batch_size=4",
+    "train.lr=0.01",
+    "data.num_samples=12",
+    "data.image_size=16",
+    "model.width=2",
+    "model.depth=1",
+    "export.enabled=false",
+    "mlflow.drain_timeout=60",
+    "mlflow.sample_overlays=0",
+    "mlflow.checkpoint_policy='none'",
 ]
 
 
@@ -34,13 +42,21 @@ def populate(uri: str, experiment: str = "synthetic", runs: int = 6, parent: boo
         metrics = []
         for step in range(4):
             dice = 0.1 * index + 0.05 * step
-            metrics += [Metric("val_dice", dice, 1_700_000_000_000 + step, step),
-                        Metric("val_loss", 1.0 - dice, 1_700_000_000_000 + step, step)]
+            metrics += [
+                Metric("val_dice", dice, 1_700_000_000_000 + step, step),
+                Metric("val_loss", 1.0 - dice, 1_700_000_000_000 + step, step),
+            ]
         metrics.append(Metric("odd", math.nan if index == 1 else (math.inf if index == 2 else float(index)), 5, 0))
-        client.log_batch(run.info.run_id, metrics=metrics,
-                         params=[Param("model.width", str(4 * (1 + index % 2))), Param("train.lr", "0.01"),
-                                 Param("nested/key", "x")],
-                         tags=[RunTag("note", f"n{index}")])
+        client.log_batch(
+            run.info.run_id,
+            metrics=metrics,
+            params=[
+                Param("model.width", str(4 * (1 + index % 2))),
+                Param("train.lr", "0.01"),
+                Param("nested/key", "x"),
+            ],
+            tags=[RunTag("note", f"n{index}")],
+        )
         if index < runs - 1:
             client.set_terminated(run.info.run_id, "FINISHED", end_time=1_700_000_100_000 + index)
         ids.append(run.info.run_id)
@@ -58,8 +74,13 @@ def mlflow_view(uri: str, experiment: str):
     runs, histories = {}, {}
     for run in client.search_runs([experiment_id], max_results=50000):
         rid = run.info.run_id
-        runs[rid] = (run.info.run_name, run.info.status, dict(run.data.params), dict(run.data.tags),
-                     dict(run.data.metrics))
+        runs[rid] = (
+            run.info.run_name,
+            run.info.status,
+            dict(run.data.params),
+            dict(run.data.tags),
+            dict(run.data.metrics),
+        )
         for key in run.data.metrics:
             histories[(rid, key)] = sorted((m.step, m.value) for m in client.get_metric_history(rid, key))
     return runs, histories

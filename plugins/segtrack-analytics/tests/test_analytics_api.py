@@ -23,8 +23,9 @@ def cv_store(sqlite_uri):
     from segtrack.trainer import SegmentationTrainer
 
     for width in (2, 4):
-        settings = load_settings(overrides=[*TINY, f"mlflow.tracking_uri='{sqlite_uri}'", f"model.width={width}",
-                                            f"run.name='w{width}'"])
+        settings = load_settings(
+            overrides=[*TINY, f"mlflow.tracking_uri='{sqlite_uri}'", f"model.width={width}", f"run.name='w{width}'"]
+        )
         manager = get_plugin_manager(settings, disabled=["progress"])
         SegmentationTrainer(settings, plugin_manager=manager).cv(folds=2)
     return sqlite_uri
@@ -70,12 +71,12 @@ def test_errors_name_the_columns(cv_store):
         analytics.top_models("val_dize")
     with pytest.raises(ConfigError, match=r"(?s)Referenced column .*nope.*runs columns: run_id"):
         analytics.query("SELECT nope FROM runs")
-    with pytest.raises(ConfigError, match="use \"max\" or \"min\""):
+    with pytest.raises(ConfigError, match='use "max" or "min"'):
         analytics.top_models("val_dice", mode="best")
 
 
 def test_queries_cannot_write_to_the_store_or_files(cv_store, tmp_path):
-    db = Path(cv_store[len("sqlite:///"):])
+    db = Path(cv_store[len("sqlite:///") :])
     before = hashlib.sha256(db.read_bytes()).hexdigest()
     analytics = RunAnalytics(cv_store, cache_dir=tmp_path / "cache")
     analytics.load_experiment_runs("segtrack")

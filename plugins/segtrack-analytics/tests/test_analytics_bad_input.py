@@ -10,12 +10,17 @@ from pathlib import Path
 
 import pytest
 from analytics_helpers import cli_sets, populate
-from segtrack_mlflow.testing import free_port, temporary_postgres_database
 
 from segtrack.cli import main
+from segtrack_mlflow.testing import free_port, temporary_postgres_database
 
-COMMANDS = [["list"], ["query", "SELECT 1"], ["summary", "--metric", "val_dice"], ["top", "--metric", "val_dice"],
-            ["plot", "--metric", "val_dice"]]
+COMMANDS = [
+    ["list"],
+    ["query", "SELECT 1"],
+    ["summary", "--metric", "val_dice"],
+    ["top", "--metric", "val_dice"],
+    ["plot", "--metric", "val_dice"],
+]
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -42,13 +47,22 @@ def _random_bytes() -> str:
 
 
 STORES = {
-    "dead PostgreSQL": (lambda stack: f"postgresql://postgres@127.0.0.1:{free_port()}/nope",
-                        "cannot reach the PostgreSQL store postgresql://postgres@127.0.0.1:"),
-    "PostgreSQL database without MLflow": (lambda stack: stack.enter_context(temporary_postgres_database()),
-                                           "is a database but not an MLflow store (it has none of MLflow's tables)"),
-    "dead server": (lambda stack: f"http://127.0.0.1:{free_port()}", "cannot reach the tracking server http://127.0.0.1:"),
-    "SQLite without MLflow": (lambda stack: _sqlite_with_a_table("notes.db"),
-                              "notes.db is a database but not an MLflow store (it has none of MLflow's tables)"),
+    "dead PostgreSQL": (
+        lambda stack: f"postgresql://postgres@127.0.0.1:{free_port()}/nope",
+        "cannot reach the PostgreSQL store postgresql://postgres@127.0.0.1:",
+    ),
+    "PostgreSQL database without MLflow": (
+        lambda stack: stack.enter_context(temporary_postgres_database()),
+        "is a database but not an MLflow store (it has none of MLflow's tables)",
+    ),
+    "dead server": (
+        lambda stack: f"http://127.0.0.1:{free_port()}",
+        "cannot reach the tracking server http://127.0.0.1:",
+    ),
+    "SQLite without MLflow": (
+        lambda stack: _sqlite_with_a_table("notes.db"),
+        "notes.db is a database but not an MLflow store (it has none of MLflow's tables)",
+    ),
     # a '?' in the name once ended SQLite's file name early: the read created a file named 'runs'
     "SQLite named with a '?'": (lambda stack: _sqlite_with_a_table("runs?v2.db"), "runs?v2.db is a database but not"),
     "random bytes": (lambda stack: _random_bytes(), "noise.db is not an SQLite database"),
@@ -75,7 +89,8 @@ def test_fit_end_on_a_dead_store_is_one_warning(dead, capsys, caplog):
     everything = capsys.readouterr().err + caplog.text
     (line,) = [m for m in caplog.messages if m.startswith("analytics:")]
     assert line.startswith("analytics: cannot rank this run: cannot reach ") and line.endswith(
-        "`segtrack runs top --metric best_val_dice` works once the store is back")
+        "`segtrack runs top --metric best_val_dice` works once the store is back"
+    )
     assert "Traceback" not in everything and "failed in hook" not in everything
 
 
@@ -90,10 +105,12 @@ def test_plot_out_that_cannot_be_written(sqlite_uri, tmp_path, capsys):
     populate(sqlite_uri, experiment="segtrack")
     Path("plots").mkdir()
     Path("blocker").write_text("a file, not a folder")
-    cases = {"plots": "--out plots is a folder: name the image file, e.g. --out plots/learning-curves.png",
-             "curves.jpg": "--out curves.jpg names no supported image type: end it in .png, .svg, .pdf",
-             "curves": "--out curves names no supported image type",
-             "blocker/curves.png": "cannot write --out blocker/curves.png ("}
+    cases = {
+        "plots": "--out plots is a folder: name the image file, e.g. --out plots/learning-curves.png",
+        "curves.jpg": "--out curves.jpg names no supported image type: end it in .png, .svg, .pdf",
+        "curves": "--out curves names no supported image type",
+        "blocker/curves.png": "cannot write --out blocker/curves.png (",
+    }
     for out, message in cases.items():
         before = {k: v for k, v in _files(tmp_path).items() if not k.startswith(".segtrack")}
         assert main(["runs", "plot", "--metric", "val_dice", "--out", out, "--tracking-uri", sqlite_uri]) == 2
@@ -109,8 +126,11 @@ def test_no_runs_in_the_experiment_lists_the_experiments_that_have_runs(sqlite_u
     populate(sqlite_uri, experiment="other", runs=2)
     populate(sqlite_uri, experiment="third", runs=1, parent=False)
     assert main(["runs", "top", "--metric", "val_dice", "--tracking-uri", sqlite_uri]) == 2
-    _one_error(capsys, f"no runs in experiment 'segtrack' at {sqlite_uri}, which has 'other' (3 runs), 'third' (1 run): "
-                       f"choose one with --experiment NAME (or --experiment all)")
+    _one_error(
+        capsys,
+        f"no runs in experiment 'segtrack' at {sqlite_uri}, which has 'other' (3 runs), 'third' (1 run): "
+        f"choose one with --experiment NAME (or --experiment all)",
+    )
     assert main(["runs", "list", "--experiment", "other", "--tracking-uri", sqlite_uri]) == 0
     assert "(3 rows)" in capsys.readouterr().out
 
@@ -122,4 +142,5 @@ def test_a_cache_folder_that_cannot_be_written_costs_a_warning(sqlite_uri, capsy
     assert "(3 rows)" in capsys.readouterr().out
     (line,) = [m for m in caplog.messages if m.startswith("analytics:")]
     assert line.startswith("analytics: cannot write the cache in blocker/cache (") and line.endswith(
-        "set analytics.cache_dir to a writable folder")
+        "set analytics.cache_dir to a writable folder"
+    )

@@ -33,8 +33,19 @@ def test_train_and_cv_then_summary_top_list_and_plot(sqlite_uri, capsys):
     listing = capsys.readouterr().out
     assert "single" in listing and "cv3-fold2" in listing and "(5 rows)" in listing
 
-    assert main(["runs", "query", 'SELECT count(*) AS n FROM metrics WHERE key = \'val_dice\'', "--format", "json",
-                 *cli_sets(sqlite_uri)]) == 0
+    assert (
+        main(
+            [
+                "runs",
+                "query",
+                "SELECT count(*) AS n FROM metrics WHERE key = 'val_dice'",
+                "--format",
+                "json",
+                *cli_sets(sqlite_uri),
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out) == [{"n": 2 * 4}]
 
     assert main(["runs", "plot", "--metric", "val_dice", "--out", "curves/dice.png", *cli_sets(sqlite_uri)]) == 0
@@ -51,11 +62,17 @@ def test_sql_errors_show_duckdbs_message_and_the_columns(sqlite_uri, capsys):
     assert code == 2 and "did you mean metrics.val_dice" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["runs", "top", "--metric", "val_dice", "--tracking-uri", "sqlite:///missing.db"], "no MLflow store at missing.db"),
-    (["runs", "plot", "--metric", "nothing"], "no run has a history of 'nothing'"),
-    (["runs", "list", "--set", "analytics.cache_dirr='x'"], "analytics.cache_dirr: unknown setting"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["runs", "top", "--metric", "val_dice", "--tracking-uri", "sqlite:///missing.db"],
+            "no MLflow store at missing.db",
+        ),
+        (["runs", "plot", "--metric", "nothing"], "no run has a history of 'nothing'"),
+        (["runs", "list", "--set", "analytics.cache_dirr='x'"], "analytics.cache_dirr: unknown setting"),
+    ],
+)
 def test_bad_cli_input(sqlite_uri, capsys, args, message):
     populate(sqlite_uri, experiment="segtrack")
     assert main([*args, "--set", f"mlflow.tracking_uri='{sqlite_uri}'"]) != 0

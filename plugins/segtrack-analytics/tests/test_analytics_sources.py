@@ -22,11 +22,16 @@ def test_nan_and_inf_stay_nan_and_inf(sqlite_uri):
     populate(sqlite_uri)
     analytics = RunAnalytics(sqlite_uri, cache_dir=None)
     analytics.load_experiment_runs("synthetic")
-    rows = analytics.query('SELECT run_name, "metrics.odd" FROM runs WHERE run_name LIKE \'run-%\'').to_pylist()
+    rows = analytics.query("SELECT run_name, \"metrics.odd\" FROM runs WHERE run_name LIKE 'run-%'").to_pylist()
     odd = {r["run_name"]: r["metrics.odd"] for r in rows}
     assert math.isnan(odd["run-1"]) and odd["run-2"] == math.inf and odd["run-3"] == 3.0
-    history = analytics.query("SELECT value FROM metrics m JOIN runs r USING (run_id) "
-                              "WHERE r.run_name = 'run-1' AND key = 'odd'").column("value").to_pylist()
+    history = (
+        analytics.query(
+            "SELECT value FROM metrics m JOIN runs r USING (run_id) WHERE r.run_name = 'run-1' AND key = 'odd'"
+        )
+        .column("value")
+        .to_pylist()
+    )
     assert math.isnan(history[0])
 
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-
 from segtrack import hookimpl
 from segtrack_mlflow.testing import MlflowServer, free_port  # noqa: F401  (re-exported for tests)
 
 TINY = [
-    "train.epochs=3", "train.batch_size=4", "train.lr=0.01", "data.num_samples=16", "data.image_size=16",
-    "model.width=4", "model.depth=1", "export.enabled=false", "mlflow.drain_timeout=60",
+    "train.epochs=3",
+    "train.batch_size=4",
+    "train.lr=0.01",
+    "data.num_samples=16",
+    "data.image_size=16",
+    "model.width=4",
+    "model.depth=1",
+    "export.enabled=false",
+    "mlflow.drain_timeout=60",
     "mlflow.log_every_n_steps=1",
 ]
 

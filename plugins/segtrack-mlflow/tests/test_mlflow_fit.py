@@ -43,21 +43,40 @@ def test_fit_logs_params_tags_metrics_and_artifacts(trainer_factory, sqlite_uri,
     assert run.data.metrics["onnx_max_abs_diff"] == pytest.approx(result.export.max_abs_diff)
     # artifacts: best and last checkpoints, the ONNX model, sample overlays
     assert artifacts(client, run.info.run_id) == [
-        "checkpoints/best.pt", "checkpoints/last.pt", "model/unet-a.onnx", f"samples/best-epoch-{result.best_epoch}.png"]
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+        "model/unet-a.onnx",
+        f"samples/best-epoch-{result.best_epoch}.png",
+    ]
     # the uploaded last.pt is the final one, not a superseded one
     local = client.download_artifacts(run.info.run_id, "checkpoints/last.pt", str(tmp_path / "dl"))
     assert Path(local).read_bytes() == Path(result.last_checkpoint).read_bytes()
 
 
-@pytest.mark.parametrize("policy, expected", [
-    ("best", ["checkpoints/best.pt"]),
-    ("none", []),
-    ("all", ["checkpoints/best.pt", "checkpoints/epoch-0000.pt", "checkpoints/epoch-0001.pt",
-             "checkpoints/epoch-0002.pt", "checkpoints/last.pt"]),
-])
+@pytest.mark.parametrize(
+    "policy, expected",
+    [
+        ("best", ["checkpoints/best.pt"]),
+        ("none", []),
+        (
+            "all",
+            [
+                "checkpoints/best.pt",
+                "checkpoints/epoch-0000.pt",
+                "checkpoints/epoch-0001.pt",
+                "checkpoints/epoch-0002.pt",
+                "checkpoints/last.pt",
+            ],
+        ),
+    ],
+)
 def test_checkpoint_policy(trainer_factory, sqlite_uri, policy, expected):
-    trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", f"mlflow.checkpoint_policy='{policy}'",
-                    "mlflow.sample_overlays=0", "checkpoint.keep=5").fit()
+    trainer_factory(
+        f"mlflow.tracking_uri='{sqlite_uri}'",
+        f"mlflow.checkpoint_policy='{policy}'",
+        "mlflow.sample_overlays=0",
+        "checkpoint.keep=5",
+    ).fit()
     client = MlflowClient(sqlite_uri)
     assert artifacts(client, only_run(client).info.run_id) == expected
 
@@ -79,10 +98,25 @@ def test_failed_fit_is_marked_failed(trainer_factory, sqlite_uri):
 
 def test_sigterm_marks_the_run_killed(sqlite_uri, tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_uri, "SEGTRACK_PLUGINS__DISABLED": "['progress']"}
-    sets = [a for s in ["train.epochs=500", "data.num_samples=16", "data.image_size=16", "model.width=2",
-                        "model.depth=1", "export.enabled=false"] for a in ("--set", s)]
-    proc = subprocess.Popen([sys.executable, "-m", "segtrack", "train", *sets], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sets = [
+        a
+        for s in [
+            "train.epochs=500",
+            "data.num_samples=16",
+            "data.image_size=16",
+            "model.width=2",
+            "model.depth=1",
+            "export.enabled=false",
+        ]
+        for a in ("--set", s)
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segtrack", "train", *sets],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 120
     while not (tmp_path / "checkpoints" / "last.pt").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()[-2000:]
@@ -110,8 +144,9 @@ def test_cross_validation_logs_a_parent_and_one_child_per_fold(trainer_factory, 
     result = trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", "run.name='cvrun'").cv(folds=2)
     client = MlflowClient(sqlite_uri)
     parent = only_run(client, filter_string="tags.`segtrack.role` = 'cv-parent'")
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
     assert sorted(c.data.tags["segtrack.fold"] for c in children) == ["0", "1"]
     assert sorted(c.info.run_name for c in children) == ["cvrun-fold0", "cvrun-fold1"]
     assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
@@ -143,8 +178,9 @@ def test_epoch_logged_before_a_crash_is_not_logged_twice(trainer_factory, sqlite
     """Crash after epoch 2 was logged but before its last.pt: the resumed fit redoes epoch 2."""
     uri = f"mlflow.tracking_uri='{sqlite_uri}'"
     with pytest.raises(KeyboardInterrupt):
-        trainer_factory(uri, "train.epochs=4", "train.lr=0.05",
-                        plugins=[RaiseAt(2, KeyboardInterrupt(), kind="checkpoint_best")]).fit()
+        trainer_factory(
+            uri, "train.epochs=4", "train.lr=0.05", plugins=[RaiseAt(2, KeyboardInterrupt(), kind="checkpoint_best")]
+        ).fit()
     trainer_factory(uri, "train.epochs=4", "train.lr=0.05").fit(resume="auto")
     client = MlflowClient(sqlite_uri)
     run = only_run(client)
@@ -153,11 +189,13 @@ def test_epoch_logged_before_a_crash_is_not_logged_twice(trainer_factory, sqlite
 
 
 def test_disabled_plugin_is_not_imported_and_logs_nothing(tmp_path):
-    probe = ("import sys\nfrom segtrack.cli import main\n"
-             "code = main(['train', '--set', 'train.epochs=1', '--set', 'data.num_samples=8', '--set', "
-             "'data.image_size=16', '--set', 'model.depth=1', '--set', 'export.enabled=false', '--set', "
-             "\"plugins.disabled=['mlflow']\"])\n"
-             "print(code, 'segtrack_mlflow.plugin' in sys.modules, 'mlflow' in sys.modules)")
+    probe = (
+        "import sys\nfrom segtrack.cli import main\n"
+        "code = main(['train', '--set', 'train.epochs=1', '--set', 'data.num_samples=8', '--set', "
+        "'data.image_size=16', '--set', 'model.depth=1', '--set', 'export.enabled=false', '--set', "
+        "\"plugins.disabled=['mlflow']\"])\n"
+        "print(code, 'segtrack_mlflow.plugin' in sys.modules, 'mlflow' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.stdout.split()[-3:] == ["0", "False", "False"], out.stderr[-2000:]
     assert not (tmp_path / "mlflow.db").exists()
@@ -205,8 +243,9 @@ def test_a_user_3d_model_with_a_plugin_metric_is_logged_like_the_builtin_one(set
         label[:, 1:4, 2:6, 3:9] = 1
         label[:, 2:5, 6:9, 8:13] = 2
         volumes.append({"image": label / 2 + 0.1 * torch.randn(label.shape, generator=generator), "label": label})
-    settings = settings_factory(f"mlflow.tracking_uri='{sqlite_uri}'", "data.dims=3",
-                                "data.class_names=['background','liver','tumour']")
+    settings = settings_factory(
+        f"mlflow.tracking_uri='{sqlite_uri}'", "data.dims=3", "data.class_names=['background','liver','tumour']"
+    )
     manager = get_plugin_manager(settings, [ForegroundShare()], disabled=["progress", "analytics"])
     result = SegmentationTrainer(settings, model=VolumeNet(), train_data=volumes, plugin_manager=manager).fit()
     assert result.status == "completed"
@@ -214,7 +253,9 @@ def test_a_user_3d_model_with_a_plugin_metric_is_logged_like_the_builtin_one(set
     run = only_run(client)
     for key in ("val_dice_liver", "val_iou_tumour", "val_foreground_share"):
         assert [s for s, _ in history(client, run.info.run_id, key)] == [0, 1, 2], key
-    assert f"samples/best-epoch-{result.best_epoch}.png" in artifacts(client, run.info.run_id)  # a volume's middle slice
+    assert f"samples/best-epoch-{result.best_epoch}.png" in artifacts(
+        client, run.info.run_id
+    )  # a volume's middle slice
 
 
 def _foreign_database(path: Path, kind: str) -> bytes:
@@ -230,15 +271,19 @@ def _foreign_database(path: Path, kind: str) -> bytes:
     return path.read_bytes()
 
 
-@pytest.mark.parametrize("kind, why", [("tables", "it holds other tables (patients)"),
-                                       ("csv", "it cannot be read as SQLite (file is not a database)")])
+@pytest.mark.parametrize(
+    "kind, why",
+    [("tables", "it holds other tables (patients)"), ("csv", "it cannot be read as SQLite (file is not a database)")],
+)
 def test_an_sqlite_file_that_is_not_an_mlflow_store_is_refused_untouched(trainer_factory, tmp_path, kind, why):
     from segtrack import ConfigError
     from segtrack_mlflow import ExperimentTracker
 
     before = _foreign_database(tmp_path / "clinic.db", kind)
-    message = (f"tracking URI 'sqlite:///clinic.db' points at 'clinic.db', which is not an MLflow store: {why}; "
-               f"use a new file (e.g. sqlite:///mlflow.db) or an existing MLflow store")
+    message = (
+        f"tracking URI 'sqlite:///clinic.db' points at 'clinic.db', which is not an MLflow store: {why}; "
+        f"use a new file (e.g. sqlite:///mlflow.db) or an existing MLflow store"
+    )
     with pytest.raises(ConfigError) as info:
         trainer_factory("mlflow.tracking_uri='sqlite:///clinic.db'")
     assert str(info.value).startswith(message)

@@ -66,8 +66,9 @@ class Outage:
 
 def test_server_killed_mid_fit_loses_and_duplicates_nothing(trainer_factory, own_server, caplog):
     outage = Outage(own_server, down_at=2, up_at=6)
-    trainer = trainer_factory(f"mlflow.tracking_uri='{own_server.uri}'", "train.epochs=8",
-                              "mlflow.request_timeout=2", plugins=[outage])
+    trainer = trainer_factory(
+        f"mlflow.tracking_uri='{own_server.uri}'", "train.epochs=8", "mlflow.request_timeout=2", plugins=[outage]
+    )
     result = trainer.fit()
     outage.restarted.join()
     assert result.status == "completed" and not result.plugin_failures
@@ -82,14 +83,16 @@ def test_server_killed_mid_fit_loses_and_duplicates_nothing(trainer_factory, own
 def test_offline_start_then_sync(trainer_factory, own_server, caplog, capsys):
     uri = own_server.uri
     own_server.stop()
-    result = trainer_factory(f"mlflow.tracking_uri='{uri}'", "mlflow.drain_timeout=1",
-                             "mlflow.request_timeout=1").fit()
+    result = trainer_factory(f"mlflow.tracking_uri='{uri}'", "mlflow.drain_timeout=1", "mlflow.request_timeout=1").fit()
     assert result.status == "completed"
     assert "is unreachable" in caplog.text and "segtrack mlflow sync" in caplog.text
     own_server.start()
 
-    sets = ["--set", f"mlflow.tracking_uri='{uri}'", "--set", "plugins.disabled=['analytics']"] if _has_analytics() \
+    sets = (
+        ["--set", f"mlflow.tracking_uri='{uri}'", "--set", "plugins.disabled=['analytics']"]
+        if _has_analytics()
         else ["--set", f"mlflow.tracking_uri='{uri}'"]
+    )
     assert main(["mlflow", "sync", *sets]) == 0
     client = MlflowClient(uri)
     run = only_run(client)

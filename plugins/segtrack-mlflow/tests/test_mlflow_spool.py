@@ -10,8 +10,8 @@ from mlflow import MlflowClient
 from mlflow_helpers import history, only_run
 
 from segtrack_mlflow.shipper import ship
-from segtrack_mlflow.store import Clients
 from segtrack_mlflow.spool import Spool, SpoolBusy
+from segtrack_mlflow.store import Clients
 from segtrack_mlflow.uri import local_artifact_root
 
 STEPS = 40
@@ -19,8 +19,17 @@ STEPS = 40
 
 def _spool(root, uri) -> Spool:
     spool = Spool.create(root, {"tracking_uri": uri, "experiment": "segtrack", "run_name": "racer", "parent": None})
-    spool.append({"t": "create", "experiment": "segtrack", "run_name": "racer", "tags": {}, "parent": None,
-                  "ts": 1_700_000_000_000, "artifact_location": local_artifact_root(uri)})
+    spool.append(
+        {
+            "t": "create",
+            "experiment": "segtrack",
+            "run_name": "racer",
+            "tags": {},
+            "parent": None,
+            "ts": 1_700_000_000_000,
+            "artifact_location": local_artifact_root(uri),
+        }
+    )
     for step in range(STEPS):
         spool.metric("train_loss", 1.0 / (step + 1), step, timestamp_ms=1_700_000_000_000 + step)
     spool.append({"t": "status", "status": "FINISHED", "ts": 1_700_000_100_000})
@@ -66,6 +75,7 @@ def test_a_spool_being_sent_elsewhere_is_left_alone(sqlite_uri, tmp_path):
 
 # -- torn and corrupt spools: `status` changes nothing, `sync` sends what it can and names the line --
 
+
 def _cli(capsys, *args):
     from segtrack.cli import main
 
@@ -96,7 +106,8 @@ def test_status_names_a_corrupt_record_and_changes_nothing(tmp_path, capsys):
     assert err.strip().splitlines() == [
         f"segtrack: error: spool {bad.folder}: line 5 of records.jsonl is corrupt (Expecting ',' delimiter at "
         f"column 30): move that line out of the file (it cannot be sent) and run "
-        f"`segtrack mlflow sync` again"]
+        f"`segtrack mlflow sync` again"
+    ]
     assert f"{good.local_id}  racer  run (not created yet)  sqlite:///unused.db  1 create, 40 metric, 1 status" in out
     assert _snapshot(root) == before
 

@@ -47,8 +47,12 @@ def test_long_and_secret_params(sqlite_uri):
     long_value = "x" * 7000
     with ExperimentTracker(sqlite_uri) as tracker:
         run_id = tracker.start_run()
-        tracker.log_params({"data": {"note": long_value, "api_key": "k-123"},
-                            "mlflow": {"password": "hunter2", "tracking_uri": "http://u:pw@host:5000"}})
+        tracker.log_params(
+            {
+                "data": {"note": long_value, "api_key": "k-123"},
+                "mlflow": {"password": "hunter2", "tracking_uri": "http://u:pw@host:5000"},
+            }
+        )
         tracker.log_params({"data": {"note": long_value}})  # logging the same params again is harmless
     client = MlflowClient(sqlite_uri)
     params = client.get_run(run_id).data.params
@@ -62,10 +66,9 @@ def test_long_and_secret_params(sqlite_uri):
 
 def test_tracker_marks_failed_runs(sqlite_uri):
     tracker = ExperimentTracker(sqlite_uri)
-    with pytest.raises(ValueError):
-        with tracker:
-            tracker.start_run()
-            raise ValueError("boom")
+    with pytest.raises(ValueError), tracker:
+        tracker.start_run()
+        raise ValueError("boom")
     assert only_run(MlflowClient(sqlite_uri)).info.status == "FAILED"
 
 

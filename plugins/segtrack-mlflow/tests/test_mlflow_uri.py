@@ -35,12 +35,15 @@ def test_explicit_beats_everything(settings_factory, monkeypatch):
     assert resolve_tracking_uri("http://127.0.0.1:5999", settings) == "http://127.0.0.1:5999"
 
 
-@pytest.mark.parametrize("uri, message", [
-    ("mlruns", "malformed or of an unknown kind"),
-    ("localhost:5000", "malformed or of an unknown kind"),
-    ("http://", "has no host"),
-    ("file:./mlruns", "MLFLOW_ALLOW_FILE_STORE=true"),
-])
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("mlruns", "malformed or of an unknown kind"),
+        ("localhost:5000", "malformed or of an unknown kind"),
+        ("http://", "has no host"),
+        ("file:./mlruns", "MLFLOW_ALLOW_FILE_STORE=true"),
+    ],
+)
 def test_bad_uris_are_explained(uri, message):
     with pytest.raises(ConfigError, match=message):
         resolve_tracking_uri(uri)
@@ -57,15 +60,23 @@ def test_passwords_are_redacted_in_messages():
     assert "hunter2" not in str(info.value) and "user:***@host" in str(info.value)
 
 
-@pytest.mark.parametrize("text, shown", [
-    ("http://alice:hunter2@127.0.0.1:5000", "http://alice:***@127.0.0.1:5000"),
-    ("postgresql+psycopg2://app:p@ss/w:rd@db.local/mlflow", "postgresql+psycopg2://app:***@db.local/mlflow"),
-    ("postgresql://app@db/mlflow?sslmode=require&password=hunter2", "postgresql://app@db/mlflow?sslmode=require&password=***"),
-    ("failed: Pool(url='http://u:hunter2@[::1]:9/api') and http://h:5000/x",
-     "failed: Pool(url='http://u:***@[::1]:9/api') and http://h:5000/x"),
-    ("http://host:5000/api", "http://host:5000/api"),
-    ("sqlite:////abs/mlflow.db", "sqlite:////abs/mlflow.db"),
-])
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("http://alice:hunter2@127.0.0.1:5000", "http://alice:***@127.0.0.1:5000"),
+        ("postgresql+psycopg2://app:p@ss/w:rd@db.local/mlflow", "postgresql+psycopg2://app:***@db.local/mlflow"),
+        (
+            "postgresql://app@db/mlflow?sslmode=require&password=hunter2",
+            "postgresql://app@db/mlflow?sslmode=require&password=***",
+        ),
+        (
+            "failed: Pool(url='http://u:hunter2@[::1]:9/api') and http://h:5000/x",
+            "failed: Pool(url='http://u:***@[::1]:9/api') and http://h:5000/x",
+        ),
+        ("http://host:5000/api", "http://host:5000/api"),
+        ("sqlite:////abs/mlflow.db", "sqlite:////abs/mlflow.db"),
+    ],
+)
 def test_redact_masks_every_password_in_a_text(text, shown):
     from segtrack.tracking_uri import redact
 
@@ -100,4 +111,3 @@ def test_server_credentials_leave_the_uri_for_mlflows_variables(monkeypatch):
     assert connect_uri("postgresql://app:***@db/mlflow") == "postgresql://app:from-env@db/mlflow"
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
     assert connect_uri("postgresql://app:***@db/mlflow") == "postgresql://app@db/mlflow"  # PGPASSWORD, ~/.pgpass
-

@@ -26,7 +26,7 @@ class CsvLogger:
         section = settings.get("csv", {}) or {}
         path = section.get("path", "metrics.csv")
         if not isinstance(path, str) or not path:
-            raise ConfigError(f"csv.path = {path!r} is invalid: set it to a file path, e.g. \"metrics.csv\"")
+            raise ConfigError(f'csv.path = {path!r} is invalid: set it to a file path, e.g. "metrics.csv"')
         self.path = Path(path)
 
     @hookimpl
@@ -38,5 +38,16 @@ class CsvLogger:
             if new_file:
                 writer.writerow(COLUMNS)
             m = epoch.metrics
-            writer.writerow([run.run_name, "" if run.fold is None else run.fold, epoch.epoch, m["train_loss"],
-                             m["val_loss"], m["val_dice"], m["val_iou"], m["lr"], int(epoch.is_best)])
+            writer.writerow(
+                [
+                    run.run_name,
+                    "" if run.fold is None else run.fold,
+                    epoch.epoch,
+                    m["train_loss"],
+                    m["val_loss"],
+                    m["val_dice"],
+                    m["val_iou"],
+                    m["lr"],
+                    int(epoch.is_best),
+                ]
+            )

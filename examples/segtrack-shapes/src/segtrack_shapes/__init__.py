@@ -26,7 +26,7 @@ class Ellipses(Dataset):
                 radii = rng.uniform(0.08, 0.2, dims)
                 inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1
                 mask[inside] = cls
-            image = rng.normal(0.2, 0.1, (in_channels,) + mask.shape).astype(np.float32) + 0.25 * mask
+            image = rng.normal(0.2, 0.1, (in_channels, *mask.shape)).astype(np.float32) + 0.25 * mask
             self.samples.append((torch.from_numpy(image), torch.from_numpy(mask)))
 
     def __len__(self) -> int:

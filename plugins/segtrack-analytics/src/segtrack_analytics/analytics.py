@@ -23,8 +23,10 @@ log = logging.getLogger("segtrack.analytics")
 DEFAULT_CACHE_DIR = ".segtrack/analytics"
 # MLflow's SQL stores keep NaN as 0 with is_nan = 1 and clamp +-inf to the largest double.
 # isnan first: DuckDB orders NaN above every number, so NaN >= max would read as +inf.
-RESTORE_VALUE = ("CASE WHEN is_nan OR isnan(value) THEN 'NaN'::DOUBLE WHEN value >= 1.7976931348623157e308 THEN 'Infinity'::DOUBLE "
-                 "WHEN value <= -1.7976931348623157e308 THEN '-Infinity'::DOUBLE ELSE value END")
+RESTORE_VALUE = (
+    "CASE WHEN is_nan OR isnan(value) THEN 'NaN'::DOUBLE WHEN value >= 1.7976931348623157e308 THEN 'Infinity'::DOUBLE "
+    "WHEN value <= -1.7976931348623157e308 THEN '-Infinity'::DOUBLE ELSE value END"
+)
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,9 @@ class RunAnalytics:
     :param cache_dir: Parquet cache folder; ``None`` reads the store every time.
     """
 
-    def __init__(self, tracking_uri: str | None = None, settings: Any = None,
-                 cache_dir: str | Path | None = DEFAULT_CACHE_DIR):
+    def __init__(
+        self, tracking_uri: str | None = None, settings: Any = None, cache_dir: str | Path | None = DEFAULT_CACHE_DIR
+    ):
         self.tracking_uri = resolve_tracking_uri(tracking_uri, settings)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.con = duckdb.connect(config={"enable_external_access": False})
@@ -94,8 +97,9 @@ class RunAnalytics:
         if cache and (cached is None or reread or dropped):
             _save(cache, index, details, added)
         self._build(index, details)
-        return LoadStats(index.num_rows, details.metrics.num_rows, reread, dropped, cached is not None,
-                         time.perf_counter() - started)
+        return LoadStats(
+            index.num_rows, details.metrics.num_rows, reread, dropped, cached is not None, time.perf_counter() - started
+        )
 
     def experiment_run_counts(self) -> dict[str, int]:
         """Runs per active experiment of the store, most runs first (experiments without runs left out)."""
@@ -105,25 +109,37 @@ class RunAnalytics:
 
     def _build(self, index: pa.Table, details) -> None:
         con = self.con
-        for name, table in (("_index", index), ("_params", details.params), ("_tags", details.tags),
-                            ("_latest", details.latest), ("_history", details.metrics)):
+        for name, table in (
+            ("_index", index),
+            ("_params", details.params),
+            ("_tags", details.tags),
+            ("_latest", details.latest),
+            ("_history", details.metrics),
+        ):
             con.register(name, table)
         con.execute(f"""CREATE OR REPLACE TABLE metrics AS
             SELECT run_id, key, step, {RESTORE_VALUE} AS value, epoch_ms(timestamp) AS timestamp
             FROM _history""")
         joins, selects = [], []
-        for alias, view, prefix, value in (("p", "_params", "params.", "value"), ("t", "_tags", "tags.", "value"),
-                                           ("m", "_latest", "metrics.", RESTORE_VALUE)):
+        for alias, view, prefix, value in (
+            ("p", "_params", "params.", "value"),
+            ("t", "_tags", "tags.", "value"),
+            ("m", "_latest", "metrics.", RESTORE_VALUE),
+        ):
             if con.execute(f"SELECT count(*) FROM {view}").fetchone()[0]:
-                con.execute(f"CREATE OR REPLACE TEMP VIEW {alias}_long AS SELECT run_id, '{prefix}' || key AS key, "
-                            f"{value} AS value FROM {view}")
-                joins.append(f"LEFT JOIN (PIVOT {alias}_long ON key USING first(value) GROUP BY run_id) {alias} USING (run_id)")
+                con.execute(
+                    f"CREATE OR REPLACE TEMP VIEW {alias}_long AS SELECT run_id, '{prefix}' || key AS key, "
+                    f"{value} AS value FROM {view}"
+                )
+                joins.append(
+                    f"LEFT JOIN (PIVOT {alias}_long ON key USING first(value) GROUP BY run_id) {alias} USING (run_id)"
+                )
                 selects.append(f"{alias}.* EXCLUDE (run_id)")
-        parent = "t.\"tags.mlflow.parentRunId\"" if self._has_tag("mlflow.parentRunId") else "NULL::VARCHAR"
+        parent = 't."tags.mlflow.parentRunId"' if self._has_tag("mlflow.parentRunId") else "NULL::VARCHAR"
         con.execute(f"""CREATE OR REPLACE TABLE runs AS
             SELECT i.run_id, i.experiment, i.run_name, i.status, epoch_ms(i.start_time) AS start_time,
-                   epoch_ms(i.end_time) AS end_time, {parent} AS parent_run_id{''.join(', ' + s for s in selects)}
-            FROM _index i {' '.join(joins)} ORDER BY i.start_time""")
+                   epoch_ms(i.end_time) AS end_time, {parent} AS parent_run_id{"".join(", " + s for s in selects)}
+            FROM _index i {" ".join(joins)} ORDER BY i.start_time""")
         for name in ("_index", "_params", "_tags", "_latest", "_history"):
             con.unregister(name)
         self._columns = [row[0] for row in con.execute("SELECT column_name FROM (DESCRIBE runs)").fetchall()]
@@ -143,16 +159,21 @@ class RunAnalytics:
         try:
             relation = self.con.sql(sql)
         except duckdb.Error as exc:
-            raise ConfigError(f"{str(exc).strip()}\n  runs columns: {', '.join(self._columns)}\n"
-                              f"  metrics columns: run_id, key, step, value, timestamp\n"
-                              f"  (quote dotted names: \"params.model.width\")") from None
+            raise ConfigError(
+                f"{str(exc).strip()}\n  runs columns: {', '.join(self._columns)}\n"
+                f"  metrics columns: run_id, key, step, value, timestamp\n"
+                f'  (quote dotted names: "params.model.width")'
+            ) from None
         return relation.to_arrow_table() if relation is not None else pa.table({})
 
     def require_column(self, column: str) -> str:
         if column not in self._columns:
             hint = difflib.get_close_matches(column, self._columns, n=3)
-            raise ConfigError(f"no column {column!r} in runs" + (f" (did you mean {', '.join(hint)}?)" if hint else "")
-                              + f": available: {', '.join(self._columns)}")
+            raise ConfigError(
+                f"no column {column!r} in runs"
+                + (f" (did you mean {', '.join(hint)}?)" if hint else "")
+                + f": available: {', '.join(self._columns)}"
+            )
         return f'"{column}"'
 
     def metric_column(self, metric: str) -> str:
@@ -164,22 +185,26 @@ class RunAnalytics:
         Without ``by``: the child runs of each cross-validation parent. With ``by``: every run with
         the metric, grouped by those columns (e.g. ``params.model.width``)."""
         value = self.metric_column(metric)
-        stats = (f"count(*) AS folds, avg({value}) AS mean, stddev_samp({value}) AS std, "
-                 f"min({value}) AS min, max({value}) AS max")
+        stats = (
+            f"count(*) AS folds, avg({value}) AS mean, stddev_samp({value}) AS std, "
+            f"min({value}) AS min, max({value}) AS max"
+        )
         if by:
             keys = ", ".join(self.require_column(c) for c in by)
             sql = f"SELECT {keys}, {stats} FROM runs WHERE {value} IS NOT NULL GROUP BY {keys} ORDER BY mean DESC"
         else:
-            sql = (f"SELECT coalesce(parent.run_name, r.parent_run_id) AS cv_run, r.parent_run_id, "
-                   f"{stats.replace(value, 'r.' + value)} FROM runs r LEFT JOIN runs parent "
-                   f"ON parent.run_id = r.parent_run_id WHERE r.parent_run_id IS NOT NULL AND r.{value} IS NOT NULL "
-                   f"GROUP BY ALL ORDER BY mean DESC")
+            sql = (
+                f"SELECT coalesce(parent.run_name, r.parent_run_id) AS cv_run, r.parent_run_id, "
+                f"{stats.replace(value, 'r.' + value)} FROM runs r LEFT JOIN runs parent "
+                f"ON parent.run_id = r.parent_run_id WHERE r.parent_run_id IS NOT NULL AND r.{value} IS NOT NULL "
+                f"GROUP BY ALL ORDER BY mean DESC"
+            )
         return self.con.sql(sql).to_arrow_table()
 
     def top_models(self, metric: str, n: int = 5, mode: str = "max") -> pa.Table:
         """The ``n`` best runs by ``metric`` (NaN never ranks)."""
         if mode not in ("max", "min"):
-            raise ConfigError(f"mode {mode!r} is invalid: use \"max\" or \"min\"")
+            raise ConfigError(f'mode {mode!r} is invalid: use "max" or "min"')
         if not isinstance(n, int) or n < 1:
             raise ConfigError(f"n = {n!r} is invalid: ask for at least 1 run")
         value = self.metric_column(metric)
@@ -195,7 +220,9 @@ class RunAnalytics:
         better = ">" if mode == "max" else "<"
         total, ahead = self.con.execute(
             f"SELECT count(*), count(*) FILTER (WHERE {column} {better} ?) FROM runs "
-            f"WHERE {column} IS NOT NULL AND NOT isnan({column})", [value]).fetchone()
+            f"WHERE {column} IS NOT NULL AND NOT isnan({column})",
+            [value],
+        ).fetchone()
         return ahead + 1, total
 
 
@@ -204,8 +231,11 @@ def _save(cache: RunCache, index: pa.Table, details, added) -> None:
     try:
         cache.save(index, details, added)
     except OSError as exc:
-        log.warning("analytics: cannot write the cache in %s (%s): set analytics.cache_dir to a writable folder",
-                    cache.folder.parent, exc.strerror or exc)
+        log.warning(
+            "analytics: cannot write the cache in %s (%s): set analytics.cache_dir to a writable folder",
+            cache.folder.parent,
+            exc.strerror or exc,
+        )
 
 
 def _empty():

@@ -40,7 +40,11 @@ class RunCache:
             state = json.loads((self.folder / "state.json").read_text())
         except (OSError, ValueError):
             return None
-        if state.get("version") != VERSION or state.get("uri") != self.uri or state.get("experiments") != self.experiments:
+        if (
+            state.get("version") != VERSION
+            or state.get("uri") != self.uri
+            or state.get("experiments") != self.experiments
+        ):
             return None
         return state
 
@@ -54,8 +58,9 @@ class RunCache:
             index = conform(pq.read_table(generation / state["index"]), RUN_INDEX)
             parts = {}
             for name, schema in PARTS.items():
-                files = [generation / f"{name}.parquet"] + [generation / f"{name}-delta{i}.parquet"
-                                                            for i in range(state["deltas"])]
+                files = [generation / f"{name}.parquet"] + [
+                    generation / f"{name}-delta{i}.parquet" for i in range(state["deltas"])
+                ]
                 parts[name] = pa.concat_tables([conform(pq.read_table(f), schema) for f in files])
         except (OSError, ValueError, KeyError, pa.ArrowException):
             return None
@@ -82,8 +87,17 @@ class RunCache:
         pq.write_table(index.combine_chunks(), target / "index.parquet")
         for part in PARTS:
             pq.write_table(getattr(details, part).combine_chunks(), target / f"{part}.parquet")
-        self._switch({"version": VERSION, "uri": self.uri, "experiments": self.experiments, "generation": name,
-                      "index": "index.parquet", "deltas": 0, "synced_at": time.time()})
+        self._switch(
+            {
+                "version": VERSION,
+                "uri": self.uri,
+                "experiments": self.experiments,
+                "generation": name,
+                "index": "index.parquet",
+                "deltas": 0,
+                "synced_at": time.time(),
+            }
+        )
         for old in self.folder.glob("gen-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
@@ -99,8 +113,7 @@ def changed_runs(old: pa.Table, new: pa.Table) -> tuple[list[str], list[str]]:
     """(run ids to read again, run ids to drop) from two run indexes (10k runs: ~10 ms)."""
     before = {r["run_id"]: r for r in old.select(["run_id", "status", "start_time", "end_time"]).to_pylist()}
     now = new.select(["run_id", "status", "start_time", "end_time"]).to_pylist()
-    reread = [r["run_id"] for r in now
-              if (b := before.get(r["run_id"])) is None or b != r or b["status"] in ACTIVE]
+    reread = [r["run_id"] for r in now if (b := before.get(r["run_id"])) is None or b != r or b["status"] in ACTIVE]
     present = {r["run_id"] for r in now}
     return reread, [rid for rid in before if rid not in present]
 

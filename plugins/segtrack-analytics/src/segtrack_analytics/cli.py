@@ -17,7 +17,9 @@ def add_commands(subparsers) -> None:
 
     def command(name: str, help_text: str, handler):
         parser = commands.add_parser(name, help=help_text)
-        parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, settings, sqlite:///mlflow.db)")
+        parser.add_argument(
+            "--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, settings, sqlite:///mlflow.db)"
+        )
         parser.add_argument("--experiment", help="experiment name (default: from settings); 'all' for every one")
         parser.add_argument("--format", choices=FORMATS, default="table", help="output format")
         parser.add_argument("--full-refresh", action="store_true", help="ignore the Parquet cache and read everything")
@@ -30,7 +32,9 @@ def add_commands(subparsers) -> None:
     query.add_argument("sql", help='e.g. "SELECT run_name, \\"metrics.val_dice\\" FROM runs"')
     summary = command("summary", "cross-fold mean/std/min/max of a metric", _summary)
     summary.add_argument("--metric", required=True, help="e.g. val_dice or best_val_dice")
-    summary.add_argument("--by", nargs="+", metavar="COLUMN", help="group runs by these columns instead of by CV parent")
+    summary.add_argument(
+        "--by", nargs="+", metavar="COLUMN", help="group runs by these columns instead of by CV parent"
+    )
     top = command("top", "the best runs by a metric", _top)
     top.add_argument("--metric", required=True)
     top.add_argument("-n", type=int, default=5)
@@ -61,8 +65,10 @@ def _no_runs(analytics, experiment: str) -> str:
         return f"no runs at {store} yet: train first, or pass the --tracking-uri of a store with runs"
     found = ", ".join(f"{name!r} ({n} run{'s' if n != 1 else ''})" for name, n in list(counts.items())[:SHOWN])
     more = f" and {len(counts) - SHOWN} more" if len(counts) > SHOWN else ""
-    return (f"no runs in experiment {experiment!r} at {store}, which has {found}{more}: "
-            f"choose one with --experiment NAME (or --experiment all)")
+    return (
+        f"no runs in experiment {experiment!r} at {store}, which has {found}{more}: "
+        f"choose one with --experiment NAME (or --experiment all)"
+    )
 
 
 def _print(table, args) -> None:

@@ -23,10 +23,14 @@ def plot_learning_curves(analytics, metric: str, out: Path, title: str | None = 
     key = metric.removeprefix("metrics.")
     rows = analytics.con.execute(
         "SELECT m.run_id, r.run_name, r.parent_run_id, m.step, m.value FROM metrics m JOIN runs r USING (run_id) "
-        "WHERE m.key = ? ORDER BY r.start_time, m.run_id, m.step, m.timestamp", [key]).fetchall()
+        "WHERE m.key = ? ORDER BY r.start_time, m.run_id, m.step, m.timestamp",
+        [key],
+    ).fetchall()
     if not rows:
-        raise ConfigError(f"no run has a history of {key!r}: pick a metric from "
-                          f"{', '.join(c[8:] for c in analytics.columns if c.startswith('metrics.'))}")
+        raise ConfigError(
+            f"no run has a history of {key!r}: pick a metric from "
+            f"{', '.join(c[8:] for c in analytics.columns if c.startswith('metrics.'))}"
+        )
     curves: dict[str, dict] = {}
     for run_id, name, parent, step, value in rows:
         curve = curves.setdefault(run_id, {"name": name or run_id[:8], "parent": parent, "steps": {}})
@@ -40,21 +44,32 @@ def plot_learning_curves(analytics, metric: str, out: Path, title: str | None = 
         colour = colours[index % len(colours)]
         for curve in members:
             steps = sorted(curve["steps"])
-            ax.plot(steps, [curve["steps"][s] for s in steps], color=colour if parent else None,
-                    alpha=0.45 if parent else 0.9, linewidth=1, label=None if parent else curve["name"])
+            ax.plot(
+                steps,
+                [curve["steps"][s] for s in steps],
+                color=colour if parent else None,
+                alpha=0.45 if parent else 0.9,
+                linewidth=1,
+                label=None if parent else curve["name"],
+            )
         if parent and len(members) > 1:
             steps = sorted(set.intersection(*(set(c["steps"]) for c in members)))
             values = np.array([[c["steps"][s] for s in steps] for c in members], dtype=float)
             mean, std = values.mean(axis=0), values.std(axis=0, ddof=1)
             label = analytics.con.execute("SELECT run_name FROM runs WHERE run_id = ?", [parent]).fetchone()
-            ax.plot(steps, mean, color=colour, linewidth=2.2,
-                    label=f"{label[0] if label else parent[:8]}: mean of {len(members)} folds")
+            ax.plot(
+                steps,
+                mean,
+                color=colour,
+                linewidth=2.2,
+                label=f"{label[0] if label else parent[:8]}: mean of {len(members)} folds",
+            )
             ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.18)
     ax.set_xlabel("epoch" if key in ("train_loss", "val_loss", "val_dice", "val_iou", "lr") else "step")
     ax.set_ylabel(key)
     ax.set_title(title or f"{key}: {len(curves)} run(s)")
     ax.grid(alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
+    _handles, labels = ax.get_legend_handles_labels()
     if labels:
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
@@ -84,5 +99,6 @@ def _save(fig, out: Path) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise ConfigError(f"cannot write --out {out} ({exc.strerror or exc}): "
-                          f"pass a path in a folder you can write to") from None
+        raise ConfigError(
+            f"cannot write --out {out} ({exc.strerror or exc}): pass a path in a folder you can write to"
+        ) from None

@@ -59,8 +59,10 @@ class AnalyticsPlugin:
         if analytics is None or f"metrics.{metric}" not in analytics.columns:
             return  # nothing tracked this metric (no tracking plugin, or it could not ship yet)
         rank, total = analytics.rank_of(metric, result.best_value, run.config["checkpoint"]["mode"])
-        sys.stderr.write(f"analytics: this run ranks {rank} of {total} in the experiment on {metric} "
-                         f"({result.best_value:.4f}; `segtrack runs top --metric {metric}` lists the best)\n")
+        sys.stderr.write(
+            f"analytics: this run ranks {rank} of {total} in the experiment on {metric} "
+            f"({result.best_value:.4f}; `segtrack runs top --metric {metric}` lists the best)\n"
+        )
 
     @hookimpl(trylast=True)
     def cross_validation_end(self, result):
@@ -72,5 +74,8 @@ class AnalyticsPlugin:
         analytics = self._analytics("summarise the experiment", f"segtrack runs summary --metric {metric}")
         if analytics is None or f"metrics.{metric}" not in analytics.columns:
             return
-        sys.stderr.write(f"analytics: cross-fold summary of the experiment on {metric}\n"
-                         + render(analytics.cross_fold_summary(metric)) + "\n")
+        sys.stderr.write(
+            f"analytics: cross-fold summary of the experiment on {metric}\n"
+            + render(analytics.cross_fold_summary(metric))
+            + "\n"
+        )

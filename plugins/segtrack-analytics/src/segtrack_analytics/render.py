@@ -15,7 +15,9 @@ def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e6 else f"{value:.4f}"
+        return (
+            "nan" if math.isnan(value) else f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e6 else f"{value:.4f}"
+        )
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
@@ -32,8 +34,12 @@ def render(table, fmt: str = "table", max_width: int = 40) -> str:
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(table.column_names)
-        writer.writerows([[_cell(r[c]) if isinstance(r[c], float) else ("" if r[c] is None else r[c])
-                           for c in table.column_names] for r in rows])
+        writer.writerows(
+            [
+                [_cell(r[c]) if isinstance(r[c], float) else ("" if r[c] is None else r[c]) for c in table.column_names]
+                for r in rows
+            ]
+        )
         return out.getvalue().rstrip("\n")
     headers = table.column_names
     cells = [[_cell(r[c])[:max_width] for c in headers] for r in rows]

@@ -8,9 +8,9 @@ from typing import Any
 from segtrack import ConfigError
 
 DEFAULTS: dict[str, Any] = {
-    "experiment": "",           # empty: mlflow.experiment, else run.experiment
+    "experiment": "",  # empty: mlflow.experiment, else run.experiment
     "cache_dir": ".segtrack/analytics",
-    "rank_at_fit_end": True,    # print where a finished fit ranks among the experiment's runs
+    "rank_at_fit_end": True,  # print where a finished fit ranks among the experiment's runs
     "summary_at_cv_end": True,  # print the cross-fold summary of the experiment after `segtrack cv`
 }
 TYPES = {"experiment": str, "cache_dir": str, "rank_at_fit_end": bool, "summary_at_cv_end": bool}
@@ -32,4 +32,9 @@ def analytics_section(settings: Any) -> dict[str, Any]:
 def default_experiment(settings: Any) -> str:
     section = analytics_section(settings)
     mlflow = settings.get("mlflow", {}) or {}
-    return section["experiment"] or mlflow.get("experiment") or (settings.get("run", {}) or {}).get("experiment") or "segtrack"
+    return (
+        section["experiment"]
+        or mlflow.get("experiment")
+        or (settings.get("run", {}) or {}).get("experiment")
+        or "segtrack"
+    )

@@ -11,8 +11,8 @@ from urllib.parse import unquote, urlsplit
 import pyarrow as pa
 
 from segtrack_analytics.errors import NoStore
-from segtrack_analytics.tables import KEY_VALUE, METRIC, RUN_INDEX, RunDetails
 from segtrack_analytics.source_rest import _table
+from segtrack_analytics.tables import KEY_VALUE, METRIC, RUN_INDEX, RunDetails
 
 
 def _meta(path: Path) -> dict[str, str]:
@@ -62,10 +62,17 @@ class FileSource:
                         continue
                     run_id = run.get("run_id") or entry.name
                     self._folders[run_id] = Path(entry.path)
-                    rows.append({"run_id": run_id, "experiment_id": exp.get("experiment_id", exp_dir.name),
-                                 "experiment": exp.get("name"), "run_name": run.get("run_name"),
-                                 "status": _status(run.get("status")), "start_time": _int(run.get("start_time")),
-                                 "end_time": _int(run.get("end_time"))})
+                    rows.append(
+                        {
+                            "run_id": run_id,
+                            "experiment_id": exp.get("experiment_id", exp_dir.name),
+                            "experiment": exp.get("name"),
+                            "run_name": run.get("run_name"),
+                            "status": _status(run.get("status")),
+                            "start_time": _int(run.get("start_time")),
+                            "end_time": _int(run.get("end_time")),
+                        }
+                    )
         return pa.Table.from_pylist(rows, schema=RUN_INDEX)
 
     def details(self, run_ids: Sequence[str]) -> RunDetails:
@@ -80,11 +87,15 @@ class FileSource:
                     fields = line.split()
                     if len(fields) >= 2:
                         value = float(fields[1])
-                        points.append((rid, key, int(fields[2]) if len(fields) > 2 else 0, value, int(fields[0]), False))
+                        points.append(
+                            (rid, key, int(fields[2]) if len(fields) > 2 else 0, value, int(fields[0]), False)
+                        )
                 history += points
                 if points:
                     latest.append(max(points, key=lambda p: (p[2], p[4])))
-        return RunDetails(_table(params, KEY_VALUE), _table(tags, KEY_VALUE), _table(latest, METRIC), _table(history, METRIC))
+        return RunDetails(
+            _table(params, KEY_VALUE), _table(tags, KEY_VALUE), _table(latest, METRIC), _table(history, METRIC)
+        )
 
     def details_all(self, experiments: Sequence[str] | None) -> RunDetails:
         return self.details(list(self._folders))

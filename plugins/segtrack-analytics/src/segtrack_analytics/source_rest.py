@@ -30,8 +30,9 @@ class RestSource:
     def _request(self, path: str, body: dict | None = None, query: list[tuple[str, str]] | None = None) -> dict:
         url = self.base + path + ("?" + urllib.parse.urlencode(query) if query else "")
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(url, data=data, method="POST" if data else "GET",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            url, data=data, method="POST" if data else "GET", headers={"Content-Type": "application/json"}
+        )
         header = auth_header()
         if header:
             request.add_header("Authorization", header)
@@ -40,11 +41,14 @@ class RestSource:
                 return json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
-                raise ConfigError(f"{self.base} rejected the credentials: set MLFLOW_TRACKING_USERNAME and "
-                                  f"MLFLOW_TRACKING_PASSWORD") from None
+                raise ConfigError(
+                    f"{self.base} rejected the credentials: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+                ) from None
             if exc.code == 404:
-                raise StoreError(f"{self.base} is not an MLflow tracking server (HTTP 404 on {path}): "
-                                 f"pass the server's address as --tracking-uri") from None
+                raise StoreError(
+                    f"{self.base} is not an MLflow tracking server (HTTP 404 on {path}): "
+                    f"pass the server's address as --tracking-uri"
+                ) from None
             raise StoreError(f"{self.base}{path} answered HTTP {exc.code}: {exc.read()[:300]!r}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise StoreUnreachable(f"the tracking server {self.base}", str(getattr(exc, "reason", exc))) from None
@@ -52,8 +56,9 @@ class RestSource:
     def _experiments(self, names: Sequence[str] | None) -> dict[str, str]:
         found, token = {}, None
         while True:
-            page = self._request("/api/2.0/mlflow/experiments/search",
-                                 {"max_results": PAGE, **({"page_token": token} if token else {})})
+            page = self._request(
+                "/api/2.0/mlflow/experiments/search", {"max_results": PAGE, **({"page_token": token} if token else {})}
+            )
             for exp in page.get("experiments", []):
                 if exp.get("lifecycle_stage", "active") == "active" and (not names or exp["name"] in names):
                     found[exp["experiment_id"]] = exp["name"]
@@ -73,9 +78,18 @@ class RestSource:
             token = page.get("next_page_token")
             if not token:
                 break
-        rows = [(rid, r["info"]["experiment_id"], names[r["info"]["experiment_id"]], r["info"].get("run_name"),
-                 r["info"].get("status"), _int(r["info"].get("start_time")), _int(r["info"].get("end_time")))
-                for rid, r in self._runs.items()]
+        rows = [
+            (
+                rid,
+                r["info"]["experiment_id"],
+                names[r["info"]["experiment_id"]],
+                r["info"].get("run_name"),
+                r["info"].get("status"),
+                _int(r["info"].get("start_time")),
+                _int(r["info"].get("end_time")),
+            )
+            for rid, r in self._runs.items()
+        ]
         return pa.Table.from_pylist([dict(zip(RUN_INDEX.names, row)) for row in rows], schema=RUN_INDEX)
 
     def details(self, run_ids: Sequence[str]) -> RunDetails:
@@ -86,16 +100,31 @@ class RestSource:
             params += [(rid, p["key"], p.get("value", "")) for p in data.get("params", [])]
             tags += [(rid, t["key"], t.get("value", "")) for t in data.get("tags", [])]
             for m in data.get("metrics", []):
-                latest.append((rid, m["key"], _int(m.get("step", 0)), _float(m.get("value")), _int(m.get("timestamp")), False))
+                latest.append(
+                    (rid, m["key"], _int(m.get("step", 0)), _float(m.get("value")), _int(m.get("timestamp")), False)
+                )
                 keys_to_runs[m["key"]].append(rid)
         history = []
         for key, rids in keys_to_runs.items():
             for start in range(0, len(rids), BULK_RUNS):
-                query = [("run_id", r) for r in rids[start:start + BULK_RUNS]] + [("metric_key", key), ("max_results", "25000")]
+                query = [("run_id", r) for r in rids[start : start + BULK_RUNS]] + [
+                    ("metric_key", key),
+                    ("max_results", "25000"),
+                ]
                 for m in self._request("/ajax-api/2.0/mlflow/metrics/get-history-bulk", query=query).get("metrics", []):
-                    history.append((m["run_id"], m["key"], _int(m.get("step", 0)), _float(m.get("value")),
-                                    _int(m.get("timestamp")), False))
-        return RunDetails(_table(params, KEY_VALUE), _table(tags, KEY_VALUE), _table(latest, METRIC), _table(history, METRIC))
+                    history.append(
+                        (
+                            m["run_id"],
+                            m["key"],
+                            _int(m.get("step", 0)),
+                            _float(m.get("value")),
+                            _int(m.get("timestamp")),
+                            False,
+                        )
+                    )
+        return RunDetails(
+            _table(params, KEY_VALUE), _table(tags, KEY_VALUE), _table(latest, METRIC), _table(history, METRIC)
+        )
 
     def details_all(self, experiments: Sequence[str] | None) -> RunDetails:
         return self.details(list(self._runs))

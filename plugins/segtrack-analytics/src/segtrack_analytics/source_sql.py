@@ -34,8 +34,10 @@ DETAIL_SQL = {
 }
 SCHEMAS = {"params": KEY_VALUE, "tags": KEY_VALUE, "latest": METRIC, "metrics": METRIC}
 MLFLOW_TABLES = ("experiments", "runs", "params", "tags", "metrics", "latest_metrics")
-TABLES_SQL = {"sqlite": "SELECT name FROM sqlite_master WHERE type = 'table'",
-              "postgresql": "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = current_schema()"}
+TABLES_SQL = {
+    "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table'",
+    "postgresql": "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = current_schema()",
+}
 PG_CONNECT_TIMEOUT = 10  # seconds; libpq waits forever by default
 
 
@@ -50,7 +52,7 @@ class SqlSource:
         self.uri = uri
         self.kind = "sqlite" if uri.startswith("sqlite:") else "postgresql"
         if self.kind == "sqlite":
-            self.path = Path(uri[len("sqlite:///"):])
+            self.path = Path(uri[len("sqlite:///") :])
             if not self.path.is_file():
                 raise NoStore(f"no MLflow store at {self.path}: train first (make train), or pass --tracking-uri")
 
@@ -63,10 +65,15 @@ class SqlSource:
         missing = set(MLFLOW_TABLES) - set(self._fetch(TABLES_SQL[self.kind]).column("name").to_pylist())
         if missing:
             store = self.path if self.kind == "sqlite" else redact(self.uri)
-            lacks = ("none of MLflow's tables" if len(missing) == len(MLFLOW_TABLES)
-                     else f"no table {', '.join(sorted(missing))}")
-            raise StoreError(f"{store} is a database but not an MLflow store (it has {lacks}): pass the database "
-                             f"MLflow tracks runs in as --tracking-uri")
+            lacks = (
+                "none of MLflow's tables"
+                if len(missing) == len(MLFLOW_TABLES)
+                else f"no table {', '.join(sorted(missing))}"
+            )
+            raise StoreError(
+                f"{store} is a database but not an MLflow store (it has {lacks}): pass the database "
+                f"MLflow tracks runs in as --tracking-uri"
+            )
 
     def run_index(self, experiments: Sequence[str] | None) -> pa.Table:
         self._require_mlflow_tables()
@@ -76,7 +83,7 @@ class SqlSource:
     def details(self, run_ids: Sequence[str]) -> RunDetails:
         parts = {name: [] for name in DETAIL_SQL}
         for start in range(0, len(run_ids), CHUNK):
-            chunk = f"run_uuid IN ({_quote(run_ids[start:start + CHUNK])})"
+            chunk = f"run_uuid IN ({_quote(run_ids[start : start + CHUNK])})"
             for name, sql in DETAIL_SQL.items():
                 parts[name].append(conform(_bools(self._fetch(sql.format(runs=chunk))), SCHEMAS[name]))
         tables = {n: pa.concat_tables(p) if p else SCHEMAS[n].empty_table() for n, p in parts.items()}
@@ -84,11 +91,17 @@ class SqlSource:
 
     def details_all(self, experiments: Sequence[str] | None) -> RunDetails:
         """Every run of ``experiments`` in one query per table (the cold-load path)."""
-        scope = "run_uuid IN (SELECT r.run_uuid FROM runs r JOIN experiments e ON e.experiment_id = " \
-                "r.experiment_id WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active'" + \
-                (f" AND e.name IN ({_quote(experiments)}))" if experiments else ")")
-        return RunDetails(**{name: conform(_bools(self._fetch(sql.format(runs=scope))), SCHEMAS[name])
-                             for name, sql in DETAIL_SQL.items()})
+        scope = (
+            "run_uuid IN (SELECT r.run_uuid FROM runs r JOIN experiments e ON e.experiment_id = "
+            "r.experiment_id WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active'"
+            + (f" AND e.name IN ({_quote(experiments)}))" if experiments else ")")
+        )
+        return RunDetails(
+            **{
+                name: conform(_bools(self._fetch(sql.format(runs=scope))), SCHEMAS[name])
+                for name, sql in DETAIL_SQL.items()
+            }
+        )
 
 
 def _bools(table: pa.Table) -> pa.Table:
@@ -108,9 +121,10 @@ def _sqlite_arrow(path: Path, sql: str) -> pa.Table:
         import adbc_driver_sqlite.dbapi as adbc
     except ImportError:
         adbc = None
+    errors: tuple[type[Exception], ...] = (sqlite3.Error, adbc.Error) if adbc else (sqlite3.Error,)
     try:
         return _adbc_arrow(adbc, uri, sql) if adbc else _sqlite3_arrow(uri, sql)
-    except (sqlite3.Error, *((adbc.Error,) if adbc else ())) as exc:
+    except errors as exc:
         raise _sqlite_error(path, exc) from None
 
 
@@ -143,7 +157,9 @@ def _postgres_arrow(uri: str, sql: str) -> pa.Table:
     try:
         import psycopg2
     except ImportError:
-        raise ConfigError("reading a PostgreSQL MLflow store needs psycopg2: pip install 'segtrack-analytics[postgres]'") from None
+        raise ConfigError(
+            "reading a PostgreSQL MLflow store needs psycopg2: pip install 'segtrack-analytics[postgres]'"
+        ) from None
     import pyarrow.csv as pacsv
 
     con = _postgres_connect(psycopg2, uri)
@@ -155,22 +171,39 @@ def _postgres_arrow(uri: str, sql: str) -> pa.Table:
     except psycopg2.OperationalError as exc:  # the server went away during the read
         raise StoreUnreachable(f"the PostgreSQL store {redact(uri)}", _first_line(exc)) from None
     except psycopg2.Error as exc:
-        raise StoreError(f"cannot read the PostgreSQL store {redact(uri)} ({_first_line(exc)}): "
-                         f"check the database, or pass another --tracking-uri") from None
+        raise StoreError(
+            f"cannot read the PostgreSQL store {redact(uri)} ({_first_line(exc)}): "
+            f"check the database, or pass another --tracking-uri"
+        ) from None
     finally:
         con.close()
     buffer.seek(0)
     options = pacsv.ConvertOptions(
-        strings_can_be_null=False, true_values=["t", "true"], false_values=["f", "false"],
-        column_types={"run_id": pa.string(), "key": pa.string(), "value": pa.string(), "experiment_id": pa.string(),
-                      "experiment": pa.string(), "run_name": pa.string(), "status": pa.string(),
-                      "is_nan": pa.bool_(), "step": pa.int64(), "timestamp": pa.int64(),
-                      "start_time": pa.int64(), "end_time": pa.int64()})
+        strings_can_be_null=False,
+        true_values=["t", "true"],
+        false_values=["f", "false"],
+        column_types={
+            "run_id": pa.string(),
+            "key": pa.string(),
+            "value": pa.string(),
+            "experiment_id": pa.string(),
+            "experiment": pa.string(),
+            "run_name": pa.string(),
+            "status": pa.string(),
+            "is_nan": pa.bool_(),
+            "step": pa.int64(),
+            "timestamp": pa.int64(),
+            "start_time": pa.int64(),
+            "end_time": pa.int64(),
+        },
+    )
     table = pacsv.read_csv(buffer, convert_options=options)
     if "step" in table.column_names:  # metric values arrive as text (the column type above): parse them
         import pyarrow.compute as pc
 
-        table = table.set_column(table.column_names.index("value"), "value", pc.cast(table.column("value"), pa.float64()))
+        table = table.set_column(
+            table.column_names.index("value"), "value", pc.cast(table.column("value"), pa.float64())
+        )
     return table
 
 
@@ -180,8 +213,11 @@ def _postgres_connect(psycopg2, uri: str):
     try:
         return psycopg2.connect(dsn, **timeout)
     except psycopg2.OperationalError as exc:  # down, wrong port, no such database or user, bad password
-        raise StoreUnreachable(f"the PostgreSQL store {redact(uri)}", _first_line(exc),
-                               "start PostgreSQL, or pass the right --tracking-uri") from None
+        raise StoreUnreachable(
+            f"the PostgreSQL store {redact(uri)}",
+            _first_line(exc),
+            "start PostgreSQL, or pass the right --tracking-uri",
+        ) from None
 
 
 def _first_line(exc: Exception) -> str:

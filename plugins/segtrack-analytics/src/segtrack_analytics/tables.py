@@ -6,14 +6,29 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-RUN_INDEX = pa.schema([
-    ("run_id", pa.string()), ("experiment_id", pa.string()), ("experiment", pa.string()),
-    ("run_name", pa.string()), ("status", pa.string()), ("start_time", pa.int64()), ("end_time", pa.int64()),
-])
+RUN_INDEX = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("experiment_id", pa.string()),
+        ("experiment", pa.string()),
+        ("run_name", pa.string()),
+        ("status", pa.string()),
+        ("start_time", pa.int64()),
+        ("end_time", pa.int64()),
+    ]
+)
 KEY_VALUE = pa.schema([("run_id", pa.string()), ("key", pa.string()), ("value", pa.string())])
 # value is stored as the store has it; is_nan says NaN (SQL stores keep NaN as 0 with is_nan = 1)
-METRIC = pa.schema([("run_id", pa.string()), ("key", pa.string()), ("step", pa.int64()), ("value", pa.float64()),
-                    ("timestamp", pa.int64()), ("is_nan", pa.bool_())])
+METRIC = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("key", pa.string()),
+        ("step", pa.int64()),
+        ("value", pa.float64()),
+        ("timestamp", pa.int64()),
+        ("is_nan", pa.bool_()),
+    ]
+)
 
 
 @dataclass

@@ -63,15 +63,19 @@ def sync_command(args, settings) -> int:
                 print(f"{name}: sent {sent} record(s) to run {spool.run_id}")
         except SpoolBusy:
             failed += 1
-            print(f"{name}: another process (a fit still running?) has been sending it for {SYNC_LOCK_WAIT:.0f} s; "
-                  f"run `segtrack mlflow sync` again when it ends")
+            print(
+                f"{name}: another process (a fit still running?) has been sending it for {SYNC_LOCK_WAIT:.0f} s; "
+                f"run `segtrack mlflow sync` again when it ends"
+            )
         except SpoolCorrupt as exc:
             corrupt += _report(exc)
         except Exception as exc:
             failed += 1
             left = sum(spool.summary().values())
-            print(f"{name}: {left} record(s) still spooled; {redact(spool.meta['tracking_uri'])} failed: "
-                  f"{type(exc).__name__}: {redact(str(exc))[:200]}")
+            print(
+                f"{name}: {left} record(s) still spooled; {redact(spool.meta['tracking_uri'])} failed: "
+                f"{type(exc).__name__}: {redact(str(exc))[:200]}"
+            )
     if not failed and not corrupt:
         print(f"nothing left to send in {folder}")
     return 2 if corrupt else 1 if failed else 0
@@ -92,8 +96,10 @@ def status_command(args, settings) -> int:
         torn = spool.torn_line()
         if torn:
             state += f"; line {torn} is cut short (a crash, or a fit writing it): `segtrack mlflow sync` drops it"
-        print(f"{spool.local_id}  {spool.meta['run_name']}  run {spool.run_id or '(not created yet)'}  "
-              f"{redact(spool.meta['tracking_uri'])}  {state}")
+        print(
+            f"{spool.local_id}  {spool.meta['run_name']}  run {spool.run_id or '(not created yet)'}  "
+            f"{redact(spool.meta['tracking_uri'])}  {state}"
+        )
     if not spools and not corrupt:
         print(f"no spooled runs in {folder}")
     return 2 if corrupt else 0

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from segtrack import ConfigError, hookimpl
 from segtrack.records import thaw
-
 from segtrack_mlflow import store
 from segtrack_mlflow.settings import mlflow_section
 from segtrack_mlflow.spool import Spool, SpoolCorrupt
@@ -20,8 +19,13 @@ log = logging.getLogger("segtrack.mlflow")
 STATUS = {"completed": "FINISHED", "stopped": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 MIN_SPOOL_FREE_BYTES = 16 * 2**20
 FIT_END_MARGIN_S = 30.0  # fit_end's work besides draining: status record, overlay PNGs, staging files
-CHECKPOINT_KINDS = {"best+last": ("best", "last"), "best": ("best",), "last": ("last",),
-                    "all": ("best", "last", "epoch"), "none": ()}
+CHECKPOINT_KINDS = {
+    "best+last": ("best", "last"),
+    "best": ("best",),
+    "last": ("last",),
+    "all": ("best", "last", "epoch"),
+    "none": (),
+}
 
 
 def _now_ms() -> int:
@@ -78,8 +82,10 @@ class MlflowPlugin:
         existing = next((p for p in [folder, *folder.resolve().parents] if p.exists()), Path("/"))
         free = shutil.disk_usage(existing).free
         if not os.access(existing, os.W_OK):
-            raise ConfigError(f"mlflow.spool_dir = {str(folder)!r} is not writable: choose a writable folder "
-                              f"(every logged point is written there before it is sent)")
+            raise ConfigError(
+                f"mlflow.spool_dir = {str(folder)!r} is not writable: choose a writable folder "
+                f"(every logged point is written there before it is sent)"
+            )
         if free < MIN_SPOOL_FREE_BYTES:
             raise ConfigError(
                 f"mlflow.spool_dir = {str(folder)!r} has {free // 1024} KiB free, below the "
@@ -101,11 +107,12 @@ class MlflowPlugin:
         if outcome != "ok":
             if self.section["offline"] == "fail":
                 raise ConfigError(
-                    f"MLflow server {shown} is {outcome} and mlflow.offline = \"fail\": start the server, fix "
-                    f"the tracking URI, or set mlflow.offline = \"auto\" to spool and send later"
+                    f'MLflow server {shown} is {outcome} and mlflow.offline = "fail": start the server, fix '
+                    f'the tracking URI, or set mlflow.offline = "auto" to spool and send later'
                 )
-            log.warning("MLflow server %s is %s: logging to the local spool; it is sent when the server is back",
-                        shown, outcome)
+            log.warning(
+                "MLflow server %s is %s: logging to the local spool; it is sent when the server is back", shown, outcome
+            )
 
     @hookimpl
     def cli_commands(self, subparsers):
@@ -126,11 +133,26 @@ class MlflowPlugin:
 
     def _new_spool(self, run_name: str, tags: dict, parent: Spool | None) -> Spool:
         root = Path(self.section["spool_dir"]).resolve()
-        spool = Spool.create(root, {"tracking_uri": self.tracking_uri, "experiment": self.experiment,
-                                    "run_name": run_name, "parent": parent.local_id if parent else None})
-        spool.append({"t": "create", "experiment": self.experiment, "run_name": run_name, "tags": tags,
-                      "parent": parent.local_id if parent else None, "ts": _now_ms(),
-                      "artifact_location": local_artifact_root(self._uri)})
+        spool = Spool.create(
+            root,
+            {
+                "tracking_uri": self.tracking_uri,
+                "experiment": self.experiment,
+                "run_name": run_name,
+                "parent": parent.local_id if parent else None,
+            },
+        )
+        spool.append(
+            {
+                "t": "create",
+                "experiment": self.experiment,
+                "run_name": run_name,
+                "tags": tags,
+                "parent": parent.local_id if parent else None,
+                "ts": _now_ms(),
+                "artifact_location": local_artifact_root(self._uri),
+            }
+        )
         return spool
 
     def _log_params(self, spool: Spool, config) -> None:
@@ -161,14 +183,24 @@ class MlflowPlugin:
         from segtrack_mlflow.gitinfo import git_tags
 
         tags = {
-            **git_tags(), "segtrack.version": run.segtrack_version, "torch.version": torch.__version__,
-            "segtrack.plugins": ",".join(f"{n}={v}" for n, v in run.plugins), "segtrack.device": run.device,
-            "segtrack.world_size": str(run.world_size), store.TEST_SET_TAG: run.val_sha256,
-            "data.train_sha256": run.train_sha256, "segtrack.num_parameters": str(run.num_parameters),
+            **git_tags(),
+            "segtrack.version": run.segtrack_version,
+            "torch.version": torch.__version__,
+            "segtrack.plugins": ",".join(f"{n}={v}" for n, v in run.plugins),
+            "segtrack.device": run.device,
+            "segtrack.world_size": str(run.world_size),
+            store.TEST_SET_TAG: run.val_sha256,
+            "data.train_sha256": run.train_sha256,
+            "segtrack.num_parameters": str(run.num_parameters),
         }
         if run.fold is not None:
-            tags.update({"segtrack.fold": str(run.fold), "segtrack.num_folds": str(run.num_folds),
-                         "segtrack.cv_id": run.cv_id or ""})
+            tags.update(
+                {
+                    "segtrack.fold": str(run.fold),
+                    "segtrack.num_folds": str(run.num_folds),
+                    "segtrack.cv_id": run.cv_id or "",
+                }
+            )
         folder = Path(self.resume_state["spool"]) if self.resume_state else None
         self.spool = self._reopen(folder) if folder is not None else None
         if self.spool is not None:
@@ -195,7 +227,11 @@ class MlflowPlugin:
 
     @hookimpl
     def train_batch_end(self, step):
-        if self._every and step.global_step % self._every == 0 and step.global_step > self.spool.max_step("train_loss_step"):
+        if (
+            self._every
+            and step.global_step % self._every == 0
+            and step.global_step > self.spool.max_step("train_loss_step")
+        ):
             self.spool.metric("train_loss_step", step.loss, step.global_step)
 
     @hookimpl
@@ -263,8 +299,13 @@ class MlflowPlugin:
         log.warning(
             "MLflow run %r is not fully sent after %.0f s (%s): %s still spooled in %s. They are kept on disk; "
             "send them with `segtrack mlflow sync` once %s is reachable",
-            spool.meta["run_name"], self.section["drain_timeout"], self._shipper.last_error or "still sending",
-            what, spool.folder, self.tracking_uri)
+            spool.meta["run_name"],
+            self.section["drain_timeout"],
+            self._shipper.last_error or "still sending",
+            what,
+            spool.folder,
+            self.tracking_uri,
+        )
 
     # -- state in checkpoints -------------------------------------------------------------------
 

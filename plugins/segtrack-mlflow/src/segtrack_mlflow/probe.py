@@ -20,7 +20,8 @@ def probe_http(uri: str, username: str = "", password: str = "", timeout: float 
         username, password = uri_username, uri_password
     request = urllib.request.Request(
         bare.rstrip("/") + "/api/2.0/mlflow/experiments/search",
-        data=json.dumps({"max_results": 1}).encode(), method="POST",
+        data=json.dumps({"max_results": 1}).encode(),
+        method="POST",
         headers={"Content-Type": "application/json"},
     )
     header = auth_header(username or uri_username, password)

@@ -8,17 +8,17 @@ from typing import Any
 from segtrack import ConfigError
 
 DEFAULTS: dict[str, Any] = {
-    "tracking_uri": "",          # empty: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
-    "experiment": "",            # empty: run.experiment
-    "offline": "auto",           # auto: spool and ship when reachable | fail: error before training
+    "tracking_uri": "",  # empty: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    "experiment": "",  # empty: run.experiment
+    "offline": "auto",  # auto: spool and ship when reachable | fail: error before training
     "spool_dir": ".segtrack/spool",
-    "drain_timeout": 30.0,       # seconds fit_end waits for the spool to reach MLflow
-    "request_timeout": 10.0,     # seconds per HTTP request (MLFLOW_HTTP_REQUEST_TIMEOUT wins if set)
-    "log_every_n_steps": 10,     # per-step train_loss every N optimizer steps; 0 = off
+    "drain_timeout": 30.0,  # seconds fit_end waits for the spool to reach MLflow
+    "request_timeout": 10.0,  # seconds per HTTP request (MLFLOW_HTTP_REQUEST_TIMEOUT wins if set)
+    "log_every_n_steps": 10,  # per-step train_loss every N optimizer steps; 0 = off
     "checkpoint_policy": "best+last",
-    "sample_overlays": 4,        # validation overlays (image | truth | prediction) at the best epoch
-    "username": "",              # basic auth; or MLFLOW_TRACKING_USERNAME
-    "password": "",              # put it in configs/.secrets.toml; or MLFLOW_TRACKING_PASSWORD
+    "sample_overlays": 4,  # validation overlays (image | truth | prediction) at the best epoch
+    "username": "",  # basic auth; or MLFLOW_TRACKING_USERNAME
+    "password": "",  # put it in configs/.secrets.toml; or MLFLOW_TRACKING_PASSWORD
 }
 POLICIES = ("best+last", "best", "last", "all", "none")
 CHECKS = {

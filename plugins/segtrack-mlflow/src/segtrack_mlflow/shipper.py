@@ -49,7 +49,7 @@ def _ship_locked(spool: Spool, clients: store.Clients, spools_by_id: dict[str, S
                     _send_batch(client, spool.run_id, [p.record for p in items[i:j]])
                 else:
                     j = i + 1
-                    _send_one(client, spool, items[i].record, items[i + 1:], spools_by_id)
+                    _send_one(client, spool, items[i].record, items[i + 1 :], spools_by_id)
             except Exception as exc:
                 if not store.is_rejected(exc):
                     raise
@@ -66,7 +66,9 @@ def _batch_end(items: list[Pending], start: int) -> int:
     while j < len(items) and items[j].record["t"] in BATCHED:
         rec = items[j].record
         m, p, t = (rec["t"] == "metric"), len(rec.get("params", {})), len(rec.get("tags", {}))
-        if j > start and (metrics + m > store.MAX_METRICS or params + p > store.MAX_PARAMS or tags + t > store.MAX_TAGS):
+        if j > start and (
+            metrics + m > store.MAX_METRICS or params + p > store.MAX_PARAMS or tags + t > store.MAX_TAGS
+        ):
             break
         metrics, params, tags = metrics + m, params + p, tags + t
         j += 1
@@ -80,9 +82,14 @@ def _send_batch(client, run_id: str, records: list[dict]) -> None:
     params = [Param(k, v) for r in records if r["t"] == "params" for k, v in r["params"].items()]
     tags = store.run_tags({k: v for r in records if r["t"] == "tags" for k, v in r["tags"].items()})
     for offset in range(0, max(len(params), 1), store.MAX_PARAMS):  # one oversized params record is split
-        chunk = params[offset: offset + store.MAX_PARAMS]
-        client.log_batch(run_id, metrics=metrics if offset == 0 else [], params=chunk,
-                         tags=tags if offset == 0 else [], synchronous=True)
+        chunk = params[offset : offset + store.MAX_PARAMS]
+        client.log_batch(
+            run_id,
+            metrics=metrics if offset == 0 else [],
+            params=chunk,
+            tags=tags if offset == 0 else [],
+            synchronous=True,
+        )
 
 
 def _send_one(client, spool: Spool, record: dict, later: list[Pending], spools_by_id: dict[str, Spool]) -> None:
@@ -93,7 +100,8 @@ def _send_one(client, spool: Spool, record: dict, later: list[Pending], spools_b
     elif kind == "file":
         local = spool.folder / record["p"]
         superseded = record.get("slot") and any(
-            p.record["t"] == "file" and p.record.get("slot") == record["slot"] for p in later)
+            p.record["t"] == "file" and p.record.get("slot") == record["slot"] for p in later
+        )
         if local.exists() and not superseded:
             client.log_artifact(spool.run_id, str(local), record.get("a"))
         shutil.rmtree(local.parent, ignore_errors=True)
@@ -141,8 +149,13 @@ def _reject(spool: Spool, items: list[Pending], error: BaseException) -> None:
     with open(spool.folder / "rejected.jsonl", "a") as fh:
         for item in items:
             fh.write(json.dumps({"record": item.record, "error": redact(str(error))[:500]}) + "\n")
-    log.error("MLflow refused %d record(s) of run %s (%s); they are kept in %s",
-              len(items), spool.run_id, redact(str(error).splitlines()[0])[:200], spool.folder / "rejected.jsonl")
+    log.error(
+        "MLflow refused %d record(s) of run %s (%s); they are kept in %s",
+        len(items),
+        spool.run_id,
+        redact(str(error).splitlines()[0])[:200],
+        spool.folder / "rejected.jsonl",
+    )
 
 
 class Shipper:
@@ -184,8 +197,11 @@ class Shipper:
                 if self.last_error is None and isinstance(exc, SpoolCorrupt):
                     log.error("%s", exc)
                 elif self.last_error is None:
-                    log.warning("MLflow unreachable (%s: %s); spooling locally and retrying",
-                                type(exc).__name__, redact(str(exc).splitlines()[0])[:200] if str(exc) else "")
+                    log.warning(
+                        "MLflow unreachable (%s: %s); spooling locally and retrying",
+                        type(exc).__name__,
+                        redact(str(exc).splitlines()[0])[:200] if str(exc) else "",
+                    )
                 self.last_error = redact(f"{type(exc).__name__}: {exc}")
                 time.sleep(backoff)
                 backoff = min(self.max_backoff, backoff * 2)

@@ -20,10 +20,11 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from segtrack import SegtrackError
 
@@ -48,8 +49,10 @@ def read_meta(folder: Path) -> dict[str, Any]:
         why = "local_id, tracking_uri or run_name missing"
     except ValueError as exc:
         why = str(exc)
-    raise SpoolCorrupt(f"spool {folder}: meta.json is corrupt ({why}): restore it, or move the folder out of the "
-                       f"spool folder if its run is not needed")
+    raise SpoolCorrupt(
+        f"spool {folder}: meta.json is corrupt ({why}): restore it, or move the folder out of the "
+        f"spool folder if its run is not needed"
+    )
 
 
 @dataclass(frozen=True)
@@ -131,8 +134,15 @@ class Spool:
                 self._max_steps[key] = max(step, self._max_steps.get(key, step))
 
     def metric(self, key: str, value: float, step: int, timestamp_ms: int | None = None) -> None:
-        self.append({"t": "metric", "k": key, "v": float(value), "s": int(step),
-                     "ts": timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)})
+        self.append(
+            {
+                "t": "metric",
+                "k": key,
+                "v": float(value),
+                "s": int(step),
+                "ts": timestamp_ms if timestamp_ms is not None else int(time.time() * 1000),
+            }
+        )
 
     def max_step(self, key: str) -> int:
         """Highest step already spooled for ``key`` (-1 if none): a resumed fit skips those."""
@@ -194,8 +204,10 @@ class Spool:
         try:
             return int(path.read_text()) if path.is_file() else 0
         except ValueError:
-            raise SpoolCorrupt(f"spool {self.folder}: cursor is not a byte offset: delete that file to send "
-                               f"the spool from its start (MLflow ignores points sent twice)") from None
+            raise SpoolCorrupt(
+                f"spool {self.folder}: cursor is not a byte offset: delete that file to send "
+                f"the spool from its start (MLflow ignores points sent twice)"
+            ) from None
 
     def commit(self, offset: int) -> None:
         _write_atomic(self.folder / "cursor", str(offset))
@@ -227,8 +239,10 @@ class Spool:
                 if not isinstance(record, dict) or not isinstance(record.get("t"), str):
                     if items:
                         break
-                    raise SpoolCorrupt(f"spool {self.folder}: line {self._line_at(position)} of records.jsonl is "
-                                       f"corrupt ({why}): {FIX}")
+                    raise SpoolCorrupt(
+                        f"spool {self.folder}: line {self._line_at(position)} of records.jsonl is "
+                        f"corrupt ({why}): {FIX}"
+                    )
                 position += len(line)
                 items.append(Pending(position, record))
                 if limit is not None and len(items) >= limit:

@@ -83,7 +83,7 @@ def check_sqlite_store(uri: str) -> None:
     """
     if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
         return
-    path = Path(uri[len("sqlite:///"):].split("?")[0])
+    path = Path(uri[len("sqlite:///") :].split("?")[0])
     if not path.is_file() or path.stat().st_size == 0:
         return
     try:
@@ -94,7 +94,7 @@ def check_sqlite_store(uri: str) -> None:
     except sqlite3.DatabaseError as exc:
         why = f"cannot be read as SQLite ({exc})"
     else:
-        if not tables or MLFLOW_TABLES <= tables:
+        if not tables or tables >= MLFLOW_TABLES:
             return
         why = f"holds other tables ({', '.join(sorted(tables)[:5])}{', ...' if len(tables) > 5 else ''})"
     raise ConfigError(
@@ -127,8 +127,13 @@ def find_run_by_tag(mlflow_client, experiment_id: str, tag: str, value: str) -> 
     return runs[0].info.run_id if runs else None
 
 
-REJECTED_CODES = ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
-                  "INVALID_STATE")
+REJECTED_CODES = (
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_ALREADY_EXISTS",
+    "RESOURCE_DOES_NOT_EXIST",
+    "BAD_REQUEST",
+    "INVALID_STATE",
+)
 
 
 def is_rejected(error: BaseException) -> bool:

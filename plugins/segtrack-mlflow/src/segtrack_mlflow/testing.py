@@ -4,14 +4,14 @@ pytest fixtures built on them (import them into a conftest.py). Never used at ru
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import contextlib
-import shutil
 import urllib.request
 import uuid
 from pathlib import Path
@@ -36,20 +36,36 @@ class MlflowServer:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90) -> MlflowServer:
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1", "--backend-store-uri", self.backend_uri,
-               "--artifacts-destination", str(self.workdir / "server-artifacts")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            self.backend_uri,
+            "--artifacts-destination",
+            str(self.workdir / "server-artifacts"),
+        ]
         if self.app_name:
             cmd += ["--app-name", self.app_name]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "SEGTRACK_"))}
         env.update({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env})
         with open(self.workdir / f"server-{self.port}.log", "ab") as log:
-            self.process = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=log, stderr=log,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                cmd, cwd=self.workdir, env=env, stdout=log, stderr=log, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.workdir / f'server-{self.port}.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"mlflow server exited: {(self.workdir / f'server-{self.port}.log').read_text()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as response:
                     if response.status == 200:
@@ -63,10 +79,8 @@ class MlflowServer:
         """Kill the server's process group (only processes this fixture started)."""
         if self.process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(timeout=30)
         self.process = None
 
@@ -79,9 +93,14 @@ def basic_auth_server(workdir: Path, backend_db: Path, admin_password: str) -> M
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = sqlite:///{workdir / 'auth-users.db'}\n"
         f"admin_username = admin\nadmin_password = {admin_password}\nauthorization_function = "
-        "mlflow.server.auth:authenticate_request_basic_auth\n")
-    return MlflowServer(f"sqlite:///{backend_db}", workdir, app_name="basic-auth",
-                        env={"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test"})
+        "mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    return MlflowServer(
+        f"sqlite:///{backend_db}",
+        workdir,
+        app_name="basic-auth",
+        env={"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test"},
+    )
 
 
 def migrated_sqlite_store(path: Path) -> str:
@@ -107,8 +126,10 @@ def temporary_postgres_database(prefix: str = "segtrack_test"):
         yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
     finally:
         with admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                        "AND pid <> pg_backend_pid()", (name,))
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
             cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
         admin.close()
 

@@ -32,8 +32,9 @@ class ExperimentTracker:
         self._artifact_root = local_artifact_root(uri)
         self.run_id: str | None = None
 
-    def start_run(self, run_name: str | None = None, tags: Mapping[str, Any] | None = None,
-                  parent_run_id: str | None = None) -> str:
+    def start_run(
+        self, run_name: str | None = None, tags: Mapping[str, Any] | None = None, parent_run_id: str | None = None
+    ) -> str:
         experiment_id = store.ensure_experiment(self.client, self.experiment, self._artifact_root)
         all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
         if parent_run_id:
@@ -51,7 +52,9 @@ class ExperimentTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self._active(), metrics=[Metric(k, float(v), now, int(epoch)) for k, v in metrics.items()])
+        self.client.log_batch(
+            self._active(), metrics=[Metric(k, float(v), now, int(epoch)) for k, v in metrics.items()]
+        )
 
     def log_params(self, params: Mapping[str, Any], secret_keys=()) -> dict[str, str]:
         """Flatten, drop secrets, truncate long values (full text saved as an artifact)."""
@@ -60,7 +63,7 @@ class ExperimentTracker:
         flat, overflow = to_params(params, secret_keys)
         items = [Param(k, v) for k, v in flat.items()]
         for start in range(0, len(items), store.MAX_PARAMS):
-            self.client.log_batch(self._active(), params=items[start:start + store.MAX_PARAMS])
+            self.client.log_batch(self._active(), params=items[start : start + store.MAX_PARAMS])
         for key, text in overflow.items():
             self.client.log_text(self._active(), text, f"params/{key}.txt")
         return flat
