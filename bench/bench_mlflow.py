@@ -20,13 +20,14 @@ import threading
 import time
 from pathlib import Path
 
-from benchlib import report
+from benchlib import report  # first: it makes testsupport importable
 
 from segtrack import hookimpl
 from segtrack.config import load_settings
 from segtrack.plugins import get_plugin_manager, installed_entry_points
 from segtrack.trainer import SegmentationTrainer
-from segtrack_mlflow.testing import MlflowServer, free_port
+from testsupport.mlflow_server import MlflowServer
+from testsupport.ports import free_port
 
 OTHERS = [n for n in ("analytics",) if n in installed_entry_points()]  # not measured here
 EPOCHS = 10  # a fit of ~6 s: the one-off cost of creating the run is part of it, not all of it

@@ -1,11 +1,20 @@
 """Interleaved A/B timing: the machines are shared and noisy, so variants alternate within each
-round and the report uses medians."""
+round and the report uses medians.
+
+Importing benchlib also makes the test-support package (tests/testsupport: a real `mlflow server`,
+free ports) importable, so a bench runs as `python bench/bench_NAME.py` from anywhere."""
 
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+if str(TESTS) not in sys.path:
+    sys.path.append(str(TESTS))
 
 
 def interleaved(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from recorder import TINY
 
 from segtrack.cli import main
+from testsupport.settings import TINY
 
 
 def _sets(*items):

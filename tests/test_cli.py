@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 import torch
-from recorder import first_party_plugins
+
+from testsupport.plugins import first_party_plugins
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
 
 import torch
+
+from testsupport.ports import free_port
 
 SCRIPT = textwrap.dedent("""
     import atexit, json, os, sys
@@ -39,12 +40,6 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_fit_fires_hooks_on_rank_zero_only(tmp_path):
     (tmp_path / "fit.py").write_text(SCRIPT)
     sets = [
@@ -67,7 +62,7 @@ def test_two_process_fit_fires_hooks_on_rank_zero_only(tmp_path):
             "--master_addr",
             "127.0.0.1",
             "--master_port",
-            str(_free_port()),
+            str(free_port()),
             "fit.py",
             *sets,
         ],
@@ -144,7 +139,7 @@ def _stalled_job(tmp_path, mode: str) -> subprocess.Popen:
             "--master_addr",
             "127.0.0.1",
             "--master_port",
-            str(_free_port()),
+            str(free_port()),
             "stall.py",
             mode,
             *sets,

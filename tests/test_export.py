@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime
 import torch
-from recorder import Recorder
 
 from segtrack.registry import build_model
+from testsupport.plugins import Recorder
 
 
 def test_export_matches_torch_and_accepts_other_shapes(trainer_factory, tmp_path):

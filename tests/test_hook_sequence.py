@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from recorder import RaiseAt, Recorder
 
 from segtrack.errors import PluginHookError
+from testsupport.plugins import RaiseAt, Recorder
 
 EPOCH = [
     "epoch_start",

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
-from recorder import Recorder
-
 from segtrack import PluginHookError, hookimpl
 from segtrack.plugins import hook_names
+from testsupport.plugins import Recorder
+
+REPO = Path(__file__).resolve().parents[1]
 
 TRAINING_HOOKS = [
     h

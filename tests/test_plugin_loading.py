@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from recorder import first_party_plugins
 
 from segtrack import ConfigError, PluginLoadError
 from segtrack.plugins import get_plugin_manager
+from testsupport.plugins import first_party_plugins
 
 GOOD = """
 from segtrack import hookimpl
@@ -28,8 +28,8 @@ def test_entry_point_plugin_is_discovered_and_fires(fake_dist, trainer_factory, 
     from segtrack.trainer import SegmentationTrainer
 
     manager = get_plugin_manager(settings_factory(), disabled=["progress", *first_party_plugins()])
-    record = manager.records["good"]
-    assert (record.source, record.distribution, record.version, record.hooks) == (
+    info = manager.plugin_info["good"]
+    assert (info.source, info.distribution, info.version, info.hooks) == (
         "entry point",
         "segtrack-good",
         "1.2.3",
@@ -50,7 +50,7 @@ def test_each_manager_gets_a_fresh_instance(fake_dist, settings_factory):
 def test_broken_plugin_is_skipped_with_its_name(fake_dist, settings_factory, caplog):
     fake_dist("segtrack-broken", "broken", "broken_plugin", "raise ImportError('no such dependency: foo')")
     manager = get_plugin_manager(settings_factory())
-    assert "broken" not in manager.records
+    assert "broken" not in manager.plugin_info
     assert manager.load_failures[0].name == "broken"
     assert "no such dependency: foo" in manager.load_failures[0].error
     assert "'broken'" in caplog.text and "failed to load" in caplog.text
@@ -59,7 +59,7 @@ def test_broken_plugin_is_skipped_with_its_name(fake_dist, settings_factory, cap
 def test_a_plugin_calling_sys_exit_on_import_is_skipped_like_any_failure(fake_dist, settings_factory):
     fake_dist("segtrack-quitter", "quitter", "quitter_plugin", "import sys\nsys.exit(3)")
     manager = get_plugin_manager(settings_factory())
-    assert "quitter" not in manager.records
+    assert "quitter" not in manager.plugin_info
     assert [(f.name, f.error) for f in manager.load_failures] == [
         ("quitter", "called sys.exit(3) while being imported")
     ]
@@ -87,7 +87,7 @@ def test_disabled_plugin_is_never_imported(fake_dist, settings_factory, tmp_path
     marker = tmp_path / "imported"
     fake_dist("segtrack-spy", "spy", "spy_plugin", f"open({str(marker)!r}, 'w').close()")
     manager = get_plugin_manager(settings_factory('plugins.disabled=["spy"]'))
-    assert "spy" not in manager.records and not marker.exists()
+    assert "spy" not in manager.plugin_info and not marker.exists()
     get_plugin_manager(settings_factory("plugins.autoload=false"))
     assert not marker.exists()
     get_plugin_manager(settings_factory())

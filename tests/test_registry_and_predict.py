@@ -30,7 +30,7 @@ def _importable(module: str) -> bool:
 
 
 def test_model_factory_gets_the_arguments_it_names_plus_kwargs(trainer_factory):
-    trainer = trainer_factory("model.factory='factories:fcn'", "model.kwargs={width = 5}")
+    trainer = trainer_factory("model.factory='testsupport.factories:fcn'", "model.kwargs={width = 5}")
     result = trainer.fit()
     assert result.status == "completed"
     assert trainer.model.body[0].out_channels == 5
@@ -38,21 +38,21 @@ def test_model_factory_gets_the_arguments_it_names_plus_kwargs(trainer_factory):
 
 def test_bad_factories_are_clear_errors(trainer_factory):
     with pytest.raises(ConfigError, match=r"returned a str, not a torch.nn.Module"):
-        trainer_factory("model.factory='factories:not_a_model'")
+        trainer_factory("model.factory='testsupport.factories:not_a_model'")
     with pytest.raises(ConfigError, match=r"factories has no nothing_here: fix the name"):
-        trainer_factory("model.factory='factories:nothing_here'")
+        trainer_factory("model.factory='testsupport.factories:nothing_here'")
     with pytest.raises(ConfigError, match=r"cannot import no_such_module"):
         trainer_factory("data.factory='no_such_module:build'")
     with pytest.raises(ConfigError, match=r"unexpected keyword argument 'depth'.*model.kwargs"):
-        trainer_factory("model.factory='factories:fcn'", "model.kwargs={depth = 3}")
+        trainer_factory("model.factory='testsupport.factories:fcn'", "model.kwargs={depth = 3}")
     with pytest.raises(ConfigError, match=r"data.source = 'nowhere' is not a known dataset"):
         trainer_factory("data.source='nowhere'")
 
 
 def test_data_factory_as_one_dataset_or_a_pair(trainer_factory):
-    single = trainer_factory("data.factory='factories:stripes'", "data.kwargs={count = 12}")
+    single = trainer_factory("data.factory='testsupport.factories:stripes'", "data.kwargs={count = 12}")
     assert single.fit().status == "completed" and single.data.for_split(0.25).num_train == 9
-    pair = trainer_factory("data.factory='factories:stripes_pair'")
+    pair = trainer_factory("data.factory='testsupport.factories:stripes_pair'")
     data = pair.data.for_split(0.25)
     assert (data.num_train, data.num_val) == (10, 4) and pair.fit().status == "completed"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from recorder import RaiseAt, Recorder
 
 from segtrack import CheckpointError
+from testsupport.plugins import RaiseAt, Recorder
 
 
 def _weights(path):

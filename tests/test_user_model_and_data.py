@@ -9,7 +9,6 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from recorder import Recorder
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -18,6 +17,7 @@ from segtrack.config import load_settings
 from segtrack.errors import ConfigError
 from segtrack.plugins import get_plugin_manager
 from segtrack.trainer import SegmentationTrainer
+from testsupport.plugins import Recorder
 
 FAST = ["train.epochs=2", "train.batch_size=4", "train.lr=0.01", "export.enabled=false"]
 

@@ -6,6 +6,8 @@ records are imported on first use.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import pluggy
 
 from segtrack.errors import (
@@ -18,6 +20,10 @@ from segtrack.errors import (
     SegtrackError,
 )
 from segtrack.schema import Setting
+
+if TYPE_CHECKING:  # imported lazily at run time (__getattr__); named here for type checkers and editors
+    from segtrack.config import load_settings
+    from segtrack.trainer import SegmentationTrainer
 
 __version__ = "0.1.0"
 
@@ -39,7 +45,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name == "SegmentationTrainer":
         from segtrack.trainer import SegmentationTrainer
 

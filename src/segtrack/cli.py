@@ -176,7 +176,7 @@ def _plugins(args, settings) -> int:
             "version": r.version,
             "hooks": list(r.hooks),
         }
-        for r in manager.records.values()
+        for r in manager.plugin_info.values()
     ]
     failed = [{"name": f.name, "distribution": f.distribution, "error": f.error} for f in manager.load_failures]
     disabled = list(settings.get("plugins", {}).get("disabled", []))

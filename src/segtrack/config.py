@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -247,7 +247,7 @@ def validate(config: Mapping[str, Any]) -> None:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
 
 
-def _typed(types: tuple[type, ...], check: Any):
+def _typed(types: tuple[type, ...], check: Any) -> Callable[[Any], bool]:
     """A schema check from the table's (allowed types, range check) pair; bool is not an int."""
 
     def ok(value: Any) -> bool:

@@ -1,4 +1,4 @@
-"""ONNX export of any segmentation model, checked in onnxruntime against torch on a held batch."""
+"""ONNX export of any segmentation model, checked in onnxruntime against torch on a sample batch."""
 
 from __future__ import annotations
 

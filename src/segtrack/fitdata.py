@@ -1,6 +1,6 @@
 """The data of a fit, whichever way it arrived: the configured dataset, a user's map-style
 ``Dataset``, or ready ``DataLoader``s. Splits and folds, seeded batch order per epoch (so a resumed
-fit sees the same batches), rank sharding, held samples and fingerprints."""
+fit sees the same batches), rank sharding, preview samples and fingerprints."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from segtrack.errors import ConfigError, DataError
 from segtrack.samples import IGNORED, as_pair
 
 log = logging.getLogger("segtrack.data")
-HELD_SAMPLES = 4  # validation samples shown to plugins and used for the ONNX parity check
+PREVIEW_SAMPLES = 4  # the first validation samples: shown to plugins, and the ONNX parity check's input
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class FitData:
 
     train_batches: Callable[[int], Iterable[Any]]  # epoch -> batches (any supported batch form)
     val_batches: Callable[[], Iterable[Any]]
-    held: tuple[torch.Tensor, torch.Tensor]  # the first validation samples, stacked, loop form
+    preview: tuple[torch.Tensor, torch.Tensor]  # the first PREVIEW_SAMPLES validation samples, stacked, loop form
     train_sha256: str
     val_sha256: str
     num_train: int
@@ -120,7 +120,7 @@ class DataPlan:
         return FitData(
             train_batches,
             val_batches,
-            self._held(dataset, val_idx),
+            self._preview(dataset, val_idx),
             self._fingerprint(dataset, train_idx),
             self._fingerprint(dataset, val_idx),
             len(train_idx),
@@ -144,14 +144,14 @@ class DataPlan:
 
         val_set = self.val_dataset
         if val_set is not None:
-            held = self._held(val_set, np.arange(len(val_set)))
+            preview = self._preview(val_set, np.arange(len(val_set)))
         else:
             images, masks = as_pair(_first(val_batches()), self.dims, batched=True, ignore_index=self.ignore_index)
-            held = images[:HELD_SAMPLES], masks[:HELD_SAMPLES]
+            preview = images[:PREVIEW_SAMPLES], masks[:PREVIEW_SAMPLES]
         return FitData(
             train_batches,
             val_batches,
-            held,
+            preview,
             self._fingerprint_any(self.dataset, train),
             self._fingerprint_any(val_set, val),
             _length(self.dataset),
@@ -212,17 +212,17 @@ class DataPlan:
             masks = torch.where(flip.view(-1, *[1] * (masks.ndim - 1)), masks.flip(-1), masks)
             yield images, masks
 
-    # -- held samples and fingerprints -----------------------------------------------------------
+    # -- preview samples and fingerprints --------------------------------------------------------
 
     def _sample(self, dataset, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(dataset, ArrayDataset):
             return dataset.images[index], dataset.masks[index]
         return as_pair(dataset[int(index)], self.dims, batched=False, ignore_index=self.ignore_index)
 
-    def _held(self, dataset, val_idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [self._sample(dataset, i) for i in val_idx[:HELD_SAMPLES]]
+    def _preview(self, dataset, val_idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [self._sample(dataset, i) for i in val_idx[:PREVIEW_SAMPLES]]
         shapes = {tuple(p[0].shape) for p in pairs}
-        if len(shapes) > 1:  # samples of mixed sizes: hold the ones shaped like the first
+        if len(shapes) > 1:  # samples of mixed sizes: keep the ones shaped like the first
             pairs = [p for p in pairs if tuple(p[0].shape) == tuple(pairs[0][0].shape)]
         return pad_stack(pairs, self.spatial_multiple)
 

@@ -23,7 +23,9 @@ log = logging.getLogger("segtrack.plugins")
 
 
 @dataclass(frozen=True)
-class PluginRecord:
+class PluginInfo:
+    """A registered plugin: its name (the one identity), where it came from, the hooks it implements."""
+
     name: str
     source: str  # "builtin", "entry point" or "code"
     distribution: str | None
@@ -58,17 +60,19 @@ class PluginManager:
         self.strict = strict
         self.rank = rank
         self.fit_end_timeout = fit_end_timeout
-        self.records: dict[str, PluginRecord] = {}
+        self.plugin_info: dict[str, PluginInfo] = {}
         self.load_failures: list[LoadFailure] = []
         self._failures: dict[tuple[str, str], list] = {}
         self._impls: dict[str, list[tuple[str, Any, tuple[str, ...]]]] = {}
 
     # -- registration ---------------------------------------------------------------------------
 
-    def register(self, plugin: Any, name: str, source: str, distribution=None, version=None) -> None:
+    def register(
+        self, plugin: Any, name: str, source: str, distribution: str | None = None, version: str | None = None
+    ) -> None:
         if isinstance(plugin, type):
             plugin = plugin()  # a class entry point gets a fresh instance per manager
-        if name in self.records:
+        if name in self.plugin_info:
             raise PluginLoadError(f"two plugins are named {name!r}: rename one (a plugin's name must be unique)")
         try:
             self.pm.register(plugin, name=name)
@@ -91,11 +95,11 @@ class PluginManager:
                         f"implementation on its own: drop hookwrapper=/wrapper= from its hookimpl"
                     )
             hooks.append(hook_caller.name)
-        self.records[name] = PluginRecord(name, source, distribution, version, tuple(sorted(hooks)))
+        self.plugin_info[name] = PluginInfo(name, source, distribution, version, tuple(sorted(hooks)))
         self._impls.clear()
 
     def names(self) -> list[str]:
-        return list(self.records)
+        return list(self.plugin_info)
 
     def get_plugin(self, name: str) -> Any:
         return self.pm.get_plugin(name)
@@ -160,7 +164,9 @@ class PluginManager:
             limit = max(timeout, own) if isinstance(own, (int, float)) else timeout
             outcome: list[BaseException] = []
 
-            def target(func=func, argnames=argnames, outcome=outcome):
+            def target(
+                func: Any = func, argnames: tuple[str, ...] = argnames, outcome: list[BaseException] = outcome
+            ) -> None:
                 try:
                     func(*[kwargs[a] for a in argnames])
                 except BaseException as exc:  # reported on the caller's thread

@@ -53,6 +53,9 @@ class RunInfo:
     num_classes: int = 0  # including background (class 0)
     class_names: tuple[str, ...] = ()  # one per class: data.class_names, else "0", "1", ...
     model_name: str = ""  # model.name, or the class of a model passed in code ("pkg.module.Class")
+    # where the data comes from: "synthetic", "folder:<absolute path>", "dataset:<entry point name>",
+    # "factory:<module:callable>", or "python:<module.Class>" of a Dataset/DataLoader passed in code
+    data_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,13 +134,13 @@ class CheckpointInfo:
 
 @dataclass(frozen=True)
 class ExportInfo:
-    """A model export, checked in onnxruntime against torch on a held validation batch."""
+    """A model export, checked in onnxruntime against torch on the preview validation samples."""
 
     path: str
     format: str  # "onnx"
     opset: int
     epoch: int  # epoch of the exported (best) weights
-    input_shape: tuple[int, ...]  # the held batch used for the parity check
+    input_shape: tuple[int, ...]  # the preview batch used for the parity check
     max_abs_diff: float
     parity_ok: bool  # max_abs_diff <= export.tolerance
 

@@ -8,9 +8,12 @@ import difflib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segtrack.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dynaconf import Dynaconf
 
 _REQUIRED = object()
 
@@ -129,7 +132,7 @@ def _unknown_keys(settings: Any, schema: Sequence[Setting], sections: Iterable[s
     return problems
 
 
-def dynaconf_of(config: Mapping[str, Any]):
+def dynaconf_of(config: Mapping[str, Any]) -> Dynaconf:
     """A Dynaconf object holding ``config`` (for settings that arrive as a plain mapping)."""
     from dynaconf import Dynaconf
 

@@ -11,7 +11,7 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,7 @@ class SegmentationTrainer:
             model if model is not None else build_model(self.config["model"], self.num_classes, self.dims)
         )
         builtin, split = None, None
+        self.data_source = _data_source(self.config["data"], train_data)
         if train_data is None:
             train_data, val_data, split = configured_data(self.config)
             if isinstance(train_data, ArrayDataset):
@@ -270,7 +271,7 @@ class SegmentationTrainer:
                         state.status = "stopped"
                         break
                 if export_dir is not None and self.dist.is_main and state.paths.get("best"):
-                    export, export_error = self._export(state, export_dir, run_name, data.held[0], signature)
+                    export, export_error = self._export(state, export_dir, run_name, data.preview[0], signature)
                     if export is not None:
                         hooks.call("model_exported", trainer=self, run=run, export=export)
             except BaseException as exc:
@@ -298,7 +299,7 @@ class SegmentationTrainer:
                     hooks.call_bounded("fit_end", hooks.fit_end_timeout, trainer=self, run=run, result=result)
         return replace(result, plugin_failures=hooks.failures())  # with failures in fit_end itself
 
-    def _train_epoch(self, model, state: FitState, data: FitData, epoch: int, run: RunInfo) -> float:
+    def _train_epoch(self, model: torch.nn.Module, state: FitState, data: FitData, epoch: int, run: RunInfo) -> float:
         train_cfg = self.config["train"]
         # every epoch starts from RNG seeded by (seed, epoch): a resumed fit draws the same
         # shuffles, dropout and augmentations as an uninterrupted one, whatever the loader
@@ -348,7 +349,7 @@ class SegmentationTrainer:
         return float(sums[0] / sums[1]) if float(sums[1]) else math.nan
 
     @torch.no_grad()
-    def _validate(self, model, data: FitData, epoch: int, run: RunInfo) -> ValidationResult:
+    def _validate(self, model: torch.nn.Module, data: FitData, epoch: int, run: RunInfo) -> ValidationResult:
         model.eval()
         device, amp, dice_weight = self.device, self.amp, self.config["train"]["dice_weight"]
         counts = ConfusionCounts(self.num_classes, device)
@@ -381,7 +382,7 @@ class SegmentationTrainer:
         wanted = self.hooks.has_implementations("validation_end") or self.hooks.has_implementations(
             "validation_metrics"
         )
-        samples = self._held_samples(model, data) if self.dist.is_main and wanted else ()
+        samples = self._preview_samples(model, data) if self.dist.is_main and wanted else ()
         val_loss = float(totals[0] / totals[1]) if float(totals[1]) else math.nan
         return ValidationResult(epoch, val_loss, dice, iou, per_class_dice, int(totals[1]), samples, per_class_iou)
 
@@ -407,8 +408,8 @@ class SegmentationTrainer:
         check_class_ids(masks, self.num_classes, self.ignore_index)
         return images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
 
-    def _held_samples(self, model, data: FitData) -> tuple[ValidationSample, ...]:
-        images, masks = data.held
+    def _preview_samples(self, model: torch.nn.Module, data: FitData) -> tuple[ValidationSample, ...]:
+        images, masks = data.preview
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
             predictions = logits_of(model(images.to(self.device))).argmax(1).cpu()
         return tuple(ValidationSample(i.numpy(), m.numpy(), p.numpy()) for i, m, p in zip(images, masks, predictions))
@@ -507,7 +508,9 @@ class SegmentationTrainer:
         if cfg["keep"]:
             _prune_snapshots(ckpt_dir, cfg["keep"])
 
-    def _export(self, state: FitState, export_dir: Path, run_name: str, sample: torch.Tensor, signature: dict):
+    def _export(
+        self, state: FitState, export_dir: Path, run_name: str, sample: torch.Tensor, signature: dict
+    ) -> tuple[ExportInfo | None, str | None]:
         from segtrack.export import export_onnx, predict_metadata
 
         cfg = self.config["export"]
@@ -581,7 +584,16 @@ class SegmentationTrainer:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
-    def _run_info(self, data: FitData, state: FitState, run_name: str, resume, fold, num_folds, cv_id) -> RunInfo:
+    def _run_info(
+        self,
+        data: FitData,
+        state: FitState,
+        run_name: str,
+        resume: str | None,
+        fold: int | None,
+        num_folds: int | None,
+        cv_id: str | None,
+    ) -> RunInfo:
         kind = type(state.model)
         model_name = (
             self.config["model"]["name"] if self._user_model is None else f"{kind.__module__}.{kind.__qualname__}"
@@ -604,16 +616,17 @@ class SegmentationTrainer:
             start_epoch=state.start_epoch,
             resumed_from=resume,
             segtrack_version=__version__,
-            plugins=tuple((r.name, r.version or "") for r in self.hooks.records.values()),
+            plugins=tuple((r.name, r.version or "") for r in self.hooks.plugin_info.values()),
             batches_per_epoch=data.batches_per_epoch,
             spatial_dims=self.dims,
             num_classes=self.num_classes,
             class_names=self.class_names,
             model_name=model_name,
+            data_source=self.data_source,
         )
 
     @contextlib.contextmanager
-    def _lenient_if_failing(self, force: bool = False):
+    def _lenient_if_failing(self, force: bool = False) -> Iterator[None]:
         """While an exception is already propagating, plugin errors are reported, never raised."""
         failing = force or sys.exc_info()[1] is not None
         saved = self.hooks.strict
@@ -640,6 +653,20 @@ def _best_checkpoint_for(source: Path, ckpt_dir: Path, best_epoch: int) -> Path 
     return None
 
 
+def _data_source(data_cfg: Mapping[str, Any], given: Any) -> str:
+    """Where the data comes from, in one line (``RunInfo.data_source``)."""
+    if given is not None:
+        kind = type(given.dataset if isinstance(given, torch.utils.data.DataLoader) else given)
+        return f"python:{kind.__module__}.{kind.__qualname__}"
+    if data_cfg.get("factory"):
+        return f"factory:{data_cfg['factory']}"
+    if data_cfg["source"] == "folder":
+        return f"folder:{Path(data_cfg['path']).resolve()}"
+    if data_cfg["source"] == "synthetic":
+        return "synthetic"
+    return f"dataset:{data_cfg['source']}"
+
+
 def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
@@ -664,7 +691,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _make_scheduler(optimizer, kind: str, epochs: int):
+def _make_scheduler(optimizer: torch.optim.Optimizer, kind: str, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
     if kind == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=_constant)

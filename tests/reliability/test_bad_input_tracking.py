@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from testsupport.ports import free_port
 
 SETS = [
     "train.epochs=1",
@@ -21,12 +22,6 @@ SETS = [
     "model.depth=1",
     "plugins.disabled=['progress', 'analytics']",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(cwd, *extra, env=None):
@@ -55,7 +50,7 @@ def _assert_clean_failure(out, tmp_path, fragments, before):
         (["mlflow.tracking_uri='localhost:5000'"], ["is malformed or of an unknown kind", "http://host:5000"]),
         (["mlflow.tracking_uri='file:./mlruns'"], ["legacy file store", "MLFLOW_ALLOW_FILE_STORE=true"]),
         (
-            [f"mlflow.tracking_uri='http://127.0.0.1:{_free_port()}'", "mlflow.offline='fail'"],
+            [f"mlflow.tracking_uri='http://127.0.0.1:{free_port()}'", "mlflow.offline='fail'"],
             ["is unreachable", 'mlflow.offline = "auto"'],
         ),
         (["mlflow.offline='sometimes'"], ["mlflow.offline = 'sometimes' is invalid", '"auto" or "fail"']),
@@ -70,7 +65,7 @@ def test_bad_tracking_settings(tmp_path, extra, fragments):
 
 def test_wrong_credentials(tmp_path, sqlite_template):
     pytest.importorskip("flask_wtf")
-    from segtrack_mlflow.testing import MlflowServer
+    from testsupport.mlflow_server import MlflowServer
 
     work = tmp_path / "server"
     work.mkdir()

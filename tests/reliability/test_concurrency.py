@@ -16,7 +16,8 @@ EPOCHS, STEPS = 3, 3 * 3
 @pytest.fixture
 def postgres_server(tmp_path):
     pytest.importorskip("psycopg2")
-    from segtrack_mlflow.testing import MlflowServer, temporary_postgres_database
+    from testsupport.mlflow_server import MlflowServer
+    from testsupport.stores import temporary_postgres_database
 
     with temporary_postgres_database("segtrack_concurrency") as uri:
         server = MlflowServer(uri, tmp_path).start()
@@ -62,7 +63,8 @@ def test_eight_parallel_fits_to_one_postgres_backed_server(tmp_path, postgres_se
     assert not any("WARNING" in out or "ERROR" in out for out in outputs), outputs
     client = MlflowClient(postgres_server.uri)
     runs = client.search_runs([client.get_experiment_by_name("segtrack").experiment_id])
-    assert sorted(r.info.run_name for r in runs) == [f"parallel-{i}" for i in range(8)]
+    # unique names: <run.name>-<short id>
+    assert sorted(r.info.run_name.rsplit("-", 1)[0] for r in runs) == [f"parallel-{i}" for i in range(8)]
     expected = found = duplicates = 0
     for run in runs:
         assert run.info.status == "FINISHED"

@@ -103,7 +103,7 @@ def _verify(tmp_path, uri, reference, report_row, scenario, faults):
         expected += EPOCHS
         found += len(set(steps))
         duplicates += len(steps) - len(set(steps))
-        assert sorted(steps) == list(range(EPOCHS)), (key, steps)
+        assert sorted(steps) == list(range(1, EPOCHS + 1)), (key, steps)  # epochs count from 1
     assert run.info.status == "FINISHED"
     report_row(
         scenario=scenario, runs=1, faults=faults, expected=expected, found=found, duplicates=duplicates, result="pass"

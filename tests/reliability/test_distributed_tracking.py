@@ -4,11 +4,12 @@ folds), metrics from rank 0 only, checkpoints written once; a dying rank fails t
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
 import torch
+
+from testsupport.ports import free_port
 
 KEYS = ("train_loss", "val_loss", "val_dice", "val_iou", "lr")
 SETS = [
@@ -24,12 +25,6 @@ SETS = [
 ]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(cwd, uri, *args, script=None):
     target = [script] if script else ["-m", "segtrack"]
     cmd = [
@@ -41,7 +36,7 @@ def _torchrun(cwd, uri, *args, script=None):
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_port()),
+        str(free_port()),
         *target,
         *[a for s in SETS for a in ("--set", s)],
         *args,
@@ -63,7 +58,7 @@ def test_fit_and_cv_under_torchrun(tmp_path, sqlite_uri, report_row):
     experiment_id = client.get_experiment_by_name("segtrack").experiment_id
     (run,) = client.search_runs([experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["segtrack.world_size"] == "2"
-    assert _points(client, run.info.run_id) == {k: [0, 1, 2] for k in KEYS}  # rank 0 only: each step once
+    assert _points(client, run.info.run_id) == {k: [1, 2, 3] for k in KEYS}  # rank 0 only: each step once
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
 
     out = _torchrun(tmp_path, sqlite_uri, "cv", "--folds", "2")
@@ -74,7 +69,7 @@ def test_fit_and_cv_under_torchrun(tmp_path, sqlite_uri, report_row):
     assert len(parents) == 1 and len(folds) == 2
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in folds)
     for fold in folds:
-        assert _points(client, fold.info.run_id) == {k: [0, 1, 2] for k in KEYS}
+        assert _points(client, fold.info.run_id) == {k: [1, 2, 3] for k in KEYS}
     report_row(
         scenario="torchrun 2 ranks: fit + 2-fold CV",
         runs=4,
@@ -158,7 +153,7 @@ def test_a_stop_requested_on_rank_zero_stops_every_rank(tmp_path, sqlite_uri, re
     client = MlflowClient(sqlite_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("segtrack").experiment_id])
     assert run.info.status == "FINISHED"
-    assert _points(client, run.info.run_id) == {k: [0] for k in KEYS}
+    assert _points(client, run.info.run_id) == {k: [1] for k in KEYS}  # one epoch, counted from 1
     report_row(
         scenario="torchrun 2 ranks: request_stop on rank 0 after epoch 0",
         runs=1,

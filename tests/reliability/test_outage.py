@@ -53,7 +53,7 @@ def _scenario(tmp_path, sqlite_template, report_row, down_seconds: float):
     from segtrack.config import load_settings
     from segtrack.plugins import get_plugin_manager, installed_entry_points
     from segtrack.trainer import SegmentationTrainer
-    from segtrack_mlflow.testing import MlflowServer
+    from testsupport.mlflow_server import MlflowServer
 
     shutil.copy(sqlite_template, tmp_path / "server.db")
     server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path).start()

@@ -42,7 +42,7 @@ def test_a_password_in_the_uri_authenticates_and_shows_nowhere(tmp_path, sqlite_
     pytest.importorskip("flask_wtf", reason="mlflow's basic-auth app needs Flask-WTF (mlflow[auth])")
     from mlflow import MlflowClient
 
-    from segtrack_mlflow.testing import basic_auth_server
+    from testsupport.mlflow_server import basic_auth_server
 
     (tmp_path / "server").mkdir()
     shutil.copy(sqlite_template, tmp_path / "server" / "backend.db")

@@ -8,11 +8,12 @@ import statistics
 from pathlib import Path
 
 import pytest
-from analytics_helpers import TINY, populate
 from mlflow import MlflowClient
 
 from segtrack import ConfigError
 from segtrack_analytics import RunAnalytics
+from testsupport.analytics_stores import populate
+from testsupport.settings import TINY_ANALYTICS
 
 
 @pytest.fixture
@@ -24,7 +25,12 @@ def cv_store(sqlite_uri):
 
     for width in (2, 4):
         settings = load_settings(
-            overrides=[*TINY, f"mlflow.tracking_uri='{sqlite_uri}'", f"model.width={width}", f"run.name='w{width}'"]
+            overrides=[
+                *TINY_ANALYTICS,
+                f"mlflow.tracking_uri='{sqlite_uri}'",
+                f"model.width={width}",
+                f"run.name='w{width}'",
+            ]
         )
         manager = get_plugin_manager(settings, disabled=["progress"])
         SegmentationTrainer(settings, plugin_manager=manager).cv(folds=2)

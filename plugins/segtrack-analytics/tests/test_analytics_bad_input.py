@@ -9,10 +9,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from analytics_helpers import cli_sets, populate
 
 from segtrack.cli import main
-from segtrack_mlflow.testing import free_port, temporary_postgres_database
+from testsupport.analytics_stores import populate
+from testsupport.ports import free_port
+from testsupport.settings import cli_sets
+from testsupport.stores import temporary_postgres_database
 
 COMMANDS = [
     ["list"],

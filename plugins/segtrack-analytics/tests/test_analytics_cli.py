@@ -7,10 +7,11 @@ import io
 import json
 
 import pytest
-from analytics_helpers import cli_sets, populate
 from PIL import Image
 
 from segtrack.cli import main
+from testsupport.analytics_stores import populate
+from testsupport.settings import cli_sets
 
 
 def test_train_and_cv_then_summary_top_list_and_plot(sqlite_uri, capsys):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from analytics_helpers import assert_matches_mlflow, populate
 
 from segtrack_analytics import RunAnalytics
+from testsupport.analytics_stores import assert_matches_mlflow, populate
 
 
 def test_sqlite_store_is_read_directly(sqlite_uri):
@@ -43,7 +43,7 @@ def test_postgresql_store_is_read_directly(postgres_uri):
 
 
 def test_tracking_server_is_read_over_rest(sqlite_uri, tmp_path):
-    from segtrack_mlflow.testing import MlflowServer
+    from testsupport.mlflow_server import MlflowServer
 
     populate(sqlite_uri, experiment="rest")
     server = MlflowServer(sqlite_uri, tmp_path).start()

@@ -11,42 +11,45 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from mlflow_helpers import RaiseAt, artifacts, history, only_run
 
 from segtrack import PluginHookError
+from testsupport.mlflow_reads import artifacts, history, logged_settings, only_run
+from testsupport.plugins import RaiseAt
 
 
 def test_fit_logs_params_tags_metrics_and_artifacts(trainer_factory, sqlite_uri, tmp_path):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / ".secrets.toml").write_text("[default.data]\npath = 'secret-path'\n")
-    trainer = trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", "export.enabled=true", "run.name='unet-a'")
-    assert "mlflow" in trainer.hooks.records  # discovered through its entry point
+    trainer = trainer_factory(
+        f"mlflow.tracking_uri='{sqlite_uri}'", "export.enabled=true", "run.name='unet-a'", "mlflow.log_every_n_steps=1"
+    )
+    assert "mlflow" in trainer.hooks.plugin_info  # discovered through its entry point
     result = trainer.fit()
     client = MlflowClient(sqlite_uri)
     run = only_run(client)
-    assert run.info.status == "FINISHED" and run.info.run_name == "unet-a"
+    assert run.info.status == "FINISHED" and run.info.run_name.startswith("unet-a-")
     # params: resolved config flattened, secrets (by name or from .secrets.toml) left out
     params = run.data.params
     assert params["train.epochs"] == "3" and params["model.width"] == "4" and params["checkpoint.monitor"] == "val_dice"
     assert "data.path" not in params and "mlflow.password" not in params
     # tags
     tags = run.data.tags
-    assert len(tags["data.test_sha256"]) == 64 and tags["segtrack.version"] == "0.1.0"
+    assert len(tags["test_data_sha256"]) == 64 and tags["segtrack.version"] == "0.1.0"
     assert tags["torch.version"].startswith("2.") and tags["segtrack.device"] == "cpu"
     assert tags["segtrack.world_size"] == "1" and "mlflow=0.1.0" in tags["segtrack.plugins"]
-    # per-epoch metrics with step = epoch, per-step loss, best value and epoch
+    # per-epoch metrics with step = epoch counted from 1, per-step loss, best value and epoch (step 0)
     for key in ("train_loss", "val_loss", "val_dice", "val_iou", "lr"):
-        assert [s for s, _ in history(client, run.info.run_id, key)] == [0, 1, 2], key
+        assert [s for s, _ in history(client, run.info.run_id, key)] == [1, 2, 3], key
     assert [s for s, _ in history(client, run.info.run_id, "train_loss_step")] == list(range(1, 10))
     assert run.data.metrics["best_val_dice"] == pytest.approx(result.best_value)
-    assert run.data.metrics["best_epoch"] == result.best_epoch
+    assert run.data.metrics["best_epoch"] == result.best_epoch + 1
     assert run.data.metrics["onnx_max_abs_diff"] == pytest.approx(result.export.max_abs_diff)
-    # artifacts: best and last checkpoints, the ONNX model, sample overlays
+    # artifacts: best and last checkpoints, the settings, sample overlays (the model is a LoggedModel)
     assert artifacts(client, run.info.run_id) == [
         "checkpoints/best.pt",
         "checkpoints/last.pt",
-        "model/unet-a.onnx",
-        f"samples/best-epoch-{result.best_epoch}.png",
+        "config.toml",
+        f"samples/best-epoch-{result.best_epoch + 1}.png",
     ]
     # the uploaded last.pt is the final one, not a superseded one
     local = client.download_artifacts(run.info.run_id, "checkpoints/last.pt", str(tmp_path / "dl"))
@@ -78,7 +81,7 @@ def test_checkpoint_policy(trainer_factory, sqlite_uri, policy, expected):
         "checkpoint.keep=5",
     ).fit()
     client = MlflowClient(sqlite_uri)
-    assert artifacts(client, only_run(client).info.run_id) == expected
+    assert artifacts(client, only_run(client).info.run_id) == sorted([*expected, "config.toml"])
 
 
 def test_failed_fit_is_marked_failed(trainer_factory, sqlite_uri):
@@ -148,7 +151,8 @@ def test_cross_validation_logs_a_parent_and_one_child_per_fold(trainer_factory, 
         [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )
     assert sorted(c.data.tags["segtrack.fold"] for c in children) == ["0", "1"]
-    assert sorted(c.info.run_name for c in children) == ["cvrun-fold0", "cvrun-fold1"]
+    cv = result.cv_id[:6]
+    assert sorted(c.info.run_name for c in children) == [f"cvrun-{cv}-fold0", f"cvrun-{cv}-fold1"]
     assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
     assert parent.data.metrics["cv_val_dice_mean"] == pytest.approx(result.summary["val_dice"]["mean"])
     assert parent.data.metrics["cv_val_dice_std"] == pytest.approx(result.summary["val_dice"]["std"])
@@ -167,7 +171,7 @@ def test_resumed_fit_continues_the_same_run(trainer_factory, sqlite_uri):
     trainer_factory(uri, "train.epochs=4").fit(resume="auto")
     run = only_run(client)
     assert run.info.run_id == first.info.run_id and run.info.status == "FINISHED"
-    assert [s for s, _ in history(client, run.info.run_id, "val_dice")] == [0, 1, 2, 3]
+    assert [s for s, _ in history(client, run.info.run_id, "val_dice")] == [1, 2, 3, 4]
     steps = [s for s, _ in history(client, run.info.run_id, "train_loss_step")]
     assert steps == sorted(set(steps)) == list(range(1, 13))
     assert run.data.params == params_before
@@ -185,7 +189,7 @@ def test_epoch_logged_before_a_crash_is_not_logged_twice(trainer_factory, sqlite
     client = MlflowClient(sqlite_uri)
     run = only_run(client)
     for key in ("train_loss", "val_dice", "lr"):
-        assert [s for s, _ in history(client, run.info.run_id, key)] == [0, 1, 2, 3], key
+        assert [s for s, _ in history(client, run.info.run_id, key)] == [1, 2, 3, 4], key
 
 
 def test_disabled_plugin_is_not_imported_and_logs_nothing(tmp_path):
@@ -252,8 +256,8 @@ def test_a_user_3d_model_with_a_plugin_metric_is_logged_like_the_builtin_one(set
     client = MlflowClient(sqlite_uri)
     run = only_run(client)
     for key in ("val_dice_liver", "val_iou_tumour", "val_foreground_share"):
-        assert [s for s, _ in history(client, run.info.run_id, key)] == [0, 1, 2], key
-    assert f"samples/best-epoch-{result.best_epoch}.png" in artifacts(
+        assert [s for s, _ in history(client, run.info.run_id, key)] == [1, 2, 3], key
+    assert f"samples/best-epoch-{result.best_epoch + 1}.png" in artifacts(
         client, run.info.run_id
     )  # a volume's middle slice
 
@@ -301,12 +305,13 @@ def test_a_database_password_in_the_uri_is_used_but_never_kept(trainer_factory, 
 
     secret = "pg-s3cret-pw"
     uri = postgres_uri.replace("postgres@", f"postgres:{secret}@")
-    trainer_factory(f"mlflow.tracking_uri='{uri}'", "mlflow.experiment='pg-masked'").fit()
+    trainer_factory(f"mlflow.tracking_uri='{uri}'", "run.experiment='pg-masked'").fit()
     client = MlflowClient(postgres_uri)
     run = only_run(client, "pg-masked")
     assert run.info.status == "FINISHED" and len(history(client, run.info.run_id, "val_dice")) == 3
     masked = postgres_uri.replace("postgres@", "postgres:***@")
-    assert run.data.params["mlflow.tracking_uri"] == masked
+    assert "mlflow.tracking_uri" not in run.data.params  # plumbing: in config.toml, masked
+    assert logged_settings(client, run.info.run_id)["mlflow"]["tracking_uri"] == masked
     (folder,) = (tmp_path / ".segtrack" / "spool").iterdir()
     assert Spool(folder, writer=False).meta["tracking_uri"] == masked
     # another process sends a spool it did not write: the masked password is left to the driver

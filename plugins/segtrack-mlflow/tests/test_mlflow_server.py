@@ -8,22 +8,22 @@ import threading
 
 import pytest
 from mlflow import MlflowClient
-from mlflow_helpers import artifacts, history, only_run
 
 from segtrack import ConfigError, hookimpl
 from segtrack.cli import main
+from testsupport.mlflow_reads import artifacts, history, logged_settings, only_run
 
 KEYS = ("train_loss", "val_loss", "val_dice", "val_iou", "lr")
 
 
 def _assert_every_point_once(client, run_id, epochs, steps):
     for key in KEYS:
-        assert [s for s, _ in history(client, run_id, key)] == list(range(epochs)), key
+        assert [s for s, _ in history(client, run_id, key)] == list(range(1, epochs + 1)), key  # epochs count from 1
     assert [s for s, _ in history(client, run_id, "train_loss_step")] == list(range(1, steps + 1))
 
 
 def test_fit_logs_to_a_server_with_proxied_artifacts(trainer_factory, sqlite_server):
-    trainer_factory(f"mlflow.tracking_uri='{sqlite_server.uri}'", "mlflow.experiment='server-fit'").fit()
+    trainer_factory(f"mlflow.tracking_uri='{sqlite_server.uri}'", "run.experiment='server-fit'").fit()
     client = MlflowClient(sqlite_server.uri)
     run = only_run(client, "server-fit")
     assert run.info.status == "FINISHED"
@@ -32,7 +32,7 @@ def test_fit_logs_to_a_server_with_proxied_artifacts(trainer_factory, sqlite_ser
 
 
 def test_fit_logs_to_a_server_with_a_postgresql_backend(trainer_factory, postgres_uri, tmp_path):
-    from mlflow_helpers import MlflowServer
+    from testsupport.mlflow_server import MlflowServer
 
     server = MlflowServer(postgres_uri, tmp_path).start()
     try:
@@ -83,7 +83,9 @@ def test_server_killed_mid_fit_loses_and_duplicates_nothing(trainer_factory, own
 def test_offline_start_then_sync(trainer_factory, own_server, caplog, capsys):
     uri = own_server.uri
     own_server.stop()
-    result = trainer_factory(f"mlflow.tracking_uri='{uri}'", "mlflow.drain_timeout=1", "mlflow.request_timeout=1").fit()
+    result = trainer_factory(
+        f"mlflow.tracking_uri='{uri}'", "mlflow.drain_timeout=1", "mlflow.request_timeout=1", "export.enabled=true"
+    ).fit()
     assert result.status == "completed"
     assert "is unreachable" in caplog.text and "segtrack mlflow sync" in caplog.text
     own_server.start()
@@ -103,6 +105,10 @@ def test_offline_start_then_sync(trainer_factory, own_server, caplog, capsys):
     assert main(["mlflow", "sync", *sets]) == 0
     assert "nothing left to send" in capsys.readouterr().out
     _assert_every_point_once(client, only_run(client).info.run_id, 3, 9)
+    # the LoggedModel and the datasets went through the spool too, once
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    assert model.status.name == "READY" and model.source_run_id == run.info.run_id
+    assert len(only_run(client).inputs.dataset_inputs) == 2
 
 
 def _has_analytics() -> bool:
@@ -112,7 +118,7 @@ def _has_analytics() -> bool:
 
 
 def test_offline_fail_stops_before_training(trainer_factory, tmp_path):
-    from mlflow_helpers import free_port
+    from testsupport.ports import free_port
 
     with pytest.raises(ConfigError, match=r"is unreachable.*mlflow.offline = \"fail\""):
         trainer_factory(f"mlflow.tracking_uri='http://127.0.0.1:{free_port()}'", "mlflow.offline='fail'")
@@ -121,7 +127,7 @@ def test_offline_fail_stops_before_training(trainer_factory, tmp_path):
 
 @pytest.fixture
 def auth_server(tmp_path, sqlite_template):
-    from segtrack_mlflow.testing import basic_auth_server
+    from testsupport.mlflow_server import basic_auth_server
 
     pytest.importorskip("flask_wtf", reason="mlflow's basic-auth app needs Flask-WTF (mlflow[auth])")
     shutil.copy(sqlite_template, tmp_path / "auth-backend.db")
@@ -150,12 +156,14 @@ def test_authenticated_server_good_and_bad_credentials_from_env_and_uri(trainer_
         trainer_factory(f"mlflow.tracking_uri='{with_password.format('wrong-password')}'")
     assert "wrong-password" not in str(info.value) and "admin:***@" in str(info.value)
     good = with_password.format("segtrack-admin-pw")
-    trainer_factory(f"mlflow.tracking_uri='{good}'", "mlflow.experiment='uri'").fit()
+    trainer_factory(f"mlflow.tracking_uri='{good}'", "run.experiment='uri'").fit()
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "segtrack-admin-pw")
     run = only_run(client, "uri")
     assert run.info.status == "FINISHED" and "checkpoints/best.pt" in artifacts(client, run.info.run_id)
-    assert run.data.params["mlflow.tracking_uri"] == auth_server.uri.replace("http://", "http://admin:***@")
+    assert logged_settings(client, run.info.run_id)["mlflow"]["tracking_uri"] == auth_server.uri.replace(
+        "http://", "http://admin:***@"
+    )
 
 
 def test_a_password_in_the_uri_shows_nowhere(trainer_factory, sqlite_server, tmp_path, capfd, caplog):
@@ -165,10 +173,13 @@ def test_a_password_in_the_uri_shows_nowhere(trainer_factory, sqlite_server, tmp
     secret = "hun/ter2@pw"  # percent-encoded in the URI: '/' and '@' must not split the host
     uri = sqlite_server.uri.replace("http://", "http://alice:hun%2Fter2%40pw@")
     assert probe_http(uri) == "ok"
-    trainer_factory(f"mlflow.tracking_uri='{uri}'", "mlflow.experiment='masked'").fit()
-    run = only_run(MlflowClient(sqlite_server.uri), "masked")
+    trainer_factory(f"mlflow.tracking_uri='{uri}'", "run.experiment='masked'").fit()
+    client = MlflowClient(sqlite_server.uri)
+    run = only_run(client, "masked")
     assert run.info.status == "FINISHED" and "unreachable" not in caplog.text
-    assert run.data.params["mlflow.tracking_uri"] == sqlite_server.uri.replace("http://", "http://alice:***@")
+    assert logged_settings(client, run.info.run_id)["mlflow"]["tracking_uri"] == sqlite_server.uri.replace(
+        "http://", "http://alice:***@"
+    )
     shown = [*run.data.params.values(), *run.data.tags.values(), *capfd.readouterr(), caplog.text]
     files = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "server" not in p.name]
     for encoded in (secret, "hun%2Fter2%40pw"):

@@ -7,12 +7,12 @@ import threading
 
 import pytest
 from mlflow import MlflowClient
-from mlflow_helpers import history, only_run
 
 from segtrack_mlflow.shipper import ship
 from segtrack_mlflow.spool import Spool, SpoolBusy
 from segtrack_mlflow.store import Clients
 from segtrack_mlflow.uri import local_artifact_root
+from testsupport.mlflow_reads import history, only_run
 
 STEPS = 40
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from mlflow import MlflowClient
-from mlflow_helpers import artifacts, history, only_run
 
 from segtrack_mlflow import ExperimentTracker
+from testsupport.mlflow_reads import artifacts, history, only_run
 
 
 def test_tracker_uses_the_local_backend_and_creates_the_experiment(sqlite_uri):
@@ -39,7 +39,7 @@ def test_tracker_logs_model_info_test_hash_and_artifact(sqlite_uri, tmp_path):
         tracker.log_artifact(tmp_path / "notes.txt", "docs")
     run = MlflowClient(sqlite_uri).get_run(run_id)
     assert run.data.params == {"model.name": "unet", "model.width": "8", "model.depth": "2"}
-    assert run.data.tags["data.test_sha256"] == "ab" * 32
+    assert run.data.tags["test_data_sha256"] == "ab" * 32
     assert artifacts(MlflowClient(sqlite_uri), run_id) == ["docs/notes.txt"]
 
 

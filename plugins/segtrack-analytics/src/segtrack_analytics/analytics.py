@@ -18,6 +18,7 @@ import pyarrow as pa
 from segtrack import ConfigError
 from segtrack.tracking_uri import resolve_tracking_uri
 from segtrack_analytics.cache import RunCache, changed_runs, merge
+from segtrack_analytics.tables import RunDetails, Source
 
 log = logging.getLogger("segtrack.analytics")
 DEFAULT_CACHE_DIR = ".segtrack/analytics"
@@ -39,7 +40,7 @@ class LoadStats:
     seconds: float
 
 
-def make_source(uri: str):
+def make_source(uri: str) -> Source:
     scheme = urlsplit(uri).scheme.split("+")[0]
     if scheme in ("sqlite", "postgresql"):
         from segtrack_analytics.source_sql import SqlSource
@@ -69,7 +70,7 @@ class RunAnalytics:
     ):
         self.tracking_uri = resolve_tracking_uri(tracking_uri, settings)
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.con = duckdb.connect(config={"enable_external_access": False})
+        self.con: duckdb.DuckDBPyConnection = duckdb.connect(config={"enable_external_access": False})
         self._columns: list[str] = []
 
     # -- loading --------------------------------------------------------------------------------
@@ -89,7 +90,7 @@ class RunAnalytics:
         else:
             reread_ids, dropped_ids = changed_runs(cached[0], index)
             cached_ids = set(cached[0].column("run_id").to_pylist())
-            fresh = source.details(reread_ids) if reread_ids else _empty()
+            fresh = source.details(reread_ids) if reread_ids else RunDetails.empty()
             details = merge(cached[1], fresh, reread_ids + dropped_ids, cached_ids)
             reread, dropped = len(reread_ids), len(dropped_ids)
             if not dropped_ids and not any(rid in cached_ids for rid in reread_ids):
@@ -107,7 +108,7 @@ class RunAnalytics:
         counts = index.group_by("experiment").aggregate([("run_id", "count")]).to_pylist()
         return {c["experiment"]: c["run_id_count"] for c in sorted(counts, key=lambda c: -c["run_id_count"])}
 
-    def _build(self, index: pa.Table, details) -> None:
+    def _build(self, index: pa.Table, details: RunDetails) -> None:
         con = self.con
         for name, table in (
             ("_index", index),
@@ -126,7 +127,7 @@ class RunAnalytics:
             ("t", "_tags", "tags.", "value"),
             ("m", "_latest", "metrics.", RESTORE_VALUE),
         ):
-            if con.execute(f"SELECT count(*) FROM {view}").fetchone()[0]:
+            if self._one_row(f"SELECT count(*) FROM {view}")[0]:
                 con.execute(
                     f"CREATE OR REPLACE TEMP VIEW {alias}_long AS SELECT run_id, '{prefix}' || key AS key, "
                     f"{value} AS value FROM {view}"
@@ -145,7 +146,14 @@ class RunAnalytics:
         self._columns = [row[0] for row in con.execute("SELECT column_name FROM (DESCRIBE runs)").fetchall()]
 
     def _has_tag(self, key: str) -> bool:
-        return bool(self.con.execute("SELECT count(*) FROM _tags WHERE key = ?", [key]).fetchone()[0])
+        return bool(self._one_row("SELECT count(*) FROM _tags WHERE key = ?", [key])[0])
+
+    def _one_row(self, sql: str, parameters: list[Any] | None = None) -> tuple[Any, ...]:
+        """The row of an aggregate query without GROUP BY (DuckDB always returns exactly one)."""
+        row = self.con.execute(sql, parameters).fetchone()
+        if row is None:
+            raise RuntimeError(f"DuckDB returned no row for an aggregate query: {sql}")
+        return row
 
     # -- questions ------------------------------------------------------------------------------
 
@@ -218,15 +226,15 @@ class RunAnalytics:
         """(rank of ``value``, number of ranked runs) among the loaded runs."""
         column = self.metric_column(metric)
         better = ">" if mode == "max" else "<"
-        total, ahead = self.con.execute(
+        total, ahead = self._one_row(
             f"SELECT count(*), count(*) FILTER (WHERE {column} {better} ?) FROM runs "
             f"WHERE {column} IS NOT NULL AND NOT isnan({column})",
             [value],
-        ).fetchone()
+        )
         return ahead + 1, total
 
 
-def _save(cache: RunCache, index: pa.Table, details, added) -> None:
+def _save(cache: RunCache, index: pa.Table, details: RunDetails, added: RunDetails | None) -> None:
     """The cache only saves time: a folder that cannot be written costs a warning, not the answer."""
     try:
         cache.save(index, details, added)
@@ -236,9 +244,3 @@ def _save(cache: RunCache, index: pa.Table, details, added) -> None:
             cache.folder.parent,
             exc.strerror or exc,
         )
-
-
-def _empty():
-    from segtrack_analytics.tables import RunDetails
-
-    return RunDetails.empty()

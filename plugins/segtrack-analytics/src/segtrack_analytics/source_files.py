@@ -105,7 +105,7 @@ STATUS_NAMES = {"1": "RUNNING", "2": "SCHEDULED", "3": "FINISHED", "4": "FAILED"
 
 
 def _status(value: str | None) -> str | None:
-    return STATUS_NAMES.get(value, value)
+    return STATUS_NAMES.get(value, value) if value is not None else None
 
 
 def _int(value: str | None) -> int | None:

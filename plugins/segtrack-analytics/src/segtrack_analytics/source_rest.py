@@ -9,6 +9,7 @@ import urllib.parse
 import urllib.request
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import pyarrow as pa
 
@@ -131,7 +132,7 @@ class RestSource:
 
 
 def _table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
-    columns = list(zip(*rows)) if rows else [[] for _ in schema]
+    columns: list[Sequence[Any]] = list(zip(*rows)) if rows else [[] for _ in schema]
     return pa.table([pa.array(c, type=f.type) for c, f in zip(columns, schema)], schema=schema)
 
 

@@ -9,6 +9,7 @@ import io
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -81,7 +82,7 @@ class SqlSource:
         return conform(self._fetch(RUN_INDEX_SQL.format(experiment_filter=where)), RUN_INDEX)
 
     def details(self, run_ids: Sequence[str]) -> RunDetails:
-        parts = {name: [] for name in DETAIL_SQL}
+        parts: dict[str, list[pa.Table]] = {name: [] for name in DETAIL_SQL}
         for start in range(0, len(run_ids), CHUNK):
             chunk = f"run_uuid IN ({_quote(run_ids[start : start + CHUNK])})"
             for name, sql in DETAIL_SQL.items():
@@ -117,10 +118,7 @@ def _sqlite_arrow(path: Path, sql: str) -> pa.Table:
     """Read-only; the path is percent-encoded, else a '?' or '#' in it would end the file name
     and SQLite would create another file."""
     uri = path.resolve().as_uri() + "?mode=ro"
-    try:
-        import adbc_driver_sqlite.dbapi as adbc
-    except ImportError:
-        adbc = None
+    adbc = _adbc_sqlite()
     errors: tuple[type[Exception], ...] = (sqlite3.Error, adbc.Error) if adbc else (sqlite3.Error,)
     try:
         return _adbc_arrow(adbc, uri, sql) if adbc else _sqlite3_arrow(uri, sql)
@@ -135,7 +133,16 @@ def _sqlite_error(path: Path, exc: Exception) -> StoreError:
     return StoreError(f"cannot read the SQLite store {path} ({cause}): check the file, or pass another --tracking-uri")
 
 
-def _adbc_arrow(adbc, uri: str, sql: str) -> pa.Table:
+def _adbc_sqlite() -> ModuleType | None:
+    """ADBC's SQLite driver (DB-API module) when installed, else None: sqlite3 reads the store then."""
+    try:
+        import adbc_driver_sqlite.dbapi as adbc
+    except ImportError:
+        return None
+    return adbc
+
+
+def _adbc_arrow(adbc: ModuleType, uri: str, sql: str) -> pa.Table:
     with adbc.connect(uri) as con, con.cursor() as cur:
         cur.execute(sql)
         return cur.fetch_arrow_table()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import pyarrow as pa
 
@@ -43,6 +45,23 @@ class RunDetails:
     @classmethod
     def empty(cls) -> RunDetails:
         return cls(KEY_VALUE.empty_table(), KEY_VALUE.empty_table(), METRIC.empty_table(), METRIC.empty_table())
+
+
+class Source(Protocol):
+    """A reader of one kind of MLflow store (``SqlSource``, ``RestSource``, ``FileSource``): it
+    returns the raw tables above and never writes to the store."""
+
+    def run_index(self, experiments: Sequence[str] | None) -> pa.Table:
+        """One row per active run of ``experiments`` (None: every active experiment), RUN_INDEX schema."""
+        ...
+
+    def details(self, run_ids: Sequence[str]) -> RunDetails:
+        """Params, tags, latest metrics and full histories of ``run_ids``."""
+        ...
+
+    def details_all(self, experiments: Sequence[str] | None) -> RunDetails:
+        """The same for every run of ``experiments`` (the cold-load path)."""
+        ...
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

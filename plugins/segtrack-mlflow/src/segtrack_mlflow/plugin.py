@@ -6,12 +6,15 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from pathlib import Path
 
 from segtrack import ConfigError, hookimpl
 from segtrack.records import thaw
 from segtrack_mlflow import store
-from segtrack_mlflow.settings import mlflow_section
+from segtrack_mlflow.datasets import dataset_entries
+from segtrack_mlflow.gitinfo import source_tags
+from segtrack_mlflow.settings import SCHEMA, experiment_of, mlflow_section
 from segtrack_mlflow.spool import Spool, SpoolCorrupt
 from segtrack_mlflow.uri import is_remote, local_artifact_root, redact, resolve_tracking_uri
 
@@ -49,6 +52,10 @@ class MlflowPlugin:
         self._every = 0  # mlflow.log_every_n_steps, set at fit_start
         self._last_samples = ()
         self._best_samples = ()
+        self._example = None  # one validation image (1, C, *spatial): the LoggedModel's input example
+        self._exported = False
+        self._monitor = None
+        self._num_classes, self._dims = 0, 2
 
     @property
     def fit_end_timeout(self) -> float:
@@ -59,14 +66,20 @@ class MlflowPlugin:
     # -- settings and CLI -----------------------------------------------------------------------
 
     @hookimpl
+    def settings_schema(self):
+        return SCHEMA
+
+    @hookimpl
     def settings_loaded(self, settings):
         from segtrack.config import secret_keys
 
         self.section = mlflow_section(settings)
+        if not self.section["telemetry"]:  # no outside connection unless the user asks for one
+            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         self._uri = resolve_tracking_uri(None, settings)
         self.tracking_uri = redact(self._uri)
-        self.experiment = self.section["experiment"] or settings.get("run", {}).get("experiment") or "segtrack"
-        self.secret_keys = secret_keys()
+        self.experiment = experiment_of(settings)
+        self.secret_keys = secret_keys() | {s.key for s in SCHEMA if s.secret}
         store.use_credentials(self.section["username"], self.section["password"])
         if os.environ.get("RANK", "0") == "0":
             store.check_sqlite_store(self._uri)
@@ -133,13 +146,14 @@ class MlflowPlugin:
 
     def _new_spool(self, run_name: str, tags: dict, parent: Spool | None) -> Spool:
         root = Path(self.section["spool_dir"]).resolve()
+        parent_id = parent.local_id if parent else None
         spool = Spool.create(
             root,
             {
                 "tracking_uri": self.tracking_uri,
                 "experiment": self.experiment,
                 "run_name": run_name,
-                "parent": parent.local_id if parent else None,
+                "parent": parent_id,
             },
         )
         spool.append(
@@ -148,50 +162,70 @@ class MlflowPlugin:
                 "experiment": self.experiment,
                 "run_name": run_name,
                 "tags": tags,
-                "parent": parent.local_id if parent else None,
+                "parent": parent_id,
                 "ts": _now_ms(),
                 "artifact_location": local_artifact_root(self._uri),
             }
         )
         return spool
 
-    def _log_params(self, spool: Spool, config) -> None:
-        from segtrack_mlflow.params import to_params
+    def _log_settings(self, spool: Spool, config) -> None:
+        """Hyperparameters as params; every resolved setting (plumbing too) in config.toml."""
+        from segtrack_mlflow.params import to_params, to_toml
 
-        params, overflow = to_params(thaw(config), self.secret_keys)
+        plain = thaw(config)
+        params, overflow = to_params(plain, self.secret_keys, drop_plumbing=True)
         spool.append({"t": "params", "params": params})
-        for key, text in overflow.items():
-            path = spool.folder / "files" / f"{key}.txt"
+        staged = {
+            **{f"{key}.txt": (text, "params") for key, text in overflow.items()},
+            "config.toml": (to_toml(plain, self.secret_keys), None),
+        }
+        for name, (text, folder) in staged.items():
+            path = spool.folder / "files" / name
             path.write_text(text)
-            spool.add_file(path, "params")
+            spool.add_file(path, folder)
             path.unlink()
+
+    def _run_name(self, base: str, cv_id: str | None = None, fold: int | None = None) -> str:
+        """Readable and unique per fit (mlflow.run_name_suffix = "id"): <name>-<id>, the CV parent
+        <name>-<cv id>-cv, its folds <name>-<cv id>-fold<k>."""
+        unique = self.section["run_name_suffix"] == "id"
+        if cv_id is None:
+            return f"{base}-{uuid.uuid4().hex[:6]}" if unique else base
+        middle = f"-{cv_id[:6]}" if unique else ""
+        return f"{base}{middle}-cv" if fold is None else f"{base}{middle}-fold{fold}"
 
     # tryfirst: the run must exist before any other plugin can fail (under plugins.strict a failure
     # in another plugin's hook stops the fit, and that run is then recorded as FAILED)
     @hookimpl(tryfirst=True)
     def cross_validation_start(self, info):
-        tags = {"segtrack.cv_id": info.cv_id, "segtrack.num_folds": str(info.num_folds), "segtrack.role": "cv-parent"}
-        self.parent = self._new_spool(info.run_name, tags, None)
+        tags = {
+            **source_tags(),
+            "segtrack.cv_id": info.cv_id,
+            "segtrack.num_folds": str(info.num_folds),
+            "segtrack.role": "cv-parent",
+        }
+        self.parent = self._new_spool(self._run_name(info.run_name, info.cv_id), tags, None)
         self.parent_cv_id = info.cv_id
-        self._log_params(self.parent, info.config)
+        self._log_settings(self.parent, info.config)
         self._shipper_for(self.parent)
 
     @hookimpl(tryfirst=True)  # see cross_validation_start
     def fit_start(self, run):
         import torch
 
-        from segtrack_mlflow.gitinfo import git_tags
-
         tags = {
-            **git_tags(),
+            **source_tags(),
             "segtrack.version": run.segtrack_version,
             "torch.version": torch.__version__,
             "segtrack.plugins": ",".join(f"{n}={v}" for n, v in run.plugins),
             "segtrack.device": run.device,
             "segtrack.world_size": str(run.world_size),
             store.TEST_SET_TAG: run.val_sha256,
-            "data.train_sha256": run.train_sha256,
+            store.TRAIN_SET_TAG: run.train_sha256,
             "segtrack.num_parameters": str(run.num_parameters),
+            "segtrack.data_source": run.data_source,
+            "segtrack.model": run.model_name,
         }
         if run.fold is not None:
             tags.update(
@@ -201,18 +235,42 @@ class MlflowPlugin:
                     "segtrack.cv_id": run.cv_id or "",
                 }
             )
+        self._exported, self._example = False, None
         folder = Path(self.resume_state["spool"]) if self.resume_state else None
         self.spool = self._reopen(folder) if folder is not None else None
         if self.spool is not None:
-            # resumed: the same run, params already logged, steps already spooled are skipped
+            # resumed: the same run; params, datasets and steps already spooled are not repeated
             self.spool.append({"t": "status", "status": "RUNNING", "ts": _now_ms()})
             self.spool.append({"t": "tags", "tags": {**tags, "segtrack.resumed_from": run.resumed_from or ""}})
         else:
             parent = self.parent if (run.cv_id and run.cv_id == self.parent_cv_id) else None
-            self.spool = self._new_spool(run.run_name, tags, parent)
-            self._log_params(self.spool, run.config)
+            base = run.config["run"]["name"]
+            name = self._run_name(base, run.cv_id, run.fold) if run.cv_id else self._run_name(run.run_name)
+            self.spool = self._new_spool(name, tags, parent)
+            self._log_settings(self.spool, run.config)
+            self.spool.append({"t": "inputs", "datasets": dataset_entries(run)})
         self._every = self.section["log_every_n_steps"]
+        self._num_classes, self._dims = run.num_classes, run.spatial_dims
         self._shipper_for(self.spool)
+        if self.section["system_metrics"]:
+            self._start_system_metrics(self.spool)
+
+    def _start_system_metrics(self, spool: Spool) -> None:
+        from segtrack_mlflow.system_metrics import SystemMonitor
+
+        def record(values: dict, step: int) -> None:
+            now = _now_ms()
+            for key, value in values.items():
+                spool.metric(key, value, step, now)
+
+        first = spool.max_step("system/cpu_utilization_percentage") + 1
+        interval = self.section["system_metrics_interval"]
+        self._monitor = SystemMonitor(record, interval, Path(self.section["spool_dir"]).resolve(), first).start()
+
+    def _stop_system_metrics(self) -> None:
+        if self._monitor is not None:
+            self._monitor.stop()
+            self._monitor = None
 
     def _reopen(self, folder: Path) -> Spool | None:
         """The resumed run's spool; None (a new run, said why) when it is gone or unreadable."""
@@ -225,6 +283,10 @@ class MlflowPlugin:
             log.warning("%s; meanwhile this fit logs into a new MLflow run", exc)
             return None
 
+    # steps: per-epoch metrics at step = epoch number counted from 1 (as the console and
+    # best_epoch count), per-step ones at the optimizer step beside an "epoch" metric, summary
+    # values (best_*, cv_*) at step 0
+
     @hookimpl
     def train_batch_end(self, step):
         if (
@@ -232,18 +294,22 @@ class MlflowPlugin:
             and step.global_step % self._every == 0
             and step.global_step > self.spool.max_step("train_loss_step")
         ):
-            self.spool.metric("train_loss_step", step.loss, step.global_step)
+            now = _now_ms()
+            self.spool.metric("train_loss_step", step.loss, step.global_step, now)
+            self.spool.metric("epoch", step.epoch + 1, step.global_step, now)
 
     @hookimpl
     def validation_end(self, result):
         self._last_samples = result.samples[: self.section["sample_overlays"]]
+        if result.samples and self._example is None:
+            self._example = result.samples[0].image[None].astype("float32")
 
     @hookimpl
     def epoch_end(self, epoch):
-        now = _now_ms()
+        now, step = _now_ms(), epoch.epoch + 1
         for key, value in epoch.metrics.items():
-            if epoch.epoch > self.spool.max_step(key):
-                self.spool.metric(key, value, epoch.epoch, now)
+            if step > self.spool.max_step(key):
+                self.spool.metric(key, value, step, now)
         if epoch.is_best:
             self._best_samples = self._last_samples
         self.spool.sync()
@@ -256,22 +322,49 @@ class MlflowPlugin:
             self.spool.add_file(checkpoint.path, "checkpoints", slot=slot)
 
     @hookimpl
-    def model_exported(self, export):
-        self.spool.add_file(export.path, "model")
-        self.spool.metric("onnx_max_abs_diff", export.max_abs_diff, export.epoch)
+    def model_exported(self, run, export):
+        """The ONNX export as an MLflow LoggedModel (ONNX flavour, signature, input example)."""
+        from segtrack_mlflow.logged_model import write_model_folder
+
+        folder = self.spool.staging_folder() / "model"
+        metadata = {
+            "segtrack.run_name": run.run_name,
+            "segtrack.best_epoch": export.epoch + 1,
+            "segtrack.opset": export.opset,
+            "spatial_dims": self._dims,
+            "segtrack.onnx_max_abs_diff": export.max_abs_diff,
+        }
+        write_model_folder(export.path, folder, self._example, self._num_classes, metadata)
+        self.spool.append(
+            {
+                "t": "model",
+                "key": "model",
+                "name": "model",
+                "p": str(folder.relative_to(self.spool.folder)),
+                "step": export.epoch + 1,
+                "register": self.section["register_model"] or None,
+                "params": {"opset": str(export.opset), "source": Path(export.path).name},
+            }
+        )
+        self.spool.metric("onnx_max_abs_diff", export.max_abs_diff, 0, model="model")
+        self._exported = True
 
     @hookimpl
     def fit_end(self, result):
+        self._stop_system_metrics()
         spool = self.spool
         if spool is None:
             return
+        model = "model" if self._exported else None
         if result.best_epoch >= 0:
-            spool.metric(f"best_{result.monitor}", result.best_value, result.best_epoch)
-            spool.metric("best_epoch", result.best_epoch, result.best_epoch)
+            spool.metric(f"best_{result.monitor}", result.best_value, 0, model=model)
+            spool.metric("best_epoch", result.best_epoch + 1, 0, model=model)
         if self._best_samples:
             from segtrack_mlflow.overlays import write_overlays
 
-            path = write_overlays(self._best_samples, spool.folder / "files" / f"best-epoch-{result.best_epoch}.png")
+            path = write_overlays(
+                self._best_samples, spool.folder / "files" / f"best-epoch-{result.best_epoch + 1}.png"
+            )
             spool.add_file(path, "samples")
             path.unlink()
         spool.append({"t": "status", "status": STATUS.get(result.status, "FAILED"), "ts": _now_ms()})
@@ -280,11 +373,29 @@ class MlflowPlugin:
 
     @hookimpl
     def cross_validation_end(self, result):
+        """The parent shows the few numbers that matter (mean and std of the monitored metric, at
+        step 0); the whole table is the artifact cv_summary.json."""
+        import json
+
         if self.parent is None:
             return
-        for metric, stats in result.summary.items():
-            for stat, value in stats.items():
-                self.parent.metric(f"cv_{metric}_{stat}", value, 0)
+        monitor = next((f.monitor for f in result.folds), None)
+        stats = result.summary.get(f"best_{monitor}") or result.summary.get(monitor or "", {})
+        for stat in ("mean", "std"):
+            if stat in stats:
+                self.parent.metric(f"cv_{monitor}_{stat}", stats[stat], 0)
+        table = {
+            "monitor": monitor,
+            "summary": thaw(result.summary),
+            "folds": [
+                {"fold": f.fold, "status": f.status, "best_epoch": f.best_epoch + 1, "best_value": f.best_value}
+                for f in result.folds
+            ],
+        }
+        path = self.parent.folder / "files" / "cv_summary.json"
+        path.write_text(json.dumps(table, indent=2))
+        self.parent.add_file(path, None)
+        path.unlink()
         ok = len(result.folds) == result.num_folds and all(f.status in ("completed", "stopped") for f in result.folds)
         self.parent.append({"t": "status", "status": "FINISHED" if ok else "FAILED", "ts": _now_ms()})
         self.parent.sync()

@@ -1,58 +1,65 @@
-"""The ``mlflow`` settings section: defaults and checks (messages name key, value and fix)."""
+"""The ``mlflow`` settings section, declared to segtrack through ``settings_schema`` (segtrack
+checks it with the core's and fills in the defaults)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from segtrack import ConfigError
+from segtrack import ConfigError, Setting
+from segtrack.schema import is_bool, is_int, is_number, is_str, one_of
 
-DEFAULTS: dict[str, Any] = {
-    "tracking_uri": "",  # empty: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
-    "experiment": "",  # empty: run.experiment
-    "offline": "auto",  # auto: spool and ship when reachable | fail: error before training
-    "spool_dir": ".segtrack/spool",
-    "drain_timeout": 30.0,  # seconds fit_end waits for the spool to reach MLflow
-    "request_timeout": 10.0,  # seconds per HTTP request (MLFLOW_HTTP_REQUEST_TIMEOUT wins if set)
-    "log_every_n_steps": 10,  # per-step train_loss every N optimizer steps; 0 = off
-    "checkpoint_policy": "best+last",
-    "sample_overlays": 4,  # validation overlays (image | truth | prediction) at the best epoch
-    "username": "",  # basic auth; or MLFLOW_TRACKING_USERNAME
-    "password": "",  # put it in configs/.secrets.toml; or MLFLOW_TRACKING_PASSWORD
-}
 POLICIES = ("best+last", "best", "last", "all", "none")
-CHECKS = {
-    "tracking_uri": (lambda v: isinstance(v, str), "a URI string"),
-    "experiment": (lambda v: isinstance(v, str), "a string"),
-    "offline": (lambda v: v in ("auto", "fail"), '"auto" or "fail"'),
-    "spool_dir": (lambda v: isinstance(v, str) and bool(v), "a folder path"),
-    "drain_timeout": (lambda v: _number(v) and v >= 0, "a number of seconds >= 0"),
-    "request_timeout": (lambda v: _number(v) and v > 0, "a number of seconds > 0"),
-    "log_every_n_steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
-    "checkpoint_policy": (lambda v: v in POLICIES, " | ".join(POLICIES)),
-    "sample_overlays": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 16, "0 to 16"),
-    "username": (lambda v: isinstance(v, str), "a string"),
-    "password": (lambda v: isinstance(v, str), "a string"),
-}
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _seconds(minimum: float, strict: bool = False):
+    return lambda v: is_number(v) and (v > minimum if strict else v >= minimum)
+
+
+SCHEMA = [
+    Setting("mlflow.tracking_uri", "a URI string (empty: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)", is_str, ""),
+    Setting("mlflow.offline", '"auto" or "fail" (auto: spool and send when reachable)', one_of("auto", "fail"), "auto"),
+    Setting("mlflow.spool_dir", "a folder path", lambda v: is_str(v) and bool(v), ".segtrack/spool"),
+    Setting("mlflow.drain_timeout", "a number of seconds >= 0", _seconds(0), 30.0),
+    Setting("mlflow.request_timeout", "a number of seconds > 0", _seconds(0, strict=True), 10.0),
+    Setting("mlflow.log_every_n_steps", "an integer >= 0 (0: no per-step loss)", lambda v: is_int(v) and v >= 0, 1),
+    Setting("mlflow.checkpoint_policy", " | ".join(POLICIES), one_of(*POLICIES), "best+last"),
+    Setting("mlflow.sample_overlays", "0 to 16", lambda v: is_int(v) and 0 <= v <= 16, 4),
+    Setting(
+        "mlflow.run_name_suffix", '"id" (<run.name>-<short id>) or "none" (run.name as is)', one_of("id", "none"), "id"
+    ),
+    Setting("mlflow.register_model", '"" (off) or a registered model name', is_str, ""),
+    Setting("mlflow.system_metrics", "true or false", is_bool, False),
+    Setting("mlflow.system_metrics_interval", "a number of seconds >= 1", _seconds(1), 10.0),
+    Setting("mlflow.telemetry", "true or false (MLflow's usage telemetry; off unless true)", is_bool, False),
+    Setting("mlflow.username", "a string (basic auth; or MLFLOW_TRACKING_USERNAME)", is_str, ""),
+    Setting("mlflow.password", "a string (put it in configs/.secrets.toml)", is_str, "", secret=True),
+]
+DEFAULTS = {s.key.split(".", 1)[1]: s.default for s in SCHEMA}
 
 
 def mlflow_section(settings: Any) -> dict[str, Any]:
-    """The validated ``mlflow`` section with defaults filled in."""
+    """The ``mlflow`` section with defaults filled in, checked (for callers outside the CLI and
+    trainer, which check it through ``settings_schema``)."""
     raw = settings.get("mlflow", {}) if isinstance(settings, Mapping) else (settings.get("mlflow") or {})
     given = {str(k).lower(): v for k, v in dict(raw or {}).items()}
     problems = []
     for key in given:
         if key not in DEFAULTS:
-            problems.append(f"mlflow.{key}: unknown setting (known: {', '.join(DEFAULTS)})")
+            hint = " (the experiment is run.experiment)" if key == "experiment" else ""
+            problems.append(f"mlflow.{key}: unknown setting{hint} (known: {', '.join(DEFAULTS)})")
     section = {**DEFAULTS, **{k: v for k, v in given.items() if k in DEFAULTS}}
-    for key, (check, allowed) in CHECKS.items():
-        if not check(section[key]):
-            shown = "***" if key == "password" else repr(section[key])
-            problems.append(f"mlflow.{key} = {shown} is invalid: allowed is {allowed}")
+    for setting in SCHEMA:
+        key = setting.key.split(".", 1)[1]
+        if setting.check is not None and not setting.check(section[key]):
+            shown = "'***'" if setting.secret else repr(section[key])
+            problems.append(f"{setting.key} = {shown} is invalid: allowed is {setting.allowed}")
     if problems:
         raise ConfigError("invalid mlflow settings:\n  " + "\n  ".join(problems))
     return section
+
+
+def experiment_of(settings: Any) -> str:
+    """The one key naming the experiment: ``run.experiment``."""
+    run = settings.get("run", {}) if isinstance(settings, Mapping) else (settings.get("run") or {})
+    return (run or {}).get("experiment") or "segtrack"

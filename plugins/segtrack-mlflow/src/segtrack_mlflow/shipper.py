@@ -46,7 +46,7 @@ def _ship_locked(spool: Spool, clients: store.Clients, spools_by_id: dict[str, S
             try:
                 if kind in BATCHED:
                     j = _batch_end(items, i)
-                    _send_batch(client, spool.run_id, [p.record for p in items[i:j]])
+                    _send_batch(client, spool, [p.record for p in items[i:j]])
                 else:
                     j = i + 1
                     _send_one(client, spool, items[i].record, items[i + 1 :], spools_by_id)
@@ -75,10 +75,13 @@ def _batch_end(items: list[Pending], start: int) -> int:
     return j
 
 
-def _send_batch(client, run_id: str, records: list[dict]) -> None:
+def _send_batch(client, spool: Spool, records: list[dict]) -> None:
     from mlflow.entities import Metric, Param
 
-    metrics = [Metric(r["k"], r["v"], r["ts"], r["s"]) for r in records if r["t"] == "metric"]
+    run_id, models = spool.run_id, spool.meta.get("logged_models", {})
+    metrics = [
+        Metric(r["k"], r["v"], r["ts"], r["s"], model_id=models.get(r.get("m"))) for r in records if r["t"] == "metric"
+    ]
     params = [Param(k, v) for r in records if r["t"] == "params" for k, v in r["params"].items()]
     tags = store.run_tags({k: v for r in records if r["t"] == "tags" for k, v in r["tags"].items()})
     for offset in range(0, max(len(params), 1), store.MAX_PARAMS):  # one oversized params record is split
@@ -105,6 +108,14 @@ def _send_one(client, spool: Spool, record: dict, later: list[Pending], spools_b
         if local.exists() and not superseded:
             client.log_artifact(spool.run_id, str(local), record.get("a"))
         shutil.rmtree(local.parent, ignore_errors=True)
+    elif kind == "model":
+        from segtrack_mlflow.logged_model import send
+
+        send(client, spool, record)
+    elif kind == "inputs":
+        from segtrack_mlflow.datasets import dataset_inputs
+
+        client.log_inputs(spool.run_id, datasets=dataset_inputs(record["datasets"]))
     elif kind == "status":
         if record["status"] == "RUNNING":
             client.update_run(spool.run_id, status="RUNNING")
@@ -119,11 +130,11 @@ def _create_run(client, spool: Spool, record: dict, spools_by_id: dict[str, Spoo
     # a crash (or a lost reply) between create_run and saving its id must not create a second
     # run on replay: only then is the server asked for a run carrying this spool's id
     if spool.meta.get("create_attempted"):
-        existing = store.find_run_by_tag(client, experiment_id, "segtrack.spool_id", spool.local_id)
+        existing = store.find_run_by_tag(client, experiment_id, store.SPOOL_ID_TAG, spool.local_id)
         if existing:
             return existing
     spool.update_meta(create_attempted=True)
-    tags = {**record.get("tags", {}), "segtrack.spool_id": spool.local_id}
+    tags = {**record.get("tags", {}), store.SPOOL_ID_TAG: spool.local_id}
     parent_id = record.get("parent")
     if parent_id:
         parent = spools_by_id.get(parent_id)

@@ -133,16 +133,26 @@ class Spool:
                 key, step = record["k"], record["s"]
                 self._max_steps[key] = max(step, self._max_steps.get(key, step))
 
-    def metric(self, key: str, value: float, step: int, timestamp_ms: int | None = None) -> None:
-        self.append(
-            {
-                "t": "metric",
-                "k": key,
-                "v": float(value),
-                "s": int(step),
-                "ts": timestamp_ms if timestamp_ms is not None else int(time.time() * 1000),
-            }
-        )
+    def metric(
+        self, key: str, value: float, step: int, timestamp_ms: int | None = None, model: str | None = None
+    ) -> None:
+        """A metric point; ``model`` names a LoggedModel of this spool the point also belongs to."""
+        record = {
+            "t": "metric",
+            "k": key,
+            "v": float(value),
+            "s": int(step),
+            "ts": timestamp_ms if timestamp_ms is not None else int(time.time() * 1000),
+        }
+        if model is not None:
+            record["m"] = model
+        self.append(record)
+
+    def staging_folder(self) -> Path:
+        """A new empty folder under files/ for a whole folder to upload (removed once sent)."""
+        folder = self.folder / "files" / uuid.uuid4().hex[:12]
+        folder.mkdir(parents=True)
+        return folder
 
     def max_step(self, key: str) -> int:
         """Highest step already spooled for ``key`` (-1 if none): a resumed fit skips those."""

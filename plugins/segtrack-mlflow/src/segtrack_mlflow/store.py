@@ -13,7 +13,10 @@ from segtrack_mlflow.uri import MASK, is_remote, redact, split_credentials, with
 
 DEFAULT_REQUEST_TIMEOUT = "10"
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
-TEST_SET_TAG = "data.test_sha256"
+# names that differ in their first letters: MLflow's tag column cuts them short
+TEST_SET_TAG = "test_data_sha256"
+TRAIN_SET_TAG = "train_data_sha256"
+SPOOL_ID_TAG = "mlflow.segtrack.spoolId"  # internal: "mlflow." tags stay off the run page's tag list
 
 
 def configure_http(request_timeout: float | None = None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ class ExperimentTracker:
             self._active(), metrics=[Metric(k, float(v), now, int(epoch)) for k, v in metrics.items()]
         )
 
-    def log_params(self, params: Mapping[str, Any], secret_keys=()) -> dict[str, str]:
+    def log_params(self, params: Mapping[str, Any], secret_keys: Iterable[str] = ()) -> dict[str, str]:
         """Flatten, drop secrets, truncate long values (full text saved as an artifact)."""
         from mlflow.entities import Param
 
@@ -84,6 +84,6 @@ class ExperimentTracker:
     def __enter__(self) -> ExperimentTracker:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         if self.run_id is not None:
             self.end_run("FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED"))

@@ -1,4 +1,4 @@
-"""Builders named by ``model.factory`` / ``data.factory`` in tests ("factories:NAME")."""
+"""Builders named by ``model.factory`` / ``data.factory`` in tests ("testsupport.factories:NAME")."""
 
 from __future__ import annotations
 

@@ -1,33 +1,25 @@
-"""A plugin that records every hook call, in order, with its arguments."""
+"""Plugins for tests: a recorder of every hook call, and one that raises at a chosen epoch."""
 
 from __future__ import annotations
 
-from segtrack import hookimpl
+from typing import Any
 
-# settings for a fit that takes a fraction of a second
-TINY = [
-    "train.epochs=2",
-    "train.batch_size=4",
-    "train.lr=0.01",
-    "data.num_samples=16",
-    "data.image_size=16",
-    "model.width=4",
-    "model.depth=1",
-    "export.enabled=false",
-]
+from segtrack import hookimpl
 
 
 class Recorder:
+    """Records every hook call, in order, with its arguments."""
+
     name = "recorder"
 
-    def __init__(self):
-        self.calls: list[tuple[str, dict]] = []
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
         self.saved_state = {"count": 0}
 
     def names(self) -> list[str]:
         return [name for name, _ in self.calls]
 
-    def _record(self, hook, **kwargs):
+    def _record(self, hook: str, **kwargs: Any) -> None:
         self.calls.append((hook, kwargs))
 
     @hookimpl
@@ -91,16 +83,25 @@ class Recorder:
 
 
 class RaiseAt:
-    """Raises ``error`` from ``epoch_start`` of epoch ``at``."""
+    """Raises ``error`` at epoch ``at``: from ``epoch_start`` (``kind="epoch_start"``), or from
+    ``checkpoint_saved`` of that epoch's best checkpoint (``kind="checkpoint_best"``).
+    A KeyboardInterrupt passes the plugin isolation, like Ctrl-C."""
 
     name = "raise_at"
 
-    def __init__(self, at: int, error: BaseException):
-        self.at, self.error = at, error
+    def __init__(self, at: int, error: BaseException, kind: str = "epoch_start") -> None:
+        if kind not in ("epoch_start", "checkpoint_best"):
+            raise ValueError(f"RaiseAt kind {kind!r}: use 'epoch_start' or 'checkpoint_best'")
+        self.at, self.error, self.kind = at, error, kind
 
     @hookimpl
     def epoch_start(self, epoch):
-        if epoch == self.at:
+        if self.kind == "epoch_start" and epoch == self.at:
+            raise self.error
+
+    @hookimpl
+    def checkpoint_saved(self, checkpoint):
+        if self.kind == "checkpoint_best" and checkpoint.kind == "best" and checkpoint.epoch == self.at:
             raise self.error
 
 

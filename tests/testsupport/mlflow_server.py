@@ -1,39 +1,31 @@
-"""Real MLflow stores for tests and benchmarks: a local `mlflow server` (small footprint, its own
-process group, stopped by PID), migrated SQLite stores and throw-away PostgreSQL databases, and
-pytest fixtures built on them (import them into a conftest.py). Never used at run time."""
+"""A real `mlflow server` for tests and benches, small enough for 2 cores (DESIGN.md §4): one
+worker, no job execution, its own process group, stopped by PID."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
-PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from testsupport.ports import free_port
 
 
 class MlflowServer:
     """`mlflow server` in its own process group; stop() ends that whole group, by its PID."""
 
-    def __init__(self, backend_uri: str, workdir: Path, app_name: str | None = None, env: dict | None = None):
+    def __init__(
+        self, backend_uri: str, workdir: Path, app_name: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.backend_uri, self.workdir, self.app_name = backend_uri, workdir, app_name
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.env = env or {}
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90) -> MlflowServer:
         cmd = [
@@ -76,7 +68,7 @@ class MlflowServer:
         raise RuntimeError(f"mlflow server on {self.uri} not ready after {timeout} s")
 
     def stop(self) -> None:
-        """Kill the server's process group (only processes this fixture started)."""
+        """Kill the server's process group (only processes this object started)."""
         if self.process is None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -101,63 +93,3 @@ def basic_auth_server(workdir: Path, backend_db: Path, admin_password: str) -> M
         app_name="basic-auth",
         env={"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test"},
     )
-
-
-def migrated_sqlite_store(path: Path) -> str:
-    """A new SQLite store with MLflow's migrations applied (they take seconds: do it once, copy it)."""
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{path}"
-    MlflowClient(uri).search_experiments()
-    return uri
-
-
-@contextlib.contextmanager
-def temporary_postgres_database(prefix: str = "segtrack_test"):
-    """Create a fresh database on the local PostgreSQL (trust auth) and drop it afterwards."""
-    import psycopg2
-
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(PG_ADMIN_DSN, connect_timeout=5)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
-
-
-# -- pytest fixtures -----------------------------------------------------------------------------
-try:
-    import pytest
-except ImportError:  # not a test run
-    pytest = None
-
-if pytest is not None:
-
-    @pytest.fixture(scope="session")
-    def sqlite_template(tmp_path_factory) -> Path:
-        """One migrated SQLite store per session."""
-        path = tmp_path_factory.mktemp("template") / "mlflow.db"
-        migrated_sqlite_store(path)
-        return path
-
-    @pytest.fixture
-    def sqlite_uri(sqlite_template, tmp_path) -> str:
-        """A copy of the migrated store for this test."""
-        shutil.copy(sqlite_template, tmp_path / "mlflow.db")
-        return f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-    @pytest.fixture(scope="session")
-    def postgres_uri():
-        """A fresh PostgreSQL database for the session (PostgreSQL on 127.0.0.1:5432 is required)."""
-        pytest.importorskip("psycopg2")
-        with temporary_postgres_database() as uri:
-            yield uri

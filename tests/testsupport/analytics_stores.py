@@ -1,27 +1,9 @@
-"""Stores filled through MLflow's own client, and MLflow's own view of them to compare with."""
+"""Stores filled through MLflow's own client, and MLflow's own view of them to compare the
+analytics tables with."""
 
 from __future__ import annotations
 
 import math
-
-TINY = [
-    "train.epochs=2",
-    "train.batch_size=4",
-    "train.lr=0.01",
-    "data.num_samples=12",
-    "data.image_size=16",
-    "model.width=2",
-    "model.depth=1",
-    "export.enabled=false",
-    "mlflow.drain_timeout=60",
-    "mlflow.sample_overlays=0",
-    "mlflow.checkpoint_policy='none'",
-]
-
-
-def cli_sets(uri: str, *extra: str) -> list[str]:
-    """``--set`` arguments for a tiny fit tracked at ``uri``, plus ``extra`` settings."""
-    return [a for s in [*TINY, f"mlflow.tracking_uri='{uri}'", *extra] for a in ("--set", s)]
 
 
 def populate(uri: str, experiment: str = "synthetic", runs: int = 6, parent: bool = True) -> list[str]:

@@ -1,0 +1,69 @@
+"""A fit's train and validation data as MLflow dataset inputs (the run's Inputs, the Datasets
+column). The digest is segtrack's SHA256 of every sample (MLflow's own hashes only the first
+10,000 elements); the full SHA256 is in the dataset's profile and in the run's tags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import PurePath
+from typing import Any
+
+DIGEST_LENGTH = 32  # MLflow stores at most 36 characters of a digest
+
+
+def dataset_entries(run: Any) -> list[dict[str, Any]]:
+    """The spooled form of a fit's two datasets: name, digest, source, profile, context."""
+    kind, _, where = run.data_source.partition(":") if run.data_source else ("synthetic", "", "")
+    if kind == "folder":
+        name, source_type, source = PurePath(where).name or where, "local", {"uri": where}
+    elif kind == "synthetic":
+        data = run.config["data"]
+        name, source_type = "synthetic", "code"
+        source = {
+            "tags": {
+                "segtrack.data": f"synthetic shapes, seed {run.config['train']['seed']}, "
+                f"{data['num_samples']} samples of {data['image_size']} px"
+            }
+        }
+    else:  # a dataset by name, a factory, or a Dataset passed in code
+        name, source_type, source = (
+            where.rsplit(".", 1)[-1].rsplit(":", 1)[-1],
+            "code",
+            {"tags": {"segtrack.data": run.data_source}},
+        )
+    fold = f"-fold{run.fold}" if run.fold is not None else ""
+    entries = []
+    for context, sha, count in (
+        ("training", run.train_sha256, run.num_train),
+        ("validation", run.val_sha256, run.num_val),
+    ):
+        profile = {
+            "num_samples": count,
+            "sha256": sha,
+            "spatial_dims": run.spatial_dims,
+            "num_classes": run.num_classes,
+        }
+        entries.append(
+            {
+                "name": f"{name}-{'train' if context == 'training' else 'val'}{fold}",
+                "digest": sha[:DIGEST_LENGTH],
+                "source_type": source_type,
+                "source": json.dumps(source),
+                "profile": json.dumps(profile),
+                "context": context,
+            }
+        )
+    return entries
+
+
+def dataset_inputs(entries: list[dict[str, Any]]) -> list:
+    """MLflow ``DatasetInput``s for spooled entries (at send time)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    return [
+        DatasetInput(
+            Dataset(e["name"], e["digest"], e["source_type"], e["source"], None, e["profile"]),
+            [InputTag("mlflow.data.context", e["context"])],
+        )
+        for e in entries
+    ]

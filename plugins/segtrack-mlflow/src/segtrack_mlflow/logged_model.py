@@ -1,0 +1,107 @@
+"""The exported ONNX model as an MLflow 3 LoggedModel: written as an MLflow model folder (ONNX
+flavour, signature, input example) into the spool when the export happens, then created,
+uploaded, finalised READY and linked to the run by the shipper."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAX_EXAMPLE_ELEMENTS = 1_000_000  # the input example is stored as JSON: leave out big volumes
+REGISTRY_ALIAS = "latest-fit"
+
+
+def write_model_folder(
+    onnx_path: str, folder: Path, example: np.ndarray | None, num_classes: int, metadata: dict[str, Any]
+) -> None:
+    """An MLflow model folder for the ONNX file: loadable by mlflow.pyfunc and mlflow.onnx."""
+    import warnings
+
+    import mlflow.onnx
+    import onnx
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    channels = int(example.shape[1]) if example is not None else -1
+    spatial = (example.ndim - 2) if example is not None else int(metadata.get("spatial_dims", 2))
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, channels, *([-1] * spatial)), "x")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes, *([-1] * spatial)), "logits")]),
+    )
+    small = example is not None and example.size <= MAX_EXAMPLE_ELEMENTS
+    with warnings.catch_warnings():  # MLflow's lazily imported pyfunc warns about its own type hints
+        warnings.simplefilter("ignore")
+        mlflow.onnx.save_model(
+            onnx.load(onnx_path),
+            str(folder),
+            signature=signature,
+            input_example=example.astype(np.float32) if small and example is not None else None,
+            metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()},
+            save_as_external_data=False,
+        )
+
+
+def send(client: Any, spool: Any, record: dict[str, Any]) -> None:
+    """Create (once), upload, finalise and link the LoggedModel of ``record``; register it when
+    asked. Replays after a crash reuse the model id kept in the spool's meta."""
+    from mlflow.entities import LoggedModelOutput
+
+    local = spool.folder / record["p"]
+    models = dict(spool.meta.get("logged_models", {}))
+    model_id = models.get(record["key"])
+    if model_id is None:
+        experiment_id = client.get_run(spool.run_id).info.experiment_id
+        model_id = (
+            _existing(client, experiment_id, spool, record)
+            if spool.meta.get(f"model_attempted_{record['key']}")
+            else None
+        )
+        if model_id is None:
+            spool.update_meta(**{f"model_attempted_{record['key']}": True})
+            model = client.create_logged_model(
+                experiment_id,
+                name=record["name"],
+                source_run_id=spool.run_id,
+                params=record.get("params") or None,
+                tags={"segtrack.model_key": f"{spool.local_id}/{record['key']}"},
+                model_type="segmentation",
+            )
+            model_id = model.model_id
+        models[record["key"]] = model_id
+        spool.update_meta(logged_models=models)
+    if local.exists():
+        client.log_model_artifacts(model_id, str(local))
+    client.finalize_logged_model(model_id, "READY")
+    client.log_outputs(spool.run_id, [LoggedModelOutput(model_id, record["step"])])
+    if record.get("register"):
+        _register(client, record["register"], model_id, spool.run_id)
+    shutil.rmtree(local.parent, ignore_errors=True)
+
+
+def _existing(client: Any, experiment_id: str, spool: Any, record: dict[str, Any]) -> str | None:
+    wanted = f"{spool.local_id}/{record['key']}"
+    for model in client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{spool.run_id}'"):
+        if (model.tags or {}).get("segtrack.model_key") == wanted:
+            return model.model_id
+    return None
+
+
+def _register(client: Any, name: str, model_id: str, run_id: str) -> None:
+    """A new version of registered model ``name``, and its alias moved to it (aliases, not stages)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+    existing = [v for v in client.search_model_versions(f"name = '{name}'") if getattr(v, "model_id", None) == model_id]
+    version = (
+        existing[0]
+        if existing
+        else client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id)
+    )
+    client.set_registered_model_alias(name, REGISTRY_ALIAS, version.version)

@@ -1,0 +1,280 @@
+"""Runs that look native to an MLflow user, read back through MLflow's own client: the best model
+as a READY LoggedModel that pyfunc and mlflow.onnx load, dataset inputs with segtrack's digest,
+MLflow's standard tags, unique readable names, one step convention, a compact CV parent, system
+metrics, model registration by alias, and no connection outside the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnxruntime
+import pytest
+from mlflow import MlflowClient
+
+NATIVE = ["export.enabled=true", "run.name='cells'"]
+# importing mlflow.pyfunc warns about MLflow's own type hints
+pytestmark = pytest.mark.filterwarnings("ignore:Any type hint is inferred")
+
+
+def _runs(client, experiment="segtrack"):
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    return client.search_runs([experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def _steps(client, run_id, key):
+    return [m.step for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def test_the_best_model_is_a_ready_logged_model_that_mlflow_loads(trainer_factory, sqlite_uri, tmp_path):
+    import mlflow
+
+    result = trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", *NATIVE).fit()
+    client = MlflowClient(sqlite_uri)
+    (run,) = _runs(client)
+    experiment_id = run.info.experiment_id
+    (model,) = client.search_logged_models([experiment_id])
+    assert model.status.name == "READY" and model.name == "model" and model.source_run_id == run.info.run_id
+    assert {m.key for m in model.metrics} >= {"best_val_dice", "best_epoch", "onnx_max_abs_diff"}
+    assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(model.model_id, result.best_epoch + 1)]
+    # no plain ONNX artifact under model/ any more: "runs:/<id>/model" resolves to the LoggedModel
+    assert "model" not in [a.path for a in client.list_artifacts(run.info.run_id)]
+    mlflow.set_tracking_uri(sqlite_uri)
+    try:
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
+        by_run = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+        proto = mlflow.onnx.load_model(f"models:/{model.model_id}")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert proto.graph.input[0].name == "x"
+    # predictions equal onnxruntime's on the exported file, for the validation samples
+    images = np.stack([s.image for s in trainer_validation_samples(trainer_factory, sqlite_uri)]).astype(np.float32)
+    session = onnxruntime.InferenceSession(result.export.path, providers=["CPUExecutionProvider"])
+    (expected,) = session.run(None, {"x": images})
+    for loaded in (pyfunc, by_run):
+        predicted = loaded.predict(images)
+        predicted = predicted["logits"] if isinstance(predicted, dict) else predicted
+        np.testing.assert_allclose(np.asarray(predicted), expected, rtol=1e-5, atol=1e-5)
+    (spec,) = pyfunc.metadata.get_input_schema().inputs
+    assert spec.shape[0] == -1 and spec.shape[1] == 3  # dynamic batch, the model's channels
+
+
+def trainer_validation_samples(trainer_factory, sqlite_uri):
+    """Validation images of the same settings (the data is seeded: the same samples)."""
+    from segtrack import hookimpl
+
+    class Keep:
+        samples = ()
+
+        @hookimpl
+        def validation_end(self, result):
+            Keep.samples = result.samples
+
+    trainer_factory(
+        f"mlflow.tracking_uri='{sqlite_uri}'", "train.epochs=1", "export.enabled=false", plugins=[Keep()]
+    ).fit()
+    return Keep.samples
+
+
+def test_datasets_tags_names_and_steps_read_as_mlflow_users_expect(trainer_factory, sqlite_uri):
+    first = trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", *NATIVE, "mlflow.log_every_n_steps=1").fit()
+    trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", *NATIVE).fit()
+    client = MlflowClient(sqlite_uri)
+    run, second = _runs(client)
+    # unique, readable names: <run.name>-<short id>
+    names = [run.info.run_name, second.info.run_name]
+    assert all(n.startswith("cells-") and len(n) == len("cells-") + 6 for n in names) and names[0] != names[1]
+    # datasets: train and validation, digest from segtrack's SHA256, the full hash in the profile
+    tags = run.data.tags
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation"}
+    assert inputs["validation"].digest == tags["test_data_sha256"][:32]
+    assert inputs["training"].digest == tags["train_data_sha256"][:32]
+    assert json.loads(inputs["training"].profile)["sha256"] == tags["train_data_sha256"]
+    assert json.loads(inputs["training"].profile)["num_samples"] == 12 and inputs["training"].name == "synthetic-train"
+    # MLflow's standard tags; no internal id among the visible tags
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"] and tags["mlflow.user"]
+    assert not [k for k in tags if "spool" in k and not k.startswith("mlflow.")]
+    # one step convention: epochs from 1 (as the console), per-step loss beside an "epoch" metric,
+    # summary values at step 0
+    epochs = first.epochs_completed
+    assert _steps(client, run.info.run_id, "val_dice") == list(range(1, epochs + 1))
+    loss_steps = _steps(client, run.info.run_id, "train_loss_step")
+    assert loss_steps == _steps(client, run.info.run_id, "epoch") == list(range(1, len(loss_steps) + 1))
+    assert max(m.value for m in client.get_metric_history(run.info.run_id, "epoch")) == epochs
+    assert _steps(client, run.info.run_id, "best_val_dice") == [0]
+    assert run.data.metrics["best_epoch"] == first.best_epoch + 1
+    # plumbing settings are not hyperparameters; every setting is in config.toml
+    assert not [
+        p for p in run.data.params if p.startswith(("plugins.", "mlflow.")) or p in ("checkpoint.dir", "export.dir")
+    ]
+    local = client.download_artifacts(run.info.run_id, "config.toml")
+    import tomllib
+
+    with open(local, "rb") as fh:
+        config = tomllib.load(fh)
+    assert config["checkpoint"]["dir"] == "checkpoints" and config["train"]["epochs"] == 3
+
+
+def test_a_cross_validation_parent_is_marked_and_compact(trainer_factory, sqlite_uri):
+    trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", "run.name='cv'").cv(folds=2)
+    client = MlflowClient(sqlite_uri)
+    runs = _runs(client)
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    folds = sorted((r for r in runs if "mlflow.parentRunId" in r.data.tags), key=lambda r: r.info.run_name)
+    cv_id = parent.data.tags["segtrack.cv_id"][:6]
+    assert parent.info.run_name == f"cv-{cv_id}-cv"
+    assert [f.info.run_name for f in folds] == [f"cv-{cv_id}-fold0", f"cv-{cv_id}-fold1"]
+    assert sorted(parent.data.metrics) == ["cv_val_dice_mean", "cv_val_dice_std"]
+    with open(client.download_artifacts(parent.info.run_id, "cv_summary.json")) as fh:
+        summary = json.load(fh)
+    assert summary["monitor"] == "val_dice" and len(summary["folds"]) == 2 and "val_iou" in summary["summary"]
+    # each fold logs its own split: with 2 folds, one fold's training set is the other's validation set
+    (train0, val0), (train1, val1) = (
+        [
+            next(i.dataset.digest for i in f.inputs.dataset_inputs if i.tags[0].value == c)
+            for c in ("training", "validation")
+        ]
+        for f in folds
+    )
+    assert train0 == val1 and val0 == train1 and train0 != val0
+
+
+def test_a_resumed_fit_keeps_one_logged_model_and_its_datasets(trainer_factory, sqlite_uri):
+    trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", "train.epochs=2", "export.enabled=false").fit()
+    trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", "train.epochs=4", "export.enabled=true").fit(resume="auto")
+    client = MlflowClient(sqlite_uri)
+    (run,) = _runs(client)
+    assert len(run.inputs.dataset_inputs) == 2
+    assert len(client.search_logged_models([run.info.experiment_id])) == 1
+    assert _steps(client, run.info.run_id, "val_dice") == [1, 2, 3, 4]
+
+
+def test_registration_moves_an_alias_not_a_stage(trainer_factory, sqlite_uri):
+    for _ in range(2):
+        trainer_factory(
+            f"mlflow.tracking_uri='{sqlite_uri}'", "export.enabled=true", "mlflow.register_model='cells'"
+        ).fit()
+    client = MlflowClient(sqlite_uri)
+    versions = client.search_model_versions("name = 'cells'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    assert int(client.get_model_version_by_alias("cells", "latest-fit").version) == 2
+    assert all(v.current_stage == "None" for v in versions)
+
+
+def test_system_metrics_are_spooled_under_mlflows_names(trainer_factory, sqlite_uri):
+    from segtrack import hookimpl
+
+    class Slow:  # long enough for a few samples at a 1 s interval
+        @hookimpl
+        def epoch_end(self):
+            import time
+
+            time.sleep(0.8)
+
+    trainer_factory(
+        f"mlflow.tracking_uri='{sqlite_uri}'",
+        "mlflow.system_metrics=true",
+        "mlflow.system_metrics_interval=1",
+        plugins=[Slow()],
+    ).fit()
+    client = MlflowClient(sqlite_uri)
+    (run,) = _runs(client)
+    steps = _steps(client, run.info.run_id, "system/cpu_utilization_percentage")
+    assert len(steps) >= 1 and steps == list(range(len(steps)))
+    assert {"system/system_memory_usage_megabytes", "system/disk_usage_percentage"} <= set(run.data.metrics)
+
+
+def test_git_tags_come_from_the_repository_of_the_code_being_run(tmp_path, caplog):
+    from segtrack_mlflow.gitinfo import source_tags
+
+    outside = tmp_path / "outside" / "train.py"
+    outside.parent.mkdir()
+    outside.write_text("")
+    tags = source_tags(str(outside))
+    assert tags["mlflow.source.name"] == str(outside) and not any(k.startswith("mlflow.source.git") for k in tags)
+    assert "is not in a git repository" in caplog.text
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@x",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@x",
+    }
+    for args in (["init", "-q", "-b", "exp"], ["remote", "add", "origin", "https://user:tok@example.org/seg.git"]):
+        subprocess.run(["git", *args], cwd=repo, check=True, env=env)
+    (repo / "train.py").write_text("print(1)\n")
+    subprocess.run(["git", "add", "."], cwd=repo, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "x"], cwd=repo, check=True, env=env)
+    tags = source_tags(str(repo / "train.py"))
+    assert len(tags["mlflow.source.git.commit"]) == 40 and tags["mlflow.source.git.branch"] == "exp"
+    assert tags["mlflow.source.git.repoURL"] == "https://user:***@example.org/seg.git"
+
+
+AUDIT = textwrap.dedent("""
+    import ipaddress, json, os, sys
+
+    seen = []
+
+    def outside(host):
+        try:
+            return not ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return host not in ("localhost", "") and not str(host).startswith("/")
+
+    def hook(event, args):
+        if event == "socket.connect" and isinstance(args[1], tuple) and outside(args[1][0]):
+            seen.append(f"connect {args[1]}")
+        elif event == "socket.getaddrinfo" and args[0] is not None and outside(str(args[0])):
+            seen.append(f"resolve {args[0]}")
+
+    sys.addaudithook(hook)
+    import atexit
+    atexit.register(lambda: open(os.environ["AUDIT_OUT"], "w").write(json.dumps(seen)))
+    from segtrack.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_a_local_sqlite_fit_opens_no_connection_outside_the_machine(tmp_path):
+    """Every socket connect and name lookup of a whole `segtrack train` (MLflow and analytics on)
+    is audited: none may leave 127.0.0.0/8. MLflow's telemetry is off unless mlflow.telemetry."""
+    (tmp_path / "audited.py").write_text(AUDIT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DO_NOT_TRACK", "SEGTRACK_"))}
+    env["AUDIT_OUT"] = str(tmp_path / "seen.json")
+    sets = ["train.epochs=2", "data.num_samples=12", "data.image_size=16", "model.width=2", "model.depth=1"]
+    out = subprocess.run(
+        [sys.executable, "audited.py", "train", *[a for s in sets for a in ("--set", s)]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((tmp_path / "seen.json").read_text()) == []
+
+
+@pytest.mark.skipif(
+    not any(os.path.exists(p) for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")),
+    reason="no headless Chromium on this machine",
+)
+def test_the_run_page_shows_a_logged_model_a_dataset_and_a_source(trainer_factory, sqlite_server, tmp_path):
+    trainer_factory(f"mlflow.tracking_uri='{sqlite_server.uri}'", *NATIVE).fit()
+    client = MlflowClient(sqlite_server.uri)
+    (run,) = _runs(client)
+    chromium = next(p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(p))
+    url = f"{sqlite_server.uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    page = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert "synthetic-train" in page and "model" in page and "segtrack" in page

@@ -1,0 +1,36 @@
+"""What a fit logged, read back through MLflow's own client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def only_run(client: Any, experiment: str = "segtrack", **filters: Any) -> Any:
+    """The one run of ``experiment`` (matching ``filters``); fails when there are none or several."""
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], **filters)
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0]
+
+
+def history(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def artifacts(client: Any, run_id: str, path: str | None = None) -> list[str]:
+    found: list[str] = []
+    for item in client.list_artifacts(run_id, path):
+        found += artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+    return sorted(found)
+
+
+def logged_settings(client: Any, run_id: str) -> dict[str, Any]:
+    """The run's config.toml artifact (every resolved setting, plumbing included), parsed."""
+    import tempfile
+    import tomllib
+
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        open(client.download_artifacts(run_id, "config.toml", folder), "rb") as fh,
+    ):
+        return tomllib.load(fh)
