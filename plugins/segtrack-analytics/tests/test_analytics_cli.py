@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -24,7 +25,11 @@ def test_train_and_cv_then_summary_top_list_and_plot(sqlite_uri, capsys):
 
     assert main(["runs", "summary", "--metric", "best_val_dice", "--format", "json", *cli_sets(sqlite_uri)]) == 0
     (row,) = json.loads(capsys.readouterr().out)
-    assert row["cv_run"] == "cv3" and row["folds"] == 3 and row["min"] <= row["mean"] <= row["max"]
+    assert (
+        re.fullmatch(r"cv3-[0-9a-f]{6}-cv", row["cv_run"])
+        and row["folds"] == 3
+        and row["min"] <= row["mean"] <= row["max"]
+    )
 
     assert main(["runs", "top", "--metric", "best_val_dice", "-n", "2", "--format", "csv", *cli_sets(sqlite_uri)]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
@@ -32,7 +37,7 @@ def test_train_and_cv_then_summary_top_list_and_plot(sqlite_uri, capsys):
 
     assert main(["runs", "list", *cli_sets(sqlite_uri)]) == 0
     listing = capsys.readouterr().out
-    assert "single" in listing and "cv3-fold2" in listing and "(5 rows)" in listing
+    assert "single-" in listing and re.search(r"cv3-[0-9a-f]{6}-fold2", listing) and "(5 rows)" in listing
 
     assert (
         main(
