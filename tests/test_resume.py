@@ -52,7 +52,7 @@ def test_resume_auto_without_checkpoint_starts_fresh(trainer_factory):
 def test_checkpoint_write_leaves_no_temp_files(trainer_factory, tmp_path):
     trainer_factory("checkpoint.keep=1").fit()
     files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert files == ["best.pt", "epoch-0001.pt", "last.pt"]
+    assert files == ["best.pt", "epoch-0002.pt", "last.pt"]  # the second epoch, counted from 1
 
 
 class Evil:

@@ -481,7 +481,8 @@ class SegmentationTrainer:
         kinds = (["best"] if is_best else []) + ["last"] + (["epoch"] if cfg["keep"] else [])
         written = None
         for kind in kinds:
-            path = ckpt_dir / (f"epoch-{state.epoch:04d}.pt" if kind == "epoch" else f"{kind}.pt")
+            # file names count epochs from 1, as the console and the trackers do
+            path = ckpt_dir / (f"epoch-{state.epoch + 1:04d}.pt" if kind == "epoch" else f"{kind}.pt")
             # the same state under several names: serialise once, then link
             with sigterm.held():
                 try:

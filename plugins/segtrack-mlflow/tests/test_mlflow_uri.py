@@ -78,13 +78,13 @@ def test_passwords_are_redacted_in_messages():
     ],
 )
 def test_redact_masks_every_password_in_a_text(text, shown):
-    from segtrack.tracking_uri import redact
+    from segtrack_mlflow.uri import redact
 
     assert redact(text) == shown
 
 
 def test_credentials_come_out_of_the_uri_and_go_back_encoded():
-    from segtrack.tracking_uri import split_credentials, with_credentials
+    from segtrack_mlflow.uri import split_credentials, with_credentials
 
     assert split_credentials("http://alice:p%40ss@127.0.0.1:5000/") == ("http://127.0.0.1:5000/", "alice", "p@ss")
     assert split_credentials("http://127.0.0.1:5000") == ("http://127.0.0.1:5000", "", "")

@@ -16,9 +16,9 @@ import duckdb
 import pyarrow as pa
 
 from segtrack import ConfigError
-from segtrack.tracking_uri import resolve_tracking_uri
 from segtrack_analytics.cache import RunCache, changed_runs, merge
 from segtrack_analytics.tables import RunDetails, Source
+from segtrack_mlflow.uri import resolve_tracking_uri
 
 log = logging.getLogger("segtrack.analytics")
 DEFAULT_CACHE_DIR = ".segtrack/analytics"

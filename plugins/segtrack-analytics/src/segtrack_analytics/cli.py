@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from segtrack import ConfigError
-from segtrack.tracking_uri import redact
 from segtrack_analytics.render import FORMATS
+from segtrack_mlflow.uri import redact
 
 SHOWN = 10  # experiments named when the chosen one has no runs
 

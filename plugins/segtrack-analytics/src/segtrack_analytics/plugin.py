@@ -17,6 +17,12 @@ class AnalyticsPlugin:
         self.section: dict = {}
 
     @hookimpl
+    def settings_schema(self):
+        from segtrack_analytics.settings import SCHEMA
+
+        return SCHEMA
+
+    @hookimpl
     def settings_loaded(self, settings):
         from segtrack_analytics.settings import analytics_section
 

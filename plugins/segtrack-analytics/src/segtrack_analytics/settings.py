@@ -1,40 +1,43 @@
-"""The ``analytics`` settings section."""
+"""The ``analytics`` settings section, declared to segtrack through ``settings_schema`` (checked
+with the core's settings, defaults filled in)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from segtrack import ConfigError
+from segtrack import ConfigError, Setting
+from segtrack.schema import is_bool, is_str
 
-DEFAULTS: dict[str, Any] = {
-    "experiment": "",  # empty: mlflow.experiment, else run.experiment
-    "cache_dir": ".segtrack/analytics",
-    "rank_at_fit_end": True,  # print where a finished fit ranks among the experiment's runs
-    "summary_at_cv_end": True,  # print the cross-fold summary of the experiment after `segtrack cv`
-}
-TYPES = {"experiment": str, "cache_dir": str, "rank_at_fit_end": bool, "summary_at_cv_end": bool}
+SCHEMA = [
+    Setting("analytics.cache_dir", "a folder path", lambda v: is_str(v) and bool(v), ".segtrack/analytics"),
+    Setting("analytics.rank_at_fit_end", "true or false (print where a finished fit ranks)", is_bool, True),
+    Setting("analytics.summary_at_cv_end", "true or false (print the cross-fold summary after cv)", is_bool, True),
+]
+DEFAULTS = {s.key.split(".", 1)[1]: s.default for s in SCHEMA}
 
 
 def analytics_section(settings: Any) -> dict[str, Any]:
+    """The section with defaults filled in, checked (for callers outside the CLI and trainer)."""
     raw = settings.get("analytics", {}) if isinstance(settings, Mapping) else (settings.get("analytics") or {})
     given = {str(k).lower(): v for k, v in dict(raw or {}).items()}
-    problems = [f"analytics.{k}: unknown setting (known: {', '.join(DEFAULTS)})" for k in given if k not in DEFAULTS]
+    problems = [
+        f"analytics.{k}: unknown setting{' (the experiment is run.experiment)' if k == 'experiment' else ''} "
+        f"(known: {', '.join(DEFAULTS)})"
+        for k in given
+        if k not in DEFAULTS
+    ]
     section = {**DEFAULTS, **{k: v for k, v in given.items() if k in DEFAULTS}}
-    for key, kind in TYPES.items():
-        if not isinstance(section[key], kind):
-            problems.append(f"analytics.{key} = {section[key]!r} is invalid: expected {kind.__name__}")
+    for setting in SCHEMA:
+        key = setting.key.split(".", 1)[1]
+        if setting.check is not None and not setting.check(section[key]):
+            problems.append(f"{setting.key} = {section[key]!r} is invalid: allowed is {setting.allowed}")
     if problems:
         raise ConfigError("invalid analytics settings:\n  " + "\n  ".join(problems))
     return section
 
 
 def default_experiment(settings: Any) -> str:
-    section = analytics_section(settings)
-    mlflow = settings.get("mlflow", {}) or {}
-    return (
-        section["experiment"]
-        or mlflow.get("experiment")
-        or (settings.get("run", {}) or {}).get("experiment")
-        or "segtrack"
-    )
+    """The one key naming the experiment: ``run.experiment``."""
+    run = settings.get("run", {}) if isinstance(settings, Mapping) else (settings.get("run") or {})
+    return (run or {}).get("experiment") or "segtrack"

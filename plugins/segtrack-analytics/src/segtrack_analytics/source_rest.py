@@ -14,9 +14,9 @@ from typing import Any
 import pyarrow as pa
 
 from segtrack import ConfigError
-from segtrack.tracking_uri import auth_header
 from segtrack_analytics.errors import StoreError, StoreUnreachable
 from segtrack_analytics.tables import KEY_VALUE, METRIC, RUN_INDEX, RunDetails
+from segtrack_mlflow.uri import auth_header
 
 PAGE = 1000
 BULK_RUNS = 100  # the server's limit per get-history-bulk request

@@ -6,7 +6,7 @@ import json
 import urllib.error
 import urllib.request
 
-from segtrack.tracking_uri import MASK, auth_header, redact, split_credentials
+from segtrack_mlflow.uri import MASK, auth_header, redact, split_credentials
 
 
 def probe_http(uri: str, username: str = "", password: str = "", timeout: float = 3.0) -> str:

@@ -1,14 +1,115 @@
-"""Tracking URI resolution lives in the core (segtrack.tracking_uri), shared with
-segtrack-analytics so both plugins always read and write the same store."""
+"""Which MLflow tracking store to use: explicit > MLFLOW_TRACKING_URI > settings > local SQLite;
+and URIs shown with their password masked. Plain string handling only (no mlflow import), shared
+with segtrack-analytics, which reads the same store. The core knows nothing of MLflow."""
 
-from segtrack.tracking_uri import (  # noqa: F401
-    DEFAULT_TRACKING_URI,
-    MASK,
-    check_uri,
-    is_remote,
-    local_artifact_root,
-    redact,
-    resolve_tracking_uri,
-    split_credentials,
-    with_credentials,
-)
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from segtrack import ConfigError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks")
+MASK = "***"
+# the password of any scheme://user:password@ (up to the last @ before a space: a password may hold
+# an unencoded / or @), and password=/token=/secret= query values: what redact() masks in any text
+_USERINFO_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s/@:]*:)[^\s]*@")
+_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pwd|token|secret)=)[^&\s'\"]*", re.I)
+
+
+def resolve_tracking_uri(explicit: str | None = None, settings: Any = None) -> str:
+    """The tracking URI to use, by priority:
+
+    1. ``explicit`` (a constructor or CLI argument);
+    2. the ``MLFLOW_TRACKING_URI`` environment variable (MLflow's own convention);
+    3. settings ``mlflow.tracking_uri`` (itself overridable with ``SEGTRACK_MLFLOW__TRACKING_URI``);
+    4. ``sqlite:///mlflow.db`` in the working directory: no server needed.
+    """
+    for candidate in (explicit, os.environ.get("MLFLOW_TRACKING_URI"), _from_settings(settings)):
+        if candidate:
+            return check_uri(str(candidate))
+    return DEFAULT_TRACKING_URI
+
+
+def _from_settings(settings: Any) -> str | None:
+    if settings is None:
+        return None
+    return (settings.get("mlflow") or {}).get("tracking_uri") or None
+
+
+def check_uri(uri: str) -> str:
+    scheme = urlsplit(uri).scheme.split("+")[0]
+    if scheme not in SCHEMES:
+        raise ConfigError(
+            f"tracking URI {redact(uri)!r} is malformed or of an unknown kind: use e.g. sqlite:///mlflow.db, "
+            f"http://host:5000, postgresql://user@host/db or file:/path (with MLFLOW_ALLOW_FILE_STORE=true)"
+        )
+    if scheme in ("http", "https") and not urlsplit(uri).hostname:
+        raise ConfigError(f"tracking URI {redact(uri)!r} has no host: write it as http://host:port")
+    try:
+        urlsplit(uri).port  # noqa: B018  (raises ValueError unless a number from 0 to 65535)
+    except ValueError:
+        raise ConfigError(
+            f"tracking URI {redact(uri)!r} has an invalid port: write host:port with a port from "
+            f"1 to 65535, and percent-encode any ':', '/' or '@' in a password (%3A, %2F, %40)"
+        ) from None
+    if scheme == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+        raise ConfigError(
+            f"tracking URI {redact(uri)!r} is MLflow's legacy file store, which MLflow 3 refuses: use "
+            f"sqlite:///mlflow.db, or set MLFLOW_ALLOW_FILE_STORE=true to keep the file store"
+        )
+    return uri
+
+
+def auth_header(username: str = "", password: str = "") -> str | None:
+    """The Authorization header for a tracking server: basic auth from the arguments or
+    MLFLOW_TRACKING_USERNAME/PASSWORD, else a bearer MLFLOW_TRACKING_TOKEN, else None."""
+    import base64
+
+    username = username or os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+    password = password or os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    if username:
+        return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return f"Bearer {token}" if token else None
+
+
+def is_remote(uri: str) -> bool:
+    return urlsplit(uri).scheme in ("http", "https", "databricks")
+
+
+def local_artifact_root(uri: str) -> str | None:
+    """For a local SQLite store: ``mlartifacts/`` beside the database (MLflow would use ./mlruns)."""
+    parts = urlsplit(uri)
+    if parts.scheme != "sqlite":
+        return None
+    db = Path(uri[len("sqlite:///") :])
+    return (db.resolve().parent / "mlartifacts").as_uri()
+
+
+def redact(text: str) -> str:
+    """``text`` (a URI, or a message quoting URIs) with every password masked: ``http://user:***@host:port``."""
+    return _QUERY_SECRET.sub(rf"\1{MASK}", _USERINFO_PASSWORD.sub(rf"\1{MASK}@", text))
+
+
+def split_credentials(uri: str) -> tuple[str, str, str]:
+    """``(uri without user:password@, username, password)``, the last two percent-decoded ("" if absent)."""
+    parts = urlsplit(uri)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return uri, "", ""
+    username, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=host)), unquote(username), unquote(password)
+
+
+def with_credentials(uri: str, username: str, password: str) -> str:
+    """``uri`` (without credentials) with ``user:password@`` put in, percent-encoded."""
+    if not username and not password:
+        return uri
+    parts = urlsplit(uri)
+    userinfo = quote(username, safe="") + (":" + quote(password, safe="") if password else "")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}"))
