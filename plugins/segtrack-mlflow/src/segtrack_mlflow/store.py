@@ -56,8 +56,12 @@ def connect_uri(uri: str) -> str:
 
 
 def client(tracking_uri: str):
+    import logging
+
     from mlflow import MlflowClient
 
+    # a fresh SQLite store's migration lines would land between the epoch lines of the console
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     check_sqlite_store(tracking_uri)
     return MlflowClient(tracking_uri=connect_uri(tracking_uri))
 
