@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from segtrack_mlflow.entries import LoggedModel as LoggedModelEntry
+
 MAX_EXAMPLE_ELEMENTS = 1_000_000  # the input example is stored as JSON: leave out big volumes
 REGISTRY_ALIAS = "latest-fit"
 
@@ -45,45 +47,43 @@ def write_model_folder(
         )
 
 
-def send(client: Any, spool: Any, record: dict[str, Any]) -> None:
-    """Create (once), upload, finalise and link the LoggedModel of ``record``; register it when
+def send(client: Any, spool: Any, entry: LoggedModelEntry) -> None:
+    """Create (once), upload, finalise and link the LoggedModel of ``entry``; register it when
     asked. Replays after a crash reuse the model id kept in the spool's meta."""
     from mlflow.entities import LoggedModelOutput
 
-    local = spool.folder / record["p"]
+    local = spool.folder / entry.path
     models = dict(spool.meta.get("logged_models", {}))
-    model_id = models.get(record["key"])
+    model_id = models.get(entry.key)
     if model_id is None:
         experiment_id = client.get_run(spool.run_id).info.experiment_id
         model_id = (
-            _existing(client, experiment_id, spool, record)
-            if spool.meta.get(f"model_attempted_{record['key']}")
-            else None
+            _existing(client, experiment_id, spool, entry) if spool.meta.get(f"model_attempted_{entry.key}") else None
         )
         if model_id is None:
-            spool.update_meta(**{f"model_attempted_{record['key']}": True})
+            spool.update_meta(**{f"model_attempted_{entry.key}": True})
             model = client.create_logged_model(
                 experiment_id,
-                name=record["name"],
+                name=entry.name,
                 source_run_id=spool.run_id,
-                params=record.get("params") or None,
-                tags={"segtrack.model_key": f"{spool.local_id}/{record['key']}"},
+                params=entry.params or None,
+                tags={"segtrack.model_key": f"{spool.local_id}/{entry.key}"},
                 model_type="segmentation",
             )
             model_id = model.model_id
-        models[record["key"]] = model_id
+        models[entry.key] = model_id
         spool.update_meta(logged_models=models)
     if local.exists():
         client.log_model_artifacts(model_id, str(local))
     client.finalize_logged_model(model_id, "READY")
-    client.log_outputs(spool.run_id, [LoggedModelOutput(model_id, record["step"])])
-    if record.get("register"):
-        _register(client, record["register"], model_id, spool.run_id)
+    client.log_outputs(spool.run_id, [LoggedModelOutput(model_id, entry.step)])
+    if entry.register:
+        _register(client, entry.register, model_id, spool.run_id)
     shutil.rmtree(local.parent, ignore_errors=True)
 
 
-def _existing(client: Any, experiment_id: str, spool: Any, record: dict[str, Any]) -> str | None:
-    wanted = f"{spool.local_id}/{record['key']}"
+def _existing(client: Any, experiment_id: str, spool: Any, entry: LoggedModelEntry) -> str | None:
+    wanted = f"{spool.local_id}/{entry.key}"
     for model in client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{spool.run_id}'"):
         if (model.tags or {}).get("segtrack.model_key") == wanted:
             return model.model_id

@@ -13,6 +13,7 @@ from segtrack import ConfigError, hookimpl
 from segtrack.records import thaw
 from segtrack_mlflow import store
 from segtrack_mlflow.datasets import dataset_entries
+from segtrack_mlflow.entries import CreateRun, DatasetInputs, LoggedModel, Params, Status, Tags
 from segtrack_mlflow.gitinfo import source_tags
 from segtrack_mlflow.settings import SCHEMA, experiment_of, mlflow_section
 from segtrack_mlflow.spool import Spool, SpoolCorrupt
@@ -156,17 +157,7 @@ class MlflowPlugin:
                 "parent": parent_id,
             },
         )
-        spool.append(
-            {
-                "t": "create",
-                "experiment": self.experiment,
-                "run_name": run_name,
-                "tags": tags,
-                "parent": parent_id,
-                "ts": _now_ms(),
-                "artifact_location": local_artifact_root(self._uri),
-            }
-        )
+        spool.add(CreateRun(self.experiment, run_name, tags, parent_id, _now_ms(), local_artifact_root(self._uri)))
         return spool
 
     def _log_settings(self, spool: Spool, config) -> None:
@@ -175,7 +166,7 @@ class MlflowPlugin:
 
         plain = thaw(config)
         params, overflow = to_params(plain, self.secret_keys, drop_plumbing=True)
-        spool.append({"t": "params", "params": params})
+        spool.add(Params(params))
         staged = {
             **{f"{key}.txt": (text, "params") for key, text in overflow.items()},
             "config.toml": (to_toml(plain, self.secret_keys), None),
@@ -240,15 +231,15 @@ class MlflowPlugin:
         self.spool = self._reopen(folder) if folder is not None else None
         if self.spool is not None:
             # resumed: the same run; params, datasets and steps already spooled are not repeated
-            self.spool.append({"t": "status", "status": "RUNNING", "ts": _now_ms()})
-            self.spool.append({"t": "tags", "tags": {**tags, "segtrack.resumed_from": run.resumed_from or ""}})
+            self.spool.add(Status("RUNNING", _now_ms()))
+            self.spool.add(Tags({**tags, "segtrack.resumed_from": run.resumed_from or ""}))
         else:
             parent = self.parent if (run.cv_id and run.cv_id == self.parent_cv_id) else None
             base = run.config["run"]["name"]
             name = self._run_name(base, run.cv_id, run.fold) if run.cv_id else self._run_name(run.run_name)
             self.spool = self._new_spool(name, tags, parent)
             self._log_settings(self.spool, run.config)
-            self.spool.append({"t": "inputs", "datasets": dataset_entries(run)})
+            self.spool.add(DatasetInputs(dataset_entries(run)))
         self._every = self.section["log_every_n_steps"]
         self._num_classes, self._dims = run.num_classes, run.spatial_dims
         self._shipper_for(self.spool)
@@ -335,16 +326,15 @@ class MlflowPlugin:
             "segtrack.onnx_max_abs_diff": export.max_abs_diff,
         }
         write_model_folder(export.path, folder, self._example, self._num_classes, metadata)
-        self.spool.append(
-            {
-                "t": "model",
-                "key": "model",
-                "name": "model",
-                "p": str(folder.relative_to(self.spool.folder)),
-                "step": export.epoch + 1,
-                "register": self.section["register_model"] or None,
-                "params": {"opset": str(export.opset), "source": Path(export.path).name},
-            }
+        self.spool.add(
+            LoggedModel(
+                key="model",
+                name="model",
+                path=str(folder.relative_to(self.spool.folder)),
+                step=export.epoch + 1,
+                register=self.section["register_model"] or None,
+                params={"opset": str(export.opset), "source": Path(export.path).name},
+            )
         )
         self.spool.metric("onnx_max_abs_diff", export.max_abs_diff, 0, model="model")
         self._exported = True
@@ -367,7 +357,7 @@ class MlflowPlugin:
             )
             spool.add_file(path, "samples")
             path.unlink()
-        spool.append({"t": "status", "status": STATUS.get(result.status, "FAILED"), "ts": _now_ms()})
+        spool.add(Status(STATUS.get(result.status, "FAILED"), _now_ms()))
         spool.sync()
         self._drain(spool)
 
@@ -397,7 +387,7 @@ class MlflowPlugin:
         self.parent.add_file(path, None)
         path.unlink()
         ok = len(result.folds) == result.num_folds and all(f.status in ("completed", "stopped") for f in result.folds)
-        self.parent.append({"t": "status", "status": "FINISHED" if ok else "FAILED", "ts": _now_ms()})
+        self.parent.add(Status("FINISHED" if ok else "FAILED", _now_ms()))
         self.parent.sync()
         self._drain(self.parent)
         self.parent, self.parent_cv_id = None, None

@@ -9,11 +9,22 @@ import threading
 import time
 
 from segtrack_mlflow import store
+from segtrack_mlflow.entries import (
+    BATCHED,
+    ArtifactFile,
+    CreateRun,
+    DatasetInputs,
+    Entry,
+    LoggedModel,
+    MetricPoint,
+    Params,
+    Status,
+    Tags,
+)
 from segtrack_mlflow.spool import Pending, Spool, SpoolBusy, SpoolCorrupt, read_meta
 from segtrack_mlflow.uri import redact
 
 log = logging.getLogger("segtrack.mlflow")
-BATCHED = ("metric", "params", "tags")
 
 
 class WaitingForParent(Exception):
@@ -40,16 +51,16 @@ def _ship_locked(spool: Spool, clients: store.Clients, spools_by_id: dict[str, S
         client = clients[spool.meta["tracking_uri"]]
         i = 0
         while i < len(items):
-            kind = items[i].record["t"]
-            if spool.run_id is None and kind != "create":
+            entry = items[i].entry
+            if spool.run_id is None and not isinstance(entry, CreateRun):
                 raise RuntimeError(f"spool {spool.local_id}: records precede the run's creation")
             try:
-                if kind in BATCHED:
+                if isinstance(entry, BATCHED):
                     j = _batch_end(items, i)
-                    _send_batch(client, spool, [p.record for p in items[i:j]])
+                    _send_batch(client, spool, [p.entry for p in items[i:j]])
                 else:
                     j = i + 1
-                    _send_one(client, spool, items[i].record, items[i + 1 :], spools_by_id)
+                    _send_one(client, spool, entry, items[i + 1 :], spools_by_id)
             except Exception as exc:
                 if not store.is_rejected(exc):
                     raise
@@ -63,9 +74,10 @@ def _ship_locked(spool: Spool, clients: store.Clients, spools_by_id: dict[str, S
 def _batch_end(items: list[Pending], start: int) -> int:
     metrics = params = tags = 0
     j = start
-    while j < len(items) and items[j].record["t"] in BATCHED:
-        rec = items[j].record
-        m, p, t = (rec["t"] == "metric"), len(rec.get("params", {})), len(rec.get("tags", {}))
+    while j < len(items) and isinstance(entry := items[j].entry, BATCHED):
+        m = int(isinstance(entry, MetricPoint))
+        p = len(entry.params) if isinstance(entry, Params) else 0
+        t = len(entry.tags) if isinstance(entry, Tags) else 0
         if j > start and (
             metrics + m > store.MAX_METRICS or params + p > store.MAX_PARAMS or tags + t > store.MAX_TAGS
         ):
@@ -75,15 +87,17 @@ def _batch_end(items: list[Pending], start: int) -> int:
     return j
 
 
-def _send_batch(client, spool: Spool, records: list[dict]) -> None:
+def _send_batch(client, spool: Spool, entries: list[Entry]) -> None:
     from mlflow.entities import Metric, Param
 
     run_id, models = spool.run_id, spool.meta.get("logged_models", {})
     metrics = [
-        Metric(r["k"], r["v"], r["ts"], r["s"], model_id=models.get(r.get("m"))) for r in records if r["t"] == "metric"
+        Metric(e.key, e.value, e.timestamp_ms, e.step, model_id=models.get(e.model) if e.model else None)
+        for e in entries
+        if isinstance(e, MetricPoint)
     ]
-    params = [Param(k, v) for r in records if r["t"] == "params" for k, v in r["params"].items()]
-    tags = store.run_tags({k: v for r in records if r["t"] == "tags" for k, v in r["tags"].items()})
+    params = [Param(k, v) for e in entries if isinstance(e, Params) for k, v in e.params.items()]
+    tags = store.run_tags({k: v for e in entries if isinstance(e, Tags) for k, v in e.tags.items()})
     for offset in range(0, max(len(params), 1), store.MAX_PARAMS):  # one oversized params record is split
         chunk = params[offset : offset + store.MAX_PARAMS]
         client.log_batch(
@@ -95,38 +109,35 @@ def _send_batch(client, spool: Spool, records: list[dict]) -> None:
         )
 
 
-def _send_one(client, spool: Spool, record: dict, later: list[Pending], spools_by_id: dict[str, Spool]) -> None:
-    kind = record["t"]
-    if kind == "create":
+def _send_one(client, spool: Spool, entry: Entry, later: list[Pending], spools_by_id: dict[str, Spool]) -> None:
+    if isinstance(entry, CreateRun):
         if spool.run_id is None:
-            spool.set_run_id(_create_run(client, spool, record, spools_by_id))
-    elif kind == "file":
-        local = spool.folder / record["p"]
-        superseded = record.get("slot") and any(
-            p.record["t"] == "file" and p.record.get("slot") == record["slot"] for p in later
+            spool.set_run_id(_create_run(client, spool, entry, spools_by_id))
+    elif isinstance(entry, ArtifactFile):
+        local = spool.folder / entry.path
+        superseded = entry.slot and any(
+            isinstance(newer := p.entry, ArtifactFile) and newer.slot == entry.slot for p in later
         )
         if local.exists() and not superseded:
-            client.log_artifact(spool.run_id, str(local), record.get("a"))
+            client.log_artifact(spool.run_id, str(local), entry.artifact_path)
         shutil.rmtree(local.parent, ignore_errors=True)
-    elif kind == "model":
+    elif isinstance(entry, LoggedModel):
         from segtrack_mlflow.logged_model import send
 
-        send(client, spool, record)
-    elif kind == "inputs":
+        send(client, spool, entry)
+    elif isinstance(entry, DatasetInputs):
         from segtrack_mlflow.datasets import dataset_inputs
 
-        client.log_inputs(spool.run_id, datasets=dataset_inputs(record["datasets"]))
-    elif kind == "status":
-        if record["status"] == "RUNNING":
+        client.log_inputs(spool.run_id, datasets=dataset_inputs(entry.datasets))
+    elif isinstance(entry, Status):
+        if entry.status == "RUNNING":
             client.update_run(spool.run_id, status="RUNNING")
         else:
-            client.set_terminated(spool.run_id, record["status"], end_time=record["ts"])
-    else:
-        raise ValueError(f"unknown spool record type {kind!r}")
+            client.set_terminated(spool.run_id, entry.status, end_time=entry.timestamp_ms)
 
 
-def _create_run(client, spool: Spool, record: dict, spools_by_id: dict[str, Spool]) -> str:
-    experiment_id = store.ensure_experiment(client, record["experiment"], record.get("artifact_location"))
+def _create_run(client, spool: Spool, entry: CreateRun, spools_by_id: dict[str, Spool]) -> str:
+    experiment_id = store.ensure_experiment(client, entry.experiment, entry.artifact_location)
     # a crash (or a lost reply) between create_run and saving its id must not create a second
     # run on replay: only then is the server asked for a run carrying this spool's id
     if spool.meta.get("create_attempted"):
@@ -134,16 +145,15 @@ def _create_run(client, spool: Spool, record: dict, spools_by_id: dict[str, Spoo
         if existing:
             return existing
     spool.update_meta(create_attempted=True)
-    tags = {**record.get("tags", {}), store.SPOOL_ID_TAG: spool.local_id}
-    parent_id = record.get("parent")
-    if parent_id:
-        parent = spools_by_id.get(parent_id)
+    tags = {**entry.tags, store.SPOOL_ID_TAG: spool.local_id}
+    if entry.parent:
+        parent = spools_by_id.get(entry.parent)
         # read from disk when unknown here: another sender may have created the parent run
-        parent_run_id = (parent and parent.run_id) or _sibling_run_id(spool, parent_id)
+        parent_run_id = (parent and parent.run_id) or _sibling_run_id(spool, entry.parent)
         if parent_run_id is None:
-            raise WaitingForParent(f"parent spool {parent_id} has no MLflow run yet")
+            raise WaitingForParent(f"parent spool {entry.parent} has no MLflow run yet")
         tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(experiment_id, start_time=record["ts"], tags=tags, run_name=record.get("run_name"))
+    run = client.create_run(experiment_id, start_time=entry.timestamp_ms, tags=tags, run_name=entry.run_name or None)
     return run.info.run_id
 
 

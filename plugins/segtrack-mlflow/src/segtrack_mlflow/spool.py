@@ -2,7 +2,7 @@
 
 Layout of one spool folder (named by its local id, which sorts by creation time):
     meta.json      run identity: tracking URI, experiment, run name, parent, MLflow run id once known
-    records.jsonl  one JSON record per line, appended with a single write each
+    records.jsonl  one JSON line per entry (typed in entries.py), appended with a single write each
     cursor         byte offset in records.jsonl up to which records reached MLflow
     files/         hard links (or copies) of artifacts waiting for upload
     ship.lock      flock held by whoever is sending (a fit's shipper thread or `segtrack mlflow sync`)
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from segtrack import SegtrackError
+from segtrack_mlflow.entries import ArtifactFile, Entry, MetricPoint, decode, encode
 
 FIX = "move that line out of the file (it cannot be sent) and run `segtrack mlflow sync` again"
 
@@ -58,7 +59,11 @@ def read_meta(folder: Path) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Pending:
     end: int  # byte offset just after this record
-    record: dict[str, Any]
+    record: dict[str, Any]  # the line as spooled
+
+    @property
+    def entry(self) -> Entry:
+        return decode(self.record)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -133,20 +138,16 @@ class Spool:
                 key, step = record["k"], record["s"]
                 self._max_steps[key] = max(step, self._max_steps.get(key, step))
 
+    def add(self, entry: Entry) -> None:
+        """Append one typed entry."""
+        self.append(encode(entry))
+
     def metric(
         self, key: str, value: float, step: int, timestamp_ms: int | None = None, model: str | None = None
     ) -> None:
         """A metric point; ``model`` names a LoggedModel of this spool the point also belongs to."""
-        record = {
-            "t": "metric",
-            "k": key,
-            "v": float(value),
-            "s": int(step),
-            "ts": timestamp_ms if timestamp_ms is not None else int(time.time() * 1000),
-        }
-        if model is not None:
-            record["m"] = model
-        self.append(record)
+        now = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
+        self.add(MetricPoint(key, float(value), int(step), now, model))
 
     def staging_folder(self) -> Path:
         """A new empty folder under files/ for a whole folder to upload (removed once sent)."""
@@ -170,7 +171,7 @@ class Spool:
             os.link(source, target)
         except OSError:
             shutil.copy2(source, target)
-        self.append({"t": "file", "p": str(target.relative_to(self.folder)), "a": artifact_path, "slot": slot})
+        self.add(ArtifactFile(str(target.relative_to(self.folder)), artifact_path, slot))
 
     def sync(self) -> None:
         """Make everything appended so far durable (fsync)."""
