@@ -296,18 +296,6 @@ def checked_settings(settings: Any, manager: Any, known_plugins: Iterable[str] =
     return resolved_dict(store)
 
 
-def secret_settings(manager: Any) -> frozenset[str]:
-    """Dotted keys that plugins declare secret (``Setting(secret=True)``)."""
-    from segtrack.schema import Setting
-
-    return frozenset(
-        s.key
-        for declared in manager.collect("settings_schema").values()
-        for s in declared
-        if isinstance(s, Setting) and s.secret
-    )
-
-
 def check_plugin_sections(config: Mapping[str, Any], plugin_names: Iterable[str]) -> None:
     """Every non-core section must belong to a known (installed, registered or disabled) plugin."""
     names = set(plugin_names)

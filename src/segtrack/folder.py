@@ -81,7 +81,7 @@ def scan_pairs(root: Path) -> list[tuple[str, Path, Path]]:
                 f"{folder} is missing: data.path must hold images/ and masks/ folders "
                 f"(image and mask files with the same names)"
             )
-    images, masks = _regular_files(image_dir, IMAGE_SUFFIXES), _regular_files(mask_dir, MASK_SUFFIXES)
+    images, masks = _by_stem(image_dir, IMAGE_SUFFIXES), _by_stem(mask_dir, MASK_SUFFIXES)
     if not images:
         raise DataError(
             f"{image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}): add image/mask pairs or use "
@@ -96,16 +96,24 @@ def scan_pairs(root: Path) -> list[tuple[str, Path, Path]]:
     return [(name, images[name], masks[name]) for name in sorted(images)]
 
 
-def _regular_files(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
-    found: dict[str, Path] = {}
+def regular_files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+    """Files of ``folder`` with one of ``suffixes``, sorted; hidden files, FIFOs, sockets and
+    broken links left out (reading a FIFO would block forever)."""
+    found = []
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in suffixes or path.name.startswith("."):
             continue
         try:
-            if not stat.S_ISREG(path.stat().st_mode):
-                continue
+            if stat.S_ISREG(path.stat().st_mode):
+                found.append(path)
         except OSError:  # a broken symlink
             continue
+    return found
+
+
+def _by_stem(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in regular_files(folder, suffixes):
         if path.stem in found:
             raise DataError(
                 f"{folder} holds two files named {path.stem} ({found[path.stem].name}, {path.name}): keep one"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 import sys
 import time
 from collections.abc import Callable
@@ -15,23 +14,9 @@ from typing import Any
 import numpy as np
 
 from segtrack.errors import CheckpointError, ConfigError
+from segtrack.folder import regular_files
 from segtrack.imageio import IMAGE_SUFFIXES, PIL_SUFFIXES, read_image, write_mask, write_png
-
-OVERLAY_COLOURS = np.array(
-    [
-        [0, 0, 0],
-        [230, 25, 75],
-        [60, 180, 75],
-        [255, 225, 25],
-        [0, 130, 200],
-        [245, 130, 48],
-        [145, 30, 180],
-        [70, 240, 240],
-        [240, 50, 230],
-        [210, 245, 60],
-    ],
-    dtype=np.uint8,
-)
+from segtrack.palette import colour_mask
 
 
 class Predictor:
@@ -112,14 +97,7 @@ def input_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         what = "is a file" if folder.exists() else "does not exist"
         raise ConfigError(f"--input {folder} {what}: pass a folder of images")
-    files = []
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
-            try:
-                if stat.S_ISREG(path.stat().st_mode):
-                    files.append(path)
-            except OSError:
-                continue
+    files = regular_files(folder, IMAGE_SUFFIXES)
     if not files:
         raise ConfigError(
             f"--input {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): pass the folder of images to segment"
@@ -154,7 +132,7 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     low, high = float(grey.min()), float(grey.max())
     rgb = (grey - low) / (high - low or 1.0)
     rgb = (rgb.transpose(1, 2, 0) * 255).astype(np.float32)
-    colours = OVERLAY_COLOURS[mask % len(OVERLAY_COLOURS)].astype(np.float32)
+    colours = colour_mask(mask).astype(np.float32)
     blended = np.where((mask > 0)[..., None], 0.55 * rgb + 0.45 * colours, rgb)
     return blended.clip(0, 255).astype(np.uint8)
 

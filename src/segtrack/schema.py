@@ -140,3 +140,26 @@ def dynaconf_of(config: Mapping[str, Any]) -> Dynaconf:
     for section, values in config.items():
         settings.set(section, dict(values) if isinstance(values, Mapping) else values)
     return settings
+
+
+def checked_section(settings: Any, section: str, schema: Sequence[Setting], hints: Mapping[str, str] = {}) -> dict:
+    """One section of ``settings`` (a mapping or Dynaconf object) with defaults filled in and
+    checked against ``schema`` without Dynaconf: for code that reads a plugin's section outside the
+    CLI and trainer (which check it through ``settings_schema``). ``hints`` add a word to the
+    error of an unknown key (e.g. where a removed key went)."""
+    raw = settings.get(section, {}) if hasattr(settings, "get") else {}
+    given = {str(k).lower(): v for k, v in dict(raw or {}).items()}
+    known = {s.key.split(".", 1)[1]: s for s in schema if s.section == section}
+    problems = [
+        f"{section}.{key}: unknown setting{hints.get(key, '')} (known: {', '.join(known)})"
+        for key in given
+        if key not in known
+    ]
+    values = {key: given.get(key, s.default) for key, s in known.items()}
+    for key, setting in known.items():
+        if not _condition(setting)(values[key]):
+            shown = "'***'" if setting.secret else repr(values[key])
+            problems.append(f"{setting.key} = {shown} is invalid: allowed is {setting.allowed}")
+    if problems:
+        raise ConfigError(f"invalid {section} settings:\n  " + "\n  ".join(problems))
+    return values

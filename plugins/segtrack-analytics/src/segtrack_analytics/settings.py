@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from segtrack import ConfigError, Setting
-from segtrack.schema import is_bool, is_str
+from segtrack import Setting
+from segtrack.schema import checked_section, is_bool, is_str
 
 SCHEMA = [
     Setting("analytics.cache_dir", "a folder path", lambda v: is_str(v) and bool(v), ".segtrack/analytics"),
@@ -19,22 +19,7 @@ DEFAULTS = {s.key.split(".", 1)[1]: s.default for s in SCHEMA}
 
 def analytics_section(settings: Any) -> dict[str, Any]:
     """The section with defaults filled in, checked (for callers outside the CLI and trainer)."""
-    raw = settings.get("analytics", {}) if isinstance(settings, Mapping) else (settings.get("analytics") or {})
-    given = {str(k).lower(): v for k, v in dict(raw or {}).items()}
-    problems = [
-        f"analytics.{k}: unknown setting{' (the experiment is run.experiment)' if k == 'experiment' else ''} "
-        f"(known: {', '.join(DEFAULTS)})"
-        for k in given
-        if k not in DEFAULTS
-    ]
-    section = {**DEFAULTS, **{k: v for k, v in given.items() if k in DEFAULTS}}
-    for setting in SCHEMA:
-        key = setting.key.split(".", 1)[1]
-        if setting.check is not None and not setting.check(section[key]):
-            problems.append(f"{setting.key} = {section[key]!r} is invalid: allowed is {setting.allowed}")
-    if problems:
-        raise ConfigError("invalid analytics settings:\n  " + "\n  ".join(problems))
-    return section
+    return checked_section(settings, "analytics", SCHEMA, {"experiment": " (the experiment is run.experiment)"})
 
 
 def default_experiment(settings: Any) -> str:

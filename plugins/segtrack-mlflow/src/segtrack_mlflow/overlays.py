@@ -7,31 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-PALETTE = np.array(
-    [
-        [0, 0, 0],
-        [230, 25, 75],
-        [60, 180, 75],
-        [255, 225, 25],
-        [0, 130, 200],
-        [245, 130, 48],
-        [145, 30, 180],
-        [70, 240, 240],
-        [240, 50, 230],
-        [210, 245, 60],
-    ],
-    dtype=np.uint8,
-)
-
-
-IGNORED_COLOUR = np.array([128, 128, 128], dtype=np.uint8)
-
-
-def _colour(mask: np.ndarray) -> np.ndarray:
-    mask = np.asarray(mask)
-    rgb = PALETTE[np.abs(mask) % len(PALETTE)]
-    rgb[mask < 0] = IGNORED_COLOUR  # left out of loss and metrics (data.ignore_index)
-    return rgb
+from segtrack.palette import colour_mask
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -55,7 +31,7 @@ def _middle_slice(sample):
 def write_overlays(samples, path: Path, scale: int = 4) -> Path:
     def row(sample):
         image, mask, prediction = _middle_slice(sample)
-        parts = [_rgb(image), _colour(mask), _colour(prediction)]
+        parts = [_rgb(image), colour_mask(mask), colour_mask(prediction)]
         divider = np.full((parts[0].shape[0], 1, 3), 255, np.uint8)
         return np.concatenate([parts[0], divider, parts[1], divider, parts[2]], axis=1)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from segtrack import ConfigError, Setting
-from segtrack.schema import is_bool, is_int, is_number, is_str, one_of
+from segtrack import Setting
+from segtrack.schema import checked_section, is_bool, is_int, is_number, is_str, one_of
 
 POLICIES = ("best+last", "best", "last", "all", "none")
 
@@ -41,22 +41,7 @@ DEFAULTS = {s.key.split(".", 1)[1]: s.default for s in SCHEMA}
 def mlflow_section(settings: Any) -> dict[str, Any]:
     """The ``mlflow`` section with defaults filled in, checked (for callers outside the CLI and
     trainer, which check it through ``settings_schema``)."""
-    raw = settings.get("mlflow", {}) if isinstance(settings, Mapping) else (settings.get("mlflow") or {})
-    given = {str(k).lower(): v for k, v in dict(raw or {}).items()}
-    problems = []
-    for key in given:
-        if key not in DEFAULTS:
-            hint = " (the experiment is run.experiment)" if key == "experiment" else ""
-            problems.append(f"mlflow.{key}: unknown setting{hint} (known: {', '.join(DEFAULTS)})")
-    section = {**DEFAULTS, **{k: v for k, v in given.items() if k in DEFAULTS}}
-    for setting in SCHEMA:
-        key = setting.key.split(".", 1)[1]
-        if setting.check is not None and not setting.check(section[key]):
-            shown = "'***'" if setting.secret else repr(section[key])
-            problems.append(f"{setting.key} = {shown} is invalid: allowed is {setting.allowed}")
-    if problems:
-        raise ConfigError("invalid mlflow settings:\n  " + "\n  ".join(problems))
-    return section
+    return checked_section(settings, "mlflow", SCHEMA, {"experiment": " (the experiment is run.experiment)"})
 
 
 def experiment_of(settings: Any) -> str:

@@ -14,6 +14,7 @@ masked: the sender takes credentials from the environment or settings (see store
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -61,8 +62,8 @@ class Pending:
     end: int  # byte offset just after this record
     record: dict[str, Any]  # the line as spooled
 
-    @property
-    def entry(self) -> Entry:
+    @functools.cached_property
+    def entry(self) -> Entry:  # decoded once, however often the shipper looks at it
         return decode(self.record)
 
 
