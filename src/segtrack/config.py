@@ -36,7 +36,41 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "train.batch_size": ((int,), lambda v: v >= 1, "an integer >= 1"),
     "train.lr": (_number, lambda v: v > 0, "a number > 0"),
     "train.weight_decay": (_number, lambda v: v >= 0, "a number >= 0"),
-    "train.scheduler": ((str,), lambda v: v in ("cosine", "constant"), '"cosine" or "constant"'),
+    "train.optimizer": ((str,), lambda v: v in ("adamw", "adam", "sgd"), '"adamw", "adam" or "sgd"'),
+    "train.momentum": (_number, lambda v: 0 <= v < 1, "a number from 0 to 1 (exclusive)"),
+    "train.nesterov": ((bool,), None, "true or false"),
+    "train.betas": (
+        (list,),
+        lambda v: len(v) == 2 and all(_is_num(b) and 0 <= b < 1 for b in v),
+        "two numbers from 0 to 1 (exclusive), e.g. [0.9, 0.999]",
+    ),
+    "train.scheduler": (
+        (str,),
+        lambda v: v in ("cosine", "poly", "step", "constant"),
+        '"cosine", "poly", "step" or "constant"',
+    ),
+    "train.scheduler_interval": ((str,), lambda v: v in ("epoch", "step"), '"epoch" or "step"'),
+    "train.poly_power": (_number, lambda v: v > 0, "a number > 0"),
+    "train.step_size": ((int,), lambda v: v >= 1, "an integer >= 1"),
+    "train.step_gamma": (_number, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "train.warmup_epochs": ((int,), lambda v: v >= 0, "an integer >= 0"),
+    "train.loss": (
+        (str,),
+        lambda v: v in LOSS_NAMES,
+        " | ".join(f'"{name}"' for name in ("ce_dice", "ce", "dice", "focal_dice")),
+    ),
+    "train.class_weights": (
+        (list,),
+        lambda v: all(_is_num(w) and w >= 0 for w in v) and (not v or any(w > 0 for w in v)),
+        "[] or one number >= 0 per class (not all 0)",
+    ),
+    "train.focal_gamma": (_number, lambda v: v >= 0, "a number >= 0"),
+    "train.accumulate": ((int,), lambda v: v >= 1, "an integer >= 1"),
+    "train.clip_grad_norm": (_number, lambda v: v >= 0, "a number >= 0 (0 = off)"),
+    "train.ema": (_number, lambda v: v == 0 or 0 < v < 1, "0 (off) or a decay between 0 and 1, e.g. 0.999"),
+    "train.deep_supervision": ((bool,), None, "true or false"),
+    "train.deep_supervision_drop_lowest": ((bool,), None, "true or false"),
+    "train.max_nonfinite": ((int,), lambda v: v >= 1, "an integer >= 1"),
     "train.seed": ((int,), lambda v: v >= 0, "an integer >= 0"),
     "train.device": (
         (str,),
@@ -71,6 +105,7 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
         ),
         "0 (no crop), a side >= 8, or one side per spatial axis, e.g. [128, 128]",
     ),
+    "data.crop_foreground": (_number, lambda v: 0 <= v <= 1, "a probability from 0 to 1"),
     "data.path": ((str,), None, "a folder path (string)"),
     "data.num_samples": ((int,), lambda v: v >= 2, "an integer >= 2"),
     "data.image_size": ((int,), lambda v: v >= 8, "an integer >= 8"),
@@ -88,6 +123,18 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
         lambda v: all(isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9_.\-]+", n) for n in v) and len(set(v)) == len(v),
         "a list of distinct names (letters, digits, _ . -), one per class, or []",
     ),
+    "infer.roi_size": (
+        (int, list),
+        lambda v: (
+            (_is_int(v) and (v == 0 or v >= 1))
+            or (isinstance(v, list) and 2 <= len(v) <= 3 and all(_is_int(c) and c >= 1 for c in v))
+        ),
+        "0 (whole image), a window side >= 1, or one side per spatial axis, e.g. [96, 96, 96]",
+    ),
+    "infer.overlap": (_number, lambda v: 0 <= v < 1, "a number from 0 to 1 (exclusive), e.g. 0.5"),
+    "infer.mode": ((str,), lambda v: v in ("gaussian", "constant"), '"gaussian" or "constant"'),
+    "infer.batch_size": ((int,), lambda v: v >= 1, "an integer >= 1"),
+    "infer.output_device": ((str,), lambda v: v in ("cpu", "model"), '"cpu" or "model"'),
     "model.name": (
         (str,),
         lambda v: bool(re.fullmatch(r"[A-Za-z0-9_.\-]+", v)),
@@ -119,6 +166,17 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "plugins.strict": ((bool,), None, "true or false"),
     "plugins.fit_end_timeout": (_number, lambda v: v > 0, "a number of seconds > 0"),
 }
+
+
+LOSS_NAMES = ("ce_dice", "ce", "dice", "focal_dice")
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def ignore_index(data: Mapping[str, Any]) -> int | None:
@@ -237,6 +295,19 @@ def validate(config: Mapping[str, Any]) -> None:
             f"data.crop = {crop!r} has {len(crop)} sides but data.dims = {dims}: give one side per "
             f"spatial axis, or a single number"
         )
+    roi = config.get("infer", {}).get("roi_size")
+    if isinstance(roi, list) and isinstance(dims, int) and len(roi) != dims:
+        problems.append(
+            f"infer.roi_size = {roi!r} has {len(roi)} sides but data.dims = {dims}: give one side per "
+            f"spatial axis, or a single number"
+        )
+    weights = config.get("train", {}).get("class_weights")
+    if isinstance(weights, list) and weights and isinstance(data.get("num_classes"), int):
+        if len(weights) != data["num_classes"]:
+            problems.append(
+                f"train.class_weights has {len(weights)} values but data.num_classes = {data['num_classes']}: "
+                f"give one weight per class, background first, or []"
+            )
     names, classes = data.get("class_names"), data.get("num_classes")
     if isinstance(names, list) and names and isinstance(classes, int) and len(names) != classes:
         problems.append(
