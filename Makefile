@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml $(PLUGINS)
 	# torch first and pinned: the CPU wheel on this disk; an unpinned torch pulls a CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[test]' $(foreach p,$(dir $(PLUGINS)),-e '$(p)[test]')
+	# MONAI for the tests and examples that drive segtrack with MONAI's own networks, transforms and
+	# inferers; --no-deps: its requirements would replace our CPU torch (it needs only numpy besides)
+	$(PY) -m pip install --quiet --no-deps monai==1.6.1
 	touch $@
 
 train: install

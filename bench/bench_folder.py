@@ -124,7 +124,7 @@ def compute_rate(steps: int = 30) -> float:
     """images/s of forward + backward + AdamW step alone on ready batches of crops."""
     import torch
 
-    from segtrack.metrics import segmentation_loss
+    from segtrack.losses import ce_dice
     from segtrack.model import UNet
 
     torch.manual_seed(0)
@@ -135,7 +135,7 @@ def compute_rate(steps: int = 30) -> float:
         if step == 3:
             started = time.perf_counter()
         optimizer.zero_grad()
-        segmentation_loss(model(images), masks, 1.0).backward()
+        ce_dice(model(images), masks, 1.0).backward()
         optimizer.step()
     return steps * BATCH / (time.perf_counter() - started)
 

@@ -15,7 +15,8 @@ from benchlib import interleaved, median, report
 
 from segtrack.config import load_settings
 from segtrack.data import synthetic_arrays
-from segtrack.metrics import ConfusionCounts, segmentation_loss
+from segtrack.losses import ce_dice
+from segtrack.metrics import ConfusionCounts
 from segtrack.plugins import get_plugin_manager
 from segtrack.registry import build_model
 from segtrack.trainer import SegmentationTrainer
@@ -54,7 +55,7 @@ def hand_loop(workdir: str) -> None:
         perm = torch.from_numpy(train)[torch.randperm(len(train))]
         for start in range(0, len(perm), 8):
             batch = perm[start : start + 8]
-            loss = segmentation_loss(model(x[batch]), y[batch], 1.0)
+            loss = ce_dice(model(x[batch]), y[batch], 1.0)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -64,7 +65,7 @@ def hand_loop(workdir: str) -> None:
             for start in range(0, len(val), 8):
                 batch = torch.from_numpy(val[start : start + 8])
                 logits = model(x[batch])
-                segmentation_loss(logits, y[batch], 1.0)
+                ce_dice(logits, y[batch], 1.0)
                 counts.update(logits.argmax(1), y[batch])
         counts.mean_foreground()
         torch.save(

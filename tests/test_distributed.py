@@ -173,3 +173,63 @@ def test_stopping_the_job_interrupts_every_rank(tmp_path):
     assert job.returncode != 0
     assert (tmp_path / "error.txt").read_text() == "KeyboardInterrupt", output[-3000:]
     assert (tmp_path / "status.txt").read_text() == "interrupted"
+
+
+METRIC_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    from segtrack import SegmentationTrainer, hookimpl, load_settings
+    from segtrack.plugins import get_plugin_manager
+
+    class ForegroundPixels:  # a plugin metric that needs every validation batch of every rank
+        def __init__(self):
+            self.count = 0
+
+        @hookimpl
+        def validation_batch_end(self, batch):
+            self.count += int((batch.masks == 1).sum())
+
+        @hookimpl
+        def validation_metrics(self):
+            value, self.count = self.count, 0
+            return {"val_fg_pixels": float(value)}
+
+    settings = load_settings(overrides=sys.argv[1:])
+    manager = get_plugin_manager(settings, [ForegroundPixels()], autoload=False, disabled=["progress"])
+    result = SegmentationTrainer(settings, plugin_manager=manager).fit()
+    with open(f"metric-rank{os.environ.get('RANK', 'single')}.json", "w") as fh:
+        json.dump({"status": result.status, "best": result.best_value, "best_epoch": result.best_epoch}, fh)
+""")
+
+
+def test_a_plugin_metric_under_torchrun_counts_every_rank_and_every_rank_agrees(tmp_path):
+    (tmp_path / "fit.py").write_text(METRIC_SCRIPT)
+    sets = [
+        "train.epochs=2",
+        "train.batch_size=2",
+        "data.num_samples=14",
+        "data.image_size=16",
+        "model.width=2",
+        "model.depth=1",
+        "export.enabled=false",
+        "checkpoint.monitor=val_fg_pixels",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(
+        [sys.executable, "fit.py", *sets], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    out = subprocess.run(
+        [*launcher, "--master_port", str(free_port()), "fit.py", *sets, "checkpoint.dir=ddp"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    expected = json.loads((tmp_path / "metric-ranksingle.json").read_text())
+    ranks = [json.loads((tmp_path / f"metric-rank{r}.json").read_text()) for r in (0, 1)]
+    assert expected["best"] > 0
+    assert all(r["status"] == "completed" and r["best"] == expected["best"] for r in ranks)
+    assert ranks[0]["best_epoch"] == ranks[1]["best_epoch"]

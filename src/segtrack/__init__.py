@@ -24,6 +24,7 @@ from segtrack.schema import Setting
 if TYPE_CHECKING:  # imported lazily at run time (__getattr__); named here for type checkers and editors
     from segtrack.config import load_settings
     from segtrack.trainer import SegmentationTrainer
+    from segtrack.windowed import sliding_window
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ __all__ = [
     "__version__",
     "hookimpl",
     "load_settings",
+    "sliding_window",
 ]
 
 
@@ -54,4 +56,8 @@ def __getattr__(name: str) -> Any:
         from segtrack.config import load_settings
 
         return load_settings
+    if name == "sliding_window":
+        from segtrack.windowed import sliding_window
+
+        return sliding_window
     raise AttributeError(f"module 'segtrack' has no attribute {name!r}")

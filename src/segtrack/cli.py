@@ -150,6 +150,7 @@ def _predict(args, settings) -> int:
 
     source = check_source(args.checkpoint, args.onnx)
     predictor = from_checkpoint(source, args.device) if args.checkpoint else from_onnx(source)
+    predictor.use_windows(settings.get("infer"))
     predict_folder(predictor, Path(args.input), Path(args.out), args.overlay)
     return 0
 

@@ -21,6 +21,7 @@ PROJECT_FILE = Path("configs") / "settings.toml"
 SECRETS_FILE = Path("configs") / ".secrets.toml"
 ENVIRONMENTS = ("default", "development", "testing", "production")
 METRIC_NAMES = ("train_loss", "val_loss", "val_dice", "val_iou")
+LOSS_NAMES = ("ce_dice", "ce", "dice", "focal_dice")
 
 # key -> (allowed types, check or None, what is allowed, in words)
 _number = (int, float)
@@ -168,9 +169,6 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
 }
 
 
-LOSS_NAMES = ("ce_dice", "ce", "dice", "focal_dice")
-
-
 def _is_num(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -302,12 +300,17 @@ def validate(config: Mapping[str, Any]) -> None:
             f"spatial axis, or a single number"
         )
     weights = config.get("train", {}).get("class_weights")
-    if isinstance(weights, list) and weights and isinstance(data.get("num_classes"), int):
-        if len(weights) != data["num_classes"]:
-            problems.append(
-                f"train.class_weights has {len(weights)} values but data.num_classes = {data['num_classes']}: "
-                f"give one weight per class, background first, or []"
-            )
+    classes = data.get("num_classes")
+    if isinstance(weights, list) and weights and isinstance(classes, int) and len(weights) != classes:
+        problems.append(
+            f"train.class_weights has {len(weights)} values but data.num_classes = {classes}: "
+            f"give one weight per class, background first, or []"
+        )
+    train = config.get("train", {})
+    if train.get("nesterov") is True and train.get("momentum") == 0:
+        problems.append(
+            "train.nesterov = true needs train.momentum > 0: set a momentum (e.g. 0.99) or nesterov = false"
+        )
     names, classes = data.get("class_names"), data.get("num_classes")
     if isinstance(names, list) and names and isinstance(classes, int) and len(names) != classes:
         problems.append(
@@ -407,10 +410,10 @@ def secret_keys(project_dir: str | os.PathLike | None = None) -> frozenset[str]:
 
 
 def inference_config(config: Mapping[str, Any], project_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The ``model`` and ``data`` sections a checkpoint carries for ``segtrack predict``, without
-    any key that configs/.secrets.toml defines (other sections, plugins' included, stay out)."""
+    """The ``model``, ``data`` and ``infer`` sections a checkpoint carries for ``segtrack predict``,
+    without any key that configs/.secrets.toml defines (other sections, plugins' included, stay out)."""
     secrets = secret_keys(project_dir)
     return {
         section: {k: v for k, v in config[section].items() if f"{section}.{k}" not in secrets}
-        for section in ("model", "data")
+        for section in ("model", "data", "infer")
     }

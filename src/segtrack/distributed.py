@@ -7,6 +7,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -45,6 +46,22 @@ class DistContext:
         if self.enabled:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
+
+    def broadcast_from_main(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (any picklable object)."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather_to_main(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` on rank 0, in rank order (an empty list elsewhere)."""
+        if not self.enabled:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size if self.is_main else []
+        dist.gather_object(value, gathered if self.is_main else None, dst=0)
+        return gathered
 
     def lost_peers(self) -> list[int]:
         """Ranks on this machine whose process has ended. torchrun stops the surviving ranks with

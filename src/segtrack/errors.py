@@ -27,6 +27,10 @@ class CheckpointError(SegtrackError):
     """A checkpoint is corrupt, unsafe, from another model, or cannot be written."""
 
 
+class TrainingDiverged(SegtrackError):
+    """The loss stayed non-finite for ``train.max_nonfinite`` consecutive training steps."""
+
+
 class PluginLoadError(SegtrackError):
     """A plugin could not be imported or registered (fatal only with plugins.strict)."""
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
 from segtrack.samples import logits_of
+from segtrack.windowed import sliding_window
 
 log = logging.getLogger("segtrack.export")
 METADATA_KEY = "segtrack"
@@ -28,20 +30,30 @@ class LogitsOnly(torch.nn.Module):
 
 
 def export_onnx(
-    model: torch.nn.Module, sample: torch.Tensor, path: Path, opset: int, metadata: dict | None = None
+    model: torch.nn.Module,
+    sample: torch.Tensor,
+    path: Path,
+    opset: int,
+    metadata: dict | None = None,
+    windows: Mapping[str, Any] | None = None,
 ) -> float:
     """Write ``model`` as one self-contained ONNX file, batch and spatial axes dynamic (2D or 3D).
     ``metadata`` is stored as JSON under the model's ``segtrack`` metadata key (what
-    ``segtrack predict --onnx`` needs: normalisation, channels, classes, spatial multiple).
+    ``segtrack predict --onnx`` needs: normalisation, channels, classes, spatial multiple, the
+    inference settings).
 
-    Returns the max abs difference between onnxruntime and torch outputs on ``sample``.
+    Returns the max abs difference between onnxruntime and torch outputs on ``sample``; with
+    ``windows`` (the ``infer`` settings, ``roi_size`` set) the model is traced on one window and
+    both outputs are blended window by window over the whole sample, as predict runs them.
     """
     import onnxruntime
 
     model = LogitsOnly(model).eval().cpu()
     sample = sample.detach().float().cpu()
+    roi = windows.get("roi_size") if windows else None
+    traced = _first_window(sample, roi) if roi else sample
     # AUTO: each axis stays dynamic unless the model fixes it (its own divisibility guards are kept)
-    dynamic = {"x": {axis: torch.export.Dim.AUTO for axis in (0, *range(2, sample.ndim))}}
+    dynamic = {"x": {axis: torch.export.Dim.AUTO for axis in (0, *range(2, traced.ndim))}}
     tmp = path.with_name(path.name + ".tmp")
     # the exporter logs a warning per missing torchvision op and per guard it adds; none is actionable
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -50,7 +62,7 @@ def export_onnx(
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 model,
-                (sample,),
+                (traced,),
                 dynamo=True,
                 dynamic_shapes=dynamic,
                 opset_version=opset,
@@ -68,10 +80,28 @@ def export_onnx(
     finally:
         tmp.unlink(missing_ok=True)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {"x": sample.numpy()})
+
+    def onnx_model(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+
     with torch.no_grad():
-        torch_out = model(sample).numpy()
-    return float(np.max(np.abs(onnx_out - torch_out)))
+        if roi and windows is not None:
+            options = {k: windows[k] for k in ("overlap", "mode", "batch_size")}
+            onnx_out = sliding_window(onnx_model, sample, roi, **options)
+            torch_out = sliding_window(model, sample, roi, **options)
+        else:
+            onnx_out, torch_out = onnx_model(sample), model(sample)
+    return float((onnx_out - torch_out).abs().max())
+
+
+def _first_window(sample: torch.Tensor, roi: int | Sequence[int]) -> torch.Tensor:
+    """The sample's first window (zero-padded where the sample is smaller): the tracing input."""
+    spatial = sample.shape[2:]
+    sides = [roi] * len(spatial) if isinstance(roi, int) else list(roi)
+    window = sample[(slice(None), slice(None), *(slice(0, side) for side in sides))]
+    missing = [side - have for side, have in zip(sides, window.shape[2:])]
+    widths = [w for m in reversed(missing) for w in (0, max(0, m))]
+    return torch.nn.functional.pad(window, widths) if any(missing) else window
 
 
 def _add_metadata(path: Path, metadata: dict) -> None:
@@ -104,4 +134,12 @@ def predict_metadata(config: dict, spatial_multiple: int) -> dict:
         "normalize": data.get("normalize", "auto"),
         "spatial_multiple": spatial_multiple,
         "class_names": list(data.get("class_names") or []),
+        "infer": window_settings(config.get("infer")),
     }
+
+
+def window_settings(infer: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The sliding-window settings inference needs, or None for whole-image inference."""
+    if not infer or not infer.get("roi_size"):
+        return None
+    return {key: infer[key] for key in ("roi_size", "overlap", "mode", "batch_size")}

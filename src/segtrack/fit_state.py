@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from segtrack import checkpoint
+from segtrack.ema import WeightAverage
 from segtrack.records import FitResult, PluginFailure, freeze
 
 
@@ -30,6 +31,12 @@ class FitState:
     status: str = "completed"
     error: str | None = None
     paths: dict[str, str] = field(default_factory=dict)  # "best"/"last" -> checkpoint path
+    ema: WeightAverage | None = None  # train.ema: the averaged weights, validated and exported
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights a fit validates, saves as ``model`` and exports: the average when train.ema is on."""
+        return self.ema.model if self.ema is not None else self.model
 
     def __post_init__(self):
         self.best_value = -math.inf if self.mode == "max" else math.inf
@@ -41,7 +48,7 @@ class FitState:
     def record_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
         """Take one epoch's metrics; True when the monitored one improved."""
         self.epoch, self.last_metrics = epoch, metrics
-        value = metrics[self.monitor]
+        value = metrics.get(self.monitor, math.nan)  # missing when its plugin failed: not a best epoch
         improved = not math.isnan(value) and (
             value > self.best_value if self.mode == "max" else value < self.best_value
         )
@@ -55,13 +62,13 @@ class FitState:
         self, signature: dict, run_name: str, fold: int | None, plugin_states: dict, config: dict | None = None
     ) -> dict[str, Any]:
         """The checkpoint: a plain dict with named keys, read back by ``restore``."""
-        return {
+        payload = {
             "format": checkpoint.FORMAT,
             "version": checkpoint.VERSION,
             "model_signature": signature,
             "epoch": self.epoch,
             "global_step": self.global_step,
-            "model": self.model.state_dict(),
+            "model": self.eval_model.state_dict(),  # what predict and export load
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -75,9 +82,14 @@ class FitState:
             "plugins": plugin_states,
             "config": config or {},  # the settings of the fit: `segtrack predict` rebuilds model and data steps
         }
+        if self.ema is not None:  # the weights being trained, for an exact resume
+            payload["training_model"] = self.model.state_dict()
+        return payload
 
     def restore(self, payload: dict[str, Any]) -> None:
-        self.model.load_state_dict(payload["model"])
+        self.model.load_state_dict(payload.get("training_model", payload["model"]))
+        if self.ema is not None:
+            self.ema.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.scaler.load_state_dict(payload["scaler"])

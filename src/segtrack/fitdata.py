@@ -1,13 +1,15 @@
 """The data of a fit, whichever way it arrived: the configured dataset, a user's map-style
 ``Dataset``, or ready ``DataLoader``s. Splits and folds, seeded batch order per epoch (so a resumed
-fit sees the same batches), rank sharding, preview samples and fingerprints."""
+fit sees the same batches), rank sharding, lists of crops flattened into batches, preview samples
+and fingerprints."""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,13 +17,47 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from segtrack.config import ignore_index
-from segtrack.data import ArrayDataset, combine_digests, fold_indices, sample_digest, split_indices
+from segtrack.data import (
+    ArrayDataset,
+    combine_digests,
+    fold_indices,
+    input_digest,
+    plain_input,
+    sample_digest,
+    split_indices,
+)
 from segtrack.distributed import DistContext, shard
 from segtrack.errors import ConfigError, DataError
-from segtrack.samples import IGNORED, as_pair
+from segtrack.samples import IGNORED, as_pair, crops_of
 
 log = logging.getLogger("segtrack.data")
 PREVIEW_SAMPLES = 4  # the first validation samples: shown to plugins, and the ONNX parity check's input
+
+# How FitData's fingerprints identify the data: none of them runs a dataset's random
+# transforms, and none costs a pass over the data of its own.
+FINGERPRINT_KINDS = (
+    "arrays",  # the built-in in-memory data: each sample's arrays
+    "sample_digest",  # the dataset's own sample_digest(index) (the folder dataset: its files' bytes)
+    "inputs",  # the inputs a dataset keeps in .data (MONAI: dicts of paths or arrays), files by their bytes
+    "loaded",  # what the first epoch loads, digested as the loop's batches pass; known after epoch 0
+)
+
+# The offset of each random stream of an epoch, see stream_seed
+STREAM_OFFSETS = {"order": 0, "flips": 1, "train_rng": 2}
+
+
+def stream_seed(seed: int, epoch: int, stream: str) -> int:
+    """The seed of one random stream of one epoch: ``"order"`` (the batch order), ``"flips"`` (the
+    built-in data's flips), ``"train_rng"`` (torch, numpy and random at the start of a training
+    epoch: dropout, a user's own augmentation).
+
+    Each stream gets a generator of its own, seeded from (seed, epoch) alone, never one generator
+    shared by all: what one stream draws cannot shift another's numbers, and a fit resumed at
+    epoch e draws what an uninterrupted fit draws there. The factor, a prime above any epoch count,
+    keeps the seeds of two base seeds apart. The offsets are small, so stream k + 1 of epoch e has
+    the seed of stream k of epoch e + 1 (they draw different things from it); the values are those
+    segtrack always used, so runs and checkpoints made before stay reproducible."""
+    return seed * 100_003 + epoch + STREAM_OFFSETS[stream]
 
 
 @dataclass(frozen=True)
@@ -31,11 +67,23 @@ class FitData:
     train_batches: Callable[[int], Iterable[Any]]  # epoch -> batches (any supported batch form)
     val_batches: Callable[[], Iterable[Any]]
     preview: tuple[torch.Tensor, torch.Tensor]  # the first PREVIEW_SAMPLES validation samples, stacked, loop form
-    train_sha256: str
+    train_sha256: str  # "" until loaded_fingerprints() knows it, when fingerprint_kind is "loaded"
     val_sha256: str
-    num_train: int
+    num_train: int  # dataset items (an item that is a list of crops counts once)
     num_val: int
     batches_per_epoch: int  # on this rank; 0 where the loader has no length
+    # one of FINGERPRINT_KINDS: "loaded" when either side is, else the training side's
+    fingerprint_kind: str = ""
+    loaded: _LoadedDigests | None = field(default=None, repr=False, compare=False)
+
+    def loaded_fingerprints(self) -> tuple[str, str]:
+        """``(train_sha256, val_sha256)``. For ``fingerprint_kind == "loaded"``: ``("", "")`` until
+        the training batches of epoch 0 and the complete validation pass after them have gone
+        through the loop (the trainer asks after epoch 0); a fit resumed after epoch 0 never knows
+        them. Under torchrun they cover this rank's share of the data."""
+        if self.loaded is None:
+            return self.train_sha256, self.val_sha256
+        return self.loaded.fingerprints()
 
 
 class DataPlan:
@@ -69,7 +117,8 @@ class DataPlan:
         # any map-style dataset: typed Any, as torch's Dataset declares no __len__
         self.dataset: Any = builtin if builtin is not None else _map_style(train_data, "train_data")
         self.val_dataset: Any = _map_style(val_data, "val_data") if val_data is not None else None
-        self._digests: dict[int, list[bytes | None]] = {}
+        self._digests: dict[int, list[bytes | None]] = {}  # per dataset: each item's digest, once computed
+        self._kinds: dict[int, str] = {}  # per dataset: its fingerprint kind
         for loader in (self.train_loader, self.val_loader):
             if loader is not None and dist.enabled and not _distributed_sampler(loader):
                 raise ConfigError(
@@ -117,12 +166,13 @@ class DataPlan:
             batches = [mine[i : i + batch_size].tolist() for i in range(0, len(mine), batch_size)]
             return self._fetch(dataset, batches, collate, workers)
 
-        return FitData(
+        kind = self._kind(dataset)
+        return self._fit_data(
             train_batches,
             val_batches,
             self._preview(dataset, val_idx),
-            self._fingerprint(dataset, train_idx),
-            self._fingerprint(dataset, val_idx),
+            (kind, self._fingerprint(dataset, train_idx, kind)),
+            (kind, self._fingerprint(dataset, val_idx, kind)),
             len(train_idx),
             len(val_idx),
             math.ceil(len(shard(torch.arange(len(train_idx)), self.dist)) / batch_size),
@@ -130,8 +180,9 @@ class DataPlan:
 
     def _given_pair(self) -> FitData:
         """Separate train and validation data: loaders used as given, datasets batched here."""
-        train = self.train_loader or self._loader_over(self.dataset, shuffle=True)
-        val = self.val_loader or self._loader_over(self.val_dataset, shuffle=False)
+        # "is not None", not "or": a DataLoader over an iterable dataset without __len__ raises on bool()
+        train = self.train_loader if self.train_loader is not None else self._loader_over(self.dataset, shuffle=True)
+        val = self.val_loader if self.val_loader is not None else self._loader_over(self.val_dataset, shuffle=False)
 
         def train_batches(epoch: int):
             if isinstance(train, _OwnLoader):
@@ -146,17 +197,49 @@ class DataPlan:
         if val_set is not None:
             preview = self._preview(val_set, np.arange(len(val_set)))
         else:
-            images, masks = as_pair(_first(val_batches()), self.dims, batched=True, ignore_index=self.ignore_index)
+            images, masks = self._loop_pair(_first(val_batches()))
             preview = images[:PREVIEW_SAMPLES], masks[:PREVIEW_SAMPLES]
-        return FitData(
+        train_kind, val_kind = self._kind(self.dataset), self._kind(val_set)
+        return self._fit_data(
             train_batches,
             val_batches,
             preview,
-            self._fingerprint_any(self.dataset, train),
-            self._fingerprint_any(val_set, val),
+            (train_kind, self._fingerprint(self.dataset, np.arange(_length(self.dataset)), train_kind)),
+            (val_kind, self._fingerprint(val_set, np.arange(_length(val_set)), val_kind)),
             _length(self.dataset),
             _length(val_set),
-            len(train) if hasattr(train, "__len__") else 0,
+            _batch_count(train),
+        )
+
+    def _fit_data(
+        self,
+        train_batches: Callable[[int], Iterable[Any]],
+        val_batches: Callable[[], Iterable[Any]],
+        preview: tuple[torch.Tensor, torch.Tensor],
+        train_fingerprint: tuple[str, str],
+        val_fingerprint: tuple[str, str],
+        num_train: int,
+        num_val: int,
+        batches_per_epoch: int,
+    ) -> FitData:
+        """FitData with its fingerprints: ``(kind, sha256)`` per side, the sha256 "" for "loaded"
+        (then both sides wait for the first epoch, digested by watching the loop's batches)."""
+        (train_kind, train_sha), (val_kind, val_sha) = train_fingerprint, val_fingerprint
+        if "loaded" not in (train_kind, val_kind):
+            common = (preview, train_sha, val_sha, num_train, num_val, batches_per_epoch)
+            return FitData(train_batches, val_batches, *common, fingerprint_kind=train_kind)
+        loaded = _LoadedDigests(self._loop_pair, train_sha, val_sha)
+        return FitData(
+            loaded.watch_train(train_batches),
+            loaded.watch_val(val_batches),
+            preview,
+            "",
+            "",
+            num_train,
+            num_val,
+            batches_per_epoch,
+            fingerprint_kind="loaded",
+            loaded=loaded,
         )
 
     def _loader_over(self, dataset: Any, shuffle: bool) -> _OwnLoader:
@@ -193,19 +276,26 @@ class DataPlan:
             )
         )
 
-    def _collate(self, samples: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Samples stacked into a batch; samples of different sizes, or sides the model cannot take,
-        are padded (images with 0, masks with ignored pixels, so the loss and metrics see only the
-        real area)."""
-        pairs = [as_pair(s, self.dims, batched=False, ignore_index=self.ignore_index) for s in samples]
-        return pad_stack(pairs, self.spatial_multiple)
+    def _collate(self, items: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items stacked into a batch, every crop of an item that is a list of crops (B items of N
+        crops: B * N samples); samples of different sizes, or sides the model cannot take, are
+        padded (images with 0, masks with ignored pixels, so the loss and metrics see only the real
+        area)."""
+        return pad_stack([pair for item in items for pair in self._pairs(item)], self.spatial_multiple)
+
+    def _pairs(self, item: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The samples of one dataset item (one, or each of its crops) in the loop's form."""
+        return [as_pair(s, self.dims, batched=False, ignore_index=self.ignore_index) for s in crops_of(item)]
+
+    def _loop_pair(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return as_pair(batch, self.dims, batched=True, ignore_index=self.ignore_index)
 
     def _flipped(self, batches: Iterable[Any], epoch: int) -> Iterator[Any]:
         """The built-in data's augmentation: random flips of the last axis, seeded per epoch."""
         if not self.augment:
             yield from batches
             return
-        flips = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 1)
+        flips = torch.Generator().manual_seed(stream_seed(self.seed, epoch, "flips"))
         for images, masks in batches:
             flip = torch.rand(len(images), generator=flips) < 0.5
             images = torch.where(flip.view(-1, *[1] * (images.ndim - 1)), images.flip(-1), images)
@@ -214,34 +304,48 @@ class DataPlan:
 
     # -- preview samples and fingerprints --------------------------------------------------------
 
-    def _sample(self, dataset, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(dataset, ArrayDataset):
-            return dataset.images[index], dataset.masks[index]
-        return as_pair(dataset[int(index)], self.dims, batched=False, ignore_index=self.ignore_index)
-
     def _preview(self, dataset, val_idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [self._sample(dataset, i) for i in val_idx[:PREVIEW_SAMPLES]]
+        """The first PREVIEW_SAMPLES validation samples (every crop of an item counts)."""
+        pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for index in val_idx:
+            if len(pairs) >= PREVIEW_SAMPLES:
+                break
+            if isinstance(dataset, ArrayDataset):
+                pairs.append((dataset.images[index], dataset.masks[index]))
+            else:
+                pairs.extend(self._pairs(dataset[int(index)]))
+        pairs = pairs[:PREVIEW_SAMPLES]
         shapes = {tuple(p[0].shape) for p in pairs}
         if len(shapes) > 1:  # samples of mixed sizes: keep the ones shaped like the first
             pairs = [p for p in pairs if tuple(p[0].shape) == tuple(pairs[0][0].shape)]
         return pad_stack(pairs, self.spatial_multiple)
 
-    def _fingerprint(self, dataset, indices: np.ndarray) -> str:
+    def _kind(self, dataset: Any) -> str:
+        """How a dataset is fingerprinted (FINGERPRINT_KINDS): never by running its transforms."""
+        if dataset is None:  # an iterable dataset behind a DataLoader
+            return "loaded"
+        if id(dataset) not in self._kinds:
+            if isinstance(dataset, ArrayDataset):
+                kind = "arrays"
+            elif callable(getattr(dataset, "sample_digest", None)):
+                kind = "sample_digest"
+            elif _kept_inputs(dataset) is not None:
+                kind = "inputs"
+            else:
+                kind = "loaded"
+            self._kinds[id(dataset)] = kind
+        return self._kinds[id(dataset)]
+
+    def _fingerprint(self, dataset: Any, indices: np.ndarray, kind: str) -> str:
+        """The split's SHA256 from per-sample digests (each computed once per dataset, reused by
+        every fold); "" for "loaded", known only once the first epoch has gone through."""
+        if kind == "loaded":
+            return ""
         digests = self._digests.setdefault(id(dataset), [None] * len(dataset))
-        own = getattr(dataset, "sample_digest", None)  # a dataset may hash its files instead of decoding them
         for i in indices:
             if digests[i] is None:
-                digests[i] = own(int(i)) if own is not None else sample_digest(*self._sample(dataset, i))
+                digests[i] = _sample_digest(dataset, int(i), kind)
         return combine_digests(digests[i] for i in indices)
-
-    def _fingerprint_any(self, dataset, loader) -> str:
-        if dataset is not None:
-            return self._fingerprint(dataset, np.arange(len(dataset)))
-        digests: list[bytes] = []  # an iterable dataset: hash what one pass of the loader yields
-        for batch in loader(0) if isinstance(loader, _OwnLoader) else loader:
-            images, masks = as_pair(batch, self.dims, batched=True, ignore_index=self.ignore_index)
-            digests.extend(sample_digest(i, m) for i, m in zip(images, masks))
-        return combine_digests(digests)
 
 
 def pad_stack(pairs: list[tuple[torch.Tensor, torch.Tensor]], multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,6 +363,74 @@ def pad_stack(pairs: list[tuple[torch.Tensor, torch.Tensor]], multiple: int) -> 
         images.append(image)
         masks.append(mask)
     return torch.stack(images), torch.stack(masks)
+
+
+class _LoadedDigests:
+    """The fingerprints of kind "loaded": each sample of the training batches of epoch 0 and of the
+    first complete validation pass after them, digested in the loop's form as the loop iterates,
+    combined order-independently. A pass left early (the preflight reads one batch) counts for
+    nothing. Seeded per epoch like everything else, so two fits with the same seed agree even
+    when the data's transforms are random. A side known from the start keeps its SHA256."""
+
+    def __init__(self, to_pair: Callable[[Any], tuple[torch.Tensor, torch.Tensor]], train: str, val: str):
+        self.to_pair = to_pair
+        self.train, self.val = train, val
+        self.digest_train, self.digest_val = not train, not val
+        self.trained = False  # the training batches of epoch 0 have all gone through
+
+    def fingerprints(self) -> tuple[str, str]:
+        return (self.train, self.val) if self.train and self.val else ("", "")
+
+    def watch_train(self, batches_of: Callable[[int], Iterable[Any]]) -> Callable[[int], Iterable[Any]]:
+        def train_batches(epoch: int) -> Iterable[Any]:
+            batches = batches_of(epoch)
+            if epoch != 0 or self.trained:
+                return batches
+            return _Digesting(batches, self.to_pair if self.digest_train else None, self._trained)
+
+        return train_batches
+
+    def watch_val(self, batches_of: Callable[[], Iterable[Any]]) -> Callable[[], Iterable[Any]]:
+        def val_batches() -> Iterable[Any]:
+            batches = batches_of()
+            if not self.trained or self.val:
+                return batches
+            return _Digesting(batches, self.to_pair, self._validated)
+
+        return val_batches
+
+    def _trained(self, sha256: str) -> None:
+        self.trained = True
+        if self.digest_train:
+            self.train = sha256
+
+    def _validated(self, sha256: str) -> None:
+        self.val = sha256
+
+
+class _Digesting:
+    """Iterates batches, digesting each sample in the loop's form (nothing when ``to_pair`` is
+    None); only a pass that reaches the end hands the combined SHA256 to ``done``."""
+
+    def __init__(
+        self,
+        batches: Iterable[Any],
+        to_pair: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None,
+        done: Callable[[str], None],
+    ):
+        self.batches, self.to_pair, self.done = batches, to_pair, done
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Any]:
+        digests: list[bytes] = []
+        for batch in self.batches:
+            if self.to_pair is not None:
+                images, masks = self.to_pair(batch)
+                digests.extend(sample_digest(image, mask) for image, mask in zip(images, masks))
+            yield batch
+        self.done(combine_digests(digests))
 
 
 class _TrainingView(Dataset):
@@ -307,7 +479,7 @@ class _EpochOrder:
         self.count = math.ceil(len(shard(torch.arange(count), dist)) / batch_size)
 
     def __call__(self, epoch: int) -> list[np.ndarray]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, "order"))
         order = shard(torch.randperm(self.count_items, generator=generator), self.dist).numpy()
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
@@ -360,6 +532,14 @@ def _set_sampler_epoch(loader: Any, epoch: int) -> None:
             set_epoch(epoch)
 
 
+def _batch_count(loader: Any) -> int:
+    """Batches per epoch, 0 where the loader cannot tell (an iterable dataset without __len__)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return 0
+
+
 def _length(dataset) -> int:
     return len(dataset) if dataset is not None else 0
 
@@ -368,3 +548,24 @@ def _first(batches: Iterable[Any]) -> Any:
     for batch in batches:
         return batch
     raise DataError("val_data yielded no batch: the validation data is empty")
+
+
+def _kept_inputs(dataset: Any) -> list[Any] | tuple[Any, ...] | None:
+    """The inputs a dataset keeps as data, one per item, as MONAI's datasets keep them in
+    ``.data`` (dicts of paths or arrays, or paths); None when it keeps none that can be hashed."""
+    inputs = getattr(dataset, "data", None)
+    if not isinstance(inputs, (list, tuple)) or len(inputs) != len(dataset):
+        return None
+    if not all(isinstance(x, (Mapping, str, os.PathLike)) and plain_input(x) for x in inputs):
+        return None
+    return inputs
+
+
+def _sample_digest(dataset: Any, index: int, kind: str) -> bytes:
+    if kind == "arrays":
+        return sample_digest(dataset.images[index], dataset.masks[index])
+    if kind == "sample_digest":  # a dataset may hash its files instead of decoding them
+        return dataset.sample_digest(index)
+    digest = input_digest(dataset.data[index])
+    assert digest is not None  # plain_input checked every input
+    return digest

@@ -126,9 +126,11 @@ class FolderDataset(Dataset):
     """``(image, mask)`` pairs of a folder, decoded on access.
 
     ``dataset[i]`` is the validation form (whole image); ``training_sample(i, epoch)`` the training
-    form: a random crop of ``crop`` (padded with ignored pixels where the image is smaller) and
-    random flips and 90-degree rotations, drawn from ``(seed, epoch, i)`` so a resumed fit and any
-    number of workers see the same samples."""
+    form: a random crop of ``crop`` (padded with ignored pixels where the image is smaller), centred
+    on a random foreground pixel with probability ``crop_foreground`` (as nnU-Net oversamples
+    foreground: with sparse foreground most uniform crops hold none), and random flips and 90-degree
+    rotations, all drawn from ``(seed, epoch, i)`` so a resumed fit and any number of workers see
+    the same samples. Foreground is a mask value above 0 other than ``ignore_index``."""
 
     def __init__(
         self,
@@ -140,6 +142,8 @@ class FolderDataset(Dataset):
         crop: Sequence[int] | None = None,
         augment: bool = True,
         seed: int = 0,
+        crop_foreground: float = 0.33,
+        ignore_index: int | None = None,
     ):
         self.root = Path(root)
         self.pairs = scan_pairs(self.root)
@@ -147,6 +151,7 @@ class FolderDataset(Dataset):
         self.dims, self.channels, self.normalize = dims, channels, normalize
         self.crop = tuple(crop) if crop else None
         self.augment, self.seed = augment, seed
+        self.crop_foreground, self.ignore_index = crop_foreground, ignore_index
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -159,7 +164,10 @@ class FolderDataset(Dataset):
         image, mask = self._read(index)
         rng = np.random.default_rng([self.seed, epoch, index])
         if self.crop:
-            image, mask = random_crop(image, mask, self.crop, rng)
+            # no draw at crop_foreground = 0: the crops stay those of a fit without the setting
+            wanted = self.crop_foreground > 0 and rng.random() < self.crop_foreground
+            centre = foreground_pixel(mask, self.ignore_index, rng) if wanted else None
+            image, mask = random_crop(image, mask, self.crop, rng, centre)
         if self.augment:
             image, mask = flip_rotate(image, mask, rng)
         return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(np.ascontiguousarray(mask))
@@ -245,18 +253,41 @@ class FolderDataset(Dataset):
         return np.ascontiguousarray(image, dtype=np.float32), mask
 
 
-def random_crop(image: np.ndarray, mask: np.ndarray, crop: Sequence[int], rng: np.random.Generator):
-    """A random window of ``crop`` per spatial axis; sides shorter than the crop are padded (the
-    image with 0, the mask with ignored pixels) so every training sample has the crop's size."""
+def random_crop(
+    image: np.ndarray,
+    mask: np.ndarray,
+    crop: Sequence[int],
+    rng: np.random.Generator,
+    centre: Sequence[int] | None = None,
+):
+    """A window of ``crop`` per spatial axis, at a random place or centred on ``centre`` (moved
+    inside the image where the centre lies near an edge); sides shorter than the crop are padded
+    (the image with 0, the mask with ignored pixels) so every training sample has the crop's size."""
     spatial = mask.shape
     crop = tuple(crop) if len(crop) == len(spatial) else (crop[0],) * len(spatial)
     pad = [max(0, c - s) for c, s in zip(crop, spatial)]
     if any(pad):
         image = np.pad(image, [(0, 0)] + [(0, p) for p in pad])
         mask = np.pad(mask, [(0, p) for p in pad], constant_values=IGNORED)
-    starts = [int(rng.integers(0, s - c + 1)) for s, c in zip(mask.shape, crop)]
+    if centre is None:
+        starts = [int(rng.integers(0, s - c + 1)) for s, c in zip(mask.shape, crop)]
+    else:
+        starts = [min(max(0, int(m) - c // 2), s - c) for m, s, c in zip(centre, mask.shape, crop)]
     window = tuple(slice(a, a + c) for a, c in zip(starts, crop))
     return image[(slice(None), *window)], mask[window]
+
+
+def foreground_pixel(mask: np.ndarray, ignore_index: int | None, rng: np.random.Generator) -> tuple[int, ...] | None:
+    """The position of one foreground pixel (value above 0, not ``ignore_index``) drawn uniformly
+    from the mask's foreground; None when it has none."""
+    foreground = mask > 0
+    if ignore_index is not None:
+        foreground &= mask != ignore_index
+    positions = np.flatnonzero(foreground)
+    if not len(positions):
+        return None
+    chosen = positions[int(rng.integers(0, len(positions)))]
+    return tuple(int(i) for i in np.unravel_index(chosen, mask.shape))
 
 
 def flip_rotate(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):

@@ -86,7 +86,8 @@ def fit_start(trainer, run):
 
     :param trainer: the running trainer.
     :param run: ``RunInfo``: run name, resolved config, fold, ranks, dataset fingerprints,
-        ``start_epoch`` and ``resumed_from``.
+        ``start_epoch`` and ``resumed_from``. With ``fingerprint_kind == "loaded"`` the two
+        fingerprints are ``""`` here; the ``run`` of the first ``validation_end`` on carries them.
     :return: ignored.
     :raises: isolated (see the module docs).
     """
@@ -108,11 +109,13 @@ def epoch_start(trainer, run, epoch):
 
 @hookspec
 def train_batch_end(trainer, run, step):
-    """An optimizer step finished.
+    """A training batch finished.
 
-    Fires after every optimizer step (after ``optimizer.step()``), between ``epoch_start`` and
-    ``validation_end``. It is the hot path: keep it cheap, and do slow work (I/O, network) off
-    the training thread.
+    Fires after every training batch's backward pass (and after ``optimizer.step()`` when the batch
+    ends a group of ``train.accumulate`` batches; with the default of 1, after every step), between
+    ``epoch_start`` and ``validation_end``. A batch with no labelled pixel, or whose loss was not
+    finite and was skipped, fires nothing. It is the hot path: keep it cheap, and do slow work
+    (I/O, network) off the training thread.
 
     :param trainer: the running trainer.
     :param run: ``RunInfo`` of this fit.
@@ -128,13 +131,17 @@ def validation_batch_end(trainer, run, batch):
 
     Fires after each validation batch's forward pass, before ``validation_end`` of the same epoch,
     only when some plugin implements it (the loop skips the call otherwise). Use it to accumulate
-    a metric of your own, then return it from ``validation_metrics``. Under ``torchrun`` this
-    rank-0 hook sees rank 0's share of the validation set.
+    a metric of your own, then return it from ``validation_metrics``. Under ``torchrun`` it fires
+    on rank 0 for every batch of every rank: rank 0's own as they are computed, then the other
+    ranks' (sent to rank 0 after the pass, on the CPU, numbered after rank 0's), so a metric
+    summed over batches is the number one process would compute. With ``infer.roi_size`` set the
+    logits are the blended windows of whole images.
 
     :param trainer: the running trainer.
     :param run: ``RunInfo`` of this fit.
     :param batch: ``ValidationBatch``: epoch, batch index, and the batch's images, masks (-1 where
-        ignored), logits and predictions as tensors on the training device; do not modify them.
+        ignored), logits and predictions as tensors (on the training device, or on the CPU: another
+        rank's batch, or ``infer.output_device = "cpu"`` with windows); do not modify them.
     :return: ignored.
     :raises: isolated.
     """
@@ -152,8 +159,11 @@ def validation_metrics(trainer, run, result):
     :return: a mapping of metric name to float (or ``None``). The values join the epoch's metrics:
         ``EpochResult.metrics`` and ``FitResult``, every tracking plugin logs them, and any of
         them may be ``checkpoint.monitor``. A name that is already taken, or a value that is not a
-        number, is reported as this plugin's failure and left out.
-    :raises: isolated; the plugin contributes nothing that epoch.
+        number, is reported as this plugin's failure and left out. Under ``torchrun`` the values
+        computed on rank 0 are sent to every rank, so all ranks agree on the best epoch.
+    :raises: isolated; the plugin contributes nothing that epoch. If ``checkpoint.monitor`` is one
+        of its metrics, that epoch cannot be the best one (a warning says so) and the fit goes on;
+        ``best.pt`` stays the best epoch among those that have the metric.
     """
 
 

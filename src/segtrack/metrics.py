@@ -1,29 +1,12 @@
-"""Loss (cross-entropy + soft Dice) and validation metrics (Dice, IoU), for 2D and 3D masks.
+"""Validation metrics (Dice, IoU) from confusion counts, for 2D and 3D masks.
 
 Mask pixels equal to ``samples.IGNORED`` count in neither the loss nor any metric."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from segtrack.samples import IGNORED
-
-
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float) -> torch.Tensor:
-    """``logits`` (N, K, *spatial), ``target`` (N, *spatial) class ids or ``IGNORED``."""
-    ce = F.cross_entropy(logits, target, ignore_index=IGNORED)
-    if dice_weight == 0:
-        return ce
-    probs = logits.float().softmax(dim=1)
-    valid = (target != IGNORED).unsqueeze(1).to(probs.dtype)
-    one_hot = F.one_hot(target.clamp_min(0), probs.shape[1]).movedim(-1, 1).to(probs.dtype) * valid
-    probs = probs * valid
-    dims = (0, *range(2, probs.ndim))
-    intersection = (probs * one_hot).sum(dims)
-    denominator = probs.sum(dims) + one_hot.sum(dims)
-    soft_dice = (2 * intersection + 1.0) / (denominator + 1.0)
-    return ce + dice_weight * (1 - soft_dice[1:].mean())
 
 
 class ConfusionCounts:

@@ -20,21 +20,45 @@ from segtrack.palette import colour_mask
 
 
 class Predictor:
-    """Logits for one image ``(C, *spatial)`` float32, from a torch model or an ONNX session."""
+    """Logits for one image ``(C, *spatial)`` float32, from a torch model or an ONNX session: in one
+    pass, or window by window with the sliding-window settings recorded at training (``infer``)."""
 
     def __init__(self, metadata: dict, run: Callable[[np.ndarray], np.ndarray], source: str):
         self.dims, self.channels = metadata["dims"], metadata["in_channels"]
         self.num_classes, self.normalize = metadata["num_classes"], metadata["normalize"]
         self.multiple = max(1, int(metadata.get("spatial_multiple", 1)))
+        self.windows: dict | None = metadata.get("infer")
         self.run, self.source = run, source
 
+    def use_windows(self, infer: dict | None) -> None:
+        """Window settings given for this prediction (``--set infer.roi_size=...``) replace the recorded ones."""
+        from segtrack.export import window_settings
+
+        given = window_settings(infer)
+        if given is not None:
+            self.windows = given
+
     def mask_of(self, image: np.ndarray) -> np.ndarray:
+        if self.windows:
+            return self._windowed_logits(image).argmax(0)
         spatial = image.shape[1:]
         padded = [math.ceil(s / self.multiple) * self.multiple for s in spatial]
         batch = np.zeros((1, image.shape[0], *padded), dtype=np.float32)
         real_area: tuple[Any, ...] = (0, slice(None), *(slice(0, s) for s in spatial))
         batch[real_area] = image
         return self.run(batch)[real_area].argmax(0)
+
+    def _windowed_logits(self, image: np.ndarray) -> np.ndarray:
+        import torch
+
+        from segtrack.windowed import sliding_window
+
+        def model(windows: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(self.run(np.ascontiguousarray(windows.numpy())))
+
+        assert self.windows is not None
+        options = {k: self.windows[k] for k in ("overlap", "mode", "batch_size")}
+        return sliding_window(model, torch.from_numpy(image)[None], self.windows["roi_size"], **options)[0].numpy()
 
 
 def from_checkpoint(path: Path, device: str) -> Predictor:

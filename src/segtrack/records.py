@@ -56,6 +56,11 @@ class RunInfo:
     # where the data comes from: "synthetic", "folder:<absolute path>", "dataset:<entry point name>",
     # "factory:<module:callable>", or "python:<module.Class>" of a Dataset/DataLoader passed in code
     data_source: str = ""
+    # how train_sha256/val_sha256 identify the data: "arrays" (the built-in data), "sample_digest"
+    # (the dataset's own per-sample hashes: the folder's file bytes), "inputs" (the inputs a dataset
+    # keeps in .data, MONAI-style), "loaded" (what epoch 0 loaded: the two are "" until epoch 0's
+    # validation_end, whose run and every later one hold them)
+    fingerprint_kind: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,8 @@ class StepResult:
 
     epoch: int
     batch_index: int  # index within the epoch
-    global_step: int  # optimizer steps since the fit began, counting resumed ones
+    global_step: int  # training batches since the fit began, counting resumed ones (= optimizer steps when
+    # train.accumulate = 1; batches with nothing labelled or a skipped non-finite loss count, but fire no hook)
     loss: float
     lr: float
     batch_size: int

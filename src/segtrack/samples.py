@@ -31,9 +31,35 @@ def split_sample(item: Any) -> tuple[Any, Any]:
     )
 
 
+def is_crop_list(item: Any) -> bool:
+    """Whether ``item`` is a list of samples (or of batches) rather than one: a list or tuple whose
+    items are all dicts, or all ``(image, mask)`` pairs of arrays or tensors. MONAI's
+    ``RandCropByPosNegLabeld(num_samples=N)`` makes each dataset item such a list of N dicts. A
+    plain ``(image, mask)`` pair holds arrays, not pairs, so it is never taken for a list."""
+    if not isinstance(item, (list, tuple)) or not item:
+        return False
+    return all(isinstance(x, Mapping) for x in item) or all(_is_array_pair(x) for x in item)
+
+
+def crops_of(item: Any) -> list[Any]:
+    """The samples one dataset item holds: the item itself, or each crop of a list of crops."""
+    return list(item) if is_crop_list(item) else [item]
+
+
 def as_pair(item: Any, dims: int, batched: bool, ignore_index: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One sample (``batched=False``) or one batch in the loop's form; a clear error otherwise."""
-    image, mask = (torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x for x in split_sample(item))
+    """One sample (``batched=False``) or one batch in the loop's form; a clear error otherwise.
+
+    A batch may be a list of crop batches (what ``default_collate`` makes of items that are lists
+    of crops): they are joined along the batch axis. Tensor subclasses (MONAI's ``MetaTensor``)
+    come back as plain tensors, so nothing downstream carries their metadata."""
+    if is_crop_list(item):
+        if not batched:
+            raise DataError(
+                f"a sample holds {len(item)} crops where one sample was expected: read its samples with "
+                f"segtrack.samples.crops_of"
+            )
+        return _joined([as_pair(crop, dims, True, ignore_index) for crop in item])
+    image, mask = (_plain_tensor(x) for x in split_sample(item))
     lead = 1 if batched else 0
     what = "batch" if batched else "sample"
     if image.ndim == lead + dims:  # no channel axis: one channel
@@ -117,3 +143,30 @@ def _axes(dims: int) -> str:
 
 def _size(shape) -> str:
     return "x".join(str(int(s)) for s in shape)
+
+
+def _is_array_pair(item: Any) -> bool:
+    return (
+        isinstance(item, (list, tuple))
+        and len(item) >= 2
+        and all(isinstance(x, (torch.Tensor, np.ndarray)) for x in item[:2])
+    )
+
+
+def _plain_tensor(value: Any) -> torch.Tensor:
+    """A plain ``torch.Tensor`` (no copy): arrays converted, subclasses such as MONAI's
+    ``MetaTensor`` stripped of their type (their ops would carry metadata into every result)."""
+    if not isinstance(value, torch.Tensor):
+        return torch.as_tensor(np.asarray(value))
+    return value if type(value) is torch.Tensor else value.as_subclass(torch.Tensor)
+
+
+def _joined(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop batches joined into one batch; they must share a size (crops of one recipe do)."""
+    sizes = {tuple(masks.shape[1:]) for _, masks in parts}
+    if len(sizes) > 1:
+        raise DataError(
+            f"the crops of one batch have different sizes ({', '.join(_size(s) for s in sorted(sizes))}): "
+            f"crop every sample of a batch to one size"
+        )
+    return torch.cat([images for images, _ in parts]), torch.cat([masks for _, masks in parts])

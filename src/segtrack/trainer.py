@@ -33,12 +33,15 @@ from segtrack.config import (
 )
 from segtrack.data import ArrayDataset, configured_data
 from segtrack.distributed import DistContext, context_from_env
+from segtrack.ema import WeightAverage
 from segtrack.errors import CheckpointError, ConfigError, DataError, PeerLost
 from segtrack.fit_state import FitState
-from segtrack.fitdata import DataPlan, FitData
-from segtrack.metrics import ConfusionCounts, segmentation_loss
+from segtrack.fitdata import DataPlan, FitData, stream_seed
+from segtrack.losses import Loss, builtin_loss
+from segtrack.metrics import ConfusionCounts
 from segtrack.model import model_signature, user_model_signature
 from segtrack.plugins import PluginManager, get_plugin_manager, installed_entry_points
+from segtrack.recipe import OptimizerFactory, SchedulerFactory, build_optimizer, build_scheduler, describe
 from segtrack.records import (
     CheckpointInfo,
     CrossValidationInfo,
@@ -56,8 +59,16 @@ from segtrack.records import (
 from segtrack.registry import build_model, spatial_multiple
 from segtrack.samples import as_pair, check_class_ids, check_logits, logits_of
 from segtrack.signals import SigtermAsInterrupt, interrupt_behind
+from segtrack.train_step import TrainStep
+from segtrack.validation_batches import ValidationBatches
+from segtrack.windowed import sliding_window
 
 log = logging.getLogger("segtrack.trainer")
+_RECIPE_HELP = {
+    "loss": "(logits, target) -> scalar tensor",
+    "optimizer": "a factory params -> torch.optim.Optimizer",
+    "scheduler": "a factory optimizer -> torch.optim.lr_scheduler.LRScheduler",
+}
 
 
 class SegmentationTrainer:
@@ -76,6 +87,13 @@ class SegmentationTrainer:
         ``data.val_fraction`` (or into folds in ``cv``).
     :param plugin_manager: a prebuilt manager (from ``get_plugin_manager``); ``plugins`` must
         then be empty.
+    :param loss: a callable ``(logits, target) -> scalar tensor`` replacing ``train.loss``; ``logits``
+        are ``(N, K, *spatial)``, ``target`` ``(N, *spatial)`` int64 class ids with ``-1`` where a pixel
+        is ignored (``data.ignore_index`` or padding). Also gives the validation loss.
+    :param optimizer: a factory ``params -> torch.optim.Optimizer`` replacing ``train.optimizer``;
+        called once per fit (each fold, each resume, each rank builds its own).
+    :param scheduler: a factory ``optimizer -> LRScheduler`` replacing ``train.scheduler``, stepped
+        per ``train.scheduler_interval`` (``ReduceLROnPlateau`` gets the monitored metric per epoch).
     """
 
     def __init__(
@@ -87,6 +105,9 @@ class SegmentationTrainer:
         train_data: Any = None,
         val_data: Any = None,
         plugin_manager: PluginManager | None = None,
+        loss: Loss | None = None,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
     ):
         if settings is None:
             settings = load_settings()
@@ -97,6 +118,14 @@ class SegmentationTrainer:
             raise ConfigError(
                 f"model is a {type(model).__name__}: pass a torch.nn.Module (or None for the configured model.name)"
             )
+        for name, given in (("loss", loss), ("optimizer", optimizer), ("scheduler", scheduler)):
+            if given is not None and not callable(given):
+                raise ConfigError(f"{name} is a {type(given).__name__}: pass a callable ({_RECIPE_HELP[name]})")
+        self._optimizer_factory, self._scheduler_factory = optimizer, scheduler
+        self._recipe = {
+            key: describe(given) for key, given in (("loss", loss), ("optimizer", optimizer), ("scheduler", scheduler))
+            if given is not None
+        }  # fmt: skip
         self.dist: DistContext = context_from_env()
         if plugin_manager is not None and list(plugins):
             raise ConfigError("pass plugins either in `plugins` or inside `plugin_manager`, not both")
@@ -125,6 +154,7 @@ class SegmentationTrainer:
         multiple = spatial_multiple(
             model if model is not None else build_model(self.config["model"], self.num_classes, self.dims)
         )
+        _check_window_fits(self.config["infer"]["roi_size"], multiple)
         builtin, split = None, None
         self.data_source = _data_source(self.config["data"], train_data)
         if train_data is None:
@@ -136,6 +166,8 @@ class SegmentationTrainer:
         )
         self._user_model = model
         self._inference_config = inference_config(self.config)
+        self.infer = self.config["infer"]
+        self._loss_fn: Loss = loss if loss is not None else builtin_loss(self.config["train"])
         self._initial_weights = _cpu_copy(model.state_dict()) if model is not None else None
         self.model: torch.nn.Module | None = None
         self.epoch = 0
@@ -201,24 +233,22 @@ class SegmentationTrainer:
         num_folds: int | None = None,
         cv_id: str | None = None,
     ) -> FitResult:
-        cfg, hooks = self.config, self.hooks
-        # setup: checkpoint to resume (read before any folder is created), folders, model, optimizer
+        hooks = self.hooks
+        # setup: the checkpoint to resume (read before any folder is created), a first batch through
+        # the model (nothing written if it fails), folders, then the state restored
         if resume == "auto":
             resume = str(ckpt_dir / "last.pt") if (ckpt_dir / "last.pt").is_file() else None
-        state = self._new_state()
+        state = self._new_state(data)
         signature = self._signature(state.model)
         payload = checkpoint.load(resume, signature) if resume else None
         self._preflight(state.model, data)
         ckpt_dir, export_dir = self._prepare_folders(ckpt_dir)
         if payload is not None and resume is not None:
-            state.restore(payload)
-            state.paths["last"] = str(ckpt_dir / "last.pt")
-            best = _best_checkpoint_for(Path(resume), ckpt_dir, state.best_epoch) if self.dist.is_main else None
-            if best is not None:
-                state.paths["best"] = str(best)
-            for name, plugin_state in payload.get("plugins", {}).items():
-                hooks.call_one(name, "load_state_dict", state=plugin_state)
-        train_model = self._distributed(state.model)
+            self._restore(state, payload, Path(resume), ckpt_dir)
+        steps = TrainStep(
+            self._distributed(state.model), state, self._loss_fn, self.config["train"], self.num_classes,
+            self.device, self.amp, self.dist,
+        )  # fmt: skip
         self.model, self.stop_reason, self.batches_per_epoch = state.model, None, data.batches_per_epoch
         run = self._run_info(data, state, run_name, resume, fold, num_folds, cv_id)
         export = export_error = None
@@ -227,62 +257,24 @@ class SegmentationTrainer:
         with SigtermAsInterrupt(self.dist) as sigterm:
             try:
                 hooks.call("fit_start", trainer=self, run=run)
-                for epoch in range(state.start_epoch, cfg["train"]["epochs"]):
-                    self.epoch, epoch_started = epoch, time.perf_counter()
-                    hooks.call("epoch_start", trainer=self, run=run, epoch=epoch)
-                    # train, then validate
-                    lr = state.optimizer.param_groups[0]["lr"]
-                    train_loss = self._train_epoch(train_model, state, data, epoch, run)
-                    validation = self._validate(state.model, data, epoch, run)
-                    hooks.call("validation_end", trainer=self, run=run, result=validation)
-                    state.scheduler.step()
-                    # metrics: built-in, per class, then the plugins' own
-                    metrics = {
-                        "train_loss": train_loss,
-                        "val_loss": validation.val_loss,
-                        "val_dice": validation.val_dice,
-                        "val_iou": validation.val_iou,
-                        "lr": lr,
-                        **self._per_class(validation),
-                    }
-                    metrics.update(self._plugin_metrics(run, validation, metrics))
-                    self._check_monitor(metrics, final=self.dist.is_main)
-                    is_best = state.record_epoch(epoch, metrics)
+                for epoch in range(state.start_epoch, self.config["train"]["epochs"]):
+                    # one epoch: train, validate, metrics, epoch_end, checkpoints
+                    run, is_best = self._epoch(epoch, steps, state, data, run)
                     epochs_completed = epoch + 1
-                    hooks.call(
-                        "epoch_end",
-                        trainer=self,
-                        run=run,
-                        epoch=EpochResult(
-                            epoch,
-                            freeze(metrics),
-                            state.monitor,
-                            is_best,
-                            state.best_value,
-                            state.best_epoch,
-                            time.perf_counter() - epoch_started,
-                        ),
-                    )
-                    # checkpoints (rank 0): best when improved, last always, optional per-epoch snapshots
                     if self.dist.is_main:
                         self._save_checkpoints(state, ckpt_dir, run, signature, run_name, fold, is_best, sigterm)
                     # stop together: a stop requested on rank 0 (hooks run there) ends every rank
                     if self._stop_everywhere():
                         state.status = "stopped"
                         break
+                # the best checkpoint as ONNX, checked in onnxruntime against torch
                 if export_dir is not None and self.dist.is_main and state.paths.get("best"):
                     export, export_error = self._export(state, export_dir, run_name, data.preview[0], signature)
                     if export is not None:
                         hooks.call("model_exported", trainer=self, run=run, export=export)
             except BaseException as exc:
                 sigterm.ending = True
-                interrupt = interrupt_behind(exc)
-                state.status = (
-                    "interrupted" if interrupt is not None and not isinstance(interrupt, PeerLost) else "failed"
-                )
-                state.error = f"{type(exc).__name__}: {exc}"
-                with self._lenient_if_failing(force=True):
-                    hooks.call("fit_exception", trainer=self, run=run, error=exc)
+                self._failed(state, run, exc)
                 raise
             finally:
                 sigterm.ending = True
@@ -299,92 +291,159 @@ class SegmentationTrainer:
                     hooks.call_bounded("fit_end", hooks.fit_end_timeout, trainer=self, run=run, result=result)
         return replace(result, plugin_failures=hooks.failures())  # with failures in fit_end itself
 
-    def _train_epoch(self, model: torch.nn.Module, state: FitState, data: FitData, epoch: int, run: RunInfo) -> float:
-        train_cfg = self.config["train"]
+    def _epoch(
+        self, epoch: int, steps: TrainStep, state: FitState, data: FitData, run: RunInfo
+    ) -> tuple[RunInfo, bool]:
+        """Train, validate, gather the metrics, ``epoch_end``; returns the run (with fingerprints
+        filled in after a first epoch that computed them) and whether the epoch is the best."""
+        hooks, started = self.hooks, time.perf_counter()
+        self.epoch = epoch
+        hooks.call("epoch_start", trainer=self, run=run, epoch=epoch)
+        lr = state.optimizer.param_groups[0]["lr"]
+        train_loss = self._train_epoch(steps, data, epoch, run)
+        validation = self._validate(state.eval_model, data, epoch, run)
+        run = self._with_loaded_fingerprints(run, data)
+        hooks.call("validation_end", trainer=self, run=run, result=validation)
+        metrics = {
+            "train_loss": train_loss,
+            "val_loss": validation.val_loss,
+            "val_dice": validation.val_dice,
+            "val_iou": validation.val_iou,
+            "lr": lr,
+            **self._per_class(validation),
+        }
+        metrics.update(self._plugin_metrics(run, validation, metrics))
+        self._step_epoch_schedule(state, metrics)
+        is_best = state.record_epoch(epoch, metrics)
+        hooks.call(
+            "epoch_end",
+            trainer=self,
+            run=run,
+            epoch=EpochResult(
+                epoch=epoch,
+                metrics=freeze(metrics),
+                monitor=state.monitor,
+                is_best=is_best,
+                best_value=state.best_value,
+                best_epoch=state.best_epoch,
+                duration_s=time.perf_counter() - started,
+            ),
+        )
+        return run, is_best
+
+    def _train_epoch(self, steps: TrainStep, data: FitData, epoch: int, run: RunInfo) -> float:
         # every epoch starts from RNG seeded by (seed, epoch): a resumed fit draws the same
         # shuffles, dropout and augmentations as an uninterrupted one, whatever the loader
-        _seed_everything(train_cfg["seed"] * 100_003 + epoch + 2)
-        model.train()
-        device, amp, dice_weight, optimizer, scaler = (
-            self.device,
-            self.amp,
-            train_cfg["dice_weight"],
-            state.optimizer,
-            state.scaler,
-        )
-        call, has_step_hooks = self.hooks.call, self.hooks.has_implementations("train_batch_end")
-        total, count = torch.zeros((), device=device), 0
+        _seed_everything(stream_seed(self.config["train"]["seed"], epoch, "train_rng"))
+        steps.model.train()
+        steps.start_epoch(data.batches_per_epoch)
+        step_hooks = self.hooks.has_implementations("train_batch_end")
         for batch_index, batch in enumerate(data.train_batches(epoch)):
-            images, masks = self._loop_form(batch)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                logits = logits_of(model(images))
-                if batch_index == 0:
-                    check_logits(logits, masks, self.num_classes)  # before the first optimizer step
-                loss = segmentation_loss(logits, masks, dice_weight)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            state.global_step += 1
-            detached = loss.detach()
-            total += detached * len(images)
-            count += len(images)
-            if has_step_hooks:
-                call(
-                    "train_batch_end",
-                    trainer=self,
-                    run=run,
-                    step=StepResult(
-                        epoch,
-                        batch_index,
-                        state.global_step,
-                        float(detached),
-                        optimizer.param_groups[0]["lr"],
-                        len(images),
-                    ),
+            images, masks, labelled = self._loop_form(batch)
+            loss = steps.batch(images, masks, labelled, epoch, batch_index)
+            steps.state.global_step += 1
+            if step_hooks and loss is not None:
+                step = StepResult(
+                    epoch=epoch,
+                    batch_index=batch_index,
+                    global_step=steps.state.global_step,
+                    loss=loss,
+                    lr=steps.state.optimizer.param_groups[0]["lr"],
+                    batch_size=len(images),
                 )
-        sums = self.dist.all_reduce_sum(
-            torch.stack([total.double(), torch.tensor(float(count), device=device).double()])
-        )
-        return float(sums[0] / sums[1]) if float(sums[1]) else math.nan
+                self.hooks.call("train_batch_end", trainer=self, run=run, step=step)
+        return steps.finish_epoch()
 
     @torch.no_grad()
     def _validate(self, model: torch.nn.Module, data: FitData, epoch: int, run: RunInfo) -> ValidationResult:
+        """Metrics over the whole validation data (every rank's share), the validation loss with
+        the fit's loss, and preview samples when a plugin reads them."""
         model.eval()
-        device, amp, dice_weight = self.device, self.amp, self.config["train"]["dice_weight"]
-        counts = ConfusionCounts(self.num_classes, device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        where = self._validation_device()
+        counts = ConfusionCounts(self.num_classes, where)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=where)
         seen = 0
-        batch_hooks = self.dist.is_main and self.hooks.has_implementations("validation_batch_end")
+        batches = ValidationBatches(self.hooks, self.dist, self, run)
         for batch_index, batch in enumerate(data.val_batches()):
-            images, masks = self._loop_form(batch)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                logits = logits_of(model(images))
+            images, masks, labelled = self._loop_form(batch, where)
+            logits = self._infer(model, images)
             if batch_index == 0:
                 check_logits(logits, masks, self.num_classes)
-            loss_sum += segmentation_loss(logits.float(), masks, dice_weight).double() * len(images)
-            seen += len(images)
+            if labelled:
+                loss_sum += self._loss_fn(logits.float(), masks).double() * len(images)
+                seen += len(images)
             predictions = logits.argmax(1)
             counts.update(predictions, masks)
-            if batch_hooks:
-                self.hooks.call(
-                    "validation_batch_end",
-                    trainer=self,
-                    run=run,
-                    batch=ValidationBatch(epoch, batch_index, images, masks, logits, predictions),
-                )
-        self.dist.all_reduce_sum(counts.counts)
+            batches.add(ValidationBatch(epoch, batch_index, images, masks, logits, predictions))
+        batches.finish()
+        counts.counts = self.dist.all_reduce_sum(counts.counts.to(self.device))
         totals = self.dist.all_reduce_sum(
-            torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=device)])
+            torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=where)]).to(self.device)
         )
         dice, iou = counts.mean_foreground()
         per_class_dice, per_class_iou = (tuple(float(v) for v in t.cpu()) for t in counts.per_class())
         wanted = self.hooks.has_implementations("validation_end") or self.hooks.has_implementations(
             "validation_metrics"
         )
-        samples = self._preview_samples(model, data) if self.dist.is_main and wanted else ()
-        val_loss = float(totals[0] / totals[1]) if float(totals[1]) else math.nan
-        return ValidationResult(epoch, val_loss, dice, iou, per_class_dice, int(totals[1]), samples, per_class_iou)
+        return ValidationResult(
+            epoch=epoch,
+            val_loss=float(totals[0] / totals[1]) if float(totals[1]) else math.nan,
+            val_dice=dice,
+            val_iou=iou,
+            per_class_dice=per_class_dice,
+            num_samples=int(totals[1]),
+            samples=self._preview_samples(model, data) if self.dist.is_main and wanted else (),
+            per_class_iou=per_class_iou,
+        )
+
+    def _infer(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Logits of a whole batch: in one pass, or window by window when infer.roi_size is set."""
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+            if not self.infer["roi_size"]:
+                return logits_of(model(images))
+            return sliding_window(
+                model,
+                images,
+                self.infer["roi_size"],
+                overlap=self.infer["overlap"],
+                mode=self.infer["mode"],
+                batch_size=self.infer["batch_size"],
+                device=self.device,
+                output_device=images.device,
+            )
+
+    def _validation_device(self) -> torch.device:
+        """Where validation keeps whole images and their logits: the CPU when windows go to the
+        model one batch at a time and ``infer.output_device = "cpu"``, else the model's device."""
+        if self.infer["roi_size"] and self.infer["output_device"] == "cpu":
+            return torch.device("cpu")
+        return self.device
+
+    def _step_epoch_schedule(self, state: FitState, metrics: Mapping[str, float]) -> None:
+        if self.config["train"]["scheduler_interval"] != "epoch":
+            return
+        if isinstance(state.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            state.scheduler.step(metrics.get(state.monitor, math.nan))
+        else:
+            state.scheduler.step()
+
+    def _restore(self, state: FitState, payload: dict, source: Path, ckpt_dir: Path) -> None:
+        """A resumed fit: weights, optimizer, schedule, scaler, average, RNG and plugin states."""
+        state.restore(payload)
+        state.paths["last"] = str(ckpt_dir / "last.pt")
+        best = _best_checkpoint_for(source, ckpt_dir, state.best_epoch) if self.dist.is_main else None
+        if best is not None:
+            state.paths["best"] = str(best)
+        for name, plugin_state in payload.get("plugins", {}).items():
+            self.hooks.call_one(name, "load_state_dict", state=plugin_state)
+
+    def _failed(self, state: FitState, run: RunInfo, exc: BaseException) -> None:
+        """An exception ends the fit: its status, then ``fit_exception`` (plugins' errors reported only)."""
+        interrupt = interrupt_behind(exc)
+        state.status = "interrupted" if interrupt is not None and not isinstance(interrupt, PeerLost) else "failed"
+        state.error = f"{type(exc).__name__}: {exc}"
+        with self._lenient_if_failing(force=True):
+            self.hooks.call("fit_exception", trainer=self, run=run, error=exc)
 
     # -- phase helpers --------------------------------------------------------------------------
 
@@ -397,21 +456,22 @@ class SegmentationTrainer:
             if self.dist.enabled:
                 return  # this rank's share of a tiny validation set is empty; another rank checks
             raise DataError("the validation data yields no batch: give it at least one sample")
-        images, masks = self._loop_form(batch)
+        images, masks, _ = self._loop_form(batch, self._validation_device())
         model.eval()
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-            check_logits(logits_of(model(images)), masks, self.num_classes)
+        check_logits(self._infer(model, images), masks, self.num_classes)
 
-    def _loop_form(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch as (images, masks) on the device, class ids checked (on the CPU, before the copy)."""
+    def _loop_form(self, batch: Any, where: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """A batch as (images, masks) on ``where`` (the device by default), class ids checked on the
+        CPU before the copy, and whether any pixel is labelled (not ignored)."""
         images, masks = as_pair(batch, self.dims, batched=True, ignore_index=self.ignore_index)
         check_class_ids(masks, self.num_classes, self.ignore_index)
-        return images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+        labelled = bool(masks.max() >= 0)
+        where = where or self.device
+        return images.to(where, non_blocking=True), masks.to(where, non_blocking=True), labelled
 
     def _preview_samples(self, model: torch.nn.Module, data: FitData) -> tuple[ValidationSample, ...]:
         images, masks = data.preview
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-            predictions = logits_of(model(images.to(self.device))).argmax(1).cpu()
+        predictions = self._infer(model, images.to(self._validation_device())).argmax(1).cpu()
         return tuple(ValidationSample(i.numpy(), m.numpy(), p.numpy()) for i, m, p in zip(images, masks, predictions))
 
     def _per_class(self, validation: ValidationResult) -> dict[str, float]:
@@ -425,23 +485,31 @@ class SegmentationTrainer:
     def _plugin_metrics(
         self, run: RunInfo, validation: ValidationResult, taken: Mapping[str, float]
     ) -> dict[str, float]:
-        if not self.dist.is_main:
-            return {}
+        """The plugins' own metrics, computed on rank 0 and sent to every rank, so all ranks agree
+        on the monitored value and the best epoch. A plugin that fails is reported; if the monitor
+        was its metric, this epoch cannot be the best one (the fit goes on)."""
         merged: dict[str, float] = {}
-        for plugin, values in self.hooks.collect(
-            "validation_metrics", trainer=self, run=run, result=validation
-        ).items():
-            try:
-                if not isinstance(values, Mapping):
-                    raise TypeError(f"validation_metrics returned {type(values).__name__}, not a dict of floats")
-                for name, value in values.items():
-                    if not isinstance(name, str) or name in taken or name in merged:
-                        raise ValueError(f"metric name {name!r} is already taken or not a string: rename it")
-                    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-                        raise TypeError(f"metric {name!r} is {type(value).__name__}, not a number")
-                    merged[name] = float(value)
-            except (TypeError, ValueError) as exc:
-                self.hooks.report_failure(plugin, "validation_metrics", exc)
+        failed_before = _failure_count(self.hooks.failures(), "validation_metrics")
+        if self.dist.is_main:
+            for plugin, values in self.hooks.collect(
+                "validation_metrics", trainer=self, run=run, result=validation
+            ).items():
+                try:
+                    merged.update(_checked_metrics(values, taken, merged))
+                except (TypeError, ValueError) as exc:
+                    self.hooks.report_failure(plugin, "validation_metrics", exc)
+        failed = _failure_count(self.hooks.failures(), "validation_metrics") > failed_before
+        merged, failed = self.dist.broadcast_from_main((merged, failed))
+        monitor = self.config["checkpoint"]["monitor"]
+        if monitor not in taken and monitor not in merged:
+            if not failed:
+                self._check_monitor([*taken, *merged], final=True)
+            log.warning(
+                "epoch %d has no %s (checkpoint.monitor): the plugin computing it failed; this epoch cannot be "
+                "the best, the fit goes on",
+                validation.epoch + 1,
+                monitor,
+            )
         return merged
 
     def _builtin_metric_names(self) -> list[str]:
@@ -503,7 +571,7 @@ class SegmentationTrainer:
                 trainer=self,
                 run=run,
                 checkpoint=CheckpointInfo(
-                    str(path), kind, state.epoch, state.monitor, state.last_metrics[state.monitor], size
+                    str(path), kind, state.epoch, state.monitor, state.last_metrics.get(state.monitor, math.nan), size
                 ),
             )
         if cfg["keep"]:
@@ -512,7 +580,7 @@ class SegmentationTrainer:
     def _export(
         self, state: FitState, export_dir: Path, run_name: str, sample: torch.Tensor, signature: dict
     ) -> tuple[ExportInfo | None, str | None]:
-        from segtrack.export import export_onnx, predict_metadata
+        from segtrack.export import export_onnx, predict_metadata, window_settings
 
         cfg = self.config["export"]
         best = state.paths.get("best")
@@ -525,7 +593,7 @@ class SegmentationTrainer:
         path = export_dir / f"{run_name}.onnx"
         try:
             metadata = predict_metadata(self.config, spatial_multiple(model))
-            diff = export_onnx(model, sample, path, cfg["opset"], metadata)
+            diff = export_onnx(model, sample, path, cfg["opset"], metadata, window_settings(self.infer))
         except Exception as exc:  # the trained checkpoints stay valid; say why the export is missing
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             log.warning(
@@ -545,8 +613,9 @@ class SegmentationTrainer:
 
     # -- setup helpers --------------------------------------------------------------------------
 
-    def _new_state(self) -> FitState:
-        """Seeded model (fresh, or the user's at its initial weights), optimizer, schedule, scaler."""
+    def _new_state(self, data: FitData) -> FitState:
+        """Seeded model (fresh, or the user's at its initial weights), optimizer, schedule, scaler,
+        weight average: the recipe's factories are called anew for every fit."""
         cfg, train_cfg = self.config, self.config["train"]
         _seed_everything(train_cfg["seed"])
         if self._user_model is not None and self._initial_weights is not None:
@@ -555,14 +624,16 @@ class SegmentationTrainer:
         else:
             model = build_model(cfg["model"], self.num_classes, self.dims)
         model = model.to(self.device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
+        optimizer = build_optimizer(model, train_cfg, self._optimizer_factory)
+        steps_per_epoch = math.ceil(data.batches_per_epoch / train_cfg["accumulate"])
         return FitState(
-            model,
-            optimizer,
-            _make_scheduler(optimizer, train_cfg["scheduler"], train_cfg["epochs"]),
-            torch.amp.GradScaler("cuda", enabled=self.amp),
-            cfg["checkpoint"]["monitor"],
-            cfg["checkpoint"]["mode"],
+            model=model,
+            optimizer=optimizer,
+            scheduler=build_scheduler(optimizer, train_cfg, steps_per_epoch, self._scheduler_factory),
+            scaler=torch.amp.GradScaler("cuda", enabled=self.amp),
+            monitor=cfg["checkpoint"]["monitor"],
+            mode=cfg["checkpoint"]["mode"],
+            ema=WeightAverage(model, train_cfg["ema"]) if train_cfg["ema"] else None,
         )
 
     def _signature(self, model: torch.nn.Module) -> dict:
@@ -601,7 +672,7 @@ class SegmentationTrainer:
         )
         return RunInfo(
             run_name=run_name,
-            config=freeze(self.config),
+            config=freeze(self._config_as_run()),
             device=str(self.device),
             rank=self.dist.rank,
             world_size=self.dist.world_size,
@@ -624,7 +695,25 @@ class SegmentationTrainer:
             class_names=self.class_names,
             model_name=model_name,
             data_source=self.data_source,
+            fingerprint_kind=data.fingerprint_kind,
         )
+
+    def _config_as_run(self) -> dict[str, Any]:
+        """The settings as trackers record them: a loss, optimizer or scheduler passed in code
+        replaces ``train.loss``/``train.optimizer``/``train.scheduler`` by its description."""
+        if not self._recipe:
+            return self.config
+        config = copy.deepcopy(self.config)
+        for key, text in self._recipe.items():
+            config["train"][key] = f"python:{text}"
+        return config
+
+    def _with_loaded_fingerprints(self, run: RunInfo, data: FitData) -> RunInfo:
+        """After the first epoch of data fingerprinted as it loads, the run with its digests."""
+        if run.train_sha256 or data.fingerprint_kind != "loaded":
+            return run
+        train_sha256, val_sha256 = data.loaded_fingerprints()
+        return replace(run, train_sha256=train_sha256, val_sha256=val_sha256)
 
     @contextlib.contextmanager
     def _lenient_if_failing(self, force: bool = False) -> Iterator[None]:
@@ -692,25 +781,19 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _make_scheduler(optimizer: torch.optim.Optimizer, kind: str, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
-    if kind == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=_constant)
-
-
-def _constant(epoch: int) -> float:
-    return 1.0
-
-
 def _prune_snapshots(folder: Path, keep: int) -> None:
     for old in sorted(folder.glob("epoch-*.pt"))[:-keep]:
         old.unlink(missing_ok=True)
 
 
 def _summary(results: list[FitResult]) -> dict[str, dict[str, float]]:
+    """Mean, std, min and max over the folds of every metric their best epochs share (the
+    monitor, per-class and plugin metrics included; the learning rate left out)."""
     summary = {}
-    for name in METRIC_NAMES:
-        values = np.array([r.best_metrics[name] for r in results if name in r.best_metrics], dtype=float)
+    scored = [r.best_metrics for r in results if r.best_metrics]
+    shared = [name for name in scored[0] if name != "lr" and all(name in m for m in scored)] if scored else []
+    for name in shared:
+        values = np.array([m[name] for m in scored], dtype=float)
         if values.size:
             summary[name] = {
                 "mean": float(values.mean()),
@@ -719,3 +802,33 @@ def _summary(results: list[FitResult]) -> dict[str, dict[str, float]]:
                 "max": float(values.max()),
             }
     return summary
+
+
+def _checked_metrics(values: Any, taken: Mapping[str, float], merged: Mapping[str, float]) -> dict[str, float]:
+    """One plugin's ``validation_metrics`` return value, checked: a dict of new names to numbers."""
+    if not isinstance(values, Mapping):
+        raise TypeError(f"validation_metrics returned {type(values).__name__}, not a dict of floats")
+    out = {}
+    for name, value in values.items():
+        if not isinstance(name, str) or name in taken or name in merged:
+            raise ValueError(f"metric name {name!r} is already taken or not a string: rename it")
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+            raise TypeError(f"metric {name!r} is {type(value).__name__}, not a number")
+        out[name] = float(value)
+    return out
+
+
+def _failure_count(failures: Iterable[Any], hook: str) -> int:
+    return sum(f.count for f in failures if f.hook == hook)
+
+
+def _check_window_fits(roi_size: int | list[int], multiple: int) -> None:
+    """Every side of ``infer.roi_size`` is a multiple of what the model's sides must divide by."""
+    sides = roi_size if isinstance(roi_size, list) else [roi_size]
+    bad = [side for side in sides if side and side % multiple]
+    if bad:
+        fixed = [-(-side // multiple) * multiple if side else 0 for side in sides]
+        raise ConfigError(
+            f"infer.roi_size = {roi_size!r} has sides the model cannot take (they must divide by {multiple}): "
+            f"use {fixed if isinstance(roi_size, list) else fixed[0]}"
+        )

@@ -143,8 +143,26 @@ def test_a_short_fit_end_timeout_does_not_cut_the_drain(trainer_factory, sqlite_
     assert len(history(client, run.info.run_id, "val_dice")) == 3
 
 
+def test_a_diverged_fit_is_failed_with_its_reason(trainer_factory, sqlite_uri):
+    from segtrack.errors import TrainingDiverged
+
+    trainer = trainer_factory(
+        f"mlflow.tracking_uri='{sqlite_uri}'",
+        "train.optimizer='sgd'",
+        "train.momentum=0.0",
+        "train.lr=1e12",
+        "train.max_nonfinite=1",
+    )
+    with pytest.raises(TrainingDiverged):
+        trainer.fit()
+    run = only_run(MlflowClient(sqlite_uri))
+    assert run.info.status == "FAILED" and "the fit diverged" in run.data.tags["segtrack.error"]
+
+
 def test_cross_validation_logs_a_parent_and_one_child_per_fold(trainer_factory, sqlite_uri):
-    result = trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", "run.name='cvrun'").cv(folds=2)
+    result = trainer_factory(
+        f"mlflow.tracking_uri='{sqlite_uri}'", "run.name='cvrun'", "checkpoint.monitor='val_dice_1'"
+    ).cv(folds=2)
     client = MlflowClient(sqlite_uri)
     parent = only_run(client, filter_string="tags.`segtrack.role` = 'cv-parent'")
     children = client.search_runs(
@@ -157,6 +175,8 @@ def test_cross_validation_logs_a_parent_and_one_child_per_fold(trainer_factory, 
     assert parent.data.metrics["cv_val_dice_mean"] == pytest.approx(result.summary["val_dice"]["mean"])
     assert parent.data.metrics["cv_val_dice_std"] == pytest.approx(result.summary["val_dice"]["std"])
     assert parent.data.tags["segtrack.cv_id"] == result.cv_id
+    # every metric the folds share is summarised, the (per-class) monitor included
+    assert parent.data.metrics["cv_val_dice_1_mean"] == pytest.approx(result.summary["val_dice_1"]["mean"])
 
 
 def test_resumed_fit_continues_the_same_run(trainer_factory, sqlite_uri):

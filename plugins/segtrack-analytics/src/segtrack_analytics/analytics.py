@@ -187,11 +187,15 @@ class RunAnalytics:
     def metric_column(self, metric: str) -> str:
         return self.require_column(metric if metric.startswith("metrics.") else f"metrics.{metric}")
 
-    def cross_fold_summary(self, metric: str, by: Sequence[str] | None = None) -> pa.Table:
-        """Per configuration: folds, mean, std, min, max of ``metric``.
+    def cross_fold_summary(self, metric: str, by: Sequence[str] | None = None, mode: str = "max") -> pa.Table:
+        """Per configuration: folds, mean, std, min, max of ``metric``, best mean first (highest
+        for ``mode="max"``, lowest for ``"min"``, e.g. a loss).
 
         Without ``by``: the child runs of each cross-validation parent. With ``by``: every run with
         the metric, grouped by those columns (e.g. ``params.model.width``)."""
+        if mode not in ("max", "min"):
+            raise ConfigError(f'mode {mode!r} is invalid: use "max" or "min"')
+        order = "DESC" if mode == "max" else "ASC"
         value = self.metric_column(metric)
         stats = (
             f"count(*) AS folds, avg({value}) AS mean, stddev_samp({value}) AS std, "
@@ -199,13 +203,13 @@ class RunAnalytics:
         )
         if by:
             keys = ", ".join(self.require_column(c) for c in by)
-            sql = f"SELECT {keys}, {stats} FROM runs WHERE {value} IS NOT NULL GROUP BY {keys} ORDER BY mean DESC"
+            sql = f"SELECT {keys}, {stats} FROM runs WHERE {value} IS NOT NULL GROUP BY {keys} ORDER BY mean {order}"
         else:
             sql = (
                 f"SELECT coalesce(parent.run_name, r.parent_run_id) AS cv_run, r.parent_run_id, "
                 f"{stats.replace(value, 'r.' + value)} FROM runs r LEFT JOIN runs parent "
                 f"ON parent.run_id = r.parent_run_id WHERE r.parent_run_id IS NOT NULL AND r.{value} IS NOT NULL "
-                f"GROUP BY ALL ORDER BY mean DESC"
+                f"GROUP BY ALL ORDER BY mean {order}"
             )
         return self.con.sql(sql).to_arrow_table()
 

@@ -35,6 +35,7 @@ def add_commands(subparsers) -> None:
     summary.add_argument(
         "--by", nargs="+", metavar="COLUMN", help="group runs by these columns instead of by CV parent"
     )
+    summary.add_argument("--mode", choices=("max", "min"), default="max", help="best first: highest or lowest mean")
     top = command("top", "the best runs by a metric", _top)
     top.add_argument("--metric", required=True)
     top.add_argument("-n", type=int, default=5)
@@ -89,7 +90,7 @@ def _query(args, settings):
 
 
 def _summary(args, settings):
-    _print(_load(args, settings).cross_fold_summary(args.metric, args.by), args)
+    _print(_load(args, settings).cross_fold_summary(args.metric, args.by, mode=args.mode), args)
 
 
 def _top(args, settings):

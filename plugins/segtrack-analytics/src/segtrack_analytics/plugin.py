@@ -76,12 +76,14 @@ class AnalyticsPlugin:
             return
         from segtrack_analytics.render import render
 
-        metric = "best_val_dice"
+        # ranked by the fit's own monitor and direction (checkpoint.monitor / checkpoint.mode)
+        monitor = next((f.monitor for f in result.folds), "val_dice")
+        metric, mode = f"best_{monitor}", self.settings["checkpoint"]["mode"]
         analytics = self._analytics("summarise the experiment", f"segtrack runs summary --metric {metric}")
         if analytics is None or f"metrics.{metric}" not in analytics.columns:
             return
         sys.stderr.write(
-            f"analytics: cross-fold summary of the experiment on {metric}\n"
-            + render(analytics.cross_fold_summary(metric))
+            f"analytics: cross-fold summary of the experiment on {metric} ({mode} first)\n"
+            + render(analytics.cross_fold_summary(metric, mode=mode))
             + "\n"
         )

@@ -1,6 +1,9 @@
 """A fit's train and validation data as MLflow dataset inputs (the run's Inputs, the Datasets
 column). The digest is segtrack's SHA256 of every sample (MLflow's own hashes only the first
-10,000 elements); the full SHA256 is in the dataset's profile and in the run's tags."""
+10,000 elements); the full SHA256 is in the dataset's profile and in the run's tags.
+
+The SHA256s may be known only after the first epoch (``RunInfo.fingerprint_kind == "loaded"``:
+segtrack digests what epoch 0 loads): until then the run's inputs and hash tags wait."""
 
 from __future__ import annotations
 
@@ -8,7 +11,24 @@ import json
 from pathlib import PurePath
 from typing import Any
 
+from segtrack_mlflow import store
+
 DIGEST_LENGTH = 32  # MLflow stores at most 36 characters of a digest
+FINGERPRINT_KIND_TAG = "segtrack.fingerprint_kind"
+
+
+def fingerprints_known(run: Any) -> bool:
+    """Whether ``run`` holds the data's SHA256s (always at ``fit_start``, except for kind
+    "loaded", whose first ``epoch_end`` brings them)."""
+    return bool(run.train_sha256 and run.val_sha256)
+
+
+def fingerprint_tags(run: Any) -> dict[str, str]:
+    """The hash tags of a run, and how the hashes were made; empty hashes are left out."""
+    tags = {FINGERPRINT_KIND_TAG: run.fingerprint_kind} if run.fingerprint_kind else {}
+    if fingerprints_known(run):
+        tags.update({store.TEST_SET_TAG: run.val_sha256, store.TRAIN_SET_TAG: run.train_sha256})
+    return tags
 
 
 def dataset_entries(run: Any) -> list[dict[str, Any]]:
@@ -40,6 +60,7 @@ def dataset_entries(run: Any) -> list[dict[str, Any]]:
         profile = {
             "num_samples": count,
             "sha256": sha,
+            "fingerprint_kind": run.fingerprint_kind,
             "spatial_dims": run.spatial_dims,
             "num_classes": run.num_classes,
         }

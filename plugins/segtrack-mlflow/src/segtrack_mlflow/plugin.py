@@ -12,7 +12,7 @@ from pathlib import Path
 from segtrack import ConfigError, hookimpl
 from segtrack.records import thaw
 from segtrack_mlflow import store
-from segtrack_mlflow.datasets import dataset_entries
+from segtrack_mlflow.datasets import dataset_entries, fingerprint_tags, fingerprints_known
 from segtrack_mlflow.entries import CreateRun, DatasetInputs, LoggedModel, Params, Status, Tags
 from segtrack_mlflow.gitinfo import source_tags
 from segtrack_mlflow.settings import SCHEMA, experiment_of, mlflow_section
@@ -57,6 +57,7 @@ class MlflowPlugin:
         self._exported = False
         self._monitor = None
         self._num_classes, self._dims = 0, 2
+        self._datasets_pending = False  # inputs and hash tags wait for the first epoch's SHA256s
 
     @property
     def fit_end_timeout(self) -> float:
@@ -212,8 +213,7 @@ class MlflowPlugin:
             "segtrack.plugins": ",".join(f"{n}={v}" for n, v in run.plugins),
             "segtrack.device": run.device,
             "segtrack.world_size": str(run.world_size),
-            store.TEST_SET_TAG: run.val_sha256,
-            store.TRAIN_SET_TAG: run.train_sha256,
+            **fingerprint_tags(run),
             "segtrack.num_parameters": str(run.num_parameters),
             "segtrack.data_source": run.data_source,
             "segtrack.model": run.model_name,
@@ -229,7 +229,8 @@ class MlflowPlugin:
         self._exported, self._example = False, None
         folder = Path(self.resume_state["spool"]) if self.resume_state else None
         self.spool = self._reopen(folder) if folder is not None else None
-        if self.spool is not None:
+        resumed = self.spool is not None
+        if resumed:
             # resumed: the same run; params, datasets and steps already spooled are not repeated
             self.spool.add(Status("RUNNING", _now_ms()))
             self.spool.add(Tags({**tags, "segtrack.resumed_from": run.resumed_from or ""}))
@@ -239,7 +240,10 @@ class MlflowPlugin:
             name = self._run_name(base, run.cv_id, run.fold) if run.cv_id else self._run_name(run.run_name)
             self.spool = self._new_spool(name, tags, parent)
             self._log_settings(self.spool, run.config)
-            self.spool.add(DatasetInputs(dataset_entries(run)))
+            if fingerprints_known(run):
+                self.spool.add(DatasetInputs(dataset_entries(run)))
+        # a resumed run logged its inputs when it began (hashes made at its epoch 0 never change)
+        self._datasets_pending = not resumed and not fingerprints_known(run)
         self._every = self.section["log_every_n_steps"]
         self._num_classes, self._dims = run.num_classes, run.spatial_dims
         self._shipper_for(self.spool)
@@ -296,7 +300,11 @@ class MlflowPlugin:
             self._example = result.samples[0].image[None].astype("float32")
 
     @hookimpl
-    def epoch_end(self, epoch):
+    def epoch_end(self, run, epoch):
+        if self._datasets_pending and fingerprints_known(run):  # kind "loaded": known after epoch 0
+            self.spool.add(Tags(fingerprint_tags(run)))
+            self.spool.add(DatasetInputs(dataset_entries(run)))
+            self._datasets_pending = False
         now, step = _now_ms(), epoch.epoch + 1
         for key, value in epoch.metrics.items():
             if step > self.spool.max_step(key):
@@ -357,23 +365,26 @@ class MlflowPlugin:
             )
             spool.add_file(path, "samples")
             path.unlink()
+        if result.error:  # why the run failed, readable in the run's page and searchable
+            spool.add(Tags({"segtrack.error": result.error[:5000]}))
         spool.add(Status(STATUS.get(result.status, "FAILED"), _now_ms()))
         spool.sync()
         self._drain(spool)
 
     @hookimpl
     def cross_validation_end(self, result):
-        """The parent shows the few numbers that matter (mean and std of the monitored metric, at
-        step 0); the whole table is the artifact cv_summary.json."""
+        """The parent shows mean and std across folds of every metric the folds' best epochs share
+        (``cv_<metric>_mean``/``_std``, the monitor's included, at step 0); the whole table is the
+        artifact cv_summary.json."""
         import json
 
         if self.parent is None:
             return
         monitor = next((f.monitor for f in result.folds), None)
-        stats = result.summary.get(f"best_{monitor}") or result.summary.get(monitor or "", {})
-        for stat in ("mean", "std"):
-            if stat in stats:
-                self.parent.metric(f"cv_{monitor}_{stat}", stats[stat], 0)
+        for name, stats in result.summary.items():
+            for stat in ("mean", "std"):
+                if stat in stats:
+                    self.parent.metric(f"cv_{name}_{stat}", stats[stat], 0)
         table = {
             "monitor": monitor,
             "summary": thaw(result.summary),
