@@ -110,8 +110,8 @@ def loader_rate(data: Path) -> float:
     """images/s of the training DataLoader alone (read, decode, normalise, crop, flip; 2 workers)."""
     from torch.utils.data import DataLoader
 
-    from segtrack.fitdata import _TrainingView
-    from segtrack.folder import FolderDataset
+    from segtrack.data.folder import FolderDataset
+    from segtrack.data.plan import _TrainingView
 
     dataset = FolderDataset(data, dims=2, channels=3, crop=[CROP, CROP])
     loader = DataLoader(_TrainingView(dataset, 0), batch_size=BATCH, num_workers=WORKERS, shuffle=True)
@@ -124,8 +124,8 @@ def compute_rate(steps: int = 30) -> float:
     """images/s of forward + backward + AdamW step alone on ready batches of crops."""
     import torch
 
-    from segtrack.losses import ce_dice
-    from segtrack.model import UNet
+    from segtrack.loop.losses import ce_dice
+    from segtrack.models.unet import UNet
 
     torch.manual_seed(0)
     model = UNet(3, 3, 8, 2)

@@ -7,8 +7,8 @@ import time
 from benchlib import median, report
 
 from segtrack import hookimpl
-from segtrack.plugins import get_plugin_manager
-from segtrack.records import StepResult
+from segtrack.plugins.manager import get_plugin_manager
+from segtrack.plugins.records import StepResult
 
 
 def make_plugin(index: int):

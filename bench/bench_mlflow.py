@@ -24,9 +24,9 @@ from pathlib import Path
 from benchlib import report  # first: it makes testsupport importable
 
 from segtrack import hookimpl
-from segtrack.config import load_settings
-from segtrack.plugins import get_plugin_manager, installed_entry_points
-from segtrack.trainer import SegmentationTrainer
+from segtrack.config.settings import load_settings
+from segtrack.loop.trainer import SegmentationTrainer
+from segtrack.plugins.manager import get_plugin_manager, installed_entry_points
 from testsupport.mlflow_server import MlflowServer
 from testsupport.ports import free_port
 

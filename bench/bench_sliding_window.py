@@ -27,8 +27,8 @@ def run_case(case: str) -> dict[str, float]:
     """In a child process: build the model and volume, warm up on one window, time one inference."""
     import torch
 
-    from segtrack.model import build_unet
-    from segtrack.windowed import sliding_window
+    from segtrack.inference.windowed import sliding_window
+    from segtrack.models.unet import build_unet
 
     torch.manual_seed(0)
     model = build_unet(1, 2, dims=3, width=8, depth=2).eval()

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from benchlib import interleaved, median, report
 
-from segtrack.config import load_settings
-from segtrack.data import synthetic_arrays
-from segtrack.losses import ce_dice
-from segtrack.metrics import ConfusionCounts
-from segtrack.plugins import get_plugin_manager
-from segtrack.registry import build_model
-from segtrack.trainer import SegmentationTrainer
+from segtrack.config.settings import load_settings
+from segtrack.data.synthetic import synthetic_arrays
+from segtrack.loop.losses import ce_dice
+from segtrack.loop.metrics import ConfusionCounts
+from segtrack.loop.trainer import SegmentationTrainer
+from segtrack.models.registry import build_model
+from segtrack.plugins.manager import get_plugin_manager
 
 EPOCHS, SAMPLES = 5, 288
 OVERRIDES = [

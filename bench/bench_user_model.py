@@ -19,11 +19,11 @@ from benchlib import interleaved, median, report
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from segtrack.config import load_settings
-from segtrack.losses import ce_dice
-from segtrack.metrics import ConfusionCounts
-from segtrack.plugins import get_plugin_manager
-from segtrack.trainer import SegmentationTrainer
+from segtrack.config.settings import load_settings
+from segtrack.loop.losses import ce_dice
+from segtrack.loop.metrics import ConfusionCounts
+from segtrack.loop.trainer import SegmentationTrainer
+from segtrack.plugins.manager import get_plugin_manager
 
 EPOCHS, TRAIN, VAL, SIZE, BATCH = 5, 216, 72, 64, 8
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from segtrack import ConfigError
-from segtrack.config import load_settings, resolved_dict, secret_keys
+from segtrack.config.secrets import secret_keys
+from segtrack.config.settings import load_settings, resolved_dict
 
 
 def test_layers_override_in_order(tmp_path, monkeypatch):
@@ -63,7 +64,7 @@ class _Budget:
     @_hookimpl
     def settings_schema(self):
         from segtrack import Setting
-        from segtrack.schema import is_number, is_str
+        from segtrack.config.schema import is_number, is_str
 
         return [
             Setting("budget.minutes", "a number of minutes > 0", lambda v: is_number(v) and v > 0, default=60),
@@ -76,8 +77,8 @@ class _Budget:
 
 
 def _trainer_with(plugin, settings_factory, *overrides):
-    from segtrack.plugins import get_plugin_manager
-    from segtrack.trainer import SegmentationTrainer
+    from segtrack.loop.trainer import SegmentationTrainer
+    from segtrack.plugins.manager import get_plugin_manager
 
     settings = settings_factory(*overrides)
     manager = get_plugin_manager(settings, [plugin], autoload=False, disabled=["progress"])

@@ -5,8 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 
-from segtrack import hookspecs
-from segtrack.plugins import hook_names
+from segtrack.plugins.manager import hook_names, hookspecs
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -60,7 +59,7 @@ def test_every_hook_is_in_the_readme_and_in_a_test():
 def test_records_are_frozen():
     import dataclasses
 
-    from segtrack import records
+    from segtrack.plugins import records
 
     for obj in vars(records).values():
         if dataclasses.is_dataclass(obj):
@@ -72,10 +71,10 @@ def test_every_hook_name_the_code_calls_is_a_hookspec():
     import re
     from pathlib import Path
 
-    from segtrack.plugins import hook_names
+    from segtrack.plugins.manager import hook_names
 
     root = Path(__file__).resolve().parents[1]
-    sources = [*root.glob("src/segtrack/*.py"), *root.glob("plugins/*/src/*/*.py")]
+    sources = [*root.glob("src/segtrack/**/*.py"), *root.glob("plugins/*/src/*/*.py")]
     pattern = re.compile(
         r"\b(?:call|call_all_ranks|call_bounded|collect|has_implementations)\(\s*\"(\w+)\"|"
         r"\bcall_one\(\s*\w+,\s*\"(\w+)\""

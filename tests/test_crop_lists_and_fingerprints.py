@@ -12,12 +12,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from segtrack import DataError, hookimpl
-from segtrack.data import input_digest
-from segtrack.fitdata import PREVIEW_SAMPLES, stream_seed
-from segtrack.plugins import get_plugin_manager
-from segtrack.records import RunInfo
-from segtrack.samples import as_pair, crops_of, is_crop_list
-from segtrack.trainer import SegmentationTrainer
+from segtrack.data.batches import as_pair, crops_of, is_crop_list
+from segtrack.data.digests import input_digest
+from segtrack.data.plan import PREVIEW_SAMPLES, stream_seed
+from segtrack.loop.trainer import SegmentationTrainer
+from segtrack.plugins.manager import get_plugin_manager
+from segtrack.plugins.records import RunInfo
 from testsupport.factories import PlainFCN
 
 TWO_CLASSES = ["data.num_classes=2", "model.in_channels=1", "train.epochs=1"]

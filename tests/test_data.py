@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segtrack.data import fingerprint, fold_indices, split_indices, synthetic_arrays
-from segtrack.folder import FolderDataset
+from segtrack.data.digests import fingerprint
+from segtrack.data.folder import FolderDataset
+from segtrack.data.splits import fold_indices, split_indices
+from segtrack.data.synthetic import synthetic_arrays
 
 
 def test_synthetic_data_is_deterministic_and_labelled():

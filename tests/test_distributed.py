@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent("""
     import atexit, json, os, sys
     import torch.distributed as dist
     from segtrack import SegmentationTrainer, hookimpl, load_settings
-    from segtrack.plugins import get_plugin_manager
+    from segtrack.plugins.manager import get_plugin_manager
 
     class Log:
         @hookimpl
@@ -89,7 +89,7 @@ STALL_SCRIPT = textwrap.dedent("""
     import os, signal, sys, threading, time
     from pathlib import Path
     from segtrack import SegmentationTrainer, hookimpl, load_settings
-    from segtrack.plugins import get_plugin_manager
+    from segtrack.plugins.manager import get_plugin_manager
 
     class Stall:  # hooks run on rank 0 only: it waits in epoch_end, outside any collective
         @hookimpl
@@ -178,7 +178,7 @@ def test_stopping_the_job_interrupts_every_rank(tmp_path):
 METRIC_SCRIPT = textwrap.dedent("""
     import json, os, sys
     from segtrack import SegmentationTrainer, hookimpl, load_settings
-    from segtrack.plugins import get_plugin_manager
+    from segtrack.plugins.manager import get_plugin_manager
 
     class ForegroundPixels:  # a plugin metric that needs every validation batch of every rank
         def __init__(self):

@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime
 import torch
 
-from segtrack.registry import build_model
+from segtrack.models.registry import build_model
 from testsupport.plugins import Recorder
 
 

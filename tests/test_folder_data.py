@@ -14,10 +14,10 @@ from PIL import Image
 
 from segtrack import DataError
 from segtrack.cli import main
-from segtrack.fitdata import pad_stack
-from segtrack.folder import FolderDataset, normalize
-from segtrack.imageio import read_mask
-from segtrack.samples import IGNORED
+from segtrack.data.batches import IGNORED
+from segtrack.data.folder import FolderDataset, normalize
+from segtrack.data.imageio import read_mask
+from segtrack.data.plan import pad_stack
 
 FOLDER = ["data.source='folder'", "data.path='data'", "train.epochs=2", "model.width=4", "model.depth=2"]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segtrack.folder import FolderDataset, foreground_pixel, random_crop
+from segtrack.data.folder import FolderDataset, foreground_pixel, random_crop
 
 SIDE, CROP, DRAWS = 96, 16, 2000
 BLOB = (slice(80, 82), slice(80, 82))  # 2x2 pixels of class 1 near a corner

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from segtrack import PluginHookError, hookimpl
-from segtrack.plugins import hook_names
+from segtrack.plugins.manager import hook_names
 from testsupport.plugins import Recorder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from segtrack import hookimpl
-from segtrack.plugins import get_plugin_manager
-from segtrack.trainer import SegmentationTrainer
+from segtrack.loop.trainer import SegmentationTrainer
+from segtrack.plugins.manager import get_plugin_manager
 from testsupport.factories import PlainFCN
 
 monai = pytest.importorskip("monai")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from segtrack import ConfigError, PluginLoadError
-from segtrack.plugins import get_plugin_manager
+from segtrack.plugins.manager import get_plugin_manager
 from testsupport.plugins import first_party_plugins
 
 GOOD = """
@@ -25,7 +25,7 @@ class Good:
 
 def test_entry_point_plugin_is_discovered_and_fires(fake_dist, trainer_factory, settings_factory):
     fake_dist("segtrack-good", "good", "good_plugin", GOOD, "good_plugin:Good")
-    from segtrack.trainer import SegmentationTrainer
+    from segtrack.loop.trainer import SegmentationTrainer
 
     manager = get_plugin_manager(settings_factory(), disabled=["progress", *first_party_plugins()])
     info = manager.plugin_info["good"]
@@ -178,7 +178,7 @@ def test_plugin_settings_section_must_name_a_plugin(trainer_factory):
 
 def test_plugin_can_reject_its_settings(settings_factory):
     from segtrack import hookimpl
-    from segtrack.trainer import SegmentationTrainer
+    from segtrack.loop.trainer import SegmentationTrainer
 
     class Picky:
         name = "picky"

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from segtrack import ModelError, hookimpl
 from segtrack.errors import ConfigError, TrainingDiverged
-from segtrack.losses import level_weights
+from segtrack.loop.losses import level_weights
 from testsupport.plugins import Recorder
 
 
@@ -83,8 +83,8 @@ class Trainer:
         self.settings_factory = settings_factory
 
     def __call__(self, *overrides, plugins=(), **kwargs):
-        from segtrack.plugins import get_plugin_manager
-        from segtrack.trainer import SegmentationTrainer
+        from segtrack.loop.trainer import SegmentationTrainer
+        from segtrack.plugins.manager import get_plugin_manager
 
         settings = self.settings_factory(*overrides)
         manager = get_plugin_manager(settings, plugins, autoload=False, disabled=["progress"])
@@ -200,7 +200,7 @@ def test_weight_average_is_validated_saved_and_exported(make, tmp_path):
     ]
     assert differ  # the average is not the trained weights
 
-    from segtrack.model import build_unet
+    from segtrack.models.unet import build_unet
 
     model = build_unet(3, 3, dims=2, width=4, depth=1)
     model.load_state_dict(payload["model"])
@@ -215,7 +215,7 @@ def test_weight_average_is_validated_saved_and_exported(make, tmp_path):
 @pytest.mark.parametrize("stacked", [False, True], ids=["list", "stacked"])
 @pytest.mark.parametrize("dims", [2, 3])
 def test_deep_supervision_trains_on_every_output(make, stacked, dims):
-    from segtrack.losses import BuiltinLoss
+    from segtrack.loop.losses import BuiltinLoss
 
     seen = []
     builtin = BuiltinLoss("ce_dice", 1.0, [], 2.0)

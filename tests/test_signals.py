@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from segtrack.distributed import DistContext
-from segtrack.signals import SigtermAsInterrupt as _SigtermAsInterrupt
-from segtrack.signals import interrupt_behind as _interrupt_behind
+from segtrack.runtime.distributed import DistContext
+from segtrack.runtime.signals import SigtermAsInterrupt as _SigtermAsInterrupt
+from segtrack.runtime.signals import interrupt_behind as _interrupt_behind
 
 
 def test_sigterm_during_a_held_block_is_raised_after_it():

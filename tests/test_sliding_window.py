@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from segtrack import ConfigError, sliding_window
-from segtrack.model import build_unet
+from segtrack.models.unet import build_unet
 
 
 def _unet(dims: int, num_classes: int = 3) -> nn.Module:

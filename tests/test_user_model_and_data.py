@@ -13,10 +13,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from segtrack import DataError, ModelError, hookimpl
-from segtrack.config import load_settings
+from segtrack.config.settings import load_settings
 from segtrack.errors import ConfigError
-from segtrack.plugins import get_plugin_manager
-from segtrack.trainer import SegmentationTrainer
+from segtrack.loop.trainer import SegmentationTrainer
+from segtrack.plugins.manager import get_plugin_manager
 from testsupport.plugins import Recorder
 
 FAST = ["train.epochs=2", "train.batch_size=4", "train.lr=0.01", "export.enabled=false"]
@@ -222,8 +222,8 @@ def test_ignore_index_is_left_out_of_loss_and_metrics(tmp_path, monkeypatch):
         tmp_path, "data.ignore_index=255", model=DictOutputNet(), train_data=MonaiStyleDataset(ignore=255)
     ).fit()
     assert result.status == "completed" and np.isfinite(result.final_metrics["val_loss"])
-    from segtrack.losses import ce_dice
-    from segtrack.metrics import ConfusionCounts
+    from segtrack.loop.losses import ce_dice
+    from segtrack.loop.metrics import ConfusionCounts
 
     truth = torch.tensor([[0, 1, -1, -1]])
     logits = torch.tensor([[[9.0, -9, 9, 9], [-9.0, 9, -9, -9]]])  # wrong only where ignored

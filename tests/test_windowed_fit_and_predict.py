@@ -11,7 +11,7 @@ import tifffile
 from segtrack import hookimpl
 from segtrack.cli import main
 from segtrack.errors import ConfigError
-from segtrack.export import read_metadata
+from segtrack.inference.export import read_metadata
 
 
 class Batches:

@@ -1,7 +1,16 @@
 """segtrack: lifecycle hooks and plugins for the PyTorch training loop of segmentation models.
 
-Importing segtrack loads no plugin and neither torch nor any tracking library; the trainer and
-records are imported on first use.
+This module is the whole public surface, for users and for plugin authors: every name in
+``__all__`` keeps its meaning between versions (records only ever gain fields). Training:
+``SegmentationTrainer``, ``load_settings``, ``sliding_window``. Plugins: ``hookimpl``, the records
+hooks receive (``RunInfo``, ``EpochResult``, ...; ``freeze``/``thaw``), settings schemas
+(``Setting``, ``checked_section``, ``is_*``, ``one_of``), secrets (``secret_keys``, ``redact``,
+``MASK``), the class colours (``colour_mask``). Errors: ``SegtrackError`` and its kinds. Sub-packages
+(``segtrack.loop``, ``segtrack.data``, ...) are internal and may change without notice; the
+first-party plugins import nothing else, and a test holds every plugin to that.
+
+Importing segtrack loads no plugin and neither torch nor any tracking library; the trainer,
+settings loader (Dynaconf), sliding-window inference and colour table are imported on first use.
 """
 
 from __future__ import annotations
@@ -10,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from segtrack.config.schema import Setting, checked_section, is_bool, is_int, is_number, is_str, one_of
+from segtrack.config.secrets import MASK, redact, secret_keys
 from segtrack.errors import (
     CheckpointError,
     ConfigError,
@@ -18,46 +29,87 @@ from segtrack.errors import (
     PluginHookError,
     PluginLoadError,
     SegtrackError,
+    TrainingDiverged,
 )
-from segtrack.schema import Setting
+from segtrack.plugins.records import (
+    CheckpointInfo,
+    CrossValidationInfo,
+    CrossValidationResult,
+    EpochResult,
+    ExportInfo,
+    FitResult,
+    PluginFailure,
+    RunInfo,
+    StepResult,
+    ValidationBatch,
+    ValidationResult,
+    ValidationSample,
+    freeze,
+    thaw,
+)
 
 if TYPE_CHECKING:  # imported lazily at run time (__getattr__); named here for type checkers and editors
-    from segtrack.config import load_settings
-    from segtrack.trainer import SegmentationTrainer
-    from segtrack.windowed import sliding_window
+    from segtrack.config.settings import load_settings
+    from segtrack.inference.palette import colour_mask
+    from segtrack.inference.windowed import sliding_window
+    from segtrack.loop.trainer import SegmentationTrainer
 
 __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("segtrack")
 
 __all__ = [
+    "MASK",
     "CheckpointError",
+    "CheckpointInfo",
     "ConfigError",
+    "CrossValidationInfo",
+    "CrossValidationResult",
     "DataError",
+    "EpochResult",
+    "ExportInfo",
+    "FitResult",
     "ModelError",
+    "PluginFailure",
     "PluginHookError",
     "PluginLoadError",
+    "RunInfo",
     "SegmentationTrainer",
     "SegtrackError",
     "Setting",
+    "StepResult",
+    "TrainingDiverged",
+    "ValidationBatch",
+    "ValidationResult",
+    "ValidationSample",
     "__version__",
+    "checked_section",
+    "colour_mask",
+    "freeze",
     "hookimpl",
+    "is_bool",
+    "is_int",
+    "is_number",
+    "is_str",
     "load_settings",
+    "one_of",
+    "redact",
+    "secret_keys",
     "sliding_window",
+    "thaw",
 ]
+
+_LAZY = {
+    "SegmentationTrainer": "segtrack.loop.trainer",
+    "load_settings": "segtrack.config.settings",
+    "sliding_window": "segtrack.inference.windowed",
+    "colour_mask": "segtrack.inference.palette",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "SegmentationTrainer":
-        from segtrack.trainer import SegmentationTrainer
+    if name in _LAZY:
+        import importlib
 
-        return SegmentationTrainer
-    if name == "load_settings":
-        from segtrack.config import load_settings
-
-        return load_settings
-    if name == "sliding_window":
-        from segtrack.windowed import sliding_window
-
-        return sliding_window
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'segtrack' has no attribute {name!r}")

@@ -97,17 +97,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        from segtrack.config import load_settings
-        from segtrack.plugins import get_plugin_manager
+        from segtrack.config.settings import read_settings, resolve_settings
+        from segtrack.plugins.manager import get_plugin_manager
 
-        settings = load_settings(early.config, early.env, early.overrides)
+        settings = read_settings(early.config, early.env, early.overrides)  # every layer, nothing checked yet
         manager = get_plugin_manager(settings)
         parser = build_parser(manager)
         args = parser.parse_args(argv)
         if not getattr(args, "handler", None):
             parser.print_help()
             return 2
-        settings = checked_plugin_settings(settings, manager)
+        settings = resolve_settings(settings, manager)  # with every plugin's schema, once
         args.plugin_manager = manager
         code = args.handler(args, settings)
         return 0 if code is None else int(code)
@@ -119,25 +119,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def checked_plugin_settings(settings, manager):
-    """One read-only mapping of every section, plugin schemas checked and defaults filled in."""
-    from segtrack.config import checked_settings
-    from segtrack.plugins import installed_entry_points
-    from segtrack.records import freeze
-
-    known = set(installed_entry_points()) | set(settings.get("plugins", {}).get("disabled", []))
-    return freeze(checked_settings(settings, manager, known))
-
-
 def _train(args, settings) -> int:
-    from segtrack.trainer import SegmentationTrainer
+    from segtrack.loop.trainer import SegmentationTrainer
 
     result = SegmentationTrainer(settings, plugin_manager=args.plugin_manager).fit(resume=args.resume)
     return 0 if result.status in ("completed", "stopped") else 1
 
 
 def _cv(args, settings) -> int:
-    from segtrack.trainer import SegmentationTrainer
+    from segtrack.loop.trainer import SegmentationTrainer
 
     result = SegmentationTrainer(settings, plugin_manager=args.plugin_manager).cv(folds=args.folds)
     return 0 if all(f.status in ("completed", "stopped") for f in result.folds) else 1
@@ -146,7 +136,7 @@ def _cv(args, settings) -> int:
 def _predict(args, settings) -> int:
     from pathlib import Path
 
-    from segtrack.predict import check_source, from_checkpoint, from_onnx, predict_folder
+    from segtrack.inference.predict import check_source, from_checkpoint, from_onnx, predict_folder
 
     source = check_source(args.checkpoint, args.onnx)
     predictor = from_checkpoint(source, args.device) if args.checkpoint else from_onnx(source)
@@ -156,9 +146,8 @@ def _predict(args, settings) -> int:
 
 
 def _plugins(args, settings) -> int:
-    from segtrack import hookspecs
-    from segtrack.plugins import hook_names
-    from segtrack.registry import dataset_names, model_names
+    from segtrack.models.registry import dataset_names, model_names
+    from segtrack.plugins.manager import hook_names, hookspecs
 
     manager = args.plugin_manager
     if args.hooks:

@@ -50,9 +50,9 @@ def main() -> int:
     parser.add_argument("--kill", help="HOOK:EPOCH:DELAY_SECONDS")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    from segtrack.config import load_settings
-    from segtrack.plugins import get_plugin_manager
-    from segtrack.trainer import SegmentationTrainer
+    from segtrack.config.settings import load_settings
+    from segtrack.loop.trainer import SegmentationTrainer
+    from segtrack.plugins.manager import get_plugin_manager
 
     settings = load_settings(overrides=args.overrides)
     extra = []

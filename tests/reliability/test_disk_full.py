@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent("""
     import resource, signal, sys
     from segtrack import hookimpl
     from segtrack.cli import main
-    import segtrack.plugins as plugins
+    import segtrack.plugins.manager as plugins
 
     class FillDisk:
         name = "fill-disk"

@@ -50,9 +50,9 @@ def _outages(server, down_seconds: float, times: int, done: threading.Event, win
 def _scenario(tmp_path, sqlite_template, report_row, down_seconds: float):
     from mlflow import MlflowClient
 
-    from segtrack.config import load_settings
-    from segtrack.plugins import get_plugin_manager, installed_entry_points
-    from segtrack.trainer import SegmentationTrainer
+    from segtrack.config.settings import load_settings
+    from segtrack.loop.trainer import SegmentationTrainer
+    from segtrack.plugins.manager import get_plugin_manager, installed_entry_points
     from testsupport.mlflow_server import MlflowServer
 
     shutil.copy(sqlite_template, tmp_path / "server.db")

@@ -46,7 +46,7 @@ def plugins_under_test() -> Sequence[str]:
 
 @pytest.fixture
 def settings_factory(tmp_path: Path, tiny_settings: Sequence[str]) -> Callable[..., Any]:
-    from segtrack.config import load_settings
+    from segtrack.config.settings import load_settings
 
     def make(*overrides: str, config_file: Any = None, env: str | None = None) -> Any:
         return load_settings(config_file, env, [*tiny_settings, *overrides], project_dir=tmp_path)
@@ -57,8 +57,8 @@ def settings_factory(tmp_path: Path, tiny_settings: Sequence[str]) -> Callable[.
 @pytest.fixture
 def trainer_factory(settings_factory: Callable[..., Any], plugins_under_test: Sequence[str]) -> Callable[..., Any]:
     """A trainer on tiny settings, the builtin progress plugin off unless ``builtins_off=False``."""
-    from segtrack.plugins import get_plugin_manager
-    from segtrack.trainer import SegmentationTrainer
+    from segtrack.loop.trainer import SegmentationTrainer
+    from segtrack.plugins.manager import get_plugin_manager
 
     def make(
         *overrides: str, plugins: Iterable[Any] = (), strict: bool | None = None, builtins_off: bool = True

@@ -107,6 +107,6 @@ class RaiseAt:
 
 def first_party_plugins() -> list[str]:
     """Installed first-party plugins: core tests that autoload disable them to stay isolated."""
-    from segtrack.plugins import installed_entry_points
+    from segtrack.plugins.manager import installed_entry_points
 
     return [name for name in ("mlflow", "analytics") if name in installed_entry_points()]

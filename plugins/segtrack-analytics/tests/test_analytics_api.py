@@ -20,9 +20,9 @@ from testsupport.settings import TINY_ANALYTICS
 @pytest.fixture
 def cv_store(sqlite_uri):
     """A 2-fold CV of the real trainer with the mlflow and analytics plugins, run twice with two widths."""
-    from segtrack.config import load_settings
-    from segtrack.plugins import get_plugin_manager
-    from segtrack.trainer import SegmentationTrainer
+    from segtrack.config.settings import load_settings
+    from segtrack.loop.trainer import SegmentationTrainer
+    from segtrack.plugins.manager import get_plugin_manager
 
     for width in (2, 4):
         settings = load_settings(

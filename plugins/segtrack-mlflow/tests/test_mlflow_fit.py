@@ -242,8 +242,8 @@ def test_a_user_3d_model_with_a_plugin_metric_is_logged_like_the_builtin_one(set
     from torch import nn
 
     from segtrack import hookimpl
-    from segtrack.plugins import get_plugin_manager
-    from segtrack.trainer import SegmentationTrainer
+    from segtrack.loop.trainer import SegmentationTrainer
+    from segtrack.plugins.manager import get_plugin_manager
 
     class VolumeNet(nn.Module):
         def __init__(self):

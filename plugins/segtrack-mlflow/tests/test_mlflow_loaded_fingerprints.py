@@ -13,9 +13,9 @@ from mlflow import MlflowClient
 from torch.utils.data import Dataset
 
 from segtrack import hookimpl
-from segtrack.plugins import get_plugin_manager
-from segtrack.records import EpochResult, FitResult, RunInfo, freeze
-from segtrack.trainer import SegmentationTrainer
+from segtrack.loop.trainer import SegmentationTrainer
+from segtrack.plugins.manager import get_plugin_manager
+from segtrack.plugins.records import EpochResult, FitResult, RunInfo, freeze
 from testsupport.factories import PlainFCN
 from testsupport.mlflow_reads import only_run
 from testsupport.plugins import first_party_plugins

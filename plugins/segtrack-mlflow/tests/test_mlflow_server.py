@@ -112,7 +112,7 @@ def test_offline_start_then_sync(trainer_factory, own_server, caplog, capsys):
 
 
 def _has_analytics() -> bool:
-    from segtrack.plugins import installed_entry_points
+    from segtrack.plugins.manager import installed_entry_points
 
     return "analytics" in installed_entry_points()
 

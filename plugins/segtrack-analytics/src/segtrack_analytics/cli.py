@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segtrack import ConfigError
+from segtrack import ConfigError, redact
 from segtrack_analytics.render import FORMATS
-from segtrack_mlflow.uri import redact
 
 SHOWN = 10  # experiments named when the chosen one has no runs
 

@@ -24,10 +24,12 @@ class AnalyticsPlugin:
 
     @hookimpl
     def settings_loaded(self, settings):
+        from segtrack import thaw
         from segtrack_analytics.settings import analytics_section
 
         self.settings = settings
-        self.section = analytics_section(settings)
+        # checked and filled in by segtrack with this plugin's schema; analytics_section() only if that failed
+        self.section = thaw(settings["analytics"]) if "analytics" in settings else analytics_section(settings)
 
     @hookimpl
     def cli_commands(self, subparsers):

@@ -6,8 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from segtrack import Setting
-from segtrack.schema import checked_section, is_bool, is_str
+from segtrack import Setting, checked_section, is_bool, is_str
 
 SCHEMA = [
     Setting("analytics.cache_dir", "a folder path", lambda v: is_str(v) and bool(v), ".segtrack/analytics"),

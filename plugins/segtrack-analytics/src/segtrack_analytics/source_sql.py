@@ -14,10 +14,9 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
-from segtrack import ConfigError
+from segtrack import ConfigError, redact
 from segtrack_analytics.errors import NoStore, StoreError, StoreUnreachable
 from segtrack_analytics.tables import KEY_VALUE, METRIC, RUN_INDEX, RunDetails, conform
-from segtrack_mlflow.uri import redact
 
 CHUNK = 500  # run ids per IN (...) list
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segtrack.palette import colour_mask
+from segtrack import colour_mask
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:

@@ -9,8 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
-from segtrack import ConfigError, hookimpl
-from segtrack.records import thaw
+from segtrack import ConfigError, hookimpl, thaw
 from segtrack_mlflow import store
 from segtrack_mlflow.datasets import dataset_entries, fingerprint_tags, fingerprints_known
 from segtrack_mlflow.entries import CreateRun, DatasetInputs, LoggedModel, Params, Status, Tags
@@ -73,9 +72,10 @@ class MlflowPlugin:
 
     @hookimpl
     def settings_loaded(self, settings):
-        from segtrack.config import secret_keys
+        from segtrack import secret_keys
 
-        self.section = mlflow_section(settings)
+        # checked and filled in by segtrack with the schema above; mlflow_section() only if that failed
+        self.section = thaw(settings["mlflow"]) if "mlflow" in settings else mlflow_section(settings)
         if not self.section["telemetry"]:  # no outside connection unless the user asks for one
             os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         self._uri = resolve_tracking_uri(None, settings)

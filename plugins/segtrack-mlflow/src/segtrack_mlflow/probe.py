@@ -6,7 +6,8 @@ import json
 import urllib.error
 import urllib.request
 
-from segtrack_mlflow.uri import MASK, auth_header, redact, split_credentials
+from segtrack import MASK
+from segtrack_mlflow.uri import auth_header, redact, split_credentials
 
 
 def probe_http(uri: str, username: str = "", password: str = "", timeout: float = 3.0) -> str:

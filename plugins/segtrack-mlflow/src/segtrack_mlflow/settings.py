@@ -6,8 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from segtrack import Setting
-from segtrack.schema import checked_section, is_bool, is_int, is_number, is_str, one_of
+from segtrack import Setting, checked_section, is_bool, is_int, is_number, is_str, one_of
 
 POLICIES = ("best+last", "best", "last", "all", "none")
 

@@ -8,8 +8,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from segtrack import ConfigError
-from segtrack_mlflow.uri import MASK, is_remote, redact, split_credentials, with_credentials
+from segtrack import MASK, ConfigError
+from segtrack_mlflow.uri import is_remote, redact, split_credentials, with_credentials
 
 DEFAULT_REQUEST_TIMEOUT = "10"
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits

@@ -5,20 +5,14 @@ with segtrack-analytics, which reads the same store. The core knows nothing of M
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from segtrack import ConfigError
+from segtrack import ConfigError, redact  # redact: also imported from here by this plugin's modules
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks")
-MASK = "***"
-# the password of any scheme://user:password@ (up to the last @ before a space: a password may hold
-# an unencoded / or @), and password=/token=/secret= query values: what redact() masks in any text
-_USERINFO_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s/@:]*:)[^\s]*@")
-_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pwd|token|secret)=)[^&\s'\"]*", re.I)
 
 
 def resolve_tracking_uri(explicit: str | None = None, settings: Any = None) -> str:
@@ -89,11 +83,6 @@ def local_artifact_root(uri: str) -> str | None:
         return None
     db = Path(uri[len("sqlite:///") :])
     return (db.resolve().parent / "mlartifacts").as_uri()
-
-
-def redact(text: str) -> str:
-    """``text`` (a URI, or a message quoting URIs) with every password masked: ``http://user:***@host:port``."""
-    return _QUERY_SECRET.sub(rf"\1{MASK}", _USERINFO_PASSWORD.sub(rf"\1{MASK}@", text))
 
 
 def split_credentials(uri: str) -> tuple[str, str, str]:

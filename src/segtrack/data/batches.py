@@ -56,7 +56,7 @@ def as_pair(item: Any, dims: int, batched: bool, ignore_index: int | None) -> tu
         if not batched:
             raise DataError(
                 f"a sample holds {len(item)} crops where one sample was expected: read its samples with "
-                f"segtrack.samples.crops_of"
+                f"segtrack.data.batches.crops_of"
             )
         return _joined([as_pair(crop, dims, True, ignore_index) for crop in item])
     image, mask = (_plain_tensor(x) for x in split_sample(item))
@@ -170,3 +170,14 @@ def _joined(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tenso
             f"crop every sample of a batch to one size"
         )
     return torch.cat([images for images, _ in parts]), torch.cat([masks for _, masks in parts])
+
+
+def to_loop_form(
+    batch: Any, dims: int, num_classes: int, ignore_index: int | None, where: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """A batch as ``(images, masks)`` on ``where``, class ids checked on the CPU before the copy,
+    and whether any of its pixels is labelled (not ignored)."""
+    images, masks = as_pair(batch, dims, batched=True, ignore_index=ignore_index)
+    check_class_ids(masks, num_classes, ignore_index)
+    labelled = bool(masks.max() >= 0)
+    return images.to(where, non_blocking=True), masks.to(where, non_blocking=True), labelled

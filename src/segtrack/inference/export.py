@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import warnings
@@ -11,8 +12,9 @@ from typing import Any
 
 import torch
 
-from segtrack.samples import logits_of
-from segtrack.windowed import sliding_window
+from segtrack.data.batches import logits_of
+from segtrack.inference.windowed import sliding_window
+from segtrack.plugins.records import ExportInfo
 
 log = logging.getLogger("segtrack.export")
 METADATA_KEY = "segtrack"
@@ -124,7 +126,7 @@ def read_metadata(path: Path) -> dict | None:
     return None
 
 
-def predict_metadata(config: dict, spatial_multiple: int) -> dict:
+def predict_metadata(config: Mapping[str, Any], spatial_multiple: int) -> dict:
     """What inference needs from a fit's settings, to read and pad images as training did."""
     data = config["data"]
     return {
@@ -143,3 +145,51 @@ def window_settings(infer: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not infer or not infer.get("roi_size"):
         return None
     return {key: infer[key] for key in ("roi_size", "overlap", "mode", "batch_size")}
+
+
+def export_checkpoint(
+    model: torch.nn.Module,
+    checkpoint_path: str,
+    signature: dict,
+    path: Path,
+    sample: torch.Tensor,
+    config: Mapping[str, Any],
+) -> tuple[ExportInfo | None, str | None]:
+    """The weights of ``checkpoint_path`` in a CPU copy of ``model``, exported to ``path`` and checked
+    in onnxruntime (``export.opset``, ``export.tolerance``, windows per ``infer``). A model that
+    cannot be exported gives one warning and ``(None, reason)``: the fit and its checkpoints stay valid."""
+    from segtrack.models.registry import spatial_multiple
+    from segtrack.runtime import checkpoint
+
+    settings = config["export"]
+    payload = checkpoint.load(checkpoint_path, signature)
+    model = copy.deepcopy(model).cpu()
+    model.load_state_dict(payload["model"])
+    try:
+        metadata = predict_metadata(config, spatial_multiple(model))
+        diff = export_onnx(model, sample, path, settings["opset"], metadata, window_settings(config.get("infer")))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        log.warning(
+            "ONNX export skipped: this model cannot be exported (%s: %s); the fit and its checkpoints "
+            "are fine (%s); set export.enabled = false to silence this",
+            type(exc).__name__,
+            reason,
+            checkpoint_path,
+        )
+        return None, f"{type(exc).__name__}: {reason}"
+    ok = diff <= settings["tolerance"]
+    if not ok:
+        log.warning(
+            "ONNX export %s differs from torch by %.3g (> export.tolerance %.3g)", path, diff, settings["tolerance"]
+        )
+    info = ExportInfo(
+        path=str(path),
+        format="onnx",
+        opset=settings["opset"],
+        epoch=payload["epoch"],
+        input_shape=tuple(sample.shape),
+        max_abs_diff=diff,
+        parity_ok=ok,
+    )
+    return info, None

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from segtrack.data.batches import logits_of
 from segtrack.errors import ConfigError, DataError, ModelError
-from segtrack.samples import logits_of
 
 MODES = ("gaussian", "constant")
 WEIGHT_FLOOR = 1e-3  # least gaussian weight, so a voxel seen only at windows' edges still gets logits

@@ -16,19 +16,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from segtrack.config import ignore_index
-from segtrack.data import (
-    ArrayDataset,
-    combine_digests,
-    fold_indices,
-    input_digest,
-    plain_input,
-    sample_digest,
-    split_indices,
-)
-from segtrack.distributed import DistContext, shard
+from segtrack.config.settings import ignore_index
+from segtrack.data.batches import IGNORED, as_pair, crops_of
+from segtrack.data.digests import combine_digests, input_digest, plain_input, sample_digest
+from segtrack.data.splits import fold_indices, split_indices
+from segtrack.data.synthetic import ArrayDataset
 from segtrack.errors import ConfigError, DataError
-from segtrack.samples import IGNORED, as_pair, crops_of
+from segtrack.runtime.distributed import DistContext, shard
 
 log = logging.getLogger("segtrack.data")
 PREVIEW_SAMPLES = 4  # the first validation samples: shown to plugins, and the ONNX parity check's input
@@ -151,65 +145,74 @@ class DataPlan:
         return self._subsets(train_idx, val_idx)
 
     def _subsets(self, train_idx: np.ndarray, val_idx: np.ndarray) -> FitData:
-        dataset, template = self.dataset, self.train_loader
-        batch_size = template.batch_size if template is not None and template.batch_size else self.batch_size
-        collate = template.collate_fn if template is not None else self._collate
-        workers = template.num_workers if template is not None else self.num_workers
-        order_of = _EpochOrder(len(train_idx), batch_size, self.seed, self.dist)
-
-        def train_batches(epoch: int):
-            batches = [train_idx[b].tolist() for b in order_of(epoch)]
-            yield from self._flipped(self._fetch(_training_view(dataset, epoch), batches, collate, workers), epoch)
-
-        def val_batches():
-            mine = val_idx[self.dist.rank :: self.dist.world_size]
-            batches = [mine[i : i + batch_size].tolist() for i in range(0, len(mine), batch_size)]
-            return self._fetch(dataset, batches, collate, workers)
-
+        """Train and validate on two index sets of the one dataset (a split, a fold)."""
+        dataset = self.dataset
+        train_batches, count = self._batches(dataset, train_idx, shuffle=True, template=self.train_loader)
+        val_batches, _ = self._batches(dataset, val_idx, shuffle=False, template=self.train_loader)
         kind = self._kind(dataset)
         return self._fit_data(
             train_batches,
-            val_batches,
+            lambda: val_batches(0),
             self._preview(dataset, val_idx),
             (kind, self._fingerprint(dataset, train_idx, kind)),
             (kind, self._fingerprint(dataset, val_idx, kind)),
             len(train_idx),
             len(val_idx),
-            math.ceil(len(shard(torch.arange(len(train_idx)), self.dist)) / batch_size),
+            count,
         )
 
     def _given_pair(self) -> FitData:
         """Separate train and validation data: loaders used as given, datasets batched here."""
         # "is not None", not "or": a DataLoader over an iterable dataset without __len__ raises on bool()
-        train = self.train_loader if self.train_loader is not None else self._loader_over(self.dataset, shuffle=True)
-        val = self.val_loader if self.val_loader is not None else self._loader_over(self.val_dataset, shuffle=False)
-
-        def train_batches(epoch: int):
-            if isinstance(train, _OwnLoader):
-                return train(epoch)
-            _set_sampler_epoch(train, epoch)
-            return train
-
-        def val_batches():
-            return val(0) if isinstance(val, _OwnLoader) else val
+        if self.train_loader is not None:
+            train_batches, count = _as_given(self.train_loader)
+        else:
+            train_batches, count = self._batches(self.dataset, np.arange(len(self.dataset)), shuffle=True)
+        if self.val_loader is not None:
+            val_batches, _ = _as_given(self.val_loader)
+        else:
+            val_batches, _ = self._batches(self.val_dataset, np.arange(len(self.val_dataset)), shuffle=False)
 
         val_set = self.val_dataset
         if val_set is not None:
             preview = self._preview(val_set, np.arange(len(val_set)))
         else:
-            images, masks = self._loop_pair(_first(val_batches()))
+            images, masks = self._loop_pair(_first(val_batches(0)))
             preview = images[:PREVIEW_SAMPLES], masks[:PREVIEW_SAMPLES]
         train_kind, val_kind = self._kind(self.dataset), self._kind(val_set)
         return self._fit_data(
             train_batches,
-            val_batches,
+            lambda: val_batches(0),
             preview,
             (train_kind, self._fingerprint(self.dataset, np.arange(_length(self.dataset)), train_kind)),
             (val_kind, self._fingerprint(val_set, np.arange(_length(val_set)), val_kind)),
             _length(self.dataset),
             _length(val_set),
-            _batch_count(train),
+            count,
         )
+
+    def _batches(
+        self, dataset: Any, indices: np.ndarray, shuffle: bool, template: DataLoader | None = None
+    ) -> tuple[Callable[[int], Iterable[Any]], int]:
+        """The one batching path over a map-style dataset: ``epoch -> batches`` of ``indices`` and
+        the batches per epoch on this rank. Training batches are shuffled per (seed, epoch), sharded
+        over ranks and drawn in the dataset's training form; validation batches keep their order,
+        each rank taking every world_size-th sample. ``template`` (a user's loader over the same
+        dataset) lends its batch size, collate function and workers."""
+        batch_size = template.batch_size if template is not None and template.batch_size else self.batch_size
+        collate = template.collate_fn if template is not None else self._collate
+        workers = template.num_workers if template is not None else self.num_workers
+        if shuffle:
+            order_of = _EpochOrder(len(indices), batch_size, self.seed, self.dist)
+
+            def shuffled(epoch: int) -> Iterator[Any]:
+                batches = [indices[b].tolist() for b in order_of(epoch)]
+                yield from self._flipped(self._fetch(_training_view(dataset, epoch), batches, collate, workers), epoch)
+
+            return shuffled, order_of.count
+        mine = indices[self.dist.rank :: self.dist.world_size]
+        fixed = [mine[i : i + batch_size].tolist() for i in range(0, len(mine), batch_size)]
+        return (lambda epoch: self._fetch(dataset, fixed, collate, workers)), len(fixed)
 
     def _fit_data(
         self,
@@ -241,23 +244,6 @@ class DataPlan:
             fingerprint_kind="loaded",
             loaded=loaded,
         )
-
-    def _loader_over(self, dataset: Any, shuffle: bool) -> _OwnLoader:
-        indices = np.arange(len(dataset))
-        order_of = _EpochOrder(len(indices), self.batch_size, self.seed, self.dist)
-        if shuffle:
-            return _OwnLoader(
-                lambda epoch: self._fetch(
-                    _training_view(dataset, epoch),
-                    [b.tolist() for b in order_of(epoch)],
-                    self._collate,
-                    self.num_workers,
-                ),
-                order_of.count,
-            )
-        mine = indices[self.dist.rank :: self.dist.world_size]
-        batches = [mine[i : i + self.batch_size].tolist() for i in range(0, len(mine), self.batch_size)]
-        return _OwnLoader(lambda epoch: self._fetch(dataset, batches, self._collate, self.num_workers), len(batches))
 
     # -- batches ---------------------------------------------------------------------------------
 
@@ -484,19 +470,6 @@ class _EpochOrder:
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
 
-class _OwnLoader:
-    """Batches segtrack makes over a user's Dataset, per epoch."""
-
-    def __init__(self, make: Callable[[int], Iterable[Any]], count: int):
-        self.make, self.count = make, count
-
-    def __call__(self, epoch: int) -> Iterable[Any]:
-        return self.make(epoch)
-
-    def __len__(self) -> int:
-        return self.count
-
-
 def _map_style(data: Any, name: str) -> Any:
     """The indexable dataset behind ``data`` (a Dataset, or a DataLoader's), or None if iterable."""
     dataset: Any = data.dataset if isinstance(data, DataLoader) else data
@@ -530,6 +503,16 @@ def _set_sampler_epoch(loader: Any, epoch: int) -> None:
         set_epoch = getattr(sampler, "set_epoch", None)
         if callable(set_epoch):
             set_epoch(epoch)
+
+
+def _as_given(loader: DataLoader) -> tuple[Callable[[int], Iterable[Any]], int]:
+    """A user's loader as ``epoch -> batches`` (its sampler told the epoch) and its batch count."""
+
+    def batches(epoch: int) -> Iterable[Any]:
+        _set_sampler_epoch(loader, epoch)
+        return loader
+
+    return batches, _batch_count(loader)
 
 
 def _batch_count(loader: Any) -> int:

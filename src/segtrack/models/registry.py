@@ -14,7 +14,7 @@ from segtrack.errors import ConfigError
 
 MODEL_GROUP = "segtrack.models"
 DATASET_GROUP = "segtrack.datasets"
-BUILTIN_MODELS = {"unet": "segtrack.model:build_unet"}
+BUILTIN_MODELS = {"unet": "segtrack.models.unet:build_unet"}
 BUILTIN_DATASETS = ("synthetic", "folder")  # built by segtrack.data, not through a callable
 
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from segtrack.distributed import DistContext
+from segtrack.data.batches import check_logits, logits_of
 from segtrack.errors import ModelError, TrainingDiverged
-from segtrack.fit_state import FitState
-from segtrack.losses import Loss, deep_supervision_loss, supervised_outputs
-from segtrack.samples import check_logits, logits_of
+from segtrack.loop.losses import Loss, deep_supervision_loss, supervised_outputs
+from segtrack.loop.state import FitState
+from segtrack.runtime.distributed import DistContext
 
 
 class TrainStep:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from segtrack.samples import IGNORED
+from segtrack.data.batches import IGNORED
 
 
 class ConfusionCounts:

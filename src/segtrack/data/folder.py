@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from segtrack.data.batches import IGNORED
+from segtrack.data.imageio import IMAGE_SUFFIXES, MASK_SUFFIXES, image_spatial_shape, read_image, read_mask
 from segtrack.errors import DataError
-from segtrack.imageio import IMAGE_SUFFIXES, MASK_SUFFIXES, image_spatial_shape, read_image, read_mask
-from segtrack.samples import IGNORED
 
 NORMALIZE_MODES = ("auto", "percentile", "minmax", "imagenet", "none")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)

@@ -1,4 +1,5 @@
-"""Checkpoints as plain dicts: written atomically, read with ``weights_only=True`` only."""
+"""Checkpoints as plain dicts: written atomically (one state as best/last/epoch files), read with
+``weights_only=True`` only, and found again when a fit resumes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pickle
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -185,3 +187,49 @@ def _tuples_to_lists(value):
 
 def _lists_to_tuples(value):
     return tuple(_lists_to_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+# -- the checkpoints of a fit ------------------------------------------------------------------
+
+
+def write_set(
+    payload: dict[str, Any], folder: Path, epoch: int, kinds: list[str], hold: Callable[[], Any]
+) -> list[tuple[str, Path, int]]:
+    """Write one state as each of ``kinds`` (``best``, ``last``, ``epoch``): serialised once, then
+    linked, each write atomic and inside ``hold()`` (SIGTERM waits). Returns (kind, path, bytes).
+    A refused write (full disk, quota, folder removed) is one ``CheckpointError`` sentence."""
+    written: list[tuple[str, Path, int]] = []
+    for kind in kinds:
+        # file names count epochs from 1, as the console and the trackers do
+        path = folder / (f"epoch-{epoch + 1:04d}.pt" if kind == "epoch" else f"{kind}.pt")
+        with hold():
+            try:
+                size = save_atomic(payload, path) if not written else link_atomic(written[0][1], path)
+            except OSError as exc:
+                raise CheckpointError(
+                    f"cannot write {path.name} in {folder} ({exc.strerror or exc}): the checkpoints written "
+                    f"before are intact; free space there or set checkpoint.dir, then resume with --resume auto"
+                ) from None
+        written.append((kind, path, size))
+    return written
+
+
+def prune_snapshots(folder: Path, keep: int) -> None:
+    """Keep the newest ``keep`` per-epoch snapshots (``epoch-NNNN.pt``)."""
+    for old in sorted(folder.glob("epoch-*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def best_for_resume(source: Path, folder: Path, best_epoch: int) -> Path | None:
+    """The best epoch's checkpoint for a fit resumed from ``source``: ``<folder>/best.pt`` when it
+    holds that epoch; else the source itself or its sibling ``best.pt``, linked into ``folder`` so
+    the fit's folder is complete; None when no file holds that epoch."""
+    if best_epoch < 0:
+        return None
+    target = folder / "best.pt"
+    for candidate in (target, source, source.with_name("best.pt")):
+        if candidate.is_file() and epoch_of(candidate) == best_epoch:
+            if candidate.resolve() != target.resolve():
+                link_atomic(candidate, target)
+            return target
+    return None

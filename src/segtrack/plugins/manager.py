@@ -14,9 +14,9 @@ from typing import Any
 
 import pluggy
 
-from segtrack import hookspecs
 from segtrack.errors import ConfigError, PluginHookError, PluginLoadError
-from segtrack.records import PluginFailure
+from segtrack.plugins import hookspecs
+from segtrack.plugins.records import PluginFailure
 
 ENTRY_POINT_GROUP = "segtrack.plugins"
 log = logging.getLogger("segtrack.plugins")
@@ -42,7 +42,7 @@ class LoadFailure:
 
 def builtin_plugins() -> dict[str, Any]:
     """Plugins shipped with the core, by name (instances are made per manager)."""
-    from segtrack.progress import ProgressPlugin
+    from segtrack.plugins.progress import ProgressPlugin
 
     return {"progress": ProgressPlugin}
 
@@ -64,6 +64,7 @@ class PluginManager:
         self.load_failures: list[LoadFailure] = []
         self._failures: dict[tuple[str, str], list] = {}
         self._impls: dict[str, list[tuple[str, Any, tuple[str, ...]]]] = {}
+        self.disabled: frozenset[str] = frozenset()
 
     # -- registration ---------------------------------------------------------------------------
 
@@ -101,6 +102,10 @@ class PluginManager:
     def names(self) -> list[str]:
         return list(self.plugin_info)
 
+    def known_names(self) -> set[str]:
+        """Names a settings section may have: plugins registered, installed (loaded or not) or disabled."""
+        return set(self.plugin_info) | set(installed_entry_points()) | set(self.disabled)
+
     def get_plugin(self, name: str) -> Any:
         return self.pm.get_plugin(name)
 
@@ -110,7 +115,7 @@ class PluginManager:
         impls = self._impls.get(hook)
         if impls is None:
             if hook not in _hook_set():
-                raise ValueError(f"segtrack called {hook!r}, which is not a hook in segtrack.hookspecs")
+                raise ValueError(f"segtrack called {hook!r}, which is not a hook in segtrack.plugins.hookspecs")
             caller = getattr(self.pm.hook, hook)
             # pluggy's order: last registered first, tryfirst/trylast respected
             impls = [(i.plugin_name, i.function, tuple(i.argnames)) for i in reversed(caller.get_hookimpls())]
@@ -242,6 +247,7 @@ def get_plugin_manager(
         )
     for name in disabled:
         manager.pm.set_blocked(name)
+    manager.disabled = frozenset(disabled)
 
     for name, factory in builtins.items():
         if not manager.pm.is_blocked(name):
@@ -305,11 +311,17 @@ def _check_hook_names(manager: PluginManager) -> None:
 
 
 def _plugin_settings(settings: Any) -> Mapping[str, Any]:
-    if settings is None:
-        return {}
-    if isinstance(settings, Mapping):
-        return settings.get("plugins", {})
-    return settings.get("plugins", {}) or {}
+    """The ``plugins`` section as far as building the manager needs it: values of the wrong type are
+    left out here (the defaults apply) and reported when the settings are resolved."""
+    raw = settings.get("plugins", {}) if settings is not None else {}
+    section = {str(k).lower(): v for k, v in dict(raw or {}).items()} if isinstance(raw, Mapping) else {}
+    wanted: dict[str, Any] = {
+        "autoload": bool,
+        "strict": bool,
+        "disabled": (list, tuple),
+        "fit_end_timeout": (int, float),
+    }
+    return {k: v for k, v in section.items() if k in wanted and isinstance(v, wanted[k])}
 
 
 def _core_version() -> str:

@@ -7,8 +7,8 @@ import contextlib
 import signal
 import threading
 
-from segtrack.distributed import DistContext
 from segtrack.errors import PeerLost
+from segtrack.runtime.distributed import DistContext
 
 
 def interrupt_behind(exc: BaseException | None) -> KeyboardInterrupt | None:

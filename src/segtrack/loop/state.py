@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from segtrack import checkpoint
-from segtrack.ema import WeightAverage
-from segtrack.records import FitResult, PluginFailure, freeze
+from segtrack.loop.ema import WeightAverage
+from segtrack.plugins.records import FitResult, PluginFailure, freeze
+from segtrack.runtime import checkpoint
 
 
 @dataclass

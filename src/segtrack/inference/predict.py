@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from segtrack.data.folder import regular_files
+from segtrack.data.imageio import IMAGE_SUFFIXES, PIL_SUFFIXES, read_image, write_mask, write_png
 from segtrack.errors import CheckpointError, ConfigError
-from segtrack.folder import regular_files
-from segtrack.imageio import IMAGE_SUFFIXES, PIL_SUFFIXES, read_image, write_mask, write_png
-from segtrack.palette import colour_mask
+from segtrack.inference.palette import colour_mask
 
 
 class Predictor:
@@ -32,7 +32,7 @@ class Predictor:
 
     def use_windows(self, infer: dict | None) -> None:
         """Window settings given for this prediction (``--set infer.roi_size=...``) replace the recorded ones."""
-        from segtrack.export import window_settings
+        from segtrack.inference.export import window_settings
 
         given = window_settings(infer)
         if given is not None:
@@ -51,7 +51,7 @@ class Predictor:
     def _windowed_logits(self, image: np.ndarray) -> np.ndarray:
         import torch
 
-        from segtrack.windowed import sliding_window
+        from segtrack.inference.windowed import sliding_window
 
         def model(windows: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(self.run(np.ascontiguousarray(windows.numpy())))
@@ -64,10 +64,10 @@ class Predictor:
 def from_checkpoint(path: Path, device: str) -> Predictor:
     import torch
 
-    from segtrack import checkpoint
-    from segtrack.export import predict_metadata
-    from segtrack.registry import build_model, spatial_multiple
-    from segtrack.samples import logits_of
+    from segtrack.data.batches import logits_of
+    from segtrack.inference.export import predict_metadata
+    from segtrack.models.registry import build_model, spatial_multiple
+    from segtrack.runtime import checkpoint
 
     payload = checkpoint.load(path, None)
     config = payload.get("config") or {}
@@ -99,7 +99,7 @@ def from_checkpoint(path: Path, device: str) -> Predictor:
 def from_onnx(path: Path) -> Predictor:
     import onnxruntime
 
-    from segtrack.export import read_metadata
+    from segtrack.inference.export import read_metadata
 
     try:
         metadata = read_metadata(path)
@@ -163,7 +163,7 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def predict_folder(predictor: Predictor, inputs: Path, out: Path, with_overlay: bool, stream=None) -> int:
     """Write one mask per image of ``inputs`` into ``out``; returns the number written."""
-    from segtrack.folder import match_channels, normalize
+    from segtrack.data.folder import match_channels, normalize
 
     stream = stream or sys.stderr
     files = input_files(inputs)

@@ -67,11 +67,10 @@ def one_of(*choices: Any) -> Callable[[Any], bool]:
 # -- validation --------------------------------------------------------------------------------
 
 
-def validate(settings: Any, schema: Sequence[Setting], sections: Iterable[str]) -> None:
-    """Check ``sections`` of ``settings`` (a Dynaconf object) against ``schema``; fill defaults.
-
-    Raises one ``ConfigError`` listing every problem: unknown keys (with the closest known one),
-    missing keys, and values their check refuses."""
+def validate(settings: Any, schema: Sequence[Setting], sections: Iterable[str]) -> list[str]:
+    """Check ``sections`` of ``settings`` (a Dynaconf object) against ``schema`` with Dynaconf
+    validators, and fill in defaults. Returns every problem, each one line: unknown keys (with the
+    closest known one), missing keys, and values their check refuses (key, value, what is allowed)."""
     from dynaconf import ValidationError, Validator
 
     problems = _unknown_keys(settings, schema, sections)
@@ -91,8 +90,12 @@ def validate(settings: Any, schema: Sequence[Setting], sections: Iterable[str]) 
         problems.extend(message for _, message in exc.details)
     finally:
         settings.validators.clear()
+    return problems
+
+
+def raise_problems(problems: Sequence[str], what: str = "settings") -> None:
     if problems:
-        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+        raise ConfigError(f"invalid {what}:\n  " + "\n  ".join(problems))
 
 
 def _condition(setting: Setting) -> Callable[[Any], bool]:
@@ -143,23 +146,17 @@ def dynaconf_of(config: Mapping[str, Any]) -> Dynaconf:
 
 
 def checked_section(settings: Any, section: str, schema: Sequence[Setting], hints: Mapping[str, str] = {}) -> dict:
-    """One section of ``settings`` (a mapping or Dynaconf object) with defaults filled in and
-    checked against ``schema`` without Dynaconf: for code that reads a plugin's section outside the
-    CLI and trainer (which check it through ``settings_schema``). ``hints`` add a word to the
-    error of an unknown key (e.g. where a removed key went)."""
+    """One section of ``settings`` (a mapping or Dynaconf object), checked against ``schema`` by the
+    same validator and with defaults filled in: for code that reads a plugin's section outside the
+    CLI and trainer (a plugin's own API; those two hand ``settings_loaded`` checked sections).
+    ``hints`` add a word to the error of an unknown key (e.g. where a removed key went)."""
     raw = settings.get(section, {}) if hasattr(settings, "get") else {}
-    given = {str(k).lower(): v for k, v in dict(raw or {}).items()}
-    known = {s.key.split(".", 1)[1]: s for s in schema if s.section == section}
+    store = dynaconf_of({section: {str(k).lower(): v for k, v in dict(raw or {}).items()}})
     problems = [
-        f"{section}.{key}: unknown setting{hints.get(key, '')} (known: {', '.join(known)})"
-        for key in given
-        if key not in known
+        problem.replace(": unknown setting", f": unknown setting{hints[key]}", 1)
+        if (key := problem.split(":", 1)[0].split(".", 1)[-1]) in hints
+        else problem
+        for problem in validate(store, [s for s in schema if s.section == section], [section])
     ]
-    values = {key: given.get(key, s.default) for key, s in known.items()}
-    for key, setting in known.items():
-        if not _condition(setting)(values[key]):
-            shown = "'***'" if setting.secret else repr(values[key])
-            problems.append(f"{setting.key} = {shown} is invalid: allowed is {setting.allowed}")
-    if problems:
-        raise ConfigError(f"invalid {section} settings:\n  " + "\n  ".join(problems))
-    return values
+    raise_problems(problems, f"{section} settings")
+    return {k.lower(): v for k, v in dict(store.get(section) or {}).items()}

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from segtrack.distributed import DistContext
-from segtrack.records import RunInfo, ValidationBatch
+from segtrack.plugins.records import RunInfo, ValidationBatch
+from segtrack.runtime.distributed import DistContext
 
 
 class ValidationBatches:

@@ -1,0 +1,1 @@
+"""Settings: the layers read, the schema of every key, and the checks."""

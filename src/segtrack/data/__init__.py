@@ -1,0 +1,1 @@
+"""The data of a fit: configured sources (synthetic, folder, named), splits, batches, fingerprints."""

@@ -1,0 +1,1 @@
+"""Inference: sliding windows, ONNX export, prediction of a folder, class colours."""

@@ -1,0 +1,1 @@
+"""The training loop: the trainer, its state, one training step, losses, recipes, validation metrics."""

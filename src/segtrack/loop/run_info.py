@@ -1,0 +1,47 @@
+"""What a run is, as trackers record it: where its data comes from, its settings with a recipe
+passed in code described, and its data fingerprints once the first epoch has computed them."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segtrack.data.plan import FitData
+from segtrack.plugins.records import RunInfo
+
+
+def data_source(data: Mapping[str, Any], given: Any) -> str:
+    """Where the data comes from, in one line (``RunInfo.data_source``)."""
+    if given is not None:
+        kind = type(given.dataset if isinstance(given, torch.utils.data.DataLoader) else given)
+        return f"python:{kind.__module__}.{kind.__qualname__}"
+    if data.get("factory"):
+        return f"factory:{data['factory']}"
+    if data["source"] == "folder":
+        return f"folder:{Path(data['path']).resolve()}"
+    if data["source"] == "synthetic":
+        return "synthetic"
+    return f"dataset:{data['source']}"
+
+
+def recorded_config(config: Mapping[str, Any], recipe: Mapping[str, str]) -> Mapping[str, Any]:
+    """The settings as trackers record them: a loss, optimizer or scheduler passed in code replaces
+    ``train.loss``/``train.optimizer``/``train.scheduler`` by ``python:<its description>``."""
+    if not recipe:
+        return config
+    recorded = copy.deepcopy(dict(config))
+    recorded["train"] = {**recorded["train"], **{key: f"python:{text}" for key, text in recipe.items()}}
+    return recorded
+
+
+def with_loaded_fingerprints(run: RunInfo, data: FitData) -> RunInfo:
+    """After the first epoch of data fingerprinted as it loads, the run with its digests."""
+    if run.train_sha256 or data.fingerprint_kind != "loaded":
+        return run
+    train_sha256, val_sha256 = data.loaded_fingerprints()
+    return replace(run, train_sha256=train_sha256, val_sha256=val_sha256)

@@ -1,0 +1,600 @@
+"""SegmentationTrainer: a linear fit loop, for the built-in UNet or any user model and dataset,
+that emits the lifecycle hooks of segtrack.plugins.hookspecs. The phases live beside it: one
+training batch (``train_step``), validation (``validation``), an epoch's metrics
+(``epoch_metrics``), the fit's state (``state``); checkpoint files (``runtime.checkpoint``) and the
+ONNX export (``inference.export``) below."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segtrack import __version__
+from segtrack.config.settings import (
+    Settings,
+    class_names,
+    ignore_index,
+    inference_config,
+    read_settings,
+    resolve_settings,
+)
+from segtrack.data.batches import to_loop_form
+from segtrack.data.configured import configured_data
+from segtrack.data.plan import DataPlan, FitData, stream_seed
+from segtrack.data.synthetic import ArrayDataset
+from segtrack.errors import ConfigError, PeerLost
+from segtrack.inference.export import export_checkpoint
+from segtrack.loop import epoch_metrics
+from segtrack.loop.ema import WeightAverage
+from segtrack.loop.losses import Loss, builtin_loss
+from segtrack.loop.recipe import OptimizerFactory, SchedulerFactory, build_optimizer, build_scheduler, describe
+from segtrack.loop.run_info import data_source, recorded_config, with_loaded_fingerprints
+from segtrack.loop.state import FitState
+from segtrack.loop.train_step import TrainStep
+from segtrack.loop.validation import Validation
+from segtrack.models.registry import build_model, spatial_multiple
+from segtrack.models.unet import model_signature, user_model_signature
+from segtrack.plugins.manager import PluginManager, get_plugin_manager
+from segtrack.plugins.records import (
+    CheckpointInfo,
+    CrossValidationInfo,
+    CrossValidationResult,
+    EpochResult,
+    ExportInfo,
+    FitResult,
+    RunInfo,
+    StepResult,
+    freeze,
+    thaw,
+)
+from segtrack.runtime import checkpoint
+from segtrack.runtime.device import amp_enabled, resolve_device, seed_everything
+from segtrack.runtime.distributed import DistContext, context_from_env
+from segtrack.runtime.signals import SigtermAsInterrupt, interrupt_behind
+
+log = logging.getLogger("segtrack.trainer")
+_RECIPE_HELP = {
+    "loss": "(logits, target) -> scalar tensor",
+    "optimizer": "a factory params -> torch.optim.Optimizer",
+    "scheduler": "a factory optimizer -> torch.optim.lr_scheduler.LRScheduler",
+}
+
+
+@dataclass
+class _Outcome:
+    """What the end of a fit reports besides its state."""
+
+    epochs_completed: int
+    started: float
+    export: ExportInfo | None = None
+    export_error: str | None = None
+
+
+class SegmentationTrainer:
+    """Trains a segmentation model and calls every plugin's hooks at each phase boundary.
+
+    :param settings: ``Settings`` already resolved (the CLI's), a Dynaconf object from
+        ``segtrack.load_settings``, or a plain nested dict of every section; ``None`` reads the
+        layers (defaults, ``configs/settings.toml``, ``SEGTRACK_*``). Anything but ``Settings`` is
+        checked here once, with the plugins' schemas (``ConfigError`` lists every problem).
+    :param plugins: plugin objects (or classes) to register besides the installed ones.
+    :param model: any ``torch.nn.Module`` mapping a float batch ``(N, C, H, W)`` or ``(N, C, D, H, W)``
+        to logits ``(N, data.num_classes, ...)``, or to a dict holding them under ``"out"``, or a
+        tuple starting with them. ``None`` builds the configured model (``model.*``). Every fit
+        (each cross-validation fold) starts from the weights it has when passed in.
+    :param train_data: a map-style ``Dataset`` or a ``DataLoader``; samples are ``(image, mask)``
+        or dicts with ``"image"`` and ``"mask"``/``"label"``, or lists of those (MONAI's crops).
+        ``None`` uses the configured data.
+    :param val_data: the same for validation; ``None`` splits ``train_data`` by
+        ``data.val_fraction`` (or into folds in ``cv``).
+    :param plugin_manager: a prebuilt manager (from ``get_plugin_manager``); ``plugins`` must
+        then be empty.
+    :param loss: a callable ``(logits, target) -> scalar tensor`` replacing ``train.loss``; ``logits``
+        are ``(N, K, *spatial)``, ``target`` ``(N, *spatial)`` int64 class ids with ``-1`` where a pixel
+        is ignored (``data.ignore_index`` or padding). Also gives the validation loss.
+    :param optimizer: a factory ``params -> torch.optim.Optimizer`` replacing ``train.optimizer``;
+        called once per fit (each fold, each resume, each rank builds its own).
+    :param scheduler: a factory ``optimizer -> LRScheduler`` replacing ``train.scheduler``, stepped
+        per ``train.scheduler_interval`` (``ReduceLROnPlateau`` gets the monitored metric per epoch).
+    """
+
+    def __init__(
+        self,
+        settings: Any = None,
+        plugins: Iterable[Any] = (),
+        *,
+        model: torch.nn.Module | None = None,
+        train_data: Any = None,
+        val_data: Any = None,
+        plugin_manager: PluginManager | None = None,
+        loss: Loss | None = None,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+    ):
+        _check_arguments(model, train_data, val_data, plugins, plugin_manager, loss, optimizer, scheduler)
+        self.dist: DistContext = context_from_env()
+        # settings: resolved once (the CLI hands them resolved; anything else is resolved here)
+        settings = read_settings() if settings is None else settings
+        self.hooks = plugin_manager or get_plugin_manager(settings, plugins, rank=self.dist.rank)
+        self.hooks.rank = self.dist.rank
+        self.settings: Settings = resolve_settings(settings, self.hooks)
+        self.config: dict[str, Any] = thaw(self.settings)
+        self.hooks.call_all_ranks("settings_loaded", settings=self.settings)
+        # device, classes, the recipe
+        data_cfg = self.config["data"]
+        self.device = resolve_device(self.config["train"]["device"], self.dist)
+        self.amp = amp_enabled(self.config["train"]["amp"], self.device)
+        self.num_classes, self.dims = data_cfg["num_classes"], data_cfg["dims"]
+        self.ignore_index, self.class_names = ignore_index(data_cfg), class_names(data_cfg)
+        if not self.hooks.has_implementations("validation_metrics"):  # else plugins may name it later
+            epoch_metrics.check_monitor(
+                self.config["checkpoint"]["monitor"], epoch_metrics.builtin_names(self.class_names)
+            )
+        self._loss_fn: Loss = loss if loss is not None else builtin_loss(self.config["train"])
+        self._optimizer_factory, self._scheduler_factory = optimizer, scheduler
+        recipe = {"loss": loss, "optimizer": optimizer, "scheduler": scheduler}
+        self._recipe = {key: describe(given) for key, given in recipe.items() if given is not None}
+        # model and data: the configured model is built once here, so a wrong name fails before any work
+        self._user_model = model
+        self._initial_weights = _cpu_copy(model.state_dict()) if model is not None else None
+        self.data_source = data_source(data_cfg, train_data)
+        self.data = self._data_plan(model, train_data, val_data)
+        self._validation = Validation(
+            self.config, self._loss_fn, self.hooks, self.dist, self.device, self.amp, self.ignore_index
+        )
+        self._inference_config = inference_config(self.config)
+        self.model: torch.nn.Module | None = None
+        self.epoch = 0
+        self.batches_per_epoch = 0
+        self.stop_reason: str | None = None
+
+    # -- public API for plugins ----------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the fit to end after the current epoch (and its checkpoints); status ``stopped``.
+        Under torchrun every rank stops after that epoch."""
+        self.stop_reason = reason or "stop requested"
+
+    # -- entry points ---------------------------------------------------------------------------
+
+    def fit(self, resume: str | None = None) -> FitResult:
+        """One fit on the train/validation data. ``resume``: a checkpoint path, or ``"auto"``
+        (``<checkpoint.dir>/last.pt`` when it exists, else a fresh start)."""
+        data = self.data.for_split(self.config["data"]["val_fraction"])
+        ckpt_dir = Path(self.config["checkpoint"]["dir"])
+        return self._fit(data, ckpt_dir, self.config["run"]["name"], resume)
+
+    def cv(self, folds: int | None = None) -> CrossValidationResult:
+        """k-fold cross-validation over ``train_data``: one fit per fold, then ``cross_validation_end``."""
+        folds = self.config["data"]["folds"] if folds is None else folds
+        self._check_folds(folds)
+        name = self.config["run"]["name"]
+        cv_id = uuid.uuid4().hex[:12]
+        info = CrossValidationInfo(cv_id=cv_id, num_folds=folds, config=freeze(self.config), run_name=name)
+        self.hooks.call("cross_validation_start", trainer=self, info=info)
+        results: list[FitResult] = []
+        try:
+            for fold in range(folds):
+                data = self.data.for_fold(fold, folds)
+                ckpt_dir = Path(self.config["checkpoint"]["dir"]) / f"{name}-fold{fold}"
+                results.append(
+                    self._fit(data, ckpt_dir, f"{name}-fold{fold}", None, fold=fold, num_folds=folds, cv_id=cv_id)
+                )
+        finally:
+            outcome = CrossValidationResult(
+                cv_id=cv_id, num_folds=folds, folds=tuple(results), summary=freeze(_summary(results))
+            )
+            with self._lenient_if_failing():
+                self.hooks.call("cross_validation_end", trainer=self, result=outcome)
+        return outcome
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _fit(
+        self,
+        data: FitData,
+        ckpt_dir: Path,
+        run_name: str,
+        resume: str | None,
+        fold: int | None = None,
+        num_folds: int | None = None,
+        cv_id: str | None = None,
+    ) -> FitResult:
+        # setup: the checkpoint to resume (read before any folder is created), a first batch through
+        # the model (nothing written if it fails), folders, then the state restored
+        if resume == "auto":
+            resume = str(ckpt_dir / "last.pt") if (ckpt_dir / "last.pt").is_file() else None
+        state = self._new_state(data)
+        signature = self._signature(state.model)
+        payload = checkpoint.load(resume, signature) if resume else None
+        self._validation.preflight(state.model, data)
+        ckpt_dir, export_dir = self._prepare_folders(ckpt_dir)
+        if payload is not None and resume is not None:
+            self._restore(state, payload, Path(resume), ckpt_dir)
+        steps = TrainStep(
+            self._distributed(state.model), state, self._loss_fn, self.config["train"], self.num_classes,
+            self.device, self.amp, self.dist,
+        )  # fmt: skip
+        self.model, self.stop_reason, self.batches_per_epoch = state.model, None, data.batches_per_epoch
+        run = self._run_info(data, state, run_name, resume, fold, num_folds, cv_id)
+        outcome = _Outcome(epochs_completed=state.start_epoch, started=time.perf_counter())
+
+        with SigtermAsInterrupt(self.dist) as sigterm:
+            try:
+                self.hooks.call("fit_start", trainer=self, run=run)
+                for epoch in range(state.start_epoch, self.config["train"]["epochs"]):
+                    # one epoch: train, validate, metrics, epoch_end; checkpoints on rank 0
+                    run, is_best = self._epoch(epoch, steps, state, data, run)
+                    outcome.epochs_completed = epoch + 1
+                    if self.dist.is_main:
+                        self._save_checkpoints(state, ckpt_dir, run, signature, run_name, fold, is_best, sigterm)
+                    # stop together: a stop requested on rank 0 (hooks run there) ends every rank
+                    if self._stop_everywhere():
+                        state.status = "stopped"
+                        break
+                # the best checkpoint as ONNX, checked in onnxruntime against torch
+                if export_dir is not None and self.dist.is_main and state.paths.get("best"):
+                    outcome.export, outcome.export_error = self._export(state, export_dir, run_name, data, run)
+                self.dist.barrier()  # ranks end together: one leaving early can abort its peers in gloo
+            except BaseException as exc:
+                sigterm.ending = True
+                self._failed(state, run, exc)
+                raise
+            finally:
+                sigterm.ending = True
+                result = self._end(state, run, outcome, fold)
+        return replace(result, plugin_failures=self.hooks.failures())  # with failures in fit_end itself
+
+    def _epoch(
+        self, epoch: int, steps: TrainStep, state: FitState, data: FitData, run: RunInfo
+    ) -> tuple[RunInfo, bool]:
+        """Train, validate, gather the metrics, ``epoch_end``; returns the run (with fingerprints
+        filled in after a first epoch that computed them) and whether the epoch is the best."""
+        hooks, started = self.hooks, time.perf_counter()
+        self.epoch = epoch
+        hooks.call("epoch_start", trainer=self, run=run, epoch=epoch)
+        lr = state.optimizer.param_groups[0]["lr"]
+        train_loss = self._train_epoch(steps, data, epoch, run)
+        validation = self._validation.run(state.eval_model, data, epoch, run, self)
+        run = with_loaded_fingerprints(run, data)
+        hooks.call("validation_end", trainer=self, run=run, result=validation)
+        metrics = {
+            "train_loss": train_loss,
+            "val_loss": validation.val_loss,
+            "val_dice": validation.val_dice,
+            "val_iou": validation.val_iou,
+            "lr": lr,
+            **epoch_metrics.per_class(self.class_names, validation),
+        }
+        metrics.update(
+            epoch_metrics.plugin_metrics(
+                hooks, self.dist, state.monitor, metrics, trainer=self, run=run, result=validation
+            )
+        )
+        self._step_epoch_schedule(state, metrics)
+        is_best = state.record_epoch(epoch, metrics)
+        result = EpochResult(
+            epoch=epoch,
+            metrics=freeze(metrics),
+            monitor=state.monitor,
+            is_best=is_best,
+            best_value=state.best_value,
+            best_epoch=state.best_epoch,
+            duration_s=time.perf_counter() - started,
+        )
+        hooks.call("epoch_end", trainer=self, run=run, epoch=result)
+        return run, is_best
+
+    def _train_epoch(self, steps: TrainStep, data: FitData, epoch: int, run: RunInfo) -> float:
+        # every epoch starts from RNG seeded by (seed, epoch): a resumed fit draws the same
+        # shuffles, dropout and augmentations as an uninterrupted one, whatever the loader
+        seed_everything(stream_seed(self.config["train"]["seed"], epoch, "train_rng"))
+        steps.model.train()
+        steps.start_epoch(data.batches_per_epoch)
+        step_hooks = self.hooks.has_implementations("train_batch_end")
+        for batch_index, batch in enumerate(data.train_batches(epoch)):
+            images, masks, labelled = to_loop_form(batch, self.dims, self.num_classes, self.ignore_index, self.device)
+            loss = steps.batch(images, masks, labelled, epoch, batch_index)
+            steps.state.global_step += 1
+            if step_hooks and loss is not None:
+                step = StepResult(
+                    epoch=epoch,
+                    batch_index=batch_index,
+                    global_step=steps.state.global_step,
+                    loss=loss,
+                    lr=steps.state.optimizer.param_groups[0]["lr"],
+                    batch_size=len(images),
+                )
+                self.hooks.call("train_batch_end", trainer=self, run=run, step=step)
+        return steps.finish_epoch()
+
+    # -- phase helpers --------------------------------------------------------------------------
+
+    def _step_epoch_schedule(self, state: FitState, metrics: Mapping[str, float]) -> None:
+        if self.config["train"]["scheduler_interval"] != "epoch":
+            return
+        if isinstance(state.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            state.scheduler.step(metrics.get(state.monitor, math.nan))
+        else:
+            state.scheduler.step()
+
+    def _stop_everywhere(self) -> bool:
+        if not self.dist.enabled:
+            return bool(self.stop_reason)
+        flag = torch.tensor([1.0 if self.stop_reason else 0.0], device=self.device)
+        if self.dist.all_reduce_sum(flag).item() > 0 and not self.stop_reason:
+            self.stop_reason = "stop requested on rank 0"
+        return bool(self.stop_reason)
+
+    def _save_checkpoints(
+        self,
+        state: FitState,
+        ckpt_dir: Path,
+        run: RunInfo,
+        signature: dict,
+        run_name: str,
+        fold: int | None,
+        is_best: bool,
+        sigterm: SigtermAsInterrupt,
+    ) -> None:
+        """Best when improved, last always, a per-epoch snapshot when ``checkpoint.keep``; then
+        ``checkpoint_saved`` for each."""
+        keep = self.config["checkpoint"]["keep"]
+        payload = state.payload(signature, run_name, fold, self.hooks.collect("state_dict"), self._inference_config)
+        kinds = (["best"] if is_best else []) + ["last"] + (["epoch"] if keep else [])
+        for kind, path, size in checkpoint.write_set(payload, ckpt_dir, state.epoch, kinds, sigterm.held):
+            state.paths[kind] = str(path)
+            info = CheckpointInfo(
+                path=str(path),
+                kind=kind,
+                epoch=state.epoch,
+                monitor=state.monitor,
+                value=state.last_metrics.get(state.monitor, math.nan),
+                size_bytes=size,
+            )
+            self.hooks.call("checkpoint_saved", trainer=self, run=run, checkpoint=info)
+        if keep:
+            checkpoint.prune_snapshots(ckpt_dir, keep)
+
+    def _export(
+        self, state: FitState, export_dir: Path, run_name: str, data: FitData, run: RunInfo
+    ) -> tuple[ExportInfo | None, str | None]:
+        best = state.paths.get("best")
+        if best is None or not Path(best).is_file():  # the best epoch's checkpoint could not be found on resume
+            best = state.paths["last"]
+            log.warning("exporting %s: the checkpoint of the best epoch is not in the checkpoint folder", best)
+        path = export_dir / f"{run_name}.onnx"
+        signature = self._signature(state.model)
+        export, error = export_checkpoint(state.model, best, signature, path, data.preview[0], self.config)
+        if export is not None:
+            self.hooks.call("model_exported", trainer=self, run=run, export=export)
+        return export, error
+
+    def _restore(self, state: FitState, payload: dict, source: Path, ckpt_dir: Path) -> None:
+        """A resumed fit: weights, optimizer, schedule, scaler, average, RNG and plugin states."""
+        state.restore(payload)
+        state.paths["last"] = str(ckpt_dir / "last.pt")
+        best = checkpoint.best_for_resume(source, ckpt_dir, state.best_epoch) if self.dist.is_main else None
+        if best is not None:
+            state.paths["best"] = str(best)
+        for name, plugin_state in payload.get("plugins", {}).items():
+            self.hooks.call_one(name, "load_state_dict", state=plugin_state)
+
+    def _failed(self, state: FitState, run: RunInfo, exc: BaseException) -> None:
+        """An exception ends the fit: its status, then ``fit_exception`` (plugins' errors reported only)."""
+        interrupt = interrupt_behind(exc)
+        state.status = "interrupted" if interrupt is not None and not isinstance(interrupt, PeerLost) else "failed"
+        state.error = f"{type(exc).__name__}: {exc}"
+        with self._lenient_if_failing(force=True):
+            self.hooks.call("fit_exception", trainer=self, run=run, error=exc)
+
+    def _end(self, state: FitState, run: RunInfo, outcome: _Outcome, fold: int | None) -> FitResult:
+        """The fit's result, then ``fit_end`` (bounded in time; lenient when the fit failed)."""
+        result = state.result(
+            epochs_completed=outcome.epochs_completed,
+            export=outcome.export,
+            export_error=outcome.export_error,
+            stop_reason=self.stop_reason,
+            failures=self.hooks.failures(),
+            fold=fold,
+            duration_s=time.perf_counter() - outcome.started,
+        )
+        with self._lenient_if_failing(force=state.status in ("failed", "interrupted")):
+            self.hooks.call_bounded("fit_end", self.hooks.fit_end_timeout, trainer=self, run=run, result=result)
+        return result
+
+    # -- setup helpers --------------------------------------------------------------------------
+
+    def _data_plan(self, model: torch.nn.Module | None, train_data: Any, val_data: Any) -> DataPlan:
+        """The data of every fit: the user's, or the configured (checked here, before any work)."""
+        multiple = spatial_multiple(
+            model if model is not None else build_model(self.config["model"], self.num_classes, self.dims)
+        )
+        _check_window_fits(self.config["infer"]["roi_size"], multiple)
+        builtin, split = None, None
+        if train_data is None:
+            train_data, val_data, split = configured_data(self.config)
+            if isinstance(train_data, ArrayDataset):
+                builtin, train_data = train_data, None
+        return DataPlan(
+            self.config, self.dist, self.device.type == "cuda", train_data, val_data, builtin, split, multiple
+        )
+
+    def _check_folds(self, folds: Any) -> None:
+        """Checked before any hook, so no tracker opens a CV run for nothing."""
+        if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+            raise ConfigError(f"--folds {folds!r} is invalid: cross-validation needs an integer >= 2")
+        if self.data.val_dataset is not None or self.data.val_loader is not None:
+            raise ConfigError("cv() splits train_data into folds, so val_data would be unused: pass only train_data")
+        if folds > self.data.splittable_count:
+            raise ConfigError(
+                f"{folds} folds need at least {folds} samples, the dataset has "
+                f"{self.data.splittable_count}: lower --folds"
+            )
+
+    def _new_state(self, data: FitData) -> FitState:
+        """Seeded model (fresh, or the user's at its initial weights), optimizer, schedule, scaler,
+        weight average: the recipe's factories are called anew for every fit."""
+        cfg, train_cfg = self.config, self.config["train"]
+        seed_everything(train_cfg["seed"])
+        if self._user_model is not None and self._initial_weights is not None:
+            model = self._user_model
+            model.load_state_dict(self._initial_weights)
+        else:
+            model = build_model(cfg["model"], self.num_classes, self.dims)
+        model = model.to(self.device)
+        optimizer = build_optimizer(model, train_cfg, self._optimizer_factory)
+        steps_per_epoch = math.ceil(data.batches_per_epoch / train_cfg["accumulate"])
+        return FitState(
+            model=model,
+            optimizer=optimizer,
+            scheduler=build_scheduler(optimizer, train_cfg, steps_per_epoch, self._scheduler_factory),
+            scaler=torch.amp.GradScaler("cuda", enabled=self.amp),
+            monitor=cfg["checkpoint"]["monitor"],
+            mode=cfg["checkpoint"]["mode"],
+            ema=WeightAverage(model, train_cfg["ema"]) if train_cfg["ema"] else None,
+        )
+
+    def _signature(self, model: torch.nn.Module) -> dict:
+        if self._user_model is not None:
+            return user_model_signature(model, self.num_classes)
+        return model_signature(self.config["model"], self.num_classes, self.dims)
+
+    def _prepare_folders(self, ckpt_dir: Path) -> tuple[Path, Path | None]:
+        ckpt_dir = checkpoint.ensure_writable_dir(ckpt_dir, "checkpoint.dir")
+        if self.dist.is_main:
+            for stale in checkpoint.remove_stale_temp_files(ckpt_dir):
+                log.info("removed %s, left by an interrupted checkpoint write", stale)
+        export = self.config["export"]
+        export_dir = checkpoint.ensure_writable_dir(export["dir"], "export.dir") if export["enabled"] else None
+        return ckpt_dir, export_dir
+
+    def _distributed(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not self.dist.enabled:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def _run_info(
+        self,
+        data: FitData,
+        state: FitState,
+        run_name: str,
+        resume: str | None,
+        fold: int | None,
+        num_folds: int | None,
+        cv_id: str | None,
+    ) -> RunInfo:
+        kind = type(state.model)
+        model_name = (
+            self.config["model"]["name"] if self._user_model is None else f"{kind.__module__}.{kind.__qualname__}"
+        )
+        return RunInfo(
+            run_name=run_name,
+            config=freeze(recorded_config(self.config, self._recipe)),
+            device=str(self.device),
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            local_rank=self.dist.local_rank,
+            fold=fold,
+            num_folds=num_folds,
+            cv_id=cv_id,
+            train_sha256=data.train_sha256,
+            val_sha256=data.val_sha256,
+            num_train=data.num_train,
+            num_val=data.num_val,
+            num_parameters=sum(p.numel() for p in state.model.parameters()),
+            start_epoch=state.start_epoch,
+            resumed_from=resume,
+            segtrack_version=__version__,
+            plugins=tuple((r.name, r.version or "") for r in self.hooks.plugin_info.values()),
+            batches_per_epoch=data.batches_per_epoch,
+            spatial_dims=self.dims,
+            num_classes=self.num_classes,
+            class_names=self.class_names,
+            model_name=model_name,
+            data_source=self.data_source,
+            fingerprint_kind=data.fingerprint_kind,
+        )
+
+    @contextlib.contextmanager
+    def _lenient_if_failing(self, force: bool = False) -> Iterator[None]:
+        """While an exception is already propagating, plugin errors are reported, never raised."""
+        failing = force or sys.exc_info()[1] is not None
+        saved = self.hooks.strict
+        if failing:
+            self.hooks.strict = False
+        try:
+            yield
+        finally:
+            self.hooks.strict = saved
+
+
+def _check_arguments(
+    model: Any,
+    train_data: Any,
+    val_data: Any,
+    plugins: Iterable[Any],
+    plugin_manager: Any,
+    loss: Any,
+    optimizer: Any,
+    scheduler: Any,
+) -> None:
+    """What the constructor is given, checked before anything is built."""
+    if model is not None and not isinstance(model, torch.nn.Module):
+        raise ConfigError(
+            f"model is a {type(model).__name__}: pass a torch.nn.Module (or None for the configured model.name)"
+        )
+    for name, given in (("loss", loss), ("optimizer", optimizer), ("scheduler", scheduler)):
+        if given is not None and not callable(given):
+            raise ConfigError(f"{name} is a {type(given).__name__}: pass a callable ({_RECIPE_HELP[name]})")
+    if plugin_manager is not None and list(plugins):
+        raise ConfigError("pass plugins either in `plugins` or inside `plugin_manager`, not both")
+    if val_data is not None and train_data is None:
+        raise ConfigError(
+            "val_data was given without train_data: pass train_data too (val_data alone cannot train a model)"
+        )
+
+
+def _check_window_fits(roi_size: int | list[int], multiple: int) -> None:
+    """Every side of ``infer.roi_size`` is a multiple of what the model's sides must divide by."""
+    sides = roi_size if isinstance(roi_size, list) else [roi_size]
+    bad = [side for side in sides if side and side % multiple]
+    if bad:
+        fixed = [-(-side // multiple) * multiple if side else 0 for side in sides]
+        raise ConfigError(
+            f"infer.roi_size = {roi_size!r} has sides the model cannot take (they must divide by {multiple}): "
+            f"use {fixed if isinstance(roi_size, list) else fixed[0]}"
+        )
+
+
+def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def _summary(results: list[FitResult]) -> dict[str, dict[str, float]]:
+    """Mean, std, min and max over the folds of every metric their best epochs share (the
+    monitor, per-class and plugin metrics included; the learning rate left out)."""
+    summary = {}
+    scored = [r.best_metrics for r in results if r.best_metrics]
+    shared = [name for name in scored[0] if name != "lr" and all(name in m for m in scored)] if scored else []
+    for name in shared:
+        values = np.array([m[name] for m in scored], dtype=float)
+        summary[name] = {
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+            "min": float(values.min()),
+            "max": float(values.max()),
+        }
+    return summary

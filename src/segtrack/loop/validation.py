@@ -1,0 +1,126 @@
+"""The validation pass: every validation batch through the model (whole images, or window by window
+with ``infer.roi_size``), the loss and confusion counts summed over every rank, the batches handed
+to plugins, and the preview samples."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from segtrack.data.batches import check_logits, logits_of, to_loop_form
+from segtrack.data.plan import FitData
+from segtrack.errors import DataError
+from segtrack.inference.windowed import sliding_window
+from segtrack.loop.losses import Loss
+from segtrack.loop.metrics import ConfusionCounts
+from segtrack.loop.validation_batches import ValidationBatches
+from segtrack.plugins.records import RunInfo, ValidationBatch, ValidationResult, ValidationSample
+from segtrack.runtime.distributed import DistContext
+
+
+class Validation:
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        loss: Loss,
+        hooks: Any,
+        dist: DistContext,
+        device: torch.device,
+        amp: bool,
+        ignore_index: int | None,
+    ):
+        self.infer, self.loss, self.hooks, self.dist = config["infer"], loss, hooks, dist
+        self.device, self.amp, self.ignore_index = device, amp, ignore_index
+        self.num_classes, self.dims = config["data"]["num_classes"], config["data"]["dims"]
+        # where whole images and their logits live: the CPU when only windows go to the model's device
+        cpu_output = self.infer["roi_size"] and self.infer["output_device"] == "cpu"
+        self.where = torch.device("cpu") if cpu_output else device
+
+    def logits(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Logits of a whole batch: in one pass, or window by window when infer.roi_size is set."""
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+            if not self.infer["roi_size"]:
+                return logits_of(model(images))
+            return sliding_window(
+                model,
+                images,
+                self.infer["roi_size"],
+                overlap=self.infer["overlap"],
+                mode=self.infer["mode"],
+                batch_size=self.infer["batch_size"],
+                device=self.device,
+                output_device=images.device,
+            )
+
+    @torch.no_grad()
+    def preflight(self, model: torch.nn.Module, data: FitData) -> None:
+        """The first validation batch through the model before anything is written or any hook
+        fires: data or a model that does not fit fails here, with nothing left on disk."""
+        batch = next(iter(data.val_batches()), None)
+        if batch is None:
+            if self.dist.enabled:
+                return  # this rank's share of a tiny validation set is empty; another rank checks
+            raise DataError("the validation data yields no batch: give it at least one sample")
+        images, masks, _ = to_loop_form(batch, self.dims, self.num_classes, self.ignore_index, self.where)
+        model.eval()
+        check_logits(self.logits(model, images), masks, self.num_classes)
+
+    @torch.no_grad()
+    def run(self, model: torch.nn.Module, data: FitData, epoch: int, run: RunInfo, trainer: Any) -> ValidationResult:
+        """Metrics over the whole validation data (every rank's share), the loss with the fit's
+        loss, ``validation_batch_end`` for every batch, preview samples when a plugin reads them."""
+        model.eval()
+        counts = ConfusionCounts(self.num_classes, self.where)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.where)
+        seen = 0
+        batches = ValidationBatches(self.hooks, self.dist, trainer, run)
+        for batch_index, batch in enumerate(data.val_batches()):
+            images, masks, labelled = to_loop_form(batch, self.dims, self.num_classes, self.ignore_index, self.where)
+            logits = self.logits(model, images)
+            if batch_index == 0:
+                check_logits(logits, masks, self.num_classes)
+            if labelled:
+                loss_sum += self.loss(logits.float(), masks).double() * len(images)
+                seen += len(images)
+            predictions = logits.argmax(1)
+            counts.update(predictions, masks)
+            batches.add(ValidationBatch(epoch, batch_index, images, masks, logits, predictions))
+        batches.finish()
+        return self._result(model, data, epoch, counts, loss_sum, seen)
+
+    def _result(
+        self,
+        model: torch.nn.Module,
+        data: FitData,
+        epoch: int,
+        counts: ConfusionCounts,
+        loss_sum: torch.Tensor,
+        seen: int,
+    ) -> ValidationResult:
+        counts.counts = self.dist.all_reduce_sum(counts.counts.to(self.device))
+        totals = self.dist.all_reduce_sum(
+            torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=self.where)]).to(self.device)
+        )
+        dice, iou = counts.mean_foreground()
+        per_class_dice, per_class_iou = (tuple(float(v) for v in t.cpu()) for t in counts.per_class())
+        wanted = self.hooks.has_implementations("validation_end") or self.hooks.has_implementations(
+            "validation_metrics"
+        )
+        return ValidationResult(
+            epoch=epoch,
+            val_loss=float(totals[0] / totals[1]) if float(totals[1]) else math.nan,
+            val_dice=dice,
+            val_iou=iou,
+            per_class_dice=per_class_dice,
+            num_samples=int(totals[1]),
+            samples=self.preview(model, data) if self.dist.is_main and wanted else (),
+            per_class_iou=per_class_iou,
+        )
+
+    def preview(self, model: torch.nn.Module, data: FitData) -> tuple[ValidationSample, ...]:
+        images, masks = data.preview
+        predictions = self.logits(model, images.to(self.where)).argmax(1).cpu()
+        return tuple(ValidationSample(i.numpy(), m.numpy(), p.numpy()) for i, m, p in zip(images, masks, predictions))

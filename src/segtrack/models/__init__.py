@@ -1,0 +1,1 @@
+"""Models named in configuration: the registry and the built-in UNet."""

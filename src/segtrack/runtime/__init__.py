@@ -1,0 +1,1 @@
+"""What a fit runs on: ranks under torchrun, SIGTERM handling, atomic checkpoint files."""
