@@ -105,3 +105,18 @@ def test_predict_from_checkpoint_and_onnx_with_windows_gives_the_same_masks(tmp_
         assert by_checkpoint.shape == (10, 21, 18)
         assert np.array_equal(by_checkpoint, by_onnx)
         assert tifffile.imread(tmp_path / "c" / f"vol{i}.tif").shape == (10, 21, 18)
+
+
+def test_monais_own_inferer_plugs_into_validation(trainer_factory, settings_factory):
+    monai_inferers = pytest.importorskip("monai.inferers")
+    from segtrack.loop.trainer import SegmentationTrainer
+    from segtrack.plugins.manager import get_plugin_manager
+
+    overrides = ("data.dims=3", "data.image_size=16", "data.num_samples=8", "train.epochs=1")
+    ours = trainer_factory(*overrides, "infer.roi_size=8", "checkpoint.dir='ours'").fit()
+    settings = settings_factory(*overrides, "checkpoint.dir='monai'")
+    inferer = monai_inferers.SlidingWindowInferer(roi_size=(8, 8, 8), sw_batch_size=4, overlap=0.5, mode="gaussian")
+    manager = get_plugin_manager(settings, autoload=False, disabled=["progress"])
+    theirs = SegmentationTrainer(settings, plugin_manager=manager, inferer=inferer).fit()
+    assert theirs.status == "completed"
+    assert theirs.final_metrics["val_dice"] == pytest.approx(ours.final_metrics["val_dice"], abs=0.02)

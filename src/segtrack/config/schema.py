@@ -1,19 +1,17 @@
 """Settings schemas, the core's and each plugin's (``settings_schema`` hook), checked in one pass
-through Dynaconf validators. Every problem is reported together, each as: key, value given, what
+by one validator. Every problem is reported together, each as: key, value given, what
 is allowed. Plugin defaults are filled in by the same pass."""
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from segtrack.errors import ConfigError
-
-if TYPE_CHECKING:
-    from dynaconf import Dynaconf
 
 _REQUIRED = object()
 
@@ -67,29 +65,25 @@ def one_of(*choices: Any) -> Callable[[Any], bool]:
 # -- validation --------------------------------------------------------------------------------
 
 
-def validate(settings: Any, schema: Sequence[Setting], sections: Iterable[str]) -> list[str]:
-    """Check ``sections`` of ``settings`` (a Dynaconf object) against ``schema`` with Dynaconf
-    validators, and fill in defaults. Returns every problem, each one line: unknown keys (with the
-    closest known one), missing keys, and values their check refuses (key, value, what is allowed)."""
-    from dynaconf import ValidationError, Validator
-
-    problems = _unknown_keys(settings, schema, sections)
-    validators = [
-        Validator(
-            s.key,
-            condition=_condition(s),
-            messages={"condition": _message(s), "must_exist_true": f"{{name}}: missing (allowed: {s.allowed})"},
-            **({"must_exist": True} if s.default is _REQUIRED else {"default": s.default}),
-        )
-        for s in schema
-    ]
-    settings.validators.register(*validators)
-    try:
-        settings.validators.validate_all()
-    except ValidationError as exc:
-        problems.extend(message for _, message in exc.details)
-    finally:
-        settings.validators.clear()
+def validate(config: dict[str, Any], schema: Sequence[Setting], sections: Iterable[str]) -> list[str]:
+    """Check ``sections`` of ``config`` (plain nested dicts, lower-case names, as read from every
+    layer) against ``schema``, filling in defaults. Returns every problem, each one line: unknown
+    keys (with the closest known one), missing keys, and values their check refuses (key, value
+    given, what is allowed). The one validator of segtrack's settings, core and plugins alike."""
+    problems = _unknown_keys(config, schema, sections)
+    for setting in schema:
+        section = config.setdefault(setting.section, {})
+        if not isinstance(section, dict):
+            continue  # reported by _unknown_keys
+        name = setting.key.split(".", 1)[1]
+        if name not in section:
+            if setting.default is _REQUIRED:
+                problems.append(f"{setting.key}: missing (allowed: {setting.allowed})")
+            else:
+                section[name] = copy.deepcopy(setting.default)
+        elif not _condition(setting)(section[name]):
+            shown = "'***'" if setting.secret else repr(section[name])
+            problems.append(f"{setting.key} = {shown} is invalid: allowed is {setting.allowed}")
     return problems
 
 
@@ -105,15 +99,6 @@ def _condition(setting: Setting) -> Callable[[Any], bool]:
         return setting.check is None or bool(setting.check(value))
 
     return ok
-
-
-def _message(setting: Setting) -> str:
-    shown = "'***'" if setting.secret else "{value!r}"
-    return f"{{name}} = {shown} is invalid: allowed is {_braces(setting.allowed)}"
-
-
-def _braces(text: str) -> str:
-    return text.replace("{", "{{").replace("}", "}}")
 
 
 def _unknown_keys(settings: Any, schema: Sequence[Setting], sections: Iterable[str]) -> list[str]:
@@ -135,28 +120,18 @@ def _unknown_keys(settings: Any, schema: Sequence[Setting], sections: Iterable[s
     return problems
 
 
-def dynaconf_of(config: Mapping[str, Any]) -> Dynaconf:
-    """A Dynaconf object holding ``config`` (for settings that arrive as a plain mapping)."""
-    from dynaconf import Dynaconf
-
-    settings = Dynaconf(settings_files=[], environments=False, load_dotenv=False, loaders=[])  # no env vars
-    for section, values in config.items():
-        settings.set(section, dict(values) if isinstance(values, Mapping) else values)
-    return settings
-
-
 def checked_section(settings: Any, section: str, schema: Sequence[Setting], hints: Mapping[str, str] = {}) -> dict:
     """One section of ``settings`` (a mapping or Dynaconf object), checked against ``schema`` by the
     same validator and with defaults filled in: for code that reads a plugin's section outside the
     CLI and trainer (a plugin's own API; those two hand ``settings_loaded`` checked sections).
     ``hints`` add a word to the error of an unknown key (e.g. where a removed key went)."""
     raw = settings.get(section, {}) if hasattr(settings, "get") else {}
-    store = dynaconf_of({section: {str(k).lower(): v for k, v in dict(raw or {}).items()}})
+    config = {section: {str(k).lower(): v for k, v in dict(raw or {}).items()}}
     problems = [
         problem.replace(": unknown setting", f": unknown setting{hints[key]}", 1)
         if (key := problem.split(":", 1)[0].split(".", 1)[-1]) in hints
         else problem
-        for problem in validate(store, [s for s in schema if s.section == section], [section])
+        for problem in validate(config, [s for s in schema if s.section == section], [section])
     ]
     raise_problems(problems, f"{section} settings")
-    return {k.lower(): v for k, v in dict(store.get(section) or {}).items()}
+    return config[section]

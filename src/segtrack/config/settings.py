@@ -14,7 +14,7 @@ from dynaconf import Dynaconf
 from dynaconf.utils.parse_conf import parse_conf_data
 
 from segtrack.config.core_schema import CORE_SCHEMA, CORE_SECTIONS, related_problems
-from segtrack.config.schema import Setting, dynaconf_of, raise_problems, validate
+from segtrack.config.schema import Setting, raise_problems, validate
 from segtrack.config.secrets import SECRETS_FILE, secret_keys
 from segtrack.errors import ConfigError
 from segtrack.plugins.records import freeze
@@ -47,7 +47,8 @@ def load_settings(
     trainer checks them again together with the plugins' schemas (``resolve_settings``).
     """
     settings = read_settings(config_file, env, overrides, project_dir)
-    raise_problems(validate(settings, CORE_SCHEMA, sorted(CORE_SECTIONS)) + related_problems(resolved_dict(settings)))
+    config = resolved_dict(settings)
+    raise_problems(validate(config, CORE_SCHEMA, sorted(CORE_SECTIONS)) + related_problems(config))
     return settings
 
 
@@ -171,12 +172,11 @@ def resolve_settings(settings: Any, manager: Any) -> Settings:
     ``ConfigError`` listing every problem."""
     if isinstance(settings, Settings):
         return settings
-    store = dynaconf_of(plain(settings)) if isinstance(settings, Mapping) else settings
+    config = plain(settings) if isinstance(settings, Mapping) else resolved_dict(settings)
     declared = _plugin_schemas(manager)
-    problems = _stray_sections(resolved_dict(store), manager.known_names())
+    problems = _stray_sections(config, manager.known_names())
     sections = sorted(CORE_SECTIONS | {s.section for s in declared})
-    problems += validate(store, [*CORE_SCHEMA, *declared], sections)
-    config = resolved_dict(store)
+    problems += validate(config, [*CORE_SCHEMA, *declared], sections)
     problems += related_problems(config)
     raise_problems(problems)
     return Settings(config)

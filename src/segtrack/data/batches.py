@@ -89,12 +89,12 @@ def as_pair(item: Any, dims: int, batched: bool, ignore_index: int | None) -> tu
     return image.float(), mask
 
 
-def check_class_ids(masks: torch.Tensor, num_classes: int, ignore_index: int | None) -> None:
+def check_class_ids(masks: torch.Tensor, num_classes: int, ignore_index: int | None) -> int:
     """Every mask value is a class id below ``num_classes`` or ignored (-1: ``data.ignore_index``
-    mapped by ``as_pair``, or padding)."""
-    low, high = int(masks.min()), int(masks.max())
-    if low >= IGNORED and high < num_classes:
-        return
+    mapped by ``as_pair``, or padding). Returns the largest value (-1: nothing is labelled)."""
+    low, high = torch.aminmax(masks)
+    if int(low) >= IGNORED and int(high) < num_classes:
+        return int(high)
     bad = masks[(masks >= num_classes) | (masks < IGNORED)].unique()
     ignore = f"data.ignore_index = {ignore_index}" if ignore_index is not None else "data.ignore_index is not set"
     raise DataError(
@@ -178,6 +178,5 @@ def to_loop_form(
     """A batch as ``(images, masks)`` on ``where``, class ids checked on the CPU before the copy,
     and whether any of its pixels is labelled (not ignored)."""
     images, masks = as_pair(batch, dims, batched=True, ignore_index=ignore_index)
-    check_class_ids(masks, num_classes, ignore_index)
-    labelled = bool(masks.max() >= 0)
+    labelled = check_class_ids(masks, num_classes, ignore_index) >= 0
     return images.to(where, non_blocking=True), masks.to(where, non_blocking=True), labelled

@@ -48,12 +48,15 @@ def export_onnx(
     ``windows`` (the ``infer`` settings, ``roi_size`` set) the model is traced on one window and
     both outputs are blended window by window over the whole sample, as predict runs them.
     """
-    import onnxruntime
-
     model = LogitsOnly(model).eval().cpu()
     sample = sample.detach().float().cpu()
     roi = windows.get("roi_size") if windows else None
-    traced = _first_window(sample, roi) if roi else sample
+    _write_onnx(model, _first_window(sample, roi) if roi else sample, path, opset, metadata)
+    return _parity(model, sample, path, windows if roi else None)
+
+
+def _write_onnx(model: torch.nn.Module, traced: torch.Tensor, path: Path, opset: int, metadata: dict | None) -> None:
+    """Trace ``model`` on ``traced`` and write the file atomically (a temporary file, then a rename)."""
     # AUTO: each axis stays dynamic unless the model fixes it (its own divisibility guards are kept)
     dynamic = {"x": {axis: torch.export.Dim.AUTO for axis in (0, *range(2, traced.ndim))}}
     tmp = path.with_name(path.name + ".tmp")
@@ -81,16 +84,23 @@ def export_onnx(
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _parity(model: torch.nn.Module, sample: torch.Tensor, path: Path, windows: Mapping[str, Any] | None) -> float:
+    """Max abs difference of onnxruntime's and torch's logits for ``sample``, window by window
+    when ``windows`` is given (as predict runs them)."""
+    import onnxruntime
+
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def onnx_model(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
 
     with torch.no_grad():
-        if roi and windows is not None:
+        if windows is not None:
             options = {k: windows[k] for k in ("overlap", "mode", "batch_size")}
-            onnx_out = sliding_window(onnx_model, sample, roi, **options)
-            torch_out = sliding_window(model, sample, roi, **options)
+            onnx_out = sliding_window(onnx_model, sample, windows["roi_size"], **options)
+            torch_out = sliding_window(model, sample, windows["roi_size"], **options)
         else:
             onnx_out, torch_out = onnx_model(sample), model(sample)
     return float((onnx_out - torch_out).abs().max())

@@ -56,23 +56,44 @@ def sliding_window(
     output_device = torch.device(output_device) if output_device is not None else image.device
     device = torch.device(device) if device is not None else _model_device(model, image.device)
 
-    # pad axes shorter than the window (zeros at the end); list the windows of one image
+    padded, windows = _padded_windows(image, sides, overlap)
+    # each window's weights, and their sum per voxel (the same for every image and class)
+    weight = _importance_map(sides, mode if len(windows) > 1 else "constant", sigma_scale, output_device)
+    weight_sum = torch.zeros(padded.shape[2:], device=output_device)
+    for window in windows:
+        weight_sum[window].add_(weight)
+    total = _weighted_sum(model, padded, windows, weight, batch_size, device, output_device)
+    total.div_(weight_sum)
+    if tuple(padded.shape[2:]) == spatial:
+        return total
+    return total[(slice(None), slice(None), *(slice(0, size) for size in spatial))].contiguous()
+
+
+def _padded_windows(image: torch.Tensor, sides: tuple[int, ...], overlap: float) -> tuple[torch.Tensor, list[Window]]:
+    """The image with axes shorter than the window padded (zeros at the end), and the windows of
+    one image: starting at 0, every ``side * (1 - overlap)``, the last one flush with the border."""
+    spatial = tuple(image.shape[2:])
     padded_size = tuple(max(size, side) for size, side in zip(spatial, sides))
     pad = [amount for size, full in zip(reversed(spatial), reversed(padded_size)) for amount in (0, full - size)]
     padded = F.pad(image, pad) if any(pad) else image
     corners = itertools.product(*(_starts(full, side, overlap) for full, side in zip(padded_size, sides)))
-    windows: list[Window] = [
-        tuple(slice(start, start + side) for start, side in zip(corner, sides)) for corner in corners
-    ]
+    windows = [tuple(slice(start, start + side) for start, side in zip(corner, sides)) for corner in corners]
+    return padded, windows
 
-    # each window's weights, and their sum per voxel (the same for every image and class)
-    weight = _importance_map(sides, mode if len(windows) > 1 else "constant", sigma_scale, output_device)
-    weight_sum = torch.zeros(padded_size, device=output_device)
-    for window in windows:
-        weight_sum[window].add_(weight)
 
-    # run the windows of all images batch_size at a time; add their weighted logits
-    jobs = [(index, (slice(None), *window)) for index in range(len(image)) for window in windows]
+def _weighted_sum(
+    model: Callable[[torch.Tensor], Any],
+    padded: torch.Tensor,
+    windows: list[Window],
+    weight: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    output_device: torch.device,
+) -> torch.Tensor:
+    """Every window of every image through the model, ``batch_size`` at a time on ``device``; their
+    logits times ``weight`` summed into one float32 tensor on ``output_device``."""
+    sides = tuple(weight.shape)
+    jobs = [(index, (slice(None), *window)) for index in range(len(padded)) for window in windows]
     total: torch.Tensor | None = None
     for first in range(0, len(jobs), batch_size):
         chunk = jobs[first : first + batch_size]
@@ -84,14 +105,11 @@ def sliding_window(
                 f"{tuple(batch.shape)}: sliding_window needs one full-resolution result per window"
             )
         if total is None:
-            total = torch.zeros((len(image), logits.shape[1], *padded_size), device=output_device)
+            total = torch.zeros((len(padded), logits.shape[1], *padded.shape[2:]), device=output_device)
         for (index, channels_window), part in zip(chunk, logits.to(output_device)):
             total[index][channels_window].addcmul_(part, weight)  # float32 sums even for float16 logits
     assert total is not None  # the image is not empty, so there was at least one window
-    total.div_(weight_sum)
-    if padded_size == spatial:
-        return total
-    return total[(slice(None), slice(None), *(slice(0, size) for size in spatial))].contiguous()
+    return total
 
 
 def _window_sides(roi_size: int | Sequence[int | None] | None, spatial: tuple[int, ...]) -> tuple[int, ...]:

@@ -40,7 +40,7 @@ class TrainStep:
 
     def start_epoch(self, batches_per_epoch: int) -> None:
         self.batches_per_epoch, self.group_start, self.pending = batches_per_epoch, 0, 0
-        self.loss_sum, self.samples = torch.zeros((), dtype=torch.float64, device=self.device), 0
+        self.loss_sum, self.samples = 0.0, 0
 
     def batch(self, images: torch.Tensor, masks: torch.Tensor, labelled: bool, epoch: int, index: int) -> float | None:
         """Train on one batch; returns its loss, or None when it taught nothing (no labelled pixel,
@@ -54,7 +54,8 @@ class TrainStep:
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
                 output = self.model(images)
                 loss = self._loss(output, masks) if labelled else _touch_all(output)
-            if not self._finite(loss, epoch, index):
+            value = float(loss.detach())  # the one host sync of a step
+            if not self._finite(value, epoch, index):
                 return None
             self.state.scaler.scale(loss / self._group_size()).backward()
         self.pending += 1
@@ -62,17 +63,16 @@ class TrainStep:
             self._optimizer_step()
         if not labelled:
             return None
-        detached = loss.detach()
-        self.loss_sum += detached.double() * len(images)
+        self.loss_sum += value * len(images)
         self.samples += len(images)
-        return float(detached)
+        return value
 
     def finish_epoch(self) -> float:
         """Step on gradients a short last group left pending; the epoch's mean loss over every rank."""
         if self.pending:
             self._optimizer_step()
         sums = self.dist.all_reduce_sum(
-            torch.stack([self.loss_sum, torch.tensor(float(self.samples), dtype=torch.float64, device=self.device)])
+            torch.tensor([self.loss_sum, float(self.samples)], dtype=torch.float64, device=self.device)
         )
         return float(sums[0] / sums[1]) if float(sums[1]) else math.nan
 
@@ -96,13 +96,13 @@ class TrainStep:
             self.checked = True
         return self.loss(logits, masks)
 
-    def _finite(self, loss: torch.Tensor, epoch: int, index: int) -> bool:
+    def _finite(self, value: float, epoch: int, index: int) -> bool:
         """A non-finite loss drops its group's gradients; too many in a row end the fit. Under DDP
         every rank takes the same decision (one flag summed over ranks)."""
-        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        bad = not math.isfinite(value)
         if self.dist.enabled:
-            bad = self.dist.all_reduce_sum(bad)
-        if float(bad.item()) == 0:
+            bad = bool(self.dist.all_reduce_sum(torch.tensor([float(bad)], device=self.device)).item())
+        if not bad:
             self.bad_in_a_row = 0
             return True
         self.bad_in_a_row += 1
@@ -111,7 +111,7 @@ class TrainStep:
         if self.bad_in_a_row >= self.max_nonfinite:
             lr = self.state.optimizer.param_groups[0]["lr"]
             raise TrainingDiverged(
-                f"the training loss is {float(loss.detach())} at epoch {epoch + 1}, batch {index + 1} "
+                f"the training loss is {value} at epoch {epoch + 1}, batch {index + 1} "
                 f"({self.bad_in_a_row} non-finite step(s) in a row, train.max_nonfinite = {self.max_nonfinite}): "
                 f"the fit diverged; lower train.lr (now {lr:.3g}), set train.clip_grad_norm, or look for "
                 f"NaN/inf values in the images; checkpoints of earlier epochs are intact"

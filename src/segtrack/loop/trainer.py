@@ -42,7 +42,7 @@ from segtrack.loop.recipe import OptimizerFactory, SchedulerFactory, build_optim
 from segtrack.loop.run_info import data_source, recorded_config, with_loaded_fingerprints
 from segtrack.loop.state import FitState
 from segtrack.loop.train_step import TrainStep
-from segtrack.loop.validation import Validation
+from segtrack.loop.validation import Inferer, Validation
 from segtrack.models.registry import build_model, spatial_multiple
 from segtrack.models.unet import model_signature, user_model_signature
 from segtrack.plugins.manager import PluginManager, get_plugin_manager
@@ -107,6 +107,10 @@ class SegmentationTrainer:
         called once per fit (each fold, each resume, each rank builds its own).
     :param scheduler: a factory ``optimizer -> LRScheduler`` replacing ``train.scheduler``, stepped
         per ``train.scheduler_interval`` (``ReduceLROnPlateau`` gets the monitored metric per epoch).
+    :param inferer: a callable ``(images, model) -> logits`` that validation uses instead of
+        ``infer.*``, e.g. MONAI's ``SlidingWindowInferer(roi_size=(96, 96, 96), sw_batch_size=4,
+        mode="gaussian")``; images and logits are whole batches. The ONNX
+        check and ``segtrack predict`` keep using ``infer.*``.
     """
 
     def __init__(
@@ -121,8 +125,11 @@ class SegmentationTrainer:
         loss: Loss | None = None,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
+        inferer: Inferer | None = None,
     ):
         _check_arguments(model, train_data, val_data, plugins, plugin_manager, loss, optimizer, scheduler)
+        if inferer is not None and not callable(inferer):
+            raise ConfigError(f"inferer is a {type(inferer).__name__}: pass a callable (images, model) -> logits")
         self.dist: DistContext = context_from_env()
         # settings: resolved once (the CLI hands them resolved; anything else is resolved here)
         settings = read_settings() if settings is None else settings
@@ -151,7 +158,7 @@ class SegmentationTrainer:
         self.data_source = data_source(data_cfg, train_data)
         self.data = self._data_plan(model, train_data, val_data)
         self._validation = Validation(
-            self.config, self._loss_fn, self.hooks, self.dist, self.device, self.amp, self.ignore_index
+            self.config, self._loss_fn, self.hooks, self.dist, self.device, self.amp, self.ignore_index, inferer
         )
         self._inference_config = inference_config(self.config)
         self.model: torch.nn.Module | None = None

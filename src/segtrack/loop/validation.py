@@ -5,7 +5,7 @@ to plugins, and the preview samples."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -20,6 +20,9 @@ from segtrack.loop.validation_batches import ValidationBatches
 from segtrack.plugins.records import RunInfo, ValidationBatch, ValidationResult, ValidationSample
 from segtrack.runtime.distributed import DistContext
 
+# (images, model) -> logits, e.g. monai.inferers.SlidingWindowInferer(roi_size=..., mode="gaussian")
+Inferer = Callable[[torch.Tensor, torch.nn.Module], Any]
+
 
 class Validation:
     def __init__(
@@ -31,8 +34,10 @@ class Validation:
         device: torch.device,
         amp: bool,
         ignore_index: int | None,
+        inferer: Inferer | None = None,
     ):
         self.infer, self.loss, self.hooks, self.dist = config["infer"], loss, hooks, dist
+        self.inferer = inferer
         self.device, self.amp, self.ignore_index = device, amp, ignore_index
         self.num_classes, self.dims = config["data"]["num_classes"], config["data"]["dims"]
         # where whole images and their logits live: the CPU when only windows go to the model's device
@@ -40,8 +45,11 @@ class Validation:
         self.where = torch.device("cpu") if cpu_output else device
 
     def logits(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """Logits of a whole batch: in one pass, or window by window when infer.roi_size is set."""
+        """Logits of a whole batch: the user's inferer, else in one pass, or window by window when
+        infer.roi_size is set."""
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+            if self.inferer is not None:
+                return logits_of(self.inferer(images, model)).to(images.device)
             if not self.infer["roi_size"]:
                 return logits_of(model(images))
             return sliding_window(

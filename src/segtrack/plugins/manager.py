@@ -234,61 +234,66 @@ def get_plugin_manager(
     strict = section.get("strict", False) if strict is None else strict
     manager = PluginManager(strict=strict, rank=rank, fit_end_timeout=section.get("fit_end_timeout", 120.0))
 
-    builtins = builtin_plugins()
-    available = installed_entry_points()
-    unknown = [n for n in disabled if n not in builtins and n not in available]
-    if unknown:
-        known = sorted(set(builtins) | set(available))
-        hints = {n: difflib.get_close_matches(n, known, n=1) for n in unknown}
-        detail = ", ".join(f"{n!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for n, h in hints.items())
-        raise ConfigError(
-            f"plugins.disabled names unknown plugin(s) {detail}: known plugins are "
-            f"{', '.join(known) or 'none'}; remove the name or install the plugin"
-        )
-    for name in disabled:
-        manager.pm.set_blocked(name)
-    manager.disabled = frozenset(disabled)
-
+    builtins, available = builtin_plugins(), installed_entry_points()
+    _block(manager, disabled, set(builtins) | set(available))
     for name, factory in builtins.items():
         if not manager.pm.is_blocked(name):
             manager.register(factory, name, "builtin", "segtrack", _core_version())
-
     if autoload:
-        for name, ep in sorted(available.items()):
-            if manager.pm.is_blocked(name):
-                continue  # blocked before import: its code never runs
-            dist = ep.dist.name if ep.dist else None
-            version = ep.dist.version if ep.dist else None
-            try:
-                manager.register(ep.load(), name, "entry point", dist, version)
-            except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() on import ends nothing
-                message = (
-                    f"called sys.exit({exc.code!r}) while being imported"
-                    if isinstance(exc, SystemExit)
-                    else f"{type(exc).__name__}: {exc}"
-                )
-                if strict:
-                    raise PluginLoadError(
-                        f"plugin {name!r} ({dist}) failed to load: {message} (plugins.strict is true; "
-                        f"fix or uninstall it, or add {name!r} to plugins.disabled)"
-                    ) from exc
-                manager.load_failures.append(LoadFailure(name, dist, message))
-                log.warning(
-                    "plugin %r (%s) failed to load and is skipped: %s; add it to plugins.disabled to silence this",
-                    name,
-                    dist,
-                    message,
-                )
-
+        _load_entry_points(manager, available, strict)
     for plugin in plugins:
         given = getattr(plugin, "name", None)
         code_name = (
             given if isinstance(given, str) else (plugin if isinstance(plugin, type) else type(plugin)).__name__.lower()
         )
         manager.register(plugin, code_name, "code", None, None)
-
     _check_hook_names(manager)
     return manager
+
+
+def _block(manager: PluginManager, disabled: list[str], known: set[str]) -> None:
+    """Block disabled names before anything is imported; a name that is no plugin is an error."""
+    unknown = [n for n in disabled if n not in known]
+    if unknown:
+        hints = {n: difflib.get_close_matches(n, sorted(known), n=1) for n in unknown}
+        detail = ", ".join(f"{n!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for n, h in hints.items())
+        raise ConfigError(
+            f"plugins.disabled names unknown plugin(s) {detail}: known plugins are "
+            f"{', '.join(sorted(known)) or 'none'}; remove the name or install the plugin"
+        )
+    for name in disabled:
+        manager.pm.set_blocked(name)
+    manager.disabled = frozenset(disabled)
+
+
+def _load_entry_points(manager: PluginManager, available: Mapping[str, Any], strict: bool) -> None:
+    """Import and register each installed plugin not blocked, each in its own ``try``: one that
+    fails to import is skipped with its name (fatal with ``plugins.strict``)."""
+    for name, ep in sorted(available.items()):
+        if manager.pm.is_blocked(name):
+            continue  # blocked before import: its code never runs
+        dist = ep.dist.name if ep.dist else None
+        version = ep.dist.version if ep.dist else None
+        try:
+            manager.register(ep.load(), name, "entry point", dist, version)
+        except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() on import ends nothing
+            message = (
+                f"called sys.exit({exc.code!r}) while being imported"
+                if isinstance(exc, SystemExit)
+                else f"{type(exc).__name__}: {exc}"
+            )
+            if strict:
+                raise PluginLoadError(
+                    f"plugin {name!r} ({dist}) failed to load: {message} (plugins.strict is true; "
+                    f"fix or uninstall it, or add {name!r} to plugins.disabled)"
+                ) from exc
+            manager.load_failures.append(LoadFailure(name, dist, message))
+            log.warning(
+                "plugin %r (%s) failed to load and is skipped: %s; add it to plugins.disabled to silence this",
+                name,
+                dist,
+                message,
+            )
 
 
 def _check_hook_names(manager: PluginManager) -> None:
