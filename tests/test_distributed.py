@@ -40,38 +40,32 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_two_process_fit_fires_hooks_on_rank_zero_only(tmp_path):
-    (tmp_path / "fit.py").write_text(SCRIPT)
-    sets = [
-        "train.epochs=2",
-        "train.batch_size=2",
-        "data.num_samples=12",
-        "data.image_size=16",
-        "model.width=2",
-        "model.depth=1",
-        "export.enabled=false",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(free_port()),
-            "fit.py",
-            *sets,
-        ],
-        cwd=tmp_path,
-        env=env,
+TWO_RANK_FIT = [
+    "train.epochs=2",
+    "train.batch_size=2",
+    "data.image_size=16",
+    "model.width=2",
+    "model.depth=1",
+    "export.enabled=false",
+]
+
+
+def _torchrun(folder, *args: str) -> subprocess.CompletedProcess:
+    """``fit.py ARGS`` in ``folder`` under torchrun, two CPU ranks on loopback."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    return subprocess.run(
+        [*launcher, "--master_port", str(free_port()), "fit.py", *args],
+        cwd=folder,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_two_process_fit_fires_hooks_on_rank_zero_only(tmp_path):
+    (tmp_path / "fit.py").write_text(SCRIPT)
+    out = _torchrun(tmp_path, *TWO_RANK_FIT, "data.num_samples=12")
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [json.loads(line) for line in (tmp_path / "hooks-rank0.jsonl").read_text().splitlines()]
     assert [(r["rank"], r["world"], r["epoch"]) for r in lines] == [(0, 2, 0), (0, 2, 1)]
@@ -203,30 +197,13 @@ METRIC_SCRIPT = textwrap.dedent("""
 
 def test_a_plugin_metric_under_torchrun_counts_every_rank_and_every_rank_agrees(tmp_path):
     (tmp_path / "fit.py").write_text(METRIC_SCRIPT)
-    sets = [
-        "train.epochs=2",
-        "train.batch_size=2",
-        "data.num_samples=14",
-        "data.image_size=16",
-        "model.width=2",
-        "model.depth=1",
-        "export.enabled=false",
-        "checkpoint.monitor=val_fg_pixels",
-    ]
+    sets = [*TWO_RANK_FIT, "data.num_samples=14", "checkpoint.monitor=val_fg_pixels"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run(
         [sys.executable, "fit.py", *sets], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    out = subprocess.run(
-        [*launcher, "--master_port", str(free_port()), "fit.py", *sets, "checkpoint.dir=ddp"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = _torchrun(tmp_path, *sets, "checkpoint.dir=ddp")
     assert out.returncode == 0, out.stderr[-3000:]
     expected = json.loads((tmp_path / "metric-ranksingle.json").read_text())
     ranks = [json.loads((tmp_path / f"metric-rank{r}.json").read_text()) for r in (0, 1)]

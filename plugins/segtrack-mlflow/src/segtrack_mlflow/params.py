@@ -40,6 +40,7 @@ PLUMBING = (
     "checkpoint.keep",
     "train.num_workers",
     "train.device",
+    "infer.output_device",
 )
 
 
