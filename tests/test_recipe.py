@@ -368,3 +368,34 @@ def test_a_factory_returning_the_wrong_thing_is_one_sentence(make):
         make("train.epochs=1", optimizer=lambda params: "sgd").fit()
     with pytest.raises(ConfigError, match="loss is a str"):
         make("train.epochs=1", loss="dice")
+
+
+def test_a_plateau_scheduler_stepped_per_step_is_refused(make):
+    def plateau(optimizer):
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+
+    with pytest.raises(ConfigError, match='scheduler_interval = "epoch"'):
+        make("train.epochs=1", "train.scheduler_interval='step'", scheduler=plateau).fit()
+    assert make("train.epochs=2", scheduler=plateau).fit().status == "completed"  # per epoch, on the monitor
+
+
+def test_a_resume_with_more_epochs_follows_the_new_schedule(make):
+    recorder = Recorder()
+    make("train.epochs=2", "train.scheduler='poly'", "train.lr=0.01").fit()
+    make("train.epochs=4", "train.scheduler='poly'", "train.lr=0.01", plugins=[recorder]).fit(resume="auto")
+    assert _epoch_metrics(recorder, "lr") == pytest.approx([0.01 * (1 - e / 4) ** 0.9 for e in (2, 3)])
+
+
+def test_a_plain_dict_names_only_what_it_changes_and_keeps_kwargs_names(tmp_path):
+    from segtrack.config.settings import resolve_settings
+    from segtrack.loop.trainer import SegmentationTrainer
+    from segtrack.plugins.manager import get_plugin_manager
+
+    given = {"train": {"epochs": 1}, "model": {"kwargs": {"encoderName": "x"}}, "plugins": {"autoload": False}}
+    settings = resolve_settings(given, get_plugin_manager(given, autoload=False))
+    assert settings["train"]["epochs"] == 1 and settings["train"]["lr"] == 0.003
+    assert dict(settings["model"]["kwargs"]) == {"encoderName": "x"}
+    trainer = SegmentationTrainer(
+        {"train": {"epochs": 1}, "export": {"enabled": False}, "plugins": {"autoload": False}}
+    )
+    assert trainer.fit().status == "completed"

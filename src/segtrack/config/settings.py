@@ -120,16 +120,17 @@ def resolved_dict(settings: Dynaconf) -> dict[str, Any]:
     out = {}
     for key, value in settings.as_dict().items():
         if isinstance(value, Mapping):
-            out[key.lower()] = plain(value)
+            out[key.lower()] = plain(value, 1)
     return out
 
 
-def plain(value: Any) -> Any:
-    """Settings as plain dicts and lists, section and key names in lower case."""
+def plain(value: Any, depth: int = 0) -> Any:
+    """Settings as plain dicts and lists; section and key names in lower case, names inside a
+    key's table (``model.kwargs = {encoderName = ...}``) as given."""
     if isinstance(value, Mapping):
-        return {str(k).lower(): plain(v) for k, v in value.items()}
+        return {(str(k).lower() if depth < 2 else str(k)): plain(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
+        return [plain(v, depth + 1) for v in value]
     return value
 
 
@@ -172,7 +173,7 @@ def resolve_settings(settings: Any, manager: Any) -> Settings:
     ``ConfigError`` listing every problem."""
     if isinstance(settings, Settings):
         return settings
-    config = plain(settings) if isinstance(settings, Mapping) else resolved_dict(settings)
+    config = _over_defaults(plain(settings)) if isinstance(settings, Mapping) else resolved_dict(settings)
     declared = _plugin_schemas(manager)
     problems = _stray_sections(config, manager.known_names())
     sections = sorted(CORE_SECTIONS | {s.section for s in declared})
@@ -180,6 +181,20 @@ def resolve_settings(settings: Any, manager: Any) -> Settings:
     problems += related_problems(config)
     raise_problems(problems)
     return Settings(config)
+
+
+def _over_defaults(given: dict[str, Any]) -> dict[str, Any]:
+    """A plain dict of settings laid over the built-in defaults: a dict may name only what it changes."""
+    import tomllib
+
+    with open(DEFAULTS_FILE, "rb") as fh:
+        config = plain(tomllib.load(fh)["default"])
+    for section, values in given.items():
+        if isinstance(values, Mapping) and isinstance(config.get(section), dict):
+            config[section] = {**config[section], **values}
+        else:
+            config[section] = values
+    return config
 
 
 def _plugin_schemas(manager: Any) -> list[Setting]:

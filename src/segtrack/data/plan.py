@@ -228,20 +228,17 @@ class DataPlan:
         """FitData with its fingerprints: ``(kind, sha256)`` per side, the sha256 "" for "loaded"
         (then both sides wait for the first epoch, digested by watching the loop's batches)."""
         (train_kind, train_sha), (val_kind, val_sha) = train_fingerprint, val_fingerprint
-        if "loaded" not in (train_kind, val_kind):
-            common = (preview, train_sha, val_sha, num_train, num_val, batches_per_epoch)
-            return FitData(train_batches, val_batches, *common, fingerprint_kind=train_kind)
-        loaded = _LoadedDigests(self._loop_pair, train_sha, val_sha)
+        loaded = _LoadedDigests(self._loop_pair, train_sha, val_sha) if "loaded" in (train_kind, val_kind) else None
         return FitData(
-            loaded.watch_train(train_batches),
-            loaded.watch_val(val_batches),
-            preview,
-            "",
-            "",
-            num_train,
-            num_val,
-            batches_per_epoch,
-            fingerprint_kind="loaded",
+            train_batches=loaded.watch_train(train_batches) if loaded else train_batches,
+            val_batches=loaded.watch_val(val_batches) if loaded else val_batches,
+            preview=preview,
+            train_sha256="" if loaded else train_sha,
+            val_sha256="" if loaded else val_sha,
+            num_train=num_train,
+            num_val=num_val,
+            batches_per_epoch=batches_per_epoch,
+            fingerprint_kind="loaded" if loaded else train_kind,
             loaded=loaded,
         )
 

@@ -61,16 +61,17 @@ def plugin_metrics(
     failed = _failure_count(hooks.failures()) > failed_before
     merged, failed = dist.broadcast_from_main((merged, failed))
     if monitor not in taken and monitor not in merged:
-        if not failed:
+        if not failed and not monitor.startswith(("val_dice_", "val_iou_")):
             check_monitor(monitor, [*taken, *merged])
         run: RunInfo | None = hook_arguments.get("run")
         epoch = hook_arguments["result"].epoch + 1
+        why = "the plugin computing it failed" if failed else "its class is in neither truth nor prediction"
         log.warning(
-            "epoch %d%s has no %s (checkpoint.monitor): the plugin computing it failed; this epoch cannot be "
-            "the best, the fit goes on",
+            "epoch %d%s has no %s (checkpoint.monitor): %s; this epoch cannot be the best, the fit goes on",
             epoch,
             f" of {run.run_name}" if run is not None else "",
             monitor,
+            why,
         )
     return merged
 

@@ -1,7 +1,7 @@
 """The built-in losses (``train.loss``) and deep supervision's weighting of several outputs.
 
 Every loss takes logits ``(N, K, *spatial)`` and targets ``(N, *spatial)`` of class ids, where
-``samples.IGNORED`` (-1) marks pixels that count nowhere, and returns a scalar tensor."""
+``data.batches.IGNORED`` (-1) marks pixels that count nowhere, and returns a scalar tensor."""
 
 from __future__ import annotations
 

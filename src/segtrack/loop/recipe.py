@@ -74,6 +74,11 @@ def build_scheduler(
                 f"the scheduler factory returned {type(scheduler).__name__}: it must take the optimizer "
                 f"and return a torch.optim.lr_scheduler scheduler"
             )
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and train["scheduler_interval"] == "step":
+            raise ConfigError(
+                "the scheduler factory returned ReduceLROnPlateau, which steps on the monitored metric once per "
+                'epoch: set train.scheduler_interval = "epoch"'
+            )
         return scheduler
     per_step = train["scheduler_interval"] == "step"
     if per_step and steps_per_epoch <= 0:

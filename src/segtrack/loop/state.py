@@ -84,14 +84,21 @@ class FitState:
         }
         if self.ema is not None:  # the weights being trained, for an exact resume
             payload["training_model"] = self.model.state_dict()
+            payload["ema_updates"] = self.ema.updates
         return payload
 
     def restore(self, payload: dict[str, Any]) -> None:
         self.model.load_state_dict(payload.get("training_model", payload["model"]))
         if self.ema is not None:
             self.ema.load_state_dict(payload["model"])
+            self.ema.updates = int(payload.get("ema_updates", 0))
         self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
+        self.scheduler.load_state_dict(_schedule_position(self.scheduler, payload["scheduler"]))
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):  # the lr at that position, as set now
+            for group, base, factor in zip(
+                self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas
+            ):
+                group["lr"] = base * factor(self.scheduler.last_epoch)
         self.scaler.load_state_dict(payload["scaler"])
         self.epoch, self.global_step = payload["epoch"], payload["global_step"]
         self.best_value, self.best_epoch = payload["best_value"], payload["best_epoch"]
@@ -130,3 +137,11 @@ class FitState:
             fold=fold,
             duration_s=duration_s,
         )
+
+
+def _schedule_position(scheduler: Any, saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved LambdaLR's position, without its factor's settings: a resume with more epochs (or
+    another schedule) follows the settings it runs with, not those the checkpoint was written with."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) and "lr_lambdas" in saved:
+        return {**saved, "lr_lambdas": [None] * len(saved["lr_lambdas"])}
+    return saved

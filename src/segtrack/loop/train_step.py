@@ -35,7 +35,6 @@ class TrainStep:
         self.accumulate, self.clip = train["accumulate"], train["clip_grad_norm"]
         self.deep_supervision, self.drop_lowest = train["deep_supervision"], train["deep_supervision_drop_lowest"]
         self.max_nonfinite, self.per_step_schedule = train["max_nonfinite"], train["scheduler_interval"] == "step"
-        self.lr = train["lr"]
         self.bad_in_a_row, self.checked = 0, False
 
     def start_epoch(self, batches_per_epoch: int) -> None:
@@ -70,6 +69,11 @@ class TrainStep:
     def finish_epoch(self) -> float:
         """Step on gradients a short last group left pending; the epoch's mean loss over every rank."""
         if self.pending:
+            if self.batches_per_epoch <= 0 and self.pending < self.accumulate:
+                # a loader without a length: its last group's batches were divided by `accumulate`
+                for param in self.model.parameters():
+                    if param.grad is not None:
+                        param.grad.mul_(self.accumulate / self.pending)
             self._optimizer_step()
         sums = self.dist.all_reduce_sum(
             torch.tensor([self.loss_sum, float(self.samples)], dtype=torch.float64, device=self.device)
@@ -110,8 +114,10 @@ class TrainStep:
         self.pending = 0
         if self.bad_in_a_row >= self.max_nonfinite:
             lr = self.state.optimizer.param_groups[0]["lr"]
+            where = "on this rank or another" if self.dist.enabled else ""
             raise TrainingDiverged(
-                f"the training loss is {value} at epoch {epoch + 1}, batch {index + 1} "
+                f"the training loss is {value if math.isfinite(value) else 'not finite'}{where and ' ' + where} "
+                f"at epoch {epoch + 1}, batch {index + 1} "
                 f"({self.bad_in_a_row} non-finite step(s) in a row, train.max_nonfinite = {self.max_nonfinite}): "
                 f"the fit diverged; lower train.lr (now {lr:.3g}), set train.clip_grad_norm, or look for "
                 f"NaN/inf values in the images; checkpoints of earlier epochs are intact"

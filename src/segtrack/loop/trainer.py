@@ -144,7 +144,8 @@ class SegmentationTrainer:
         self.amp = amp_enabled(self.config["train"]["amp"], self.device)
         self.num_classes, self.dims = data_cfg["num_classes"], data_cfg["dims"]
         self.ignore_index, self.class_names = ignore_index(data_cfg), class_names(data_cfg)
-        if not self.hooks.has_implementations("validation_metrics"):  # else plugins may name it later
+        # plugins may name the monitor later (rank 0's plugins decide, where plugins differ per rank)
+        if not self.dist.broadcast_from_main(self.hooks.has_implementations("validation_metrics")):
             epoch_metrics.check_monitor(
                 self.config["checkpoint"]["monitor"], epoch_metrics.builtin_names(self.class_names)
             )
@@ -220,8 +221,9 @@ class SegmentationTrainer:
     ) -> FitResult:
         # setup: the checkpoint to resume (read before any folder is created), a first batch through
         # the model (nothing written if it fails), folders, then the state restored
-        if resume == "auto":
+        if resume == "auto":  # rank 0's folder decides for every rank
             resume = str(ckpt_dir / "last.pt") if (ckpt_dir / "last.pt").is_file() else None
+            resume = self.dist.broadcast_from_main(resume)
         state = self._new_state(data)
         signature = self._signature(state.model)
         payload = checkpoint.load(resume, signature) if resume else None
@@ -233,6 +235,8 @@ class SegmentationTrainer:
             self._distributed(state.model), state, self._loss_fn, self.config["train"], self.num_classes,
             self.device, self.amp, self.dist,
         )  # fmt: skip
+        if state.ema is not None and payload is None:  # DDP gave every rank rank 0's weights: average those
+            state.ema.load_state_dict(state.model.state_dict())
         self.model, self.stop_reason, self.batches_per_epoch = state.model, None, data.batches_per_epoch
         run = self._run_info(data, state, run_name, resume, fold, num_folds, cv_id)
         outcome = _Outcome(epochs_completed=state.start_epoch, started=time.perf_counter())
@@ -250,10 +254,10 @@ class SegmentationTrainer:
                     if self._stop_everywhere():
                         state.status = "stopped"
                         break
-                # the best checkpoint as ONNX, checked in onnxruntime against torch
+                self.dist.barrier()  # ranks leave the loop together: one leaving early can abort its peers in gloo
+                # the best checkpoint as ONNX (rank 0 alone, after the last collective), checked in onnxruntime
                 if export_dir is not None and self.dist.is_main and state.paths.get("best"):
                     outcome.export, outcome.export_error = self._export(state, export_dir, run_name, data, run)
-                self.dist.barrier()  # ranks end together: one leaving early can abort its peers in gloo
             except BaseException as exc:
                 sigterm.ending = True
                 self._failed(state, run, exc)
@@ -435,7 +439,14 @@ class SegmentationTrainer:
             if isinstance(train_data, ArrayDataset):
                 builtin, train_data = train_data, None
         return DataPlan(
-            self.config, self.dist, self.device.type == "cuda", train_data, val_data, builtin, split, multiple
+            self.config,
+            self.dist,
+            pin_memory=self.device.type == "cuda",
+            train_data=train_data,
+            val_data=val_data,
+            builtin=builtin,
+            predefined_split=split,
+            spatial_multiple=multiple,
         )
 
     def _check_folds(self, folds: Any) -> None:

@@ -41,7 +41,7 @@ class Validation:
         self.device, self.amp, self.ignore_index = device, amp, ignore_index
         self.num_classes, self.dims = config["data"]["num_classes"], config["data"]["dims"]
         # where whole images and their logits live: the CPU when only windows go to the model's device
-        cpu_output = self.infer["roi_size"] and self.infer["output_device"] == "cpu"
+        cpu_output = inferer is None and self.infer["roi_size"] and self.infer["output_device"] == "cpu"
         self.where = torch.device("cpu") if cpu_output else device
 
     def logits(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -95,7 +95,16 @@ class Validation:
                 seen += len(images)
             predictions = logits.argmax(1)
             counts.update(predictions, masks)
-            batches.add(ValidationBatch(epoch, batch_index, images, masks, logits, predictions))
+            batches.add(
+                ValidationBatch(
+                    epoch=epoch,
+                    batch_index=batch_index,
+                    images=images,
+                    masks=masks,
+                    logits=logits,
+                    predictions=predictions,
+                )
+            )
         batches.finish()
         return self._result(model, data, epoch, counts, loss_sum, seen)
 
@@ -131,4 +140,7 @@ class Validation:
     def preview(self, model: torch.nn.Module, data: FitData) -> tuple[ValidationSample, ...]:
         images, masks = data.preview
         predictions = self.logits(model, images.to(self.where)).argmax(1).cpu()
-        return tuple(ValidationSample(i.numpy(), m.numpy(), p.numpy()) for i, m, p in zip(images, masks, predictions))
+        return tuple(
+            ValidationSample(image=i.numpy(), mask=m.numpy(), prediction=p.numpy())
+            for i, m, p in zip(images, masks, predictions)
+        )

@@ -18,7 +18,8 @@ from segtrack.runtime.distributed import DistContext
 class ValidationBatches:
     def __init__(self, hooks: Any, dist: DistContext, trainer: Any, run: RunInfo):
         self.hooks, self.dist, self.trainer, self.run = hooks, dist, trainer, run
-        self.wanted = hooks.has_implementations("validation_batch_end")
+        # rank 0's answer on every rank: a plugin registered on rank 0 alone must not leave it gathering alone
+        self.wanted = dist.broadcast_from_main(hooks.has_implementations("validation_batch_end"))
         self.kept: list[ValidationBatch] = []
         self.count = 0
 

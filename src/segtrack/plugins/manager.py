@@ -96,7 +96,9 @@ class PluginManager:
                         f"implementation on its own: drop hookwrapper=/wrapper= from its hookimpl"
                     )
             hooks.append(hook_caller.name)
-        self.plugin_info[name] = PluginInfo(name, source, distribution, version, tuple(sorted(hooks)))
+        self.plugin_info[name] = PluginInfo(
+            name=name, source=source, distribution=distribution, version=version, hooks=tuple(sorted(hooks))
+        )
         self._impls.clear()
 
     def names(self) -> list[str]:
@@ -211,7 +213,7 @@ class PluginManager:
             entry[0] += 1
 
     def failures(self) -> tuple[PluginFailure, ...]:
-        return tuple(PluginFailure(p, h, n, e) for (p, h), (n, e) in self._failures.items())
+        return tuple(PluginFailure(plugin=p, hook=h, count=n, error=e) for (p, h), (n, e) in self._failures.items())
 
 
 def get_plugin_manager(
@@ -287,7 +289,7 @@ def _load_entry_points(manager: PluginManager, available: Mapping[str, Any], str
                     f"plugin {name!r} ({dist}) failed to load: {message} (plugins.strict is true; "
                     f"fix or uninstall it, or add {name!r} to plugins.disabled)"
                 ) from exc
-            manager.load_failures.append(LoadFailure(name, dist, message))
+            manager.load_failures.append(LoadFailure(name=name, distribution=dist, error=message))
             log.warning(
                 "plugin %r (%s) failed to load and is skipped: %s; add it to plugins.disabled to silence this",
                 name,
