@@ -58,26 +58,29 @@ class Microscopy16Bit(Dataset):
         return self.samples[index]
 
 
-class ForegroundPrecision:
-    """A metric of our own: precision of foreground pixels, accumulated over validation batches."""
+class ForegroundF1:
+    """A metric of our own, accumulated over validation batches: F1 of foreground (any class) against
+    background. A sound monitor: predicting no foreground scores 0, predicting all of it scores low."""
 
-    name = "fg_precision"
+    name = "fg_f1"
 
     def __init__(self):
-        self.true_positive = self.predicted = 0
+        self.true_positive = self.false_positive = self.false_negative = 0
 
     @hookimpl
     def validation_batch_end(self, batch):
         valid = batch.masks >= 0
-        predicted = (batch.predictions > 0) & valid
-        self.true_positive += int((predicted & (batch.masks > 0)).sum())
-        self.predicted += int(predicted.sum())
+        predicted, truth = (batch.predictions > 0) & valid, (batch.masks > 0) & valid
+        self.true_positive += int((predicted & truth).sum())
+        self.false_positive += int((predicted & ~truth).sum())
+        self.false_negative += int((~predicted & truth).sum())
 
     @hookimpl
     def validation_metrics(self):
-        value = self.true_positive / self.predicted if self.predicted else 0.0
-        self.true_positive = self.predicted = 0
-        return {"val_fg_precision": value}
+        counted = 2 * self.true_positive + self.false_positive + self.false_negative
+        value = 2 * self.true_positive / counted if counted else 0.0
+        self.true_positive = self.false_positive = self.false_negative = 0
+        return {"val_fg_f1": value}
 
 
 def main() -> None:
@@ -90,18 +93,16 @@ def main() -> None:
             "data.num_classes=3",
             "data.ignore_index=255",
             "data.class_names=['background','nucleus','membrane']",
-            "checkpoint.monitor=val_fg_precision",
+            "checkpoint.monitor=val_fg_f1",
             "train.epochs=6",
             "train.lr=0.01",
             *args.overrides,
         ]
     )
-    trainer = SegmentationTrainer(
-        settings, model=TinySegNet(), train_data=Microscopy16Bit(), plugins=[ForegroundPrecision()]
-    )
+    trainer = SegmentationTrainer(settings, model=TinySegNet(), train_data=Microscopy16Bit(), plugins=[ForegroundF1()])
     result = trainer.fit()
     print(
-        f"{result.status}: best val_fg_precision {result.best_value:.3f} at epoch {result.best_epoch + 1}, "
+        f"{result.status}: best val_fg_f1 {result.best_value:.3f} at epoch {result.best_epoch + 1}, "
         f"val_dice_nucleus {result.best_metrics['val_dice_nucleus']:.3f}; ONNX: {result.export and result.export.path}"
     )
 
