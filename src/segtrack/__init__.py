@@ -15,9 +15,15 @@ settings loader (Dynaconf), sliding-window inference and colour table are import
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+# onnxruntime >= 1.29 sends usage telemetry from native code (a DNS lookup seconds after a session
+# starts) unless this is set before it loads; every entry point imports segtrack first. A value the
+# user set is kept.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from segtrack.config.schema import Setting, checked_section, is_bool, is_int, is_number, is_str, one_of
 from segtrack.config.secrets import MASK, redact, secret_keys

@@ -434,6 +434,36 @@ def _training_view(dataset: Any, epoch: int) -> Any:
     return _TrainingView(dataset, epoch) if callable(getattr(dataset, "training_sample", None)) else dataset
 
 
+def explained_loader_error(error: BaseException) -> DataError | None:
+    """A data-loading worker that died (the out-of-memory killer's SIGKILL, most often) as one
+    sentence with the way on; None for any other error. torch says it as a RuntimeError, raised
+    by its SIGCHLD handler wherever the main thread is, or first as a broken connection while a
+    batch is received: the whole exception chain is looked at."""
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    said = [e for e in chain if isinstance(e, RuntimeError) and "DataLoader worker (pid" in str(e)]
+    broken = [e for e in chain if isinstance(e, (ConnectionError, EOFError)) and _in_data_loader(e)]
+    if not said and not broken:
+        return None
+    reason = str(said[0]).strip().splitlines()[0].rstrip(".") if said else f"{type(broken[0]).__name__} from a worker"
+    return DataError(
+        f"a data-loading worker died ({reason}), most likely killed by the system for lack of memory: the "
+        f"checkpoints of finished epochs are intact; continue with --resume auto, with fewer train.num_workers "
+        f"or a smaller train.batch_size"
+    )
+
+
+def _in_data_loader(error: BaseException) -> bool:
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_filename.endswith(("torch/utils/data/dataloader.py", "multiprocessing/queues.py")):
+            return True
+        frame = frame.tb_next
+    return False
+
+
 class _Unwrapped:
     """Iterates a DataLoader; a ``DataError`` raised in a worker process comes back as the worker's
     own one-line message (torch re-raises it with the worker's whole traceback as its text)."""

@@ -177,6 +177,7 @@ def export_checkpoint(
     model.load_state_dict(payload["model"])
     try:
         metadata = predict_metadata(config, spatial_multiple(model))
+        metadata["in_channels"] = int(sample.shape[1])  # what the model takes, even if not model.in_channels
         diff = export_onnx(model, sample, path, settings["opset"], metadata, window_settings(config.get("infer")))
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -114,7 +114,18 @@ def from_onnx(path: Path) -> Predictor:
         )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return Predictor(metadata, lambda batch: session.run(None, {name: batch})[0], str(path))
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        try:
+            return session.run(None, {name: batch})[0]
+        except Exception as exc:  # onnxruntime's own errors carry no type we can import without it
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"onnxruntime refused an input of shape {tuple(batch.shape)} for {path} ({reason}): check that the "
+                f"images have the channels and dimensions the model was trained on"
+            ) from None
+
+    return Predictor(metadata, run, str(path))
 
 
 def input_files(folder: Path) -> list[Path]:

@@ -31,7 +31,7 @@ from segtrack.config.settings import (
 )
 from segtrack.data.batches import to_loop_form
 from segtrack.data.configured import configured_data
-from segtrack.data.plan import DataPlan, FitData, stream_seed
+from segtrack.data.plan import DataPlan, FitData, explained_loader_error, stream_seed
 from segtrack.data.synthetic import ArrayDataset
 from segtrack.errors import ConfigError, PeerLost
 from segtrack.inference.export import export_checkpoint
@@ -181,7 +181,8 @@ class SegmentationTrainer:
         (``<checkpoint.dir>/last.pt`` when it exists, else a fresh start)."""
         data = self.data.for_split(self.config["data"]["val_fraction"])
         ckpt_dir = Path(self.config["checkpoint"]["dir"])
-        return self._fit(data, ckpt_dir, self.config["run"]["name"], resume)
+        with _loader_deaths_explained():
+            return self._fit(data, ckpt_dir, self.config["run"]["name"], resume)
 
     def cv(self, folds: int | None = None) -> CrossValidationResult:
         """k-fold cross-validation over ``train_data``: one fit per fold, then ``cross_validation_end``."""
@@ -196,9 +197,10 @@ class SegmentationTrainer:
             for fold in range(folds):
                 data = self.data.for_fold(fold, folds)
                 ckpt_dir = Path(self.config["checkpoint"]["dir"]) / f"{name}-fold{fold}"
-                results.append(
-                    self._fit(data, ckpt_dir, f"{name}-fold{fold}", None, fold=fold, num_folds=folds, cv_id=cv_id)
-                )
+                with _loader_deaths_explained():
+                    results.append(
+                        self._fit(data, ckpt_dir, f"{name}-fold{fold}", None, fold=fold, num_folds=folds, cv_id=cv_id)
+                    )
         finally:
             outcome = CrossValidationResult(
                 cv_id=cv_id, num_folds=folds, folds=tuple(results), summary=freeze(_summary(results))
@@ -260,7 +262,10 @@ class SegmentationTrainer:
                     outcome.export, outcome.export_error = self._export(state, export_dir, run_name, data, run)
             except BaseException as exc:
                 sigterm.ending = True
-                self._failed(state, run, exc)
+                explained = explained_loader_error(exc)
+                self._failed(state, run, explained or exc)
+                if explained is not None:
+                    raise explained from None
                 raise
             finally:
                 sigterm.ending = True
@@ -557,6 +562,18 @@ class SegmentationTrainer:
             yield
         finally:
             self.hooks.strict = saved
+
+
+@contextlib.contextmanager
+def _loader_deaths_explained() -> Iterator[None]:
+    """A data-loading worker's death leaves the fit as one sentence, wherever torch raised it."""
+    try:
+        yield
+    except Exception as exc:
+        explained = explained_loader_error(exc)
+        if explained is None:
+            raise
+        raise explained from None
 
 
 def _check_arguments(

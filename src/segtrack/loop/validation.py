@@ -12,7 +12,7 @@ import torch
 
 from segtrack.data.batches import check_logits, logits_of, to_loop_form
 from segtrack.data.plan import FitData
-from segtrack.errors import DataError
+from segtrack.errors import DataError, ModelError, SegtrackError
 from segtrack.inference.windowed import sliding_window
 from segtrack.loop.losses import Loss
 from segtrack.loop.metrics import ConfusionCounts
@@ -74,7 +74,17 @@ class Validation:
             raise DataError("the validation data yields no batch: give it at least one sample")
         images, masks, _ = to_loop_form(batch, self.dims, self.num_classes, self.ignore_index, self.where)
         model.eval()
-        check_logits(self.logits(model, images), masks, self.num_classes)
+        try:
+            logits = self.logits(model, images)
+        except SegtrackError:
+            raise
+        except Exception as exc:  # the model's own error (a channel count, a size) as one sentence
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            raise ModelError(
+                f"the model fails on the first validation batch (images {tuple(images.shape)}): "
+                f"{type(exc).__name__}: {first}; check model.in_channels and data.dims against the model"
+            ) from None
+        check_logits(logits, masks, self.num_classes)
 
     @torch.no_grad()
     def run(self, model: torch.nn.Module, data: FitData, epoch: int, run: RunInfo, trainer: Any) -> ValidationResult:
