@@ -73,7 +73,7 @@ CORE_SCHEMA: list[Setting] = [
     Setting("train.warmup_epochs", "an integer >= 0", typed((int,), lambda v: v >= 0)),
     Setting(
         "train.loss",
-        " | ".join(f'"{name}"' for name in ("ce_dice", "ce", "dice", "focal_dice")),
+        " | ".join(f'"{name}"' for name in LOSS_NAMES),
         typed((str,), lambda v: v in LOSS_NAMES),
     ),
     Setting(

@@ -94,10 +94,6 @@ class DataPlan:
         predefined_split: tuple[np.ndarray, np.ndarray] | None = None,
         spatial_multiple: int = 1,
     ):
-        if val_data is not None and train_data is None:
-            raise ConfigError(
-                "val_data was given without train_data: pass train_data too (val_data alone cannot train a model)"
-            )
         self.dims = config["data"]["dims"]
         self.ignore_index = ignore_index(config["data"])
         self.seed = config["train"]["seed"]

@@ -136,12 +136,13 @@ def read_metadata(path: Path) -> dict | None:
     return None
 
 
-def predict_metadata(config: Mapping[str, Any], spatial_multiple: int) -> dict:
-    """What inference needs from a fit's settings, to read and pad images as training did."""
+def predict_metadata(config: Mapping[str, Any], spatial_multiple: int, in_channels: int | None = None) -> dict:
+    """What inference needs from a fit's settings, to read and pad images as training did.
+    ``in_channels``: what the model takes, where it is known (an export's input), else ``model.in_channels``."""
     data = config["data"]
     return {
         "dims": data["dims"],
-        "in_channels": config["model"]["in_channels"],
+        "in_channels": in_channels if in_channels is not None else config["model"]["in_channels"],
         "num_classes": data["num_classes"],
         "normalize": data.get("normalize", "auto"),
         "spatial_multiple": spatial_multiple,
@@ -176,8 +177,7 @@ def export_checkpoint(
     model = copy.deepcopy(model).cpu()
     model.load_state_dict(payload["model"])
     try:
-        metadata = predict_metadata(config, spatial_multiple(model))
-        metadata["in_channels"] = int(sample.shape[1])  # what the model takes, even if not model.in_channels
+        metadata = predict_metadata(config, spatial_multiple(model), in_channels=int(sample.shape[1]))
         diff = export_onnx(model, sample, path, settings["opset"], metadata, window_settings(config.get("infer")))
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

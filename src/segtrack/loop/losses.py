@@ -11,7 +11,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from segtrack.data.batches import IGNORED
+from segtrack.data.batches import IGNORED, logits_of
+from segtrack.errors import ModelError
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -115,9 +116,6 @@ def supervised_outputs(output: Any, target_ndim: int) -> list[torch.Tensor]:
     """A deep-supervision model's training output as a list, full resolution first: a list/tuple of
     logits (nnU-Net), MONAI's stacked ``(N, S, K, *spatial)`` tensor, or one tensor (a model that
     returns a single output in training mode too)."""
-    from segtrack.data.batches import logits_of
-    from segtrack.errors import ModelError
-
     if isinstance(output, (list, tuple)) and output and all(isinstance(o, torch.Tensor) for o in output):
         return list(output)
     if isinstance(output, torch.Tensor) and output.ndim == target_ndim + 2:

@@ -1,6 +1,6 @@
 """Validation metrics (Dice, IoU) from confusion counts, for 2D and 3D masks.
 
-Mask pixels equal to ``samples.IGNORED`` count in neither the loss nor any metric."""
+Mask pixels equal to ``data.batches.IGNORED`` count in neither the loss nor any metric."""
 
 from __future__ import annotations
 

@@ -109,7 +109,7 @@ def describe(obj: Any) -> str:
     if isinstance(obj, torch.optim.Optimizer):
         args = dict(obj.defaults)
     else:
-        args = {k: v for k, v in vars(obj).items() if not k.startswith("_") and _readable(v)}
+        args = {k: v for k, v in vars(obj).items() if not k.startswith("_")}
     text = ", ".join(f"{k}={v!r}" for k, v in sorted(args.items()) if _readable(v))
     return f"{name}({text})"[:500]
 

@@ -259,7 +259,9 @@ class SegmentationTrainer:
                 self.dist.barrier()  # ranks leave the loop together: one leaving early can abort its peers in gloo
                 # the best checkpoint as ONNX (rank 0 alone, after the last collective), checked in onnxruntime
                 if export_dir is not None and self.dist.is_main and state.paths.get("best"):
-                    outcome.export, outcome.export_error = self._export(state, export_dir, run_name, data, run)
+                    outcome.export, outcome.export_error = self._export(
+                        state, signature, export_dir, run_name, data, run
+                    )
             except BaseException as exc:
                 sigterm.ending = True
                 explained = explained_loader_error(exc)
@@ -384,14 +386,13 @@ class SegmentationTrainer:
             checkpoint.prune_snapshots(ckpt_dir, keep)
 
     def _export(
-        self, state: FitState, export_dir: Path, run_name: str, data: FitData, run: RunInfo
+        self, state: FitState, signature: dict, export_dir: Path, run_name: str, data: FitData, run: RunInfo
     ) -> tuple[ExportInfo | None, str | None]:
         best = state.paths.get("best")
         if best is None or not Path(best).is_file():  # the best epoch's checkpoint could not be found on resume
             best = state.paths["last"]
             log.warning("exporting %s: the checkpoint of the best epoch is not in the checkpoint folder", best)
         path = export_dir / f"{run_name}.onnx"
-        signature = self._signature(state.model)
         export, error = export_checkpoint(state.model, best, signature, path, data.preview[0], self.config)
         if export is not None:
             self.hooks.call("model_exported", trainer=self, run=run, export=export)

@@ -38,6 +38,8 @@ class Validation:
     ):
         self.infer, self.loss, self.hooks, self.dist = config["infer"], loss, hooks, dist
         self.inferer = inferer
+        # rank 0's answer on every rank, once: a plugin registered on rank 0 alone must not leave it gathering alone
+        self.batches_wanted = dist.broadcast_from_main(hooks.has_implementations("validation_batch_end"))
         self.device, self.amp, self.ignore_index = device, amp, ignore_index
         self.num_classes, self.dims = config["data"]["num_classes"], config["data"]["dims"]
         # where whole images and their logits live: the CPU when only windows go to the model's device
@@ -94,7 +96,7 @@ class Validation:
         counts = ConfusionCounts(self.num_classes, self.where)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.where)
         seen = 0
-        batches = ValidationBatches(self.hooks, self.dist, trainer, run)
+        batches = ValidationBatches(self.hooks, self.dist, trainer, run, self.batches_wanted)
         for batch_index, batch in enumerate(data.val_batches()):
             images, masks, labelled = to_loop_form(batch, self.dims, self.num_classes, self.ignore_index, self.where)
             logits = self.logits(model, images)

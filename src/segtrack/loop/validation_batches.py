@@ -16,10 +16,10 @@ from segtrack.runtime.distributed import DistContext
 
 
 class ValidationBatches:
-    def __init__(self, hooks: Any, dist: DistContext, trainer: Any, run: RunInfo):
-        self.hooks, self.dist, self.trainer, self.run = hooks, dist, trainer, run
-        # rank 0's answer on every rank: a plugin registered on rank 0 alone must not leave it gathering alone
-        self.wanted = dist.broadcast_from_main(hooks.has_implementations("validation_batch_end"))
+    def __init__(self, hooks: Any, dist: DistContext, trainer: Any, run: RunInfo, wanted: bool):
+        """``wanted``: whether any plugin implements ``validation_batch_end`` on rank 0 (the same
+        answer on every rank, so no rank gathers alone)."""
+        self.hooks, self.dist, self.trainer, self.run, self.wanted = hooks, dist, trainer, run, wanted
         self.kept: list[ValidationBatch] = []
         self.count = 0
 
