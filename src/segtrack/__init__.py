@@ -2,7 +2,8 @@
 
 This module is the whole public surface, for users and for plugin authors: every name in
 ``__all__`` keeps its meaning between versions (records only ever gain fields). Training:
-``SegmentationTrainer``, ``load_settings``, ``sliding_window``. Plugins: ``hookimpl``, the records
+``SegmentationTrainer``, ``load_settings``, ``sliding_window``; studies: ``run_study`` with a
+``TrialSource`` (a searching plugin's). Plugins: ``hookimpl``, the records
 hooks receive (``RunInfo``, ``EpochResult``, ...; ``freeze``/``thaw``), settings schemas
 (``Setting``, ``checked_section``, ``is_*``, ``one_of``), secrets (``secret_keys``, ``redact``,
 ``MASK``), the class colours (``colour_mask``). Errors: ``SegtrackError`` and its kinds. Sub-packages
@@ -47,6 +48,9 @@ from segtrack.plugins.records import (
     PluginFailure,
     RunInfo,
     StepResult,
+    StudyInfo,
+    StudyResult,
+    TrialResult,
     ValidationBatch,
     ValidationResult,
     ValidationSample,
@@ -58,6 +62,7 @@ if TYPE_CHECKING:  # imported lazily at run time (__getattr__); named here for t
     from segtrack.config.settings import load_settings
     from segtrack.inference.palette import colour_mask
     from segtrack.inference.windowed import sliding_window
+    from segtrack.loop.study import TrialSource, run_study
     from segtrack.loop.trainer import SegmentationTrainer
 
 __version__ = "0.1.0"
@@ -84,7 +89,11 @@ __all__ = [
     "SegtrackError",
     "Setting",
     "StepResult",
+    "StudyInfo",
+    "StudyResult",
     "TrainingDiverged",
+    "TrialResult",
+    "TrialSource",
     "ValidationBatch",
     "ValidationResult",
     "ValidationSample",
@@ -100,6 +109,7 @@ __all__ = [
     "load_settings",
     "one_of",
     "redact",
+    "run_study",
     "secret_keys",
     "sliding_window",
     "thaw",
@@ -110,6 +120,8 @@ _LAZY = {
     "load_settings": "segtrack.config.settings",
     "sliding_window": "segtrack.inference.windowed",
     "colour_mask": "segtrack.inference.palette",
+    "run_study": "segtrack.loop.study",
+    "TrialSource": "segtrack.loop.study",
 }
 
 

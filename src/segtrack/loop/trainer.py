@@ -12,7 +12,7 @@ import math
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -166,13 +166,19 @@ class SegmentationTrainer:
         self.epoch = 0
         self.batches_per_epoch = 0
         self.stop_reason: str | None = None
+        self._stop_folds = False
+        # set by run_study: the trial these fits belong to, and whether a fit's best value earns an export
+        self._trial: tuple[str, int] | None = None
+        self._export_wanted: Callable[[float], bool] | None = None
 
     # -- public API for plugins ----------------------------------------------------------------
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, all_folds: bool = False) -> None:
         """Ask the fit to end after the current epoch (and its checkpoints); status ``stopped``.
-        Under torchrun every rank stops after that epoch."""
+        Under torchrun every rank stops after that epoch. ``all_folds``: in ``cv``, the folds not
+        yet run are skipped too (a pruned trial)."""
         self.stop_reason = reason or "stop requested"
+        self._stop_folds = self._stop_folds or all_folds
 
     # -- entry points ---------------------------------------------------------------------------
 
@@ -190,11 +196,18 @@ class SegmentationTrainer:
         self._check_folds(folds)
         name = self.config["run"]["name"]
         cv_id = uuid.uuid4().hex[:12]
-        info = CrossValidationInfo(cv_id=cv_id, num_folds=folds, config=freeze(self.config), run_name=name)
+        study_id, trial = self._trial or (None, None)
+        info = CrossValidationInfo(
+            cv_id=cv_id, num_folds=folds, config=freeze(self.config), run_name=name, study_id=study_id, trial=trial
+        )
+        self._stop_folds = False
         self.hooks.call("cross_validation_start", trainer=self, info=info)
         results: list[FitResult] = []
         try:
             for fold in range(folds):
+                if self._stop_folds:
+                    log.info("cross-validation ends after fold %d of %d: %s", fold, folds, self.stop_reason)
+                    break
                 data = self.data.for_fold(fold, folds)
                 ckpt_dir = Path(self.config["checkpoint"]["dir"]) / f"{name}-fold{fold}"
                 with _loader_deaths_explained():
@@ -258,7 +271,12 @@ class SegmentationTrainer:
                         break
                 self.dist.barrier()  # ranks leave the loop together: one leaving early can abort its peers in gloo
                 # the best checkpoint as ONNX (rank 0 alone, after the last collective), checked in onnxruntime
-                if export_dir is not None and self.dist.is_main and state.paths.get("best"):
+                if (
+                    export_dir is not None
+                    and self.dist.is_main
+                    and state.paths.get("best")
+                    and self._earns_export(state)
+                ):
                     outcome.export, outcome.export_error = self._export(
                         state, signature, export_dir, run_name, data, run
                     )
@@ -397,6 +415,9 @@ class SegmentationTrainer:
         if export is not None:
             self.hooks.call("model_exported", trainer=self, run=run, export=export)
         return export, error
+
+    def _earns_export(self, state: FitState) -> bool:
+        return self._export_wanted is None or self._export_wanted(state.best_value)
 
     def _restore(self, state: FitState, payload: dict, source: Path, ckpt_dir: Path) -> None:
         """A resumed fit: weights, optimizer, schedule, scaler, average, RNG and plugin states."""
@@ -550,6 +571,8 @@ class SegmentationTrainer:
             model_name=model_name,
             data_source=self.data_source,
             fingerprint_kind=data.fingerprint_kind,
+            study_id=self._trial[0] if self._trial else None,
+            trial=self._trial[1] if self._trial else None,
         )
 
     @contextlib.contextmanager

@@ -299,6 +299,54 @@ def cross_validation_end(trainer, result):
     """
 
 
+# -- studies (hyperparameter search) ------------------------------------------------------------
+
+
+@hookspec
+def study_start(study):
+    """A study begins: ``run_study`` (e.g. ``segtrack sweep``) will run trials, each a fit or a
+    cross-validation of the base settings with a few keys changed.
+
+    Fires once per process that runs (or joins) the study, before its first trial's trainer is
+    built. Each trial's fits carry ``RunInfo.study_id`` and ``RunInfo.trial`` (and a CV trial's
+    ``CrossValidationInfo`` the same), so a tracking plugin can nest them.
+
+    :param study: ``StudyInfo``: study name, id, base config, search space, the searching plugin's
+        attributes (sampler, pruner, storage), objective and direction, folds, run name.
+    :return: ignored.
+    :raises: isolated.
+    """
+
+
+@hookspec
+def trial_end(trial):
+    """One trial of a study ended: completed, pruned or failed.
+
+    Fires once per trial, after its last ``fit_end`` (or ``cross_validation_end``); also for a
+    trial that failed before any fit began (then no ``fit_start`` fired for it), and for the
+    trial a Ctrl-C interrupted (``state`` "failed"), before ``study_end``.
+
+    :param trial: ``TrialResult``: number, params (setting key -> value), state, objective value,
+        epochs, error, the fit or CV result, and the study's best trial so far.
+    :return: ignored.
+    :raises: isolated.
+    """
+
+
+@hookspec
+def study_end(result):
+    """This process's share of a study ended.
+
+    Fires once, after the last ``trial_end``: when no trial is left to run, or on Ctrl-C (then
+    the interrupt propagates afterwards).
+
+    :param result: ``StudyResult``: status ("completed" or "interrupted"), the trials this
+        process ran, the study's best trial, value and params.
+    :return: ignored.
+    :raises: isolated.
+    """
+
+
 # -- plugin state in checkpoints ----------------------------------------------------------------
 
 

@@ -243,6 +243,12 @@ def get_plugin_manager(
             manager.register(factory, name, "builtin", "segtrack", _core_version())
     if autoload:
         _load_entry_points(manager, available, strict)
+    register_code_plugins(manager, plugins)
+    return manager
+
+
+def register_code_plugins(manager: PluginManager, plugins: Iterable[Any]) -> None:
+    """Plugins passed in code, each named by its ``name`` attribute, else its lower-case class name."""
     for plugin in plugins:
         given = getattr(plugin, "name", None)
         code_name = (
@@ -250,7 +256,6 @@ def get_plugin_manager(
         )
         manager.register(plugin, code_name, "code", None, None)
     _check_hook_names(manager)
-    return manager
 
 
 def _block(manager: PluginManager, disabled: list[str], known: set[str]) -> None:

@@ -61,6 +61,8 @@ class RunInfo:
     # keeps in .data, MONAI-style), "loaded" (what epoch 0 loaded: the two are "" until epoch 0's
     # validation_end, whose run and every later one hold them)
     fingerprint_kind: str = ""
+    study_id: str | None = None  # set when the fit is (a fold of) a trial of a study (``run_study``)
+    trial: int | None = None  # the trial's number in its study
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,8 @@ class CrossValidationInfo:
     num_folds: int
     config: Mapping[str, Any]
     run_name: str
+    study_id: str | None = None  # set when the cross-validation is one trial of a study
+    trial: int | None = None
 
 
 @dataclass(frozen=True)
@@ -202,3 +206,51 @@ class CrossValidationResult:
     folds: tuple[FitResult, ...]
     # metric -> {"mean", "std", "min", "max"} over folds, from each fold's best epoch
     summary: Mapping[str, Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """A study about to run its trials: fits of one base configuration, a few settings changed per
+    trial by a searching plugin (segtrack-optuna)."""
+
+    study_name: str
+    study_id: str  # unique to this process's share of the study (several processes may join one)
+    config: Mapping[str, Any]  # the base settings every trial starts from
+    space: Mapping[str, Any]  # setting key -> its search range, as the searching plugin states it
+    attributes: Mapping[str, str]  # what the searching plugin records about it (sampler, pruner, storage)
+    objective: str  # the metric a trial is scored by (``checkpoint.monitor``)
+    direction: str  # "max" or "min" (``checkpoint.mode``)
+    folds: int | None  # each trial is a cross-validation with this many folds; None: one fit
+    run_name: str
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """One finished trial of a study."""
+
+    study_name: str
+    study_id: str
+    number: int  # the trial's number in the study (shared by every process that joined it)
+    params: Mapping[str, Any]  # setting key -> the value this trial ran with
+    state: str  # "completed", "pruned" or "failed"
+    value: float | None  # the objective: the fit's best monitored value (the folds' mean in a CV)
+    epochs: int  # epochs trained (summed over folds)
+    error: str | None  # "ExceptionType: message" when failed
+    fit: FitResult | None  # the fit, or None (a CV, or a trial that failed before training)
+    cross_validation: CrossValidationResult | None
+    best_number: int | None  # the study's best trial so far, across every process that joined it
+    best_value: float | None
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """What this process ran of a study."""
+
+    study_name: str
+    study_id: str
+    status: str  # "completed" (no trial left to run) or "interrupted"
+    trials: tuple[TrialResult, ...]  # the trials this process ran, in order
+    best_number: int | None  # the study's best trial, across every process
+    best_value: float | None
+    best_params: Mapping[str, Any]

@@ -1,0 +1,117 @@
+"""The ``sweep`` plugin: declares ``[sweep]`` (``settings_schema``), adds ``segtrack sweep``
+(``cli_commands``), and, while a study runs, reports each epoch's objective to Optuna and prunes
+through ``trainer.request_stop`` (``TrialReporter``)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from segtrack import ConfigError, hookimpl
+from segtrack_optuna.settings import SCHEMA
+
+
+class SweepPlugin:
+    @hookimpl
+    def settings_schema(self):
+        return SCHEMA
+
+    @hookimpl
+    def cli_commands(self, subparsers):
+        sweep = subparsers.add_parser(
+            "sweep",
+            help="hyperparameter search on an Optuna study: one fit (or CV) per trial",
+            description="Run trials of the study NAME: each fits the settings with the [sweep.space] values an "
+            "Optuna sampler picks. Several processes (any machine) may run the same study on a shared storage.",
+        )
+        sweep.add_argument("--study", metavar="NAME", help="study name (default: sweep.study)")
+        sweep.add_argument("--trials", type=int, metavar="N", help="trials in the study (default: sweep.trials)")
+        sweep.add_argument("--storage", metavar="URL", help="Optuna RDB URL (default: sqlite:///optuna.db here)")
+        sweep.add_argument("--folds", type=int, metavar="K", help="cross-validate each trial over K folds")
+        sweep.set_defaults(handler=_sweep)
+
+
+class TrialReporter:
+    """Hooks for the length of one study: each epoch's objective goes to the running Optuna trial;
+    when the pruner says so, the fit (and a CV's remaining folds) stops after this epoch.
+
+    It reports at ``epoch_end``, not ``validation_end``: only ``epoch_end`` carries every metric,
+    plugin metrics included, and the objective may be one of those."""
+
+    def __init__(self, trials: Any):
+        self.trials = trials
+        self._offset = 0
+
+    @hookimpl
+    def fit_start(self, trainer, run):
+        self._offset = (run.fold or 0) * trainer.settings["train"]["epochs"]
+
+    @hookimpl
+    def epoch_end(self, trainer, epoch):
+        value = epoch.metrics.get(epoch.monitor)
+        if value is None:
+            return
+        if self.trials.report(float(value), self._offset + epoch.epoch):
+            trainer.request_stop(
+                f"pruned by the {self.trials.section['pruner']} pruner after epoch {epoch.epoch + 1}", all_folds=True
+            )
+
+    @hookimpl
+    def trial_end(self, trial):
+        value = "-" if trial.value is None else f"{trial.value:.4g}"
+        best = "" if trial.best_number is None else f"; best so far: trial {trial.best_number} ({trial.best_value:.4g})"
+        params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+        why = f" ({trial.error})" if trial.error and trial.state == "failed" else ""
+        print(
+            f"segtrack sweep: trial {trial.number} {trial.state}{why}: value {value} after {trial.epochs} epoch(s) "
+            f"[{params}]{best}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _sweep(args, settings) -> int:
+    from segtrack import run_study
+    from segtrack_optuna.space import parse_space
+    from segtrack_optuna.trials import OptunaTrials, default_storage
+
+    section = settings["sweep"]
+    name = args.study if args.study is not None else section["study"]
+    if not name:
+        raise ConfigError("no study name: give --study NAME (or set sweep.study)")
+    trials = args.trials if args.trials is not None else section["trials"]
+    if trials < 1:
+        raise ConfigError(f"--trials {trials} is not allowed: give a whole number >= 1")
+    if args.folds is not None and args.folds < 2:
+        raise ConfigError(f"--folds {args.folds} is not allowed: cross-validation needs at least 2 folds")
+    storage = args.storage if args.storage is not None else (section["storage"] or default_storage())
+    if not storage.strip():
+        raise ConfigError("--storage is empty: give an Optuna RDB URL, e.g. sqlite:///optuna.db")
+    dimensions = parse_space(section["space"], section["sampler"])
+    epochs = settings["train"]["epochs"] * (args.folds or 1)
+    source = OptunaTrials(name, dimensions, section, storage, trials, epochs)
+    result = run_study(
+        source,
+        study_name=name,
+        settings=settings,
+        folds=args.folds,
+        export=section["export"],
+        plugins=[TrialReporter(source)],
+        plugin_manager=args.plugin_manager,
+    )
+    counts = {state: sum(t.state == state for t in result.trials) for state in ("completed", "pruned", "failed")}
+    print(
+        f"study {name}: this process ran {len(result.trials)} trial(s): "
+        + ", ".join(f"{n} {state}" for state, n in counts.items())
+    )
+    if result.best_number is not None:
+        params = ", ".join(f"{k}={_short(v)}" for k, v in result.best_params.items())
+        monitor = settings["checkpoint"]["monitor"]
+        print(f"best trial: {result.best_number} with {monitor} = {result.best_value:.6g} ({params})")
+    else:
+        print("no trial completed yet")
+    return 0 if not result.trials or counts["completed"] + counts["pruned"] > 0 else 1
