@@ -18,7 +18,7 @@ import pyarrow as pa
 from segtrack import ConfigError
 from segtrack_analytics.cache import RunCache, changed_runs, merge
 from segtrack_analytics.tables import RunDetails, Source
-from segtrack_mlflow.uri import resolve_tracking_uri
+from segtrack_mlflow.uri import connect_uri, redact, resolve_tracking_uri, use_credentials
 
 log = logging.getLogger("segtrack.analytics")
 DEFAULT_CACHE_DIR = ".segtrack/analytics"
@@ -68,7 +68,11 @@ class RunAnalytics:
     def __init__(
         self, tracking_uri: str | None = None, settings: Any = None, cache_dir: str | Path | None = DEFAULT_CACHE_DIR
     ):
-        self.tracking_uri = resolve_tracking_uri(tracking_uri, settings)
+        uri = resolve_tracking_uri(tracking_uri, settings)
+        self.tracking_uri = redact(uri)  # shown, and the cache's key: the password never leaves the process
+        mlflow = (settings.get("mlflow") or {}) if settings is not None else {}
+        use_credentials(mlflow.get("username", ""), mlflow.get("password", ""))  # as the mlflow plugin does
+        self._uri = connect_uri(uri)  # a server's user:password@ goes to MLFLOW_TRACKING_USERNAME/PASSWORD
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.con: duckdb.DuckDBPyConnection = duckdb.connect(config={"enable_external_access": False})
         self._columns: list[str] = []
@@ -80,7 +84,7 @@ class RunAnalytics:
         None for every active experiment). ``full`` ignores the cache."""
         started = time.perf_counter()
         experiments = [experiment] if isinstance(experiment, str) else (list(experiment) if experiment else None)
-        source = make_source(self.tracking_uri)
+        source = make_source(self._uri)
         index = source.run_index(experiments)
         cache = RunCache(self.cache_dir, self.tracking_uri, experiments) if self.cache_dir else None
         cached = cache.load() if cache and not full else None
@@ -104,7 +108,7 @@ class RunAnalytics:
 
     def experiment_run_counts(self) -> dict[str, int]:
         """Runs per active experiment of the store, most runs first (experiments without runs left out)."""
-        index = make_source(self.tracking_uri).run_index(None)
+        index = make_source(self._uri).run_index(None)
         counts = index.group_by("experiment").aggregate([("run_id", "count")]).to_pylist()
         return {c["experiment"]: c["run_id_count"] for c in sorted(counts, key=lambda c: -c["run_id_count"])}
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 from segtrack import ConfigError
 from segtrack_analytics.errors import StoreError, StoreUnreachable
 from segtrack_analytics.tables import KEY_VALUE, METRIC, RUN_INDEX, RunDetails
-from segtrack_mlflow.uri import auth_header
+from segtrack_mlflow.uri import auth_header, redact
 
 PAGE = 1000
 BULK_RUNS = 100  # the server's limit per get-history-bulk request
@@ -24,7 +24,7 @@ BULK_RUNS = 100  # the server's limit per get-history-bulk request
 
 class RestSource:
     def __init__(self, uri: str, timeout: float = 60.0):
-        self.base = uri.rstrip("/")
+        self.base = uri.rstrip("/")  # without user:password@ (uri.connect_uri): credentials travel as a header
         self.timeout = timeout
         self._runs: dict[str, dict] = {}  # run id -> the run as the last search returned it
 
@@ -52,7 +52,8 @@ class RestSource:
                 ) from None
             raise StoreError(f"{self.base}{path} answered HTTP {exc.code}: {exc.read()[:300]!r}") from None
         except (urllib.error.URLError, OSError) as exc:
-            raise StoreUnreachable(f"the tracking server {self.base}", str(getattr(exc, "reason", exc))) from None
+            reason = redact(str(getattr(exc, "reason", exc)))
+            raise StoreUnreachable(f"the tracking server {self.base}", reason) from None
 
     def _experiments(self, names: Sequence[str] | None) -> dict[str, str]:
         found, token = {}, None

@@ -8,8 +8,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from segtrack import MASK, ConfigError
-from segtrack_mlflow.uri import is_remote, redact, split_credentials, with_credentials
+from segtrack import ConfigError
+from segtrack_mlflow.uri import connect_uri, redact, use_credentials  # noqa: F401  (store.use_credentials: callers)
 
 DEFAULT_REQUEST_TIMEOUT = "10"
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
@@ -26,33 +26,6 @@ def configure_http(request_timeout: float | None = None) -> None:
     """
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(request_timeout or DEFAULT_REQUEST_TIMEOUT)))
-
-
-def use_credentials(username: str, password: str) -> None:
-    """Basic auth for every MLflow request of this process (MLflow reads these on each request)."""
-    if username:
-        os.environ["MLFLOW_TRACKING_USERNAME"] = username
-    if password:
-        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
-
-
-def connect_uri(uri: str) -> str:
-    """The URI to hand MLflow for ``uri``, as given or as a spool keeps it (password masked).
-
-    A server's URI loses its ``user:password@`` (MLflow would print it in run links and errors):
-    they become MLFLOW_TRACKING_USERNAME/PASSWORD, which MLflow sends as basic auth. A database
-    URI keeps its credentials; a masked password comes from MLFLOW_TRACKING_PASSWORD (or
-    mlflow.password), else from the driver's own sources (PGPASSWORD, ~/.pgpass).
-    """
-    bare, username, password = split_credentials(uri)
-    password = "" if password == MASK else password
-    if is_remote(uri):
-        if password:  # given with the URI: it wins
-            use_credentials(username, password)
-        elif username:
-            os.environ.setdefault("MLFLOW_TRACKING_USERNAME", username)
-        return bare
-    return with_credentials(bare, username, password or os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
 
 
 def client(tracking_uri: str):

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from segtrack import ConfigError, redact  # redact: also imported from here by this plugin's modules
+from segtrack import MASK, ConfigError, redact  # redact: also imported from here by this plugin's modules
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks")
@@ -76,6 +76,22 @@ def is_remote(uri: str) -> bool:
     return urlsplit(uri).scheme in ("http", "https", "databricks")
 
 
+def absolute_uri(uri: str) -> str:
+    """``uri`` with a relative SQLite or file-store path made absolute against the current folder.
+
+    MLflow resolves a relative path whenever it connects: a shipper still sending after the
+    caller changed folder would otherwise write into another folder's store."""
+    parts = urlsplit(uri)
+    if parts.scheme == "sqlite" and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path, query = uri[len("sqlite:///") :], f"?{parts.query}" if parts.query else ""
+        path = path.split("?")[0]
+        if path and path != ":memory:":
+            return f"sqlite:///{Path(path).resolve()}{query}"
+    if parts.scheme == "file" and not parts.netloc and parts.path and not parts.path.startswith("/"):
+        return Path(parts.path).resolve().as_uri()
+    return uri
+
+
 def local_artifact_root(uri: str) -> str | None:
     """For a local SQLite store: ``mlartifacts/`` beside the database (MLflow would use ./mlruns)."""
     parts = urlsplit(uri)
@@ -102,3 +118,34 @@ def with_credentials(uri: str, username: str, password: str) -> str:
     parts = urlsplit(uri)
     userinfo = quote(username, safe="") + (":" + quote(password, safe="") if password else "")
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}"))
+
+
+def use_credentials(username: str, password: str) -> None:
+    """Basic auth for every MLflow request of this process (MLflow reads these on each request)."""
+    if username:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = username
+    if password:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+
+
+def connect_uri(uri: str) -> str:
+    """The URI to connect with for ``uri``, as given or as a spool keeps it (password masked).
+
+    A server's URI loses its ``user:password@`` (MLflow would print it in run links and errors):
+    they become MLFLOW_TRACKING_USERNAME/PASSWORD, sent as basic auth by MLflow and by
+    segtrack-analytics. A database URI keeps the credentials it names and gains none (a server's
+    username and password are not the database's): a masked password comes from
+    MLFLOW_TRACKING_PASSWORD, else from the driver's own sources (PGPASSWORD, ~/.pgpass).
+    """
+    bare, username, password = split_credentials(uri)
+    masked = password == MASK
+    password = "" if masked else password
+    if is_remote(uri):
+        if password:  # given with the URI: it wins
+            use_credentials(username, password)
+        elif username:
+            os.environ.setdefault("MLFLOW_TRACKING_USERNAME", username)
+        return bare
+    if masked:
+        password = os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    return with_credentials(bare, username, password)
