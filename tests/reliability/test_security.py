@@ -61,6 +61,75 @@ def test_secrets_appear_nowhere_in_the_store(tmp_path, sqlite_uri, report_row):
     )
 
 
+NESTED = {"data.kwargs.hub_id": "nested-s3cret-hub-id", "data.kwargs.auth.Bearer": "nested-s3cret-bearer"}
+
+
+def test_secrets_nested_at_any_depth_appear_nowhere(tmp_path, sqlite_uri, report_row):
+    """Keys under data.kwargs set in .secrets.toml, named like nothing secret and two or three tables
+    deep: masked in params, config.toml, the checkpoints' settings, the ONNX metadata and the output."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / ".secrets.toml").write_text(
+        f"[default.data.kwargs]\nhub_id = '{NESTED['data.kwargs.hub_id']}'\n"
+        f"[default.data.kwargs.auth]\nBearer = '{NESTED['data.kwargs.auth.Bearer']}'\n"
+    )
+    sets = ["train.epochs=1", "data.num_samples=8", "data.image_size=16", "model.width=2", "model.depth=1"]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "segtrack",
+            "train",
+            *[a for s in sets for a in ("--set", s)],
+            "--set",
+            "plugins.disabled=['progress', 'analytics']",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": sqlite_uri, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".secrets.toml"]
+    leaks = [
+        (key, str(p.relative_to(tmp_path)))
+        for p in files
+        for key, secret in NESTED.items()
+        if secret.encode() in p.read_bytes()
+    ]
+    leaks += [(key, "output") for key, secret in NESTED.items() if secret in out.stdout + out.stderr]
+    assert leaks == []
+    kinds = {p.suffix for p in files}
+    assert {".pt", ".onnx", ".toml", ".db"} <= kinds, kinds  # checkpoints, export, config.toml, store scanned
+    payload = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
+    assert payload["config"]["data"]["kwargs"] == {"hub_id": "***", "auth": {"Bearer": "***"}}
+    report_row(
+        scenario="secrets nested in data.kwargs (2 and 3 tables deep) in .secrets.toml",
+        runs=1,
+        faults=0,
+        expected="0 leaks",
+        found=f"0 leaks in {len(files)} files and the output",
+        duplicates="-",
+        result="pass",
+    )
+
+
+def test_a_token_only_git_remote_is_masked(tmp_path):
+    from segtrack_mlflow.gitinfo import source_tags
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("remote", "add", "origin", "https://ghp_t0kenOnly123@git.example.org/org/repo.git")
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    git("add", "train.py")
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "one")
+    tags = source_tags(str(tmp_path / "train.py"))
+    assert tags["mlflow.source.git.repoURL"] == "https://***@git.example.org/org/repo.git"
+    assert not [v for v in tags.values() if "t0kenOnly" in v]
+
+
 class Payload:
     def __reduce__(self):
         return (os.system, ("touch pwned",))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,26 @@ def secret_keys(project_dir: str | os.PathLike | None = None) -> frozenset[str]:
     for env_table in data.values():
         walk("", env_table)
     return frozenset(keys)
+
+
+def mask_secrets(config: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """A plain copy of nested ``config`` whose values at the dotted ``keys`` (any depth, as
+    ``secret_keys`` gives them; names compared in lower case) are ``MASK``."""
+    wanted = {key.lower() for key in keys}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, value in node.items():
+            dotted = f"{prefix}{str(name).lower()}"
+            if dotted in wanted:
+                out[name] = MASK
+            elif isinstance(value, Mapping):
+                out[name] = walk(value, dotted + ".")
+            else:
+                out[name] = value
+        return out
+
+    return walk(config, "")
 
 
 def redact(text: str) -> str:

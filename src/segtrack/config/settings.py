@@ -15,7 +15,7 @@ from dynaconf.utils.parse_conf import parse_conf_data
 
 from segtrack.config.core_schema import CORE_SCHEMA, CORE_SECTIONS, related_problems
 from segtrack.config.schema import Setting, raise_problems, validate
-from segtrack.config.secrets import SECRETS_FILE, secret_keys
+from segtrack.config.secrets import SECRETS_FILE, mask_secrets, secret_keys
 from segtrack.errors import ConfigError
 from segtrack.plugins.records import freeze
 
@@ -233,9 +233,6 @@ def _stray_sections(config: Mapping[str, Any], plugin_names: Iterable[str]) -> l
 
 def inference_config(config: Mapping[str, Any], project_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """The ``model``, ``data`` and ``infer`` sections a checkpoint carries for ``segtrack predict``,
-    without any key that configs/.secrets.toml defines (other sections, plugins' included, stay out)."""
-    secrets = secret_keys(project_dir)
-    return {
-        section: {k: v for k, v in config[section].items() if f"{section}.{k}" not in secrets}
-        for section in ("model", "data", "infer")
-    }
+    every key configs/.secrets.toml defines masked, at any depth (other sections, plugins' included,
+    stay out)."""
+    return mask_secrets({section: config[section] for section in ("model", "data", "infer")}, secret_keys(project_dir))

@@ -3,7 +3,6 @@ passed in code described, and its data fingerprints once the first epoch has com
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import torch
 
+from segtrack.config.secrets import mask_secrets, secret_keys
 from segtrack.data.plan import FitData
 from segtrack.plugins.records import RunInfo
 
@@ -30,12 +30,12 @@ def data_source(data: Mapping[str, Any], given: Any) -> str:
 
 
 def recorded_config(config: Mapping[str, Any], recipe: Mapping[str, str]) -> Mapping[str, Any]:
-    """The settings as trackers record them: a loss, optimizer or scheduler passed in code replaces
-    ``train.loss``/``train.optimizer``/``train.scheduler`` by ``python:<its description>``."""
-    if not recipe:
-        return config
-    recorded = copy.deepcopy(dict(config))
-    recorded["train"] = {**recorded["train"], **{key: f"python:{text}" for key, text in recipe.items()}}
+    """The settings as trackers record them: every key configs/.secrets.toml defines is ``***`` (at
+    any depth); a loss, optimizer or scheduler passed in code replaces ``train.loss``/
+    ``train.optimizer``/``train.scheduler`` by ``python:<its description>``."""
+    recorded = mask_secrets(config, secret_keys())
+    if recipe:
+        recorded["train"] = {**recorded["train"], **{key: f"python:{text}" for key, text in recipe.items()}}
     return recorded
 
 

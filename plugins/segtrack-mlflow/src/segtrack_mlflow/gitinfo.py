@@ -46,9 +46,21 @@ def _git_tags(folder: Path) -> dict[str, str]:
         tags["mlflow.source.git.branch"] = branch
     remote = git("config", "--get", "remote.origin.url")
     if remote:
-        from segtrack_mlflow.uri import redact
-
-        tags["mlflow.source.git.repoURL"] = redact(remote)
+        tags["mlflow.source.git.repoURL"] = shown_remote(remote)
     status = git("status", "--porcelain", "--untracked-files=no")
     tags["segtrack.git.dirty"] = "true" if status else "false"
     return tags
+
+
+def shown_remote(remote: str) -> str:
+    """A git remote without its credentials. Over http(s) the whole ``user[:password]@`` is masked:
+    a lone name there is often a token (``https://TOKEN@host/org/repo.git``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from segtrack import MASK
+    from segtrack_mlflow.uri import redact
+
+    parts = urlsplit(remote)
+    if parts.scheme.lower() in ("http", "https") and "@" in parts.netloc:
+        remote = urlunsplit(parts._replace(netloc=f"{MASK}@{parts.netloc.rpartition('@')[2]}"))
+    return redact(remote)

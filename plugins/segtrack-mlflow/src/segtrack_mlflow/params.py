@@ -53,10 +53,10 @@ def to_params(
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Returns (params, overflow): the hyperparameters within MLflow's limits, and the full text of
     each value that had to be truncated (to be saved as an artifact)."""
-    secrets = set(secret_keys)
+    secrets = {k.lower() for k in secret_keys}
     params, overflow = {}, {}
     for key, value in flatten(config).items():
-        if key in secrets or is_secret(key) or (drop_plumbing and is_plumbing(key)):
+        if key.lower() in secrets or is_secret(key) or (drop_plumbing and is_plumbing(key)):
             continue
         text = _as_text(value)
         if "://" in text:
@@ -82,18 +82,26 @@ def to_toml(config: Mapping[str, Any], secret_keys: Iterable[str] = ()) -> str:
     """The resolved settings as TOML (``[section]`` tables), secrets left out, URIs masked."""
     import json
 
-    secrets = set(secret_keys)
+    secrets = {k.lower() for k in secret_keys}
     lines = ["# resolved segtrack settings of this run (secrets left out)"]
     for section, values in config.items():
         if not isinstance(values, Mapping):
             continue
         lines.append(f"\n[{section}]")
-        for key, value in values.items():
-            dotted = f"{section}.{key}"
-            if dotted in secrets or is_secret(dotted):
-                continue
+        for key, value in _without_secrets(values, section, secrets).items():
             lines.append(f"{_toml_key(str(key))} = {_toml_value(value, json)}")
     return "\n".join(lines) + "\n"
+
+
+def _without_secrets(values: Mapping[str, Any], prefix: str, secrets: set[str]) -> dict[str, Any]:
+    """``values`` (the table at dotted ``prefix``) without secret keys, at any depth."""
+    kept: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}"
+        if dotted.lower() in secrets or is_secret(dotted):
+            continue
+        kept[key] = _without_secrets(value, dotted, secrets) if isinstance(value, Mapping) else value
+    return kept
 
 
 def _toml_key(key: str) -> str:
