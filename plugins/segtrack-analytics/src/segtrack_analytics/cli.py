@@ -39,9 +39,20 @@ def add_commands(subparsers) -> None:
     top.add_argument("--metric", required=True)
     top.add_argument("-n", type=int, default=5)
     top.add_argument("--mode", choices=("max", "min"), default="max")
-    plot = command("plot", "learning curves of a metric as a PNG", _plot)
-    plot.add_argument("--metric", required=True)
-    plot.add_argument("--out", default="learning-curves.png", help="image file to write (.png, .svg or .pdf)")
+    plot = command("plot", "learning curves of a metric (or a study's trials) as a PNG", _plot)
+    plot.add_argument("--metric", help="the metric whose learning curves to draw")
+    plot.add_argument("--study", metavar="NAME", help="draw a study's objective per trial and per setting instead")
+    plot.add_argument("--storage", metavar="URL", help="with --study: its Optuna storage (default: as segtrack sweep)")
+    plot.add_argument(
+        "--out", help="image file to write (.png, .svg or .pdf; default learning-curves.png or study-NAME.png)"
+    )
+    sweep = commands.add_parser("sweep", help="a study's trials ranked by its objective (segtrack sweep)")
+    sweep.add_argument("--study", required=True, metavar="NAME", help="the study's name")
+    sweep.add_argument(
+        "--storage", metavar="URL", help="its Optuna storage (default: sweep.storage, else sqlite:///optuna.db)"
+    )
+    sweep.add_argument("--format", choices=FORMATS, default="table", help="output format")
+    sweep.set_defaults(handler=_sweep)
 
 
 def _load(args, settings):
@@ -99,5 +110,19 @@ def _top(args, settings):
 def _plot(args, settings):
     from segtrack_analytics.plot import check_out, plot_learning_curves
 
-    out = check_out(Path(args.out))  # before the store is read: a bad --out fails at once
+    if (args.metric is None) == (args.study is None):
+        raise ConfigError("give either --metric NAME (learning curves) or --study NAME (a study's trials)")
+    default = f"study-{args.study}.png" if args.study else "learning-curves.png"
+    out = check_out(Path(args.out or default))  # before the store is read: a bad --out fails at once
+    if args.study:
+        from segtrack_analytics.sweeps import plot_study, read_study_table
+
+        print(f"wrote {plot_study(read_study_table(args.study, args.storage, settings), out)}")
+        return
     print(f"wrote {plot_learning_curves(_load(args, settings), args.metric, out)}")
+
+
+def _sweep(args, settings):
+    from segtrack_analytics.sweeps import ranked_trials, read_study_table
+
+    _print(ranked_trials(read_study_table(args.study, args.storage, settings)), args)

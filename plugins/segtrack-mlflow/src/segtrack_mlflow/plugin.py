@@ -9,6 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
+import segtrack_mlflow
 from segtrack import ConfigError, hookimpl, thaw
 from segtrack_mlflow import store
 from segtrack_mlflow.datasets import dataset_entries, fingerprint_tags, fingerprints_known
@@ -16,7 +17,7 @@ from segtrack_mlflow.entries import CreateRun, DatasetInputs, LoggedModel, Param
 from segtrack_mlflow.gitinfo import source_tags
 from segtrack_mlflow.settings import SCHEMA, experiment_of, mlflow_section
 from segtrack_mlflow.spool import Spool, SpoolCorrupt
-from segtrack_mlflow.uri import is_remote, local_artifact_root, redact, resolve_tracking_uri
+from segtrack_mlflow.uri import absolute_uri, is_remote, local_artifact_root, redact, resolve_tracking_uri
 
 log = logging.getLogger("segtrack.mlflow")
 STATUS = {"completed": "FINISHED", "stopped": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
@@ -47,6 +48,10 @@ class MlflowPlugin:
         self.spool: Spool | None = None
         self.parent: Spool | None = None
         self.parent_cv_id: str | None = None
+        self.study: Spool | None = None  # a study's parent run (run_study: one per process)
+        self.study_id: str | None = None
+        self._trial_run: tuple[int, Spool] | None = None  # the run of the trial running now
+        self._study_name, self._objective = "", ""
         self.resume_state: dict | None = None
         self._shipper = None
         self._every = 0  # mlflow.log_every_n_steps, set at fit_start
@@ -78,6 +83,8 @@ class MlflowPlugin:
         self.section = thaw(settings["mlflow"]) if "mlflow" in settings else mlflow_section(settings)
         if not self.section["telemetry"]:  # no outside connection unless the user asks for one
             os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        elif segtrack_mlflow.TELEMETRY_OFF_BY_US:  # asked for: lift the switch set on import
+            os.environ.pop("MLFLOW_DISABLE_TELEMETRY", None)
         self._uri = resolve_tracking_uri(None, settings)
         self.tracking_uri = redact(self._uri)
         self.experiment = experiment_of(settings)
@@ -142,23 +149,24 @@ class MlflowPlugin:
 
         if self._shipper is None:
             store.configure_http(self.section["request_timeout"])
-            self._shipper = Shipper(store.Clients(self._uri))
+            self._shipper = Shipper(store.Clients(self._uri, absolute_uri(self._uri)))
         self._shipper.add(spool)
         return self._shipper
 
     def _new_spool(self, run_name: str, tags: dict, parent: Spool | None) -> Spool:
         root = Path(self.section["spool_dir"]).resolve()
         parent_id = parent.local_id if parent else None
+        uri = absolute_uri(self._uri)  # fixed now: the shipper may send after the caller changed folder
         spool = Spool.create(
             root,
             {
-                "tracking_uri": self.tracking_uri,
+                "tracking_uri": redact(uri),
                 "experiment": self.experiment,
                 "run_name": run_name,
                 "parent": parent_id,
             },
         )
-        spool.add(CreateRun(self.experiment, run_name, tags, parent_id, _now_ms(), local_artifact_root(self._uri)))
+        spool.add(CreateRun(self.experiment, run_name, tags, parent_id, _now_ms(), local_artifact_root(uri)))
         return spool
 
     def _log_settings(self, spool: Spool, config) -> None:
@@ -197,8 +205,13 @@ class MlflowPlugin:
             "segtrack.num_folds": str(info.num_folds),
             "segtrack.role": "cv-parent",
         }
-        self.parent = self._new_spool(self._run_name(info.run_name, info.cv_id), tags, None)
+        in_study = self._in_study(info.study_id, info.trial)
+        if in_study:
+            tags.update(self._trial_tags(info.trial))
+        self.parent = self._new_spool(self._run_name(info.run_name, info.cv_id), tags, self.study if in_study else None)
         self.parent_cv_id = info.cv_id
+        if in_study:
+            self._trial_run = (info.trial, self.parent)
         self._log_settings(self.parent, info.config)
         self._shipper_for(self.parent)
 
@@ -235,10 +248,16 @@ class MlflowPlugin:
             self.spool.add(Status("RUNNING", _now_ms()))
             self.spool.add(Tags({**tags, "segtrack.resumed_from": run.resumed_from or ""}))
         else:
-            parent = self.parent if (run.cv_id and run.cv_id == self.parent_cv_id) else None
+            in_cv = bool(run.cv_id and run.cv_id == self.parent_cv_id)
+            trial_fit = not in_cv and self._in_study(run.study_id, run.trial)
+            parent = self.parent if in_cv else (self.study if trial_fit else None)
+            if trial_fit:
+                tags.update(self._trial_tags(run.trial))
             base = run.config["run"]["name"]
             name = self._run_name(base, run.cv_id, run.fold) if run.cv_id else self._run_name(run.run_name)
             self.spool = self._new_spool(name, tags, parent)
+            if trial_fit:
+                self._trial_run = (run.trial, self.spool)
             self._log_settings(self.spool, run.config)
             if fingerprints_known(run):
                 self.spool.add(DatasetInputs(dataset_entries(run)))
@@ -402,6 +421,92 @@ class MlflowPlugin:
         self.parent.sync()
         self._drain(self.parent)
         self.parent, self.parent_cv_id = None, None
+
+    # -- studies: a parent run per process, one nested run per trial (a CV trial's folds below it) --
+
+    def _in_study(self, study_id: str | None, trial: int | None) -> bool:
+        return study_id is not None and trial is not None and study_id == self.study_id and self.study is not None
+
+    def _trial_tags(self, number: int | None) -> dict[str, str]:
+        return {
+            "segtrack.study": self._study_name,
+            "segtrack.study_id": self.study_id or "",
+            "segtrack.trial": str(number),
+        }
+
+    @hookimpl(tryfirst=True)
+    def study_start(self, study):
+        """The study's parent run: its base settings as params, the search (space, sampler,
+        pruner, storage, objective) as ``study.*`` params."""
+        import json
+
+        self.study_id, self._study_name, self._objective = study.study_id, study.study_name, study.objective
+        tags = {
+            **source_tags(),
+            "segtrack.role": "study-parent",
+            "segtrack.study": study.study_name,
+            "segtrack.study_id": study.study_id,
+        }
+        self.study = self._new_spool(self._run_name(f"{study.study_name}-study"), tags, None)
+        self._log_settings(self.study, study.config)
+        described = {
+            "study.name": study.study_name,
+            "study.objective": study.objective,
+            "study.direction": study.direction,
+            "study.folds": str(study.folds or ""),
+            **{f"study.{key}": str(value) for key, value in study.attributes.items()},
+            **{f"study.space.{key}": json.dumps(thaw(value)) for key, value in study.space.items()},
+        }
+        self.study.add(Params(described))
+        self._shipper_for(self.study)
+
+    @hookimpl
+    def trial_end(self, trial):
+        """The trial's run gets its state (``segtrack.trial_state``: completed, pruned, failed); the
+        parent the objective per trial (``trial_<objective>``, step = trial number) and the study's
+        best so far (``best_<objective>``, ``best_trial``)."""
+        if self.study is None or trial.study_id != self.study_id:
+            return
+        ran = self._trial_run if self._trial_run and self._trial_run[0] == trial.number else None
+        self._trial_run = None
+        spool = ran[1] if ran else self._failed_trial_run(trial)
+        tags = {"segtrack.trial_state": trial.state, "segtrack.sampled": ",".join(trial.params)}
+        if trial.error:
+            tags["segtrack.error"] = trial.error[:5000]
+        spool.add(Tags(tags))
+        if trial.state == "failed":
+            spool.add(Status("FAILED", _now_ms()))
+        spool.sync()
+        now, objective = _now_ms(), self._objective
+        if trial.value is not None:
+            self.study.metric(f"trial_{objective}", trial.value, trial.number, now)
+        if trial.best_number is not None and trial.best_value is not None:
+            self.study.metric(f"best_{objective}", trial.best_value, trial.number, now)
+            self.study.metric("best_trial", trial.best_number, trial.number, now)
+        self.study.sync()
+        self._shipper_for(spool)
+
+    def _failed_trial_run(self, trial) -> Spool:
+        """A trial that failed before any fit began still gets its run, with the sampled values."""
+        spool = self._new_spool(
+            self._run_name(f"{trial.study_name}-trial-{trial.number}"), self._trial_tags(trial.number), self.study
+        )
+        spool.add(Params({key: str(value) for key, value in trial.params.items()}))
+        return spool
+
+    @hookimpl
+    def study_end(self, result):
+        if self.study is None or result.study_id != self.study_id:
+            return
+        study, self.study = self.study, None
+        tags = {"segtrack.study_status": result.status, "segtrack.trials_run": str(len(result.trials))}
+        if result.best_number is not None:
+            tags["segtrack.best_trial"] = str(result.best_number)
+        study.add(Tags(tags))
+        study.add(Status("FINISHED" if result.status == "completed" else "KILLED", _now_ms()))
+        study.sync()
+        self._shipper_for(study)
+        self._drain(study)
 
     def _drain(self, spool: Spool) -> None:
         if self._shipper.drain(self.section["drain_timeout"]):

@@ -7,3 +7,13 @@ Optuna's own tools (``optuna.load_study``, ``optuna-dashboard``) read it.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "sweep"]
+
+
+def __getattr__(name: str):  # sweep() imports torch: only when asked for, not when the plugin loads
+    if name == "sweep":
+        from segtrack_optuna.api import sweep
+
+        return sweep
+    raise AttributeError(f"module 'segtrack_optuna' has no attribute {name!r}")

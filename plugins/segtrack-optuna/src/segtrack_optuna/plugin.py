@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from segtrack import ConfigError, hookimpl
+from segtrack import hookimpl
 from segtrack_optuna.settings import SCHEMA
 
 
@@ -48,6 +48,7 @@ class TrialReporter:
 
     @hookimpl
     def epoch_end(self, trainer, epoch):
+        self.trials.epochs_seen += 1
         value = epoch.metrics.get(epoch.monitor)
         if value is None:
             return
@@ -75,37 +76,19 @@ def _short(value: Any) -> str:
 
 
 def _sweep(args, settings) -> int:
-    from segtrack import run_study
-    from segtrack_optuna.space import parse_space
-    from segtrack_optuna.trials import OptunaTrials, default_storage
+    from segtrack_optuna.api import sweep
 
-    section = settings["sweep"]
-    name = args.study if args.study is not None else section["study"]
-    if not name:
-        raise ConfigError("no study name: give --study NAME (or set sweep.study)")
-    trials = args.trials if args.trials is not None else section["trials"]
-    if trials < 1:
-        raise ConfigError(f"--trials {trials} is not allowed: give a whole number >= 1")
-    if args.folds is not None and args.folds < 2:
-        raise ConfigError(f"--folds {args.folds} is not allowed: cross-validation needs at least 2 folds")
-    storage = args.storage if args.storage is not None else (section["storage"] or default_storage())
-    if not storage.strip():
-        raise ConfigError("--storage is empty: give an Optuna RDB URL, e.g. sqlite:///optuna.db")
-    dimensions = parse_space(section["space"], section["sampler"])
-    epochs = settings["train"]["epochs"] * (args.folds or 1)
-    source = OptunaTrials(name, dimensions, section, storage, trials, epochs)
-    result = run_study(
-        source,
-        study_name=name,
-        settings=settings,
+    result = sweep(
+        settings,
+        study=args.study,
+        trials=args.trials,
+        storage=args.storage,
         folds=args.folds,
-        export=section["export"],
-        plugins=[TrialReporter(source)],
         plugin_manager=args.plugin_manager,
     )
     counts = {state: sum(t.state == state for t in result.trials) for state in ("completed", "pruned", "failed")}
     print(
-        f"study {name}: this process ran {len(result.trials)} trial(s): "
+        f"study {result.study_name}: this process ran {len(result.trials)} trial(s): "
         + ", ".join(f"{n} {state}" for state, n in counts.items())
     )
     if result.best_number is not None:

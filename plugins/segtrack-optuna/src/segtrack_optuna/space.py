@@ -99,7 +99,9 @@ def _dimension(key: str, spec: Any) -> Dimension:
     unknown = set(spec) - _RANGE_KEYS
     if unknown:
         raise ValueError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))}: a range takes low, high, log, step")
-    low, high, step, log = spec.get("low"), spec.get("high"), spec.get("step"), spec.get("log", False)
+    low: Any = spec.get("low")
+    high: Any = spec.get("high")
+    step, log = spec.get("step"), spec.get("log", False)
     if not (is_number(low) and is_number(high)):
         raise ValueError("a range needs numbers low and high")
     if not isinstance(log, bool):

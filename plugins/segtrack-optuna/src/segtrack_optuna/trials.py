@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from segtrack import ConfigError
 from segtrack_optuna.space import Dimension
@@ -46,6 +46,28 @@ def storage_url(url: str) -> str:
     return url
 
 
+def open_storage(url: str) -> Any:
+    """Optuna's RDB storage for ``url``; an unreachable or malformed URL is one ConfigError. Workers
+    that start together on a fresh database race to create its tables: the losers try again."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(storage_url(url))
+        except (IntegrityError, ProgrammingError):
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))  # another process is creating the schema
+        except Exception as exc:  # unreachable server, unknown driver, a typo in the URL
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"cannot open the Optuna storage {masked(url)} ({masked(reason)[:300]}): give a reachable RDB URL "
+                "with --storage or sweep.storage, e.g. sqlite:///optuna.db or postgresql://user@host/db"
+            ) from None
+    raise AssertionError("unreachable")
+
+
 class OptunaTrials:
     """A ``segtrack.TrialSource`` backed by one Optuna study in an RDB storage."""
 
@@ -60,11 +82,12 @@ class OptunaTrials:
     ):
         self.name, self.dimensions, self.section = name, list(dimensions), section
         self.url, self.limit, self.epochs_per_trial = storage, trials, epochs_per_trial
-        self.space = {d.key: d.describe() for d in self.dimensions}
+        self.space: Mapping[str, Any] = {d.key: d.describe() for d in self.dimensions}
         self.study: Any = None
         self.storage: Any = None
         self.current: Any = None  # the optuna.Trial running now
         self.pruned = False
+        self.epochs_seen = 0  # epochs the running trial trained (counted by the reporter)
         self.taken = 0
 
     # -- TrialSource ----------------------------------------------------------------------------
@@ -77,7 +100,7 @@ class OptunaTrials:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = self.storage = self._storage()
-        wanted = "maximize" if direction == "max" else "minimize"
+        wanted: Literal["maximize", "minimize"] = "maximize" if direction == "max" else "minimize"
         created = True
         try:
             self.study = optuna.create_study(
@@ -116,7 +139,7 @@ class OptunaTrials:
         if trial is None:
             return None
         self.taken += 1
-        self.current, self.pruned = trial, False
+        self.current, self.pruned, self.epochs_seen = trial, False, 0
         params = {d.key: d.suggest(trial) for d in self.dimensions}
         trial.set_user_attr("segtrack.pid", os.getpid())
         return trial.number, params
@@ -128,6 +151,7 @@ class OptunaTrials:
         trial = self.current
         assert trial is not None and trial.number == number
         self.current = None
+        trial.set_user_attr("segtrack.epochs", self.epochs_seen)
         if error is not None:
             trial.set_user_attr("segtrack.error", error[:2000])
         if self.pruned:
@@ -170,16 +194,7 @@ class OptunaTrials:
     # -- helpers --------------------------------------------------------------------------------
 
     def _storage(self) -> Any:
-        import optuna
-
-        try:
-            return optuna.storages.RDBStorage(storage_url(self.url))
-        except Exception as exc:  # unreachable server, unknown driver, a typo in the URL
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(
-                f"cannot open the Optuna storage {masked(self.url)} ({reason[:300]}): give a reachable RDB URL with "
-                "--storage or sweep.storage, e.g. sqlite:///optuna.db or postgresql://user@host/db"
-            ) from None
+        return open_storage(self.url)
 
     def _sampler(self, offset: int) -> Any:
         import optuna
@@ -188,9 +203,8 @@ class OptunaTrials:
         kind = self.section["sampler"]
         if kind == "random":
             return optuna.samplers.RandomSampler(seed=seed)
-        if kind == "grid":
-            grid = {d.key: d.grid() for d in self.dimensions}
-            return optuna.samplers.GridSampler(grid, seed=seed)  # type: ignore[arg-type]
+        if kind == "grid":  # every trial is queued with its grid point: nothing is left to sample
+            return optuna.samplers.RandomSampler(seed=seed)
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, self.section["startup_trials"]))
 
     def _pruner(self) -> Any:
@@ -225,8 +239,8 @@ class OptunaTrials:
         wanted = self._grid_capped(self.limit)
         if created:
             self.study.set_user_attr("segtrack.space", json.dumps(self.space))
-            for _ in range(wanted):
-                self.study.enqueue_trial({}, skip_if_exists=False)
+            for point in self._grid_points(wanted):
+                self.study.enqueue_trial(point, skip_if_exists=False)
             self.study.set_user_attr(QUEUE_ATTR, wanted)
             return wanted
         deadline = time.monotonic() + JOIN_TIMEOUT_S
@@ -238,11 +252,24 @@ class OptunaTrials:
                 )
             time.sleep(0.5)
         total = len(self.study.get_trials(deepcopy=False))
-        for _ in range(wanted - total):
-            self.study.enqueue_trial({}, skip_if_exists=False)
+        for point in self._grid_points(wanted)[total:]:
+            self.study.enqueue_trial(point, skip_if_exists=False)
         if wanted > total:
             self.study.set_user_attr(QUEUE_ATTR, wanted)
         return max(wanted, total)
+
+    def _grid_points(self, count: int) -> list[dict[str, Any]]:
+        """The values queued with each trial: a grid search's points (shuffled by sweep.seed, the
+        same order in every process), else nothing (the sampler picks when the trial starts)."""
+        if self.section["sampler"] != "grid":
+            return [{} for _ in range(count)]
+        import itertools
+        import random
+
+        keys = [d.key for d in self.dimensions]
+        points = [dict(zip(keys, values)) for values in itertools.product(*(d.grid() or () for d in self.dimensions))]
+        random.Random(self.section["seed"]).shuffle(points)
+        return points[:count]
 
     def _grid_capped(self, trials: int) -> int:
         if self.section["sampler"] != "grid":
