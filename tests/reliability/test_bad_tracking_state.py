@@ -5,13 +5,14 @@ can)."""
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import subprocess
 import sys
 
 import pytest
+
+from testsupport.spools import run_records, write_spool
 
 SETS = [
     "train.epochs=1",
@@ -67,48 +68,20 @@ def test_an_sqlite_database_that_is_not_an_mlflow_store(tmp_path, report_row):
     )
 
 
-def _spool(root, uri: str, records: list[bytes]):
-    folder = root / "20260101-000000-0badc0de"
-    (folder / "files").mkdir(parents=True)
-    (folder / "meta.json").write_text(
-        json.dumps(
-            {
-                "tracking_uri": uri,
-                "experiment": "segtrack",
-                "run_name": "torn",
-                "parent": None,
-                "local_id": folder.name,
-                "run_id": None,
-            }
-        )
-    )
-    (folder / "records.jsonl").write_bytes(b"".join(records))
-    return folder
-
-
-def _records(steps: int) -> list[bytes]:
-    create = {
-        "t": "create",
-        "experiment": "segtrack",
-        "run_name": "torn",
-        "tags": {},
-        "parent": None,
-        "ts": 1_700_000_000_000,
-        "artifact_location": None,
-    }
-    metrics = [{"t": "metric", "k": "val_dice", "v": s / 10, "s": s, "ts": 1_700_000_000_000 + s} for s in range(steps)]
-    return [json.dumps(r).encode() + b"\n" for r in [create, *metrics]]
-
-
-@pytest.mark.parametrize("damage", ["corrupt-middle", "torn-tail"])
+@pytest.mark.parametrize("damage", ["corrupt-middle", "corrupt-before-its-end", "torn-tail"])
 def test_torn_and_corrupt_spools(tmp_path, sqlite_uri, damage, report_row):
-    records = _records(10)
-    if damage == "corrupt-middle":  # a torn write followed by later records, or zeros a crash left
+    """A corrupt line: `status` names it; `sync` moves it to quarantined.jsonl beside the records,
+    sends every valid record and gives the run a final status (FAILED when the spool holds none):
+    no run stays RUNNING. A torn last line (a crash mid-write) is dropped."""
+    from segtrack_mlflow.spool import FIX
+
+    records = run_records(10, "FINISHED" if damage == "corrupt-before-its-end" else None)
+    if damage.startswith("corrupt"):  # a torn write followed by later records, or zeros a crash left
         records[4] = records[4][:25] + records[5]
         del records[5]
     else:
         records[-1] = records[-1][:25]
-    folder = _spool(tmp_path / ".segtrack" / "spool", sqlite_uri, records)
+    folder = write_spool(tmp_path / ".segtrack" / "spool", sqlite_uri, records)
     before = _files(folder)
 
     status = _segtrack(tmp_path, "mlflow", "status", "--set", "plugins.disabled=['analytics']")
@@ -117,27 +90,36 @@ def test_torn_and_corrupt_spools(tmp_path, sqlite_uri, damage, report_row):
     from mlflow import MlflowClient
 
     client = MlflowClient(sqlite_uri)
-    run = client.search_runs([client.get_experiment_by_name("segtrack").experiment_id])[0]
+    (run,) = client.search_runs([client.get_experiment_by_name("segtrack").experiment_id])
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_dice")]
-    if damage == "corrupt-middle":
+    if damage.startswith("corrupt"):
         message = (
             f"segtrack: error: spool {folder.relative_to(tmp_path)}: line 5 of records.jsonl is corrupt "
-            f"(Expecting ',' delimiter at column 28): move that line out of the file (it cannot be sent) "
-            f"and run `segtrack mlflow sync` again"
+            f"(Expecting ',' delimiter at column 28): {FIX}"
         )
         assert status.returncode == 2 and status.stderr.splitlines() == [message]
-        assert sync.returncode == 2 and sync.stderr.splitlines() == [message]
-        assert steps == [0, 1, 2]  # everything before the corrupt line
+        assert sync.returncode == 0 and not sync.stderr, sync.stdout + sync.stderr
+        said = [line for line in sync.stdout.splitlines() if "quarantined.jsonl" in line]
+        assert len(said) == 1 and "moved corrupt line(s) 5 of records.jsonl" in said[0], sync.stdout
+        assert ("marked FAILED" in said[0]) == (damage == "corrupt-middle")
+        assert steps == [0, 1, 2, 5, 6, 7, 8, 9]  # every valid point, before and after the bad line
+        assert run.info.status == ("FAILED" if damage == "corrupt-middle" else "FINISHED")
+        assert run.data.tags["segtrack.spool_quarantined"] == "lines 5 in quarantined.jsonl"
+        assert (folder / "quarantined.jsonl").read_bytes() == records[4]
+        again = _segtrack(tmp_path, "mlflow", "status", "--set", "plugins.disabled=['analytics']")
+        assert again.returncode == 0 and "all sent" in again.stdout, again.stdout + again.stderr
     else:
         assert status.returncode == 0 and "line 11 is cut short" in status.stdout and not status.stderr
         assert sync.returncode == 0 and "dropped line 11 of records.jsonl" in sync.stdout and not sync.stderr
         assert steps == list(range(9)) and (folder / "records.jsonl").read_bytes().endswith(b"\n")
+        assert run.info.status == "RUNNING"  # no final status yet: a crashed fit resumes this run
     report_row(
         scenario=f"spool with a {damage.replace('-', ' ')} record: status, then sync",
         runs=1,
         faults=1,
-        expected="status exit 2/0, unchanged",
-        found=f"status exit {status.returncode}, sync exit {sync.returncode}, {len(steps)} points sent",
+        expected="status exit 2/0, unchanged; no ghost RUNNING run after a quarantine",
+        found=f"status exit {status.returncode}, sync exit {sync.returncode}, {len(steps)} points sent, "
+        f"run {run.info.status}",
         duplicates=0,
         result="pass",
     )

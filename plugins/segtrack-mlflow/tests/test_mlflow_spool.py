@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from segtrack_mlflow.shipper import ship
-from segtrack_mlflow.spool import Spool, SpoolBusy
+from segtrack_mlflow.spool import FIX, Spool, SpoolBusy
 from segtrack_mlflow.store import Clients
 from segtrack_mlflow.uri import local_artifact_root
 from testsupport.mlflow_reads import history, only_run
@@ -105,27 +105,22 @@ def test_status_names_a_corrupt_record_and_changes_nothing(tmp_path, capsys):
     assert code == 2
     assert err.strip().splitlines() == [
         f"segtrack: error: spool {bad.folder}: line 5 of records.jsonl is corrupt (Expecting ',' delimiter at "
-        f"column 30): move that line out of the file (it cannot be sent) and run "
-        f"`segtrack mlflow sync` again"
+        f"column 30): {FIX}"
     ]
     assert f"{good.local_id}  racer  run (not created yet)  sqlite:///unused.db  1 create, 40 metric, 1 status" in out
     assert _snapshot(root) == before
 
 
-def test_sync_sends_up_to_a_corrupt_record_and_the_rest_once_it_is_moved_out(sqlite_uri, tmp_path, capsys):
+def test_sync_moves_a_corrupt_record_aside_and_sends_the_rest(sqlite_uri, tmp_path, capsys):
     spool = _spool(tmp_path / "spool", sqlite_uri)
     _replace_line(spool, 5, b"\0\0\0\0\n")  # a crash left zeros where step 3 was
     code, out, err = _cli(capsys, "sync", "--spool-dir", str(spool.folder.parent))
-    assert code == 2 and f"spool {spool.folder}: line 5 of records.jsonl is corrupt" in err
+    assert code == 0 and "moved corrupt line(s) 5 of records.jsonl" in out and not err
+    assert (spool.folder / "quarantined.jsonl").read_bytes() == b"\0\0\0\0\n"
     client = MlflowClient(sqlite_uri)
     run_id = only_run(client).info.run_id
-    assert [s for s, _ in history(client, run_id, "train_loss")] == [0, 1, 2]  # the lines before it
-
-    _replace_line(spool, 5, b"")  # the user moves the line out, as the message says
-    code, out, err = _cli(capsys, "sync", "--spool-dir", str(spool.folder.parent))
-    assert code == 0 and "nothing left to send" in out and not err
     assert [s for s, _ in history(client, run_id, "train_loss")] == [s for s in range(STEPS) if s != 3]
-    assert only_run(client).info.status == "FINISHED"
+    assert only_run(client).info.status == "FINISHED"  # the spool's own final status
 
 
 def test_a_torn_last_record_is_reported_by_status_and_dropped_by_sync(sqlite_uri, tmp_path, capsys):

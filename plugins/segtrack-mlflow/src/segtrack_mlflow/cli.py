@@ -43,7 +43,7 @@ def _report(error: Exception) -> int:
 def sync_command(args, settings) -> int:
     from segtrack_mlflow import store
     from segtrack_mlflow.shipper import ship
-    from segtrack_mlflow.spool import SpoolBusy, SpoolCorrupt
+    from segtrack_mlflow.spool import QUARANTINE, SpoolBusy, SpoolCorrupt
     from segtrack_mlflow.uri import redact, resolve_tracking_uri
 
     section = mlflow_section(settings)
@@ -57,6 +57,13 @@ def sync_command(args, settings) -> int:
         torn = spool.repair_tail()
         if torn:
             print(f"{name}: dropped line {torn} of records.jsonl, a record cut short by a crash")
+        moved, ended = spool.quarantine()
+        if moved:
+            print(
+                f"{name}: moved corrupt line(s) {', '.join(map(str, moved))} of records.jsonl, which cannot be "
+                f"sent, to {spool.folder / QUARANTINE}; the rest is sent"
+                + (" and the run, whose final status was not recorded, is marked FAILED" if ended else "")
+            )
         try:
             if spool.has_pending():
                 sent = ship(spool, clients, by_id, wait=SYNC_LOCK_WAIT)

@@ -5,6 +5,7 @@ Layout of one spool folder (named by its local id, which sorts by creation time)
     records.jsonl  one JSON line per entry (typed in entries.py), appended with a single write each
     cursor         byte offset in records.jsonl up to which records reached MLflow
     files/         hard links (or copies) of artifacts waiting for upload
+    quarantined.jsonl  lines `segtrack mlflow sync` moved out of records.jsonl: not records, never sent
     ship.lock      flock held by whoever is sending (a fit's shipper thread or `segtrack mlflow sync`)
 The fit writing records.jsonl holds a shared flock on it, so `segtrack mlflow sync` never cuts a
 record short that a live fit is still writing. meta.json keeps the tracking URI with its password
@@ -28,9 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from segtrack import SegtrackError
-from segtrack_mlflow.entries import ArtifactFile, Entry, MetricPoint, decode, encode
+from segtrack_mlflow.entries import ArtifactFile, Entry, MetricPoint, Status, Tags, decode, encode
 
-FIX = "move that line out of the file (it cannot be sent) and run `segtrack mlflow sync` again"
+QUARANTINE = "quarantined.jsonl"
+FIX = (
+    f"run `segtrack mlflow sync` once no fit writes this spool: it moves such lines to {QUARANTINE} and sends the rest"
+)
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
 class SpoolBusy(Exception):
@@ -57,6 +62,23 @@ def read_meta(folder: Path) -> dict[str, Any]:
     )
 
 
+def _parse(line: bytes) -> tuple[dict[str, Any] | None, str]:
+    """(the record of one complete line, "") or (None, why it is not one)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return None, f"{exc.msg} at column {exc.colno}"
+    except ValueError:
+        return None, "not UTF-8 text"
+    if not isinstance(record, dict) or not isinstance(record.get("t"), str):
+        return None, "not a record object"
+    try:
+        decode(record)
+    except (KeyError, TypeError, ValueError) as exc:
+        return None, f"a {record['t']!r} record that cannot be read ({type(exc).__name__}: {exc})"
+    return record, ""
+
+
 @dataclass(frozen=True)
 class Pending:
     end: int  # byte offset just after this record
@@ -67,10 +89,10 @@ class Pending:
         return decode(self.record)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: Path, text: str | bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
+    with open(tmp, "wb") as fh:
+        fh.write(text.encode() if isinstance(text, str) else text)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -242,13 +264,8 @@ class Spool:
             for line in fh:
                 if not line.endswith(b"\n"):
                     break  # a record still being written, or torn by a crash (torn_line() tells)
-                try:
-                    record, why = json.loads(line), "not a record object"
-                except json.JSONDecodeError as exc:
-                    record, why = None, f"{exc.msg} at column {exc.colno}"
-                except ValueError:
-                    record, why = None, "not UTF-8 text"
-                if not isinstance(record, dict) or not isinstance(record.get("t"), str):
+                record, why = _parse(line)
+                if record is None:
                     if items:
                         break
                     raise SpoolCorrupt(
@@ -296,6 +313,54 @@ class Spool:
             with open(self.folder / "records.jsonl", "rb") as fh:
                 os.ftruncate(fd, fh.read().rfind(b"\n") + 1)
         return torn
+
+    def quarantine(self) -> tuple[list[int], bool]:
+        """Move every complete line of records.jsonl that is not a record to quarantined.jsonl,
+        keeping the cursor on the same record; returns (their line numbers, whether the run was
+        given a final status). Nothing moves while a fit holds the spool open. Senders only.
+
+        The valid records are all sent rather than none: a run's points must not wait on a line
+        that can never be sent. A run whose final status was lost (or never written: the fit
+        crashed) is ended FAILED, tagged with what was left out, so no RUNNING run stays behind."""
+        path = self.folder / "records.jsonl"
+        if not path.is_file():
+            return [], False
+        fd = os.open(path, os.O_RDWR)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return [], False  # a live fit writes it: it stays as it is
+            with open(path, "rb") as fh:
+                lines = fh.read().splitlines(keepends=True)
+            cursor = self.cursor()
+            kept, bad, position, new_cursor = [], [], 0, cursor
+            ended = False
+            for number, line in enumerate(lines, 1):
+                record, _ = _parse(line) if line.endswith(b"\n") else (None, "")  # torn: cannot be completed
+                if record is None:
+                    bad.append((number, line))
+                    new_cursor -= len(line) if position < cursor else 0
+                else:
+                    kept.append(line)
+                    ended = ended or (record["t"] == "status" and record.get("status") in TERMINAL)
+                position += len(line)
+            if not bad:
+                return [], False
+            numbers = [number for number, _ in bad]
+            with open(self.folder / QUARANTINE, "ab") as fh:
+                fh.write(b"".join(line if line.endswith(b"\n") else line + b"\n" for _, line in bad))
+                fh.flush()
+                os.fsync(fh.fileno())
+            note = Tags({"segtrack.spool_quarantined": f"lines {', '.join(map(str, numbers))} in {QUARANTINE}"})
+            kept.append((json.dumps(encode(note)) + "\n").encode())
+            if not ended:
+                kept.append((json.dumps(encode(Status("FAILED", int(time.time() * 1000)))) + "\n").encode())
+            _write_atomic(path, b"".join(kept))
+            self.commit(new_cursor)
+            return numbers, not ended
+        finally:
+            os.close(fd)
 
     def _read_all(self, offset: int) -> Iterator[Pending]:
         while items := self._read_from(offset, 20_000):
