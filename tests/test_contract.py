@@ -26,6 +26,9 @@ PINNED = {
     "fit_end": ["trainer", "run", "result"],
     "cross_validation_start": ["trainer", "info"],
     "cross_validation_end": ["trainer", "result"],
+    "study_start": ["study"],
+    "trial_end": ["trial"],
+    "study_end": ["result"],
     "state_dict": [],
     "load_state_dict": ["state"],
 }

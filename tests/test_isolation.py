@@ -24,6 +24,9 @@ TRAINING_HOOKS = [
         "load_state_dict",
         "cross_validation_start",
         "cross_validation_end",
+        "study_start",
+        "trial_end",
+        "study_end",
     )
 ]
 
