@@ -185,11 +185,35 @@ def test_an_unreadable_image_found_mid_epoch_is_named_in_one_sentence(tmp_path, 
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
-def test_non_regular_files_are_skipped_not_read(tmp_path):
-    _pngs(tmp_path, count=3)
-    os.mkfifo(tmp_path / "images" / "x.png")  # reading it would block forever
-    os.mkfifo(tmp_path / "masks" / "x.png")
-    assert FolderDataset(tmp_path, dims=2, channels=3).names == ["s0", "s1", "s2"]
+def test_files_that_are_not_regular_are_left_out_and_named_once_before_training(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    _pngs(tmp_path / "data", count=8)
+    os.mkfifo(tmp_path / "data" / "images" / "x.png")  # reading it would block forever
+    os.mkfifo(tmp_path / "data" / "masks" / "x.png")
+    (tmp_path / "data" / "masks" / "y.png").symlink_to(tmp_path / "gone.png")
+    sets = [*FOLDER, "train.epochs=1", "plugins.autoload=false", "data.num_classes=2", "export.enabled=false"]
+    assert main(["train", *[a for s in sets for a in ("--set", s)]]) == 0
+    said = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert said == [
+        "data: 3 file(s) in data left out, not regular files: images/x.png (a FIFO), "
+        "masks/x.png (a FIFO), masks/y.png (a broken symbolic link)"
+    ]
+    assert FolderDataset(tmp_path / "data", dims=2, channels=3).names == [f"s{i}" for i in range(8)]
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".jpeg"])
+def test_jpeg_masks_are_refused_as_lossy_and_named(tmp_path, suffix):
+    _pngs(tmp_path, count=4)
+    for name in ("s1", "s3"):
+        mask = tmp_path / "masks" / f"{name}.png"
+        Image.open(mask).convert("L").save(mask.with_suffix(suffix), quality=95)
+        mask.unlink()
+    with pytest.raises(DataError) as caught:
+        FolderDataset(tmp_path, dims=2, channels=3)
+    assert str(caught.value) == (
+        f"2 mask(s) in {tmp_path / 'masks'} are JPEG (s1{suffix}, s3{suffix}), which is lossy and not accepted "
+        f"for masks (it changes class ids at every edge): save the masks as PNG, TIFF or .npy"
+    )
 
 
 def test_a_decompression_bomb_is_refused_with_the_file_name(tmp_path):

@@ -7,6 +7,7 @@ with the number of images, and DataLoader workers read in parallel."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,10 +20,12 @@ from segtrack.data.batches import IGNORED
 from segtrack.data.imageio import IMAGE_SUFFIXES, MASK_SUFFIXES, image_spatial_shape, read_image, read_mask
 from segtrack.errors import DataError
 
+log = logging.getLogger("segtrack.data")
 NORMALIZE_MODES = ("auto", "percentile", "minmax", "imagenet", "none")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 SPLIT_FILES = ("train.txt", "val.txt")
+JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
 def normalize(image: np.ndarray, mode: str) -> np.ndarray:
@@ -73,7 +76,8 @@ def match_channels(image: np.ndarray, channels: int, path: Path) -> np.ndarray:
 
 def scan_pairs(root: Path) -> list[tuple[str, Path, Path]]:
     """(name, image, mask) for every image with a mask of the same stem, sorted by name. Files that
-    are not regular files (FIFOs, sockets, broken links) are left out."""
+    are not regular files (FIFOs, sockets, broken links) are left out, with one warning naming
+    them; JPEG masks are refused (JPEG is lossy: class ids would change at every edge)."""
     image_dir, mask_dir = root / "images", root / "masks"
     for folder in (image_dir, mask_dir):
         if not folder.is_dir():
@@ -81,7 +85,22 @@ def scan_pairs(root: Path) -> list[tuple[str, Path, Path]]:
                 f"{folder} is missing: data.path must hold images/ and masks/ folders "
                 f"(image and mask files with the same names)"
             )
-    images, masks = _by_stem(image_dir, IMAGE_SUFFIXES), _by_stem(mask_dir, MASK_SUFFIXES)
+    jpeg_masks = regular_files(mask_dir, JPEG_SUFFIXES)
+    if jpeg_masks:
+        raise DataError(
+            f"{len(jpeg_masks)} mask(s) in {mask_dir} are JPEG ({_names(jpeg_masks)}), which is lossy and not "
+            f"accepted for masks (it changes class ids at every edge): save the masks as PNG, TIFF or .npy"
+        )
+    left_out: list[str] = []
+    images = _by_stem(image_dir, IMAGE_SUFFIXES, left_out)
+    masks = _by_stem(mask_dir, MASK_SUFFIXES, left_out)
+    if left_out:
+        log.warning(
+            "data: %d file(s) in %s left out, not regular files: %s",
+            len(left_out),
+            root,
+            ", ".join(left_out),
+        )
     if not images:
         raise DataError(
             f"{image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}): add image/mask pairs or use "
@@ -96,24 +115,39 @@ def scan_pairs(root: Path) -> list[tuple[str, Path, Path]]:
     return [(name, images[name], masks[name]) for name in sorted(images)]
 
 
-def regular_files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+def regular_files(folder: Path, suffixes: Sequence[str], left_out: list[str] | None = None) -> list[Path]:
     """Files of ``folder`` with one of ``suffixes``, sorted; hidden files, FIFOs, sockets and
-    broken links left out (reading a FIFO would block forever)."""
+    broken links left out (reading a FIFO would block forever). Each file named like one of
+    ``suffixes`` but left out is added to ``left_out`` as ``"folder/name (why)"``."""
     found = []
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in suffixes or path.name.startswith("."):
             continue
         try:
-            if stat.S_ISREG(path.stat().st_mode):
+            mode = path.stat().st_mode
+        except OSError:
+            why = "a broken symbolic link" if path.is_symlink() else "unreadable"
+        else:
+            if stat.S_ISREG(mode):
                 found.append(path)
-        except OSError:  # a broken symlink
-            continue
+                continue
+            why = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        if left_out is not None:
+            left_out.append(f"{folder.name}/{path.name} ({why})")
     return found
 
 
-def _by_stem(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder", stat.S_IFCHR: "a device"}
+
+
+def _names(paths: Sequence[Path], shown: int = 5) -> str:
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(p.name for p in paths[:shown]) + more
+
+
+def _by_stem(folder: Path, suffixes: Sequence[str], left_out: list[str] | None = None) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for path in regular_files(folder, suffixes):
+    for path in regular_files(folder, suffixes, left_out):
         if path.stem in found:
             raise DataError(
                 f"{folder} holds two files named {path.stem} ({found[path.stem].name}, {path.name}): keep one"
