@@ -214,3 +214,13 @@ def test_autoload_off_runs_no_third_party_code(tmp_path, report_row):
         duplicates="-",
         result="pass",
     )
+
+
+def test_an_invalid_secret_is_named_but_never_shown(tmp_path, capsys):
+    from segtrack.cli import main
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / ".secrets.toml").write_text("[default.data]\nkwargs = 's3cret-given-as-text'\n")
+    assert main(["train", "--set", "plugins.autoload=false"]) == 2
+    err = capsys.readouterr().err
+    assert "data.kwargs = '***' is invalid" in err and "s3cret-given-as-text" not in err, err

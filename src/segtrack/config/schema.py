@@ -65,11 +65,16 @@ def one_of(*choices: Any) -> Callable[[Any], bool]:
 # -- validation --------------------------------------------------------------------------------
 
 
-def validate(config: dict[str, Any], schema: Sequence[Setting], sections: Iterable[str]) -> list[str]:
+def validate(
+    config: dict[str, Any], schema: Sequence[Setting], sections: Iterable[str], secrets: Iterable[str] = ()
+) -> list[str]:
     """Check ``sections`` of ``config`` (plain nested dicts, lower-case names, as read from every
     layer) against ``schema``, filling in defaults. Returns every problem, each one line: unknown
     keys (with the closest known one), missing keys, and values their check refuses (key, value
-    given, what is allowed). The one validator of segtrack's settings, core and plugins alike."""
+    given, what is allowed; ``***`` for a secret setting, for a key in ``secrets`` (those
+    configs/.secrets.toml defines) and for a table holding one). The one validator of segtrack's
+    settings, core and plugins alike."""
+    hidden = {key.lower() for key in secrets}
     problems = _unknown_keys(config, schema, sections)
     for setting in schema:
         section = config.setdefault(setting.section, {})
@@ -82,7 +87,8 @@ def validate(config: dict[str, Any], schema: Sequence[Setting], sections: Iterab
             else:
                 section[name] = copy.deepcopy(setting.default)
         elif not _condition(setting)(section[name]):
-            shown = "'***'" if setting.secret else repr(section[name])
+            secret = setting.secret or any(k == setting.key or k.startswith(f"{setting.key}.") for k in hidden)
+            shown = "'***'" if secret else repr(section[name])
             problems.append(f"{setting.key} = {shown} is invalid: allowed is {setting.allowed}")
     return problems
 

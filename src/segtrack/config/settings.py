@@ -48,7 +48,8 @@ def load_settings(
     """
     settings = read_settings(config_file, env, overrides, project_dir)
     config = resolved_dict(settings)
-    raise_problems(validate(config, CORE_SCHEMA, sorted(CORE_SECTIONS)) + related_problems(config))
+    secrets = secret_keys(project_dir)
+    raise_problems(validate(config, CORE_SCHEMA, sorted(CORE_SECTIONS), secrets) + related_problems(config))
     return settings
 
 
@@ -177,7 +178,7 @@ def resolve_settings(settings: Any, manager: Any) -> Settings:
     declared = _plugin_schemas(manager)
     problems = _stray_sections(config, manager.known_names())
     sections = sorted(CORE_SECTIONS | {s.section for s in declared})
-    problems += validate(config, [*CORE_SCHEMA, *declared], sections)
+    problems += validate(config, [*CORE_SCHEMA, *declared], sections, secret_keys())
     problems += related_problems(config)
     raise_problems(problems)
     return Settings(config)
