@@ -33,7 +33,7 @@ from segtrack.data.batches import to_loop_form
 from segtrack.data.configured import configured_data
 from segtrack.data.plan import DataPlan, FitData, explained_loader_error, stream_seed
 from segtrack.data.synthetic import ArrayDataset
-from segtrack.errors import ConfigError, PeerLost
+from segtrack.errors import CheckpointError, ConfigError, PeerLost
 from segtrack.inference.export import export_checkpoint
 from segtrack.loop import epoch_metrics
 from segtrack.loop.ema import WeightAverage
@@ -198,7 +198,12 @@ class SegmentationTrainer:
         cv_id = uuid.uuid4().hex[:12]
         study_id, trial = self._trial or (None, None)
         info = CrossValidationInfo(
-            cv_id=cv_id, num_folds=folds, config=freeze(self.config), run_name=name, study_id=study_id, trial=trial
+            cv_id=cv_id,
+            num_folds=folds,
+            config=freeze(recorded_config(self.config, self._recipe)),
+            run_name=name,
+            study_id=study_id,
+            trial=trial,
         )
         self._stop_folds = False
         self.hooks.call("cross_validation_start", trainer=self, info=info)
@@ -236,9 +241,7 @@ class SegmentationTrainer:
     ) -> FitResult:
         # setup: the checkpoint to resume (read before any folder is created), a first batch through
         # the model (nothing written if it fails), folders, then the state restored
-        if resume == "auto":  # rank 0's folder decides for every rank
-            resume = str(ckpt_dir / "last.pt") if (ckpt_dir / "last.pt").is_file() else None
-            resume = self.dist.broadcast_from_main(resume)
+        resume = self._agreed_resume(resume, ckpt_dir)
         state = self._new_state(data)
         signature = self._signature(state.model)
         payload = checkpoint.load(resume, signature) if resume else None
@@ -416,6 +419,24 @@ class SegmentationTrainer:
             self.hooks.call("model_exported", trainer=self, run=run, export=export)
         return export, error
 
+    def _agreed_resume(self, resume: str | None, ckpt_dir: Path) -> str | None:
+        """The checkpoint every rank resumes from (``"auto"``: ``last.pt`` if present), or None.
+        Under torchrun each rank looks in its own filesystem: where ranks see different files
+        (node-local checkpoint folders, a copy missing on one node) every rank stops here, before
+        training, with the same sentence; never a silent fresh start or ranks at different epochs."""
+        if resume == "auto":
+            resume = str(ckpt_dir / "last.pt") if (ckpt_dir / "last.pt").is_file() else None
+        if not self.dist.enabled:
+            return resume
+        seen = self.dist.all_gather(checkpoint.identity(resume))
+        if len(set(seen)) > 1:
+            found = "; ".join(f"rank {rank}: {what}" for rank, what in enumerate(seen))
+            raise CheckpointError(
+                f"the ranks see different checkpoints to resume from ({found}): checkpoint.dir must be one folder "
+                "every node shares (e.g. a network filesystem), or give every node the same --resume file"
+            )
+        return resume
+
     def _earns_export(self, state: FitState) -> bool:
         return self._export_wanted is None or self._export_wanted(state.best_value)
 
@@ -517,12 +538,23 @@ class SegmentationTrainer:
         return model_signature(self.config["model"], self.num_classes, self.dims)
 
     def _prepare_folders(self, ckpt_dir: Path) -> tuple[Path, Path | None]:
-        ckpt_dir = checkpoint.ensure_writable_dir(ckpt_dir, "checkpoint.dir")
-        if self.dist.is_main:
-            for stale in checkpoint.remove_stale_temp_files(ckpt_dir):
-                log.info("removed %s, left by an interrupted checkpoint write", stale)
+        """Checkpoint and export folders, created and checked on rank 0 only (the one writer):
+        other ranks, maybe on other nodes, create nothing."""
         export = self.config["export"]
-        export_dir = checkpoint.ensure_writable_dir(export["dir"], "export.dir") if export["enabled"] else None
+        export_dir = Path(export["dir"]) if export["enabled"] else None
+        refused = None
+        if self.dist.is_main:
+            try:
+                checkpoint.ensure_writable_dir(ckpt_dir, "checkpoint.dir")
+                for stale in checkpoint.remove_stale_temp_files(ckpt_dir):
+                    log.info("removed %s, left by an interrupted checkpoint write", stale)
+                if export_dir is not None:
+                    checkpoint.ensure_writable_dir(export_dir, "export.dir")
+            except CheckpointError as exc:
+                refused = str(exc)
+        refused = self.dist.broadcast_from_main(refused)  # every rank stops together
+        if refused is not None:
+            raise CheckpointError(refused)
         return ckpt_dir, export_dir
 
     def _distributed(self, model: torch.nn.Module) -> torch.nn.Module:

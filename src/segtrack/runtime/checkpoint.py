@@ -34,6 +34,17 @@ def ensure_writable_dir(path: str | os.PathLike, setting: str) -> Path:
     return folder
 
 
+def identity(path: str | None) -> str:
+    """What a rank sees at ``path``, comparable across ranks: "none", "missing <path>" or
+    "<name>, <size> bytes" (the same file on a shared folder has the same size everywhere)."""
+    if path is None:
+        return "none"
+    file = Path(path)
+    if not file.is_file():
+        return f"missing {path}"
+    return f"{file.name}, {file.stat().st_size} bytes"
+
+
 def remove_stale_temp_files(folder: Path) -> list[Path]:
     """Temp files of writes that a killed process never finished (the real files are intact)."""
     stale = [p for p in folder.glob(".*.pt.*.tmp") if p.is_file()]

@@ -55,6 +55,14 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` on every rank, in rank order (any picklable object)."""
+        if not self.enabled:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
     def gather_to_main(self, value: Any) -> list[Any]:
         """Every rank's ``value`` on rank 0, in rank order (an empty list elsewhere)."""
         if not self.enabled:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -153,7 +154,11 @@ class MlflowPlugin:
         self._shipper.add(spool)
         return self._shipper
 
-    def _new_spool(self, run_name: str, tags: dict, parent: Spool | None) -> Spool:
+    def _new_spool(
+        self, run_name: str, tags: dict, parent: Spool | None, run_id: str | None = None, continues: str | None = None
+    ) -> Spool:
+        """A spool in this machine's spool folder for a new run, for one that exists (``run_id``), or
+        for the run another spool created or will create (``continues``: that spool's local id)."""
         root = Path(self.section["spool_dir"]).resolve()
         parent_id = parent.local_id if parent else None
         uri = absolute_uri(self._uri)  # fixed now: the shipper may send after the caller changed folder
@@ -164,8 +169,12 @@ class MlflowPlugin:
                 "experiment": self.experiment,
                 "run_name": run_name,
                 "parent": parent_id,
+                **({"continues": continues} if continues else {}),
             },
         )
+        if run_id is not None:
+            spool.set_run_id(run_id)
+            return spool
         spool.add(CreateRun(self.experiment, run_name, tags, parent_id, _now_ms(), local_artifact_root(uri)))
         return spool
 
@@ -240,8 +249,7 @@ class MlflowPlugin:
                 }
             )
         self._exported, self._example = False, None
-        folder = Path(self.resume_state["spool"]) if self.resume_state else None
-        self.spool = self._reopen(folder) if folder is not None else None
+        self.spool = self._resumed_spool(self.resume_state, run.run_name) if self.resume_state else None
         resumed = self.spool is not None
         if resumed:
             # resumed: the same run; params, datasets and steps already spooled are not repeated
@@ -285,6 +293,20 @@ class MlflowPlugin:
         if self._monitor is not None:
             self._monitor.stop()
             self._monitor = None
+
+    def _resumed_spool(self, state: dict, run_name: str) -> Spool | None:
+        """The spool to continue a resumed run in. The run's own spool when it lies in this
+        machine's spool folder; else (the fit moved to another node or folder: that spool is not
+        this process's to write) a new local spool continuing the same MLflow run by its id."""
+        folder = Path(state["spool"])
+        root = Path(self.section["spool_dir"]).resolve()
+        if folder.parent == root and state.get("host", socket.gethostname()) == socket.gethostname():
+            return self._reopen(folder)
+        log.info("continuing the MLflow run of spool %s (elsewhere) in a new spool on this machine", folder)
+        if state.get("run_id"):
+            return self._new_spool(run_name, {}, None, run_id=state["run_id"])
+        # its run was not created when the checkpoint was written: found by the first spool's id when sent
+        return self._new_spool(run_name, {}, None, continues=state["local_id"])
 
     def _reopen(self, folder: Path) -> Spool | None:
         """The resumed run's spool; None (a new run, said why) when it is gone or unreadable."""
@@ -530,7 +552,12 @@ class MlflowPlugin:
     def state_dict(self):
         if self.spool is None:
             return None
-        return {"spool": str(self.spool.folder), "local_id": self.spool.local_id, "run_id": self.spool.run_id}
+        return {
+            "spool": str(self.spool.folder),
+            "local_id": self.spool.local_id,
+            "run_id": self.spool.run_id,
+            "host": socket.gethostname(),
+        }
 
     @hookimpl
     def load_state_dict(self, state):

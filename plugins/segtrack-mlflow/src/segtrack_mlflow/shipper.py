@@ -144,6 +144,17 @@ def _create_run(client, spool: Spool, entry: CreateRun, spools_by_id: dict[str, 
         existing = store.find_run_by_tag(client, experiment_id, store.SPOOL_ID_TAG, spool.local_id)
         if existing:
             return existing
+    # a resumed fit that moved to another machine continues the run its first spool created
+    continued = spool.meta.get("continues")
+    if continued:
+        existing = store.find_run_by_tag(client, experiment_id, store.SPOOL_ID_TAG, continued)
+        if existing:
+            return existing
+        log.warning(
+            "the run of spool %s (resumed here) is not in MLflow yet: this spool starts a new run; send the "
+            "first one with `segtrack mlflow sync` on the machine that holds it",
+            continued,
+        )
     spool.update_meta(create_attempted=True)
     tags = {**entry.tags, store.SPOOL_ID_TAG: spool.local_id}
     if entry.parent:
