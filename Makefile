@@ -41,10 +41,12 @@ format: install
 	$(VENV)/bin/ruff format $(LINT_PATHS)
 
 # two workers, one test file each at a time (a file's tests share its servers): most tests wait
-# on processes and servers, so two workers on 2 cores take ~2/3 of the serial time (397 s vs 626 s)
+# on processes and servers, so two workers on 2 cores take ~2/3 of the serial time (397 s vs 626 s);
+# one torch thread per process: two workers (and their subprocesses) on 2 cores otherwise oversubscribe
+# them (15 % slower). The longest reliability scenarios are marked slow: `make reliability` runs them.
 TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 reliability: install
 	$(PY) -m pytest -q tests/reliability

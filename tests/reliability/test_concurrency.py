@@ -27,6 +27,7 @@ def postgres_server(tmp_path):
             server.stop()
 
 
+@pytest.mark.slow  # 60 s of 8 parallel fits: in make reliability
 def test_eight_parallel_fits_to_one_postgres_backed_server(tmp_path, postgres_server, report_row):
     from mlflow import MlflowClient
 

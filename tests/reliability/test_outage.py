@@ -109,6 +109,7 @@ def _scenario(tmp_path, sqlite_template, report_row, down_seconds: float):
         server.stop()
 
 
+@pytest.mark.slow  # 70 s; make test keeps test_mlflow_server's server-killed-mid-fit case
 def test_two_short_outages(tmp_path, sqlite_template, report_row):
     _scenario(tmp_path, sqlite_template, report_row, down_seconds=3)
 

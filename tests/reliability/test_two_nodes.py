@@ -16,7 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from testsupport.ports import free_port
+
+# ~80 s of torchrun launches: in `make reliability`, not `make test` (its 10-minute budget)
+pytestmark = pytest.mark.slow
 
 KEYS = ("train_loss", "val_loss", "val_dice")
 SETS = [

@@ -38,6 +38,7 @@ def _segtrack(cwd, *args, uri, sets=()):
     return out
 
 
+@pytest.mark.slow  # 65 s; make test keeps test_mlflow_server's credentials and test_analytics_credentials
 def test_a_password_in_the_uri_authenticates_and_shows_nowhere(tmp_path, sqlite_template, monkeypatch, report_row):
     pytest.importorskip("flask_wtf", reason="mlflow's basic-auth app needs Flask-WTF (mlflow[auth])")
     from mlflow import MlflowClient
