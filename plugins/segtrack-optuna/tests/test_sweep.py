@@ -79,7 +79,7 @@ def test_four_trials_on_sqlite_each_a_nested_mlflow_run(tmp_path, sqlite_uri, ca
         assert float(run.data.params["train.lr"]) == trial.params["train.lr"]
         assert int(run.data.params["model.width"]) == trial.params["model.width"]
         assert math.isclose(run.data.metrics["best_val_dice"], trial.value, rel_tol=1e-9, abs_tol=1e-12)
-    assert parents[0].data.metrics["best_trial"] == study.best_trial.number
+    assert parents[0].data.metrics["study_best_trial"] == study.best_trial.number
 
     # exports: a trial's ONNX exists exactly when it beat every trial finished before it
     best, improving = None, set()

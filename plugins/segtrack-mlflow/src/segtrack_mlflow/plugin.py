@@ -486,7 +486,7 @@ class MlflowPlugin:
     def trial_end(self, trial):
         """The trial's run gets its state (``segtrack.trial_state``: completed, pruned, failed); the
         parent the objective per trial (``trial_<objective>``, step = trial number) and the study's
-        best so far (``best_<objective>``, ``best_trial``)."""
+        best so far (``study_best_<objective>``, ``study_best_trial``: not ``best_*``, which name a fit's own)."""
         if self.study is None or trial.study_id != self.study_id:
             return
         ran = self._trial_run if self._trial_run and self._trial_run[0] == trial.number else None
@@ -503,8 +503,8 @@ class MlflowPlugin:
         if trial.value is not None:
             self.study.metric(f"trial_{objective}", trial.value, trial.number, now)
         if trial.best_number is not None and trial.best_value is not None:
-            self.study.metric(f"best_{objective}", trial.best_value, trial.number, now)
-            self.study.metric("best_trial", trial.best_number, trial.number, now)
+            self.study.metric(f"study_best_{objective}", trial.best_value, trial.number, now)
+            self.study.metric("study_best_trial", trial.best_number, trial.number, now)
         self.study.sync()
         self._shipper_for(spool)
 
