@@ -177,6 +177,12 @@ def test_cross_validation_logs_a_parent_and_one_child_per_fold(trainer_factory, 
     assert parent.data.tags["segtrack.cv_id"] == result.cv_id
     # every metric the folds share is summarised, the (per-class) monitor included
     assert parent.data.metrics["cv_val_dice_1_mean"] == pytest.approx(result.summary["val_dice_1"]["mean"])
+    # params are what the CV ran with: 2 folds (data.folds is 3 by default), each fold validating on
+    # its own share of the 16 samples (not data.val_fraction = 0.25), the parent on 1/2
+    assert parent.data.params["data.folds"] == "2" and parent.data.params["data.val_fraction"] == "0.5"
+    for child in children:
+        assert child.data.params["data.folds"] == "2"
+        assert child.data.params["data.val_fraction"] == "0.5"  # 8 of 16 samples
 
 
 def test_resumed_fit_continues_the_same_run(trainer_factory, sqlite_uri):

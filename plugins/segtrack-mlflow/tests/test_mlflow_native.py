@@ -187,7 +187,11 @@ def test_system_metrics_are_spooled_under_mlflows_names(trainer_factory, sqlite_
     client = MlflowClient(sqlite_uri)
     (run,) = _runs(client)
     steps = _steps(client, run.info.run_id, "system/cpu_utilization_percentage")
-    assert len(steps) >= 1 and steps == list(range(len(steps)))
+    # a fit longer than the interval: its samples plus one when it stops, the first a real reading
+    # (an unprimed sampling thread read 0.0 %)
+    assert len(steps) >= 2 and steps == list(range(len(steps)))
+    cpu = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    assert min(cpu, key=lambda m: m.step).value > 0.0
     assert {"system/system_memory_usage_megabytes", "system/disk_usage_percentage"} <= set(run.data.metrics)
 
 

@@ -39,6 +39,19 @@ def recorded_config(config: Mapping[str, Any], recipe: Mapping[str, str]) -> Map
     return recorded
 
 
+def cross_validated(config: Mapping[str, Any], folds: int | None, data: FitData | None = None) -> Mapping[str, Any]:
+    """The recorded settings as a cross-validation ran them: ``data.folds`` is the folds it used (``cv
+    --folds`` wins over the setting); ``data.val_fraction`` is the share a fold validated on (the
+    CV as a whole: 1/k), not the setting a plain fit would split by."""
+    if not folds:
+        return config
+    if data is not None and data.num_train + data.num_val:
+        share = data.num_val / (data.num_train + data.num_val)
+    else:
+        share = 1 / folds
+    return {**config, "data": {**config["data"], "folds": folds, "val_fraction": round(share, 4)}}
+
+
 def with_loaded_fingerprints(run: RunInfo, data: FitData) -> RunInfo:
     """After the first epoch of data fingerprinted as it loads, the run with its digests."""
     if run.train_sha256 or data.fingerprint_kind != "loaded":

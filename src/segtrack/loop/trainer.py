@@ -39,7 +39,7 @@ from segtrack.loop import epoch_metrics
 from segtrack.loop.ema import WeightAverage
 from segtrack.loop.losses import Loss, builtin_loss
 from segtrack.loop.recipe import OptimizerFactory, SchedulerFactory, build_optimizer, build_scheduler, describe
-from segtrack.loop.run_info import data_source, recorded_config, with_loaded_fingerprints
+from segtrack.loop.run_info import cross_validated, data_source, recorded_config, with_loaded_fingerprints
 from segtrack.loop.state import FitState
 from segtrack.loop.train_step import TrainStep
 from segtrack.loop.validation import Inferer, Validation
@@ -200,7 +200,7 @@ class SegmentationTrainer:
         info = CrossValidationInfo(
             cv_id=cv_id,
             num_folds=folds,
-            config=freeze(recorded_config(self.config, self._recipe)),
+            config=freeze(cross_validated(recorded_config(self.config, self._recipe), folds)),
             run_name=name,
             study_id=study_id,
             trial=trial,
@@ -579,7 +579,7 @@ class SegmentationTrainer:
         )
         return RunInfo(
             run_name=run_name,
-            config=freeze(recorded_config(self.config, self._recipe)),
+            config=freeze(cross_validated(recorded_config(self.config, self._recipe), num_folds, data)),
             device=str(self.device),
             rank=self.dist.rank,
             world_size=self.dist.world_size,

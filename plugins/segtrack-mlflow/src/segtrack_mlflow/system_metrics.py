@@ -62,9 +62,6 @@ class SystemMonitor:
         self._thread = threading.Thread(target=self._run, name="segtrack-system-metrics", daemon=True)
 
     def start(self) -> SystemMonitor:
-        import psutil
-
-        psutil.cpu_percent(interval=None)  # the first reading of a process is meaningless: prime it
         self._thread.start()
         return self
 
@@ -74,10 +71,19 @@ class SystemMonitor:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        import psutil
+
+        # primed here, in the sampling thread: psutil keeps the previous CPU reading per thread, and a
+        # first reading without one is 0 %
+        psutil.cpu_percent(interval=None)
         while not self._stop.wait(self.interval):
-            try:
-                self.record(sample(self.disk_path), self.step)
-            except Exception as exc:  # a failing reading must not end the series
-                log.warning("system metrics: sampling failed (%s: %s)", type(exc).__name__, exc)
-                continue
-            self.step += 1
+            self._sample()
+        self._sample()  # a last reading when the fit stops: a fit longer than the interval has two points
+
+    def _sample(self) -> None:
+        try:
+            self.record(sample(self.disk_path), self.step)
+        except Exception as exc:  # a failing reading must not end the series
+            log.warning("system metrics: sampling failed (%s: %s)", type(exc).__name__, exc)
+            return
+        self.step += 1
