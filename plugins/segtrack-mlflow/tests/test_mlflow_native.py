@@ -38,7 +38,10 @@ def test_the_best_model_is_a_ready_logged_model_that_mlflow_loads(trainer_factor
     (run,) = _runs(client)
     experiment_id = run.info.experiment_id
     (model,) = client.search_logged_models([experiment_id])
-    assert model.status.name == "READY" and model.name == "model" and model.source_run_id == run.info.run_id
+    assert model.status.name == "READY" and model.source_run_id == run.info.run_id
+    # told apart and traced in the Models tab: the run's name, who and what code made it
+    assert model.name == run.info.run_name and model.tags["mlflow.source.name"] == run.data.tags["mlflow.source.name"]
+    assert model.tags["mlflow.user"] == run.data.tags["mlflow.user"]
     assert {m.key for m in model.metrics} >= {"best_val_dice", "best_epoch", "onnx_max_abs_diff"}
     assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(model.model_id, result.best_epoch + 1)]
     # no plain ONNX artifact under model/ any more: "runs:/<id>/model" resolves to the LoggedModel
@@ -46,7 +49,7 @@ def test_the_best_model_is_a_ready_logged_model_that_mlflow_loads(trainer_factor
     mlflow.set_tracking_uri(sqlite_uri)
     try:
         pyfunc = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
-        by_run = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+        by_run = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/{run.info.run_name}")
         proto = mlflow.onnx.load_model(f"models:/{model.model_id}")
     finally:
         mlflow.set_tracking_uri(None)
@@ -61,6 +64,8 @@ def test_the_best_model_is_a_ready_logged_model_that_mlflow_loads(trainer_factor
         np.testing.assert_allclose(np.asarray(predicted), expected, rtol=1e-5, atol=1e-5)
     (spec,) = pyfunc.metadata.get_input_schema().inputs
     assert spec.shape[0] == -1 and spec.shape[1] == 3  # dynamic batch, the model's channels
+    assert pyfunc.metadata.model_id == model.model_id
+    assert pyfunc.metadata.metadata["segtrack.run_name"] == run.info.run_name
 
 
 def trainer_validation_samples(trainer_factory, sqlite_uri):

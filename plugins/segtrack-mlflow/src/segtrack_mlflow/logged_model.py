@@ -67,19 +67,34 @@ def send(client: Any, spool: Any, entry: LoggedModelEntry) -> None:
                 name=entry.name,
                 source_run_id=spool.run_id,
                 params=entry.params or None,
-                tags={"segtrack.model_key": f"{spool.local_id}/{entry.key}"},
+                tags={**_provenance(client, spool.run_id), "segtrack.model_key": f"{spool.local_id}/{entry.key}"},
                 model_type="segmentation",
             )
             model_id = model.model_id
         models[entry.key] = model_id
         spool.update_meta(logged_models=models)
     if local.exists():
+        _record_model_id(local, model_id)
         client.log_model_artifacts(model_id, str(local))
     client.finalize_logged_model(model_id, "READY")
     client.log_outputs(spool.run_id, [LoggedModelOutput(model_id, entry.step)])
     if entry.register:
         _register(client, entry.register, model_id, spool.run_id)
     shutil.rmtree(local.parent, ignore_errors=True)
+
+
+def _provenance(client: Any, run_id: str) -> dict[str, str]:
+    """The run's MLflow user/source/git tags, so the Models tab says who made it and from what code."""
+    tags = client.get_run(run_id).data.tags
+    return {k: v for k, v in tags.items() if k == "mlflow.user" or k.startswith("mlflow.source.")}
+
+
+def _record_model_id(folder: Path, model_id: str) -> None:
+    """The model folder was written before MLflow gave the model its id: fill it into MLmodel."""
+    mlmodel = folder / "MLmodel"
+    if mlmodel.is_file():
+        text = mlmodel.read_text()
+        mlmodel.write_text(text.replace("model_id: null", f"model_id: {model_id}", 1))
 
 
 def _existing(client: Any, experiment_id: str, spool: Any, entry: LoggedModelEntry) -> str | None:

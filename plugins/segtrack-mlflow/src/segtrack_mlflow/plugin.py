@@ -337,8 +337,10 @@ class MlflowPlugin:
     @hookimpl
     def validation_end(self, result):
         self._last_samples = result.samples[: self.section["sample_overlays"]]
-        if result.samples and self._example is None:
-            self._example = result.samples[0].image[None].astype("float32")
+        if result.samples and self._example is None:  # a centre crop of <= 64 per axis: kilobytes, not megabytes
+            image = result.samples[0].image
+            crop = tuple(slice(max(0, (n - 64) // 2), max(0, (n - 64) // 2) + min(n, 64)) for n in image.shape[1:])
+            self._example = image[(slice(None), *crop)][None].astype("float32")
 
     @hookimpl
     def epoch_end(self, run, epoch):
@@ -367,8 +369,9 @@ class MlflowPlugin:
         from segtrack_mlflow.logged_model import write_model_folder
 
         folder = self.spool.staging_folder() / "model"
+        run_name = self.spool.meta["run_name"]  # the MLflow run's name, unique per fit
         metadata = {
-            "segtrack.run_name": run.run_name,
+            "segtrack.run_name": run_name,
             "segtrack.best_epoch": export.epoch + 1,
             "segtrack.opset": export.opset,
             "spatial_dims": self._dims,
@@ -378,7 +381,7 @@ class MlflowPlugin:
         self.spool.add(
             LoggedModel(
                 key="model",
-                name="model",
+                name=run_name,
                 path=str(folder.relative_to(self.spool.folder)),
                 step=export.epoch + 1,
                 register=self.section["register_model"] or None,
