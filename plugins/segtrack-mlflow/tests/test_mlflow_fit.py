@@ -183,6 +183,12 @@ def test_cross_validation_logs_a_parent_and_one_child_per_fold(trainer_factory, 
     for child in children:
         assert child.data.params["data.folds"] == "2"
         assert child.data.params["data.val_fraction"] == "0.5"  # 8 of 16 samples
+    # a summary a person reads: per-fold rows and mean ± std on the run page, the monitor per fold
+    note = parent.data.tags["mlflow.note.content"]
+    assert "| fold | status | best epoch | val_dice_1 |" in note and "| **mean ± std** |" in note
+    assert "| 1 | completed |" in note and "| 2 | completed |" in note
+    curve = client.get_metric_history(parent.info.run_id, "cv_val_dice_1")
+    assert sorted((m.step, m.value) for m in curve) == [(f.fold + 1, pytest.approx(f.best_value)) for f in result.folds]
 
 
 def test_resumed_fit_continues_the_same_run(trainer_factory, sqlite_uri):

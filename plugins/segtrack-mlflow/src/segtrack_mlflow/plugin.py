@@ -417,18 +417,27 @@ class MlflowPlugin:
 
     @hookimpl
     def cross_validation_end(self, result):
-        """The parent shows mean and std across folds of every metric the folds' best epochs share
-        (``cv_<metric>_mean``/``_std``, the monitor's included, at step 0); the whole table is the
-        artifact cv_summary.json."""
+        """The parent reads as a summary: a description with one row per fold and the mean ± std
+        (``mlflow.note.content``), the monitor per fold as a curve (``cv_<monitor>``, step = fold
+        number counted from 1, as the console counts), mean and std across folds of every metric
+        the folds' best epochs share (``cv_<metric>_mean``/``_std`` at step 0); the whole table is
+        the artifact cv_summary.json."""
         import json
+
+        from segtrack_mlflow.cv_summary import describe
 
         if self.parent is None:
             return
         monitor = next((f.monitor for f in result.folds), None)
+        now = _now_ms()
         for name, stats in result.summary.items():
             for stat in ("mean", "std"):
                 if stat in stats:
-                    self.parent.metric(f"cv_{name}_{stat}", stats[stat], 0)
+                    self.parent.metric(f"cv_{name}_{stat}", stats[stat], 0, now)
+        for fold in result.folds:
+            if monitor and fold.best_epoch >= 0:
+                self.parent.metric(f"cv_{monitor}", fold.best_value, fold.fold + 1, now)
+        self.parent.add(Tags({"mlflow.note.content": describe(result, monitor)}))
         table = {
             "monitor": monitor,
             "summary": thaw(result.summary),
@@ -441,7 +450,9 @@ class MlflowPlugin:
         path.write_text(json.dumps(table, indent=2))
         self.parent.add_file(path, None)
         path.unlink()
-        ok = len(result.folds) == result.num_folds and all(f.status in ("completed", "stopped") for f in result.folds)
+        # every fold ran (or the last one that ran stopped them all, as a pruned trial does) and none failed
+        ran = len(result.folds) == result.num_folds or (result.folds and result.folds[-1].status == "stopped")
+        ok = bool(ran) and all(f.status in ("completed", "stopped") for f in result.folds)
         self.parent.add(Status("FINISHED" if ok else "FAILED", _now_ms()))
         self.parent.sync()
         self._drain(self.parent)
