@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from segtrack.config.settings import read_settings, resolve_settings
 from segtrack.errors import ConfigError, PeerLost
-from segtrack.loop.run_info import recorded_config
+from segtrack.loop.run_info import cross_validated, recorded_config
 from segtrack.loop.trainer import SegmentationTrainer
 from segtrack.plugins.manager import PluginManager, get_plugin_manager, register_code_plugins
 from segtrack.plugins.records import (
@@ -123,7 +123,7 @@ class _StudyRunner:
         info = StudyInfo(
             study_name=self.name,
             study_id=self.study_id,
-            config=freeze(recorded_config(self.base, {})),  # secrets masked, as every fit's
+            config=freeze(cross_validated(recorded_config(self.base, {}), self.folds)),  # as the trials run
             space=freeze(thaw(self.source.space)),
             attributes=freeze(attributes),
             objective=self.monitor,
