@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -162,4 +163,9 @@ def test_example_script_trains_with_a_plugin_in_code(tmp_path):
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith(("stopped:", "completed:"))
+    # proves the plugin stops the fit: at lr 1e-6 val_dice stalls, so patience 1 ends it before epoch 6
+    # (accepting "completed:" too, as before, passed with a plugin that never stops)
+    stopped = re.fullmatch(
+        r"stopped: (\d) epochs, best val_dice [\d.]+ \(val_dice did not improve for 1 epochs\)\n", out.stdout
+    )
+    assert stopped and int(stopped[1]) < 6, out.stdout

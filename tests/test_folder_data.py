@@ -12,7 +12,7 @@ import tifffile
 import torch
 from PIL import Image
 
-from segtrack import DataError
+from segtrack import DataError, hookimpl
 from segtrack.cli import main
 from segtrack.data.batches import IGNORED
 from segtrack.data.folder import FolderDataset, normalize
@@ -62,36 +62,87 @@ def test_validation_pads_whole_images_and_leaves_the_padding_out():
     assert float(images[0, 0, 40:, :].abs().sum()) == 0.0
 
 
-def test_augmentation_is_seeded_by_epoch_and_index_so_resume_and_workers_agree(tmp_path):
-    _tiles_16bit(tmp_path)
-    dataset = FolderDataset(tmp_path, dims=2, channels=1, crop=[24, 24], augment=True, seed=3)
-    again = FolderDataset(tmp_path, dims=2, channels=1, crop=[24, 24], augment=True, seed=3)
+def test_augmentation_is_seeded_by_epoch_and_index_so_resume_and_workers_agree(trainer_factory, tmp_path):
+    """Proves the loop's own training batches (crops, flips, turns) are the same with 0 and with 2
+    DataLoader workers, batch for batch, and differ between epochs: an augmentation drawn from a
+    process-wide random state would differ in the worker processes."""
+    _tiles_16bit(tmp_path / "data")
+    dataset = FolderDataset(tmp_path / "data", dims=2, channels=1, crop=[24, 24], augment=True, seed=3)
+    again = FolderDataset(tmp_path / "data", dims=2, channels=1, crop=[24, 24], augment=True, seed=3)
     a, b = dataset.training_sample(2, epoch=5), again.training_sample(2, epoch=5)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    others = [dataset.training_sample(2, epoch=e)[1] for e in range(6)]
-    assert any(not torch.equal(others[0], o) for o in others[1:])
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # a resumed fit draws the same sample
+
+    def batches(workers: int, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        trainer = trainer_factory(*FOLDER, "data.crop=24", "model.in_channels=1", f"train.num_workers={workers}")
+        return list(trainer.data.for_split(0.25).train_batches(epoch))
+
+    in_process, by_workers = batches(0, epoch=1), batches(2, epoch=1)
+    assert len(in_process) == len(by_workers) == 2
+    for (image, mask), (w_image, w_mask) in zip(in_process, by_workers):
+        assert torch.equal(image, w_image) and torch.equal(mask, w_mask)
+    next_epoch = batches(0, epoch=2)
+    assert any(not torch.equal(m, n) for (_, m), (_, n) in zip(in_process, next_epoch))
+
+
+def _mean_foreground_dice(masks: np.ndarray, predictions: np.ndarray) -> float:
+    """Mean Dice of classes 1 and 2 over the pixels whose mask is not IGNORED (as metrics.py promises)."""
+    valid = masks != IGNORED
+    dice = []
+    for k in (1, 2):
+        truth, said = (masks == k) & valid, (predictions == k) & valid
+        denominator = truth.sum() + said.sum()
+        if denominator:
+            dice.append(2 * (truth & said).sum() / denominator)
+    return float(np.mean(dice))
 
 
 def test_palette_masks_give_palette_indices_and_ignore_index_is_left_out(trainer_factory, tmp_path, monkeypatch):
+    """Proves more than completion: the loop's validation masks hold the palette indices (not
+    colours) and -1 exactly on the ignored band, and val_dice equals Dice computed without that band,
+    which looks like class 1 (so counting it as background would change the score)."""
     monkeypatch.chdir(tmp_path)
     root = tmp_path / "data"
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     rng = np.random.default_rng(1)
     palette = [0, 0, 0, 255, 0, 0, 0, 255, 0] + [200] * (253 * 3)  # index 255: a grey "unlabelled" colour
+    ids = np.zeros((32, 32), np.uint8)
+    ids[4:14, 4:14] = 1
+    ids[18:28, 16:30] = 2
+    ids[:, :3] = 255
+    looks = np.where(ids == 255, 1, ids)  # the unlabelled band is drawn in class 1's colour
     for i in range(8):
-        ids = np.zeros((32, 32), np.uint8)
-        ids[4:14, 4:14] = 1
-        ids[18:28, 16:30] = 2
-        ids[:, :3] = 255
         mask = Image.fromarray(ids, mode="P")
         mask.putpalette(palette)
         mask.save(root / "masks" / f"p{i}.png")
-        rgb = (np.stack([ids == 1, ids == 2, ids == 0], -1) * 180 + rng.integers(0, 60, (32, 32, 3))).astype(np.uint8)
+        rgb = (np.stack([looks == 1, looks == 2, looks == 0], -1) * 180 + rng.integers(0, 60, (32, 32, 3))).astype(
+            np.uint8
+        )
         Image.fromarray(rgb).save(root / "images" / f"p{i}.png")
     assert read_mask(root / "masks" / "p0.png", 2)[10, 10] == 1  # the index, not the red colour
-    result = trainer_factory(*FOLDER, "data.ignore_index=255", "train.epochs=3").fit()
-    assert result.status == "completed" and 0.0 <= result.best_value <= 1.0
+
+    class Validations:
+        def __init__(self):
+            self.batches, self.results = {}, []
+
+        @hookimpl
+        def validation_batch_end(self, batch):
+            self.batches.setdefault(batch.epoch, []).append((batch.masks.numpy(), batch.predictions.numpy()))
+
+        @hookimpl
+        def validation_end(self, result):
+            self.results.append(result)
+
+    seen = Validations()
+    result = trainer_factory(*FOLDER, "data.ignore_index=255", "train.epochs=5", "train.lr=0.02", plugins=[seen]).fit()
+    assert result.status == "completed"
+    masks, predictions = (np.concatenate(parts) for parts in zip(*seen.batches[4]))
+    expected = np.where(ids == 255, IGNORED, ids.astype(np.int64))
+    assert all(np.array_equal(m, expected) for m in masks)
+    score = _mean_foreground_dice(masks, predictions)
+    assert seen.results[-1].val_dice == pytest.approx(score) and score > 0.2, score
+    band_as_background = _mean_foreground_dice(np.where(masks == IGNORED, 0, masks), predictions)
+    assert band_as_background != pytest.approx(score), "the band must be predicted as foreground somewhere"
     with pytest.raises(DataError, match=r"class ids \[255\] outside 0..2 \(data.ignore_index is not set\)"):
         trainer_factory(*FOLDER)
 

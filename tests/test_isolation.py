@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -101,5 +102,33 @@ def test_a_plugin_may_raise_its_own_fit_end_bound(trainer_factory):
     assert "still running after 0.4 s" in result.plugin_failures[0].error
 
 
-def test_readme_says_how_a_plugin_stops_training():
-    assert "request_stop" in (REPO / "README.md").read_text()
+def test_the_readme_way_to_stop_training_works_and_raising_does_not(trainer_factory):
+    """Proves the README's rule as written: the method and the status are read from its sentence,
+    then a plugin raising in ``epoch_end`` does not stop the fit, while the method named there ends it
+    after the current epoch and its checkpoints, with the status named there."""
+    readme = " ".join((REPO / "README.md").read_text().split())
+    rule = re.search(
+        r"\*\*No hook stops training by raising\*\*: to stop .*? call `trainer\.(\w+)\(reason\)`; the fit "
+        r"ends after the current epoch and its checkpoints, with status `(\w+)`",
+        readme,
+    )
+    assert rule, "the README no longer says how a plugin stops training"
+    method, status = rule.groups()
+
+    class RaisesToStop:
+        @hookimpl
+        def epoch_end(self):
+            raise RuntimeError("stop!")
+
+    class Budget:
+        @hookimpl
+        def epoch_end(self, trainer, epoch):
+            if epoch.epoch == 1:
+                getattr(trainer, method)("time budget spent")
+
+    recorder = Recorder()
+    result = trainer_factory("train.epochs=4", plugins=[recorder, RaisesToStop(), Budget()]).fit()
+    assert (result.status, result.stop_reason, result.epochs_completed) == (status, "time budget spent", 2)
+    assert [f.hook for f in result.plugin_failures] == ["epoch_end"] and result.plugin_failures[0].count == 2
+    saved = [(kw["checkpoint"].kind, kw["checkpoint"].epoch) for n, kw in recorder.calls if n == "checkpoint_saved"]
+    assert ("last", 1) in saved  # the stopped epoch was still checkpointed

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from segtrack import ConfigError, PluginLoadError
+from segtrack import ConfigError, PluginLoadError, Setting, hookimpl, is_str
+from segtrack.cli import main
 from segtrack.plugins.manager import get_plugin_manager
 from testsupport.plugins import first_party_plugins
 
@@ -38,6 +39,35 @@ def test_entry_point_plugin_is_discovered_and_fires(fake_dist, trainer_factory, 
     trainer = SegmentationTrainer(settings_factory(), plugin_manager=manager)
     trainer.fit()
     assert manager.get_plugin("good").seen == [0, 1]
+
+
+class Greeter:
+    """Adds ``segtrack greet`` (``cli_commands``), which reads the plugin's own settings."""
+
+    @hookimpl
+    def settings_schema(self):
+        return [Setting("greeter.word", "a string", is_str, default="hello")]
+
+    @hookimpl
+    def cli_commands(self, subparsers):
+        parser = subparsers.add_parser("greet", help="print greeter.word and a name")
+        parser.add_argument("name")
+        parser.set_defaults(handler=lambda args, settings: print(settings["greeter"]["word"], args.name))
+
+
+def test_an_entry_point_plugin_adds_a_command_that_reads_its_settings(fake_dist, capsys):
+    fake_dist(
+        "segtrack-greeter",
+        "greeter",
+        "greeter_plugin",
+        "from test_plugin_loading import Greeter",
+        "greeter_plugin:Greeter",
+    )
+    assert main(["greet", "you", "--set", "greeter.word='hi'"]) == 0
+    assert capsys.readouterr().out == "hi you\n"
+    with pytest.raises(SystemExit):  # the command goes with the plugin
+        main(["greet", "you", "--set", "plugins.disabled=['greeter']"])
+    assert "invalid choice: 'greet'" in capsys.readouterr().err
 
 
 def test_each_manager_gets_a_fresh_instance(fake_dist, settings_factory):

@@ -4,28 +4,13 @@ commands run under ``strace -f -e trace=connect``, which also sees native DNS lo
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from testsupport.connections import traced
+from testsupport.connections import traced, user_env
 from testsupport.spools import run_records, write_spool
-
-# MLflow skips its telemetry by itself under pytest or CI (mlflow.telemetry.utils): a command under
-# test must not carry these variables, or it would pass without segtrack's switch
-QUIET_BY_ITSELF = ("PYTEST_", "CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "BUILDKITE", "TF_BUILD", "TRAVIS")
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MLFLOW_", "SEGTRACK_", "PYTEST_")) and k not in (*QUIET_BY_ITSELF, "DO_NOT_TRACK")
-    }
-    return {**env, "OMP_NUM_THREADS": "1", **extra}
-
 
 TRACKER = """
 from segtrack_mlflow import ExperimentTracker
@@ -43,7 +28,7 @@ def test_no_outside_connection_from_an_mlflow_client(entry_point, tmp_path, sqli
     else:
         command = [sys.executable, "-c", TRACKER]
     out, outside = traced(
-        command, tmp_path / "connect.log", cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300
+        command, tmp_path / "connect.log", cwd=tmp_path, env=user_env(), capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert outside == [], outside
@@ -61,7 +46,7 @@ def test_no_outside_connection_from_an_mlflow_client(entry_point, tmp_path, sqli
 @pytest.mark.parametrize("module", ["segtrack_mlflow.cli", "segtrack_mlflow.tracker", "segtrack_analytics.cli"])
 @pytest.mark.parametrize("given, expected", [(None, "true"), ("false", "false")])
 def test_the_switch_is_set_by_each_entry_point_unless_the_user_set_it(module, given, expected):
-    env = _env() if given is None else _env(MLFLOW_DISABLE_TELEMETRY=given)
+    env = user_env() if given is None else user_env(MLFLOW_DISABLE_TELEMETRY=given)
     code = f"import os, {module}; print(os.environ['MLFLOW_DISABLE_TELEMETRY'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
