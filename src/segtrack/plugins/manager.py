@@ -333,7 +333,10 @@ def _plugin_settings(settings: Any) -> Mapping[str, Any]:
         "disabled": (list, tuple),
         "fit_end_timeout": (int, float),
     }
-    return {k: v for k, v in section.items() if k in wanted and isinstance(v, wanted[k])}
+    kept = {k: v for k, v in section.items() if k in wanted and isinstance(v, wanted[k])}
+    if not all(isinstance(name, str) for name in kept.get("disabled", ())):
+        del kept["disabled"]  # names only: anything else is reported by the settings check
+    return kept
 
 
 def _core_version() -> str:
