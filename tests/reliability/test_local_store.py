@@ -8,16 +8,10 @@ import os
 import subprocess
 import sys
 
+from testsupport.settings import tiny
+
 SERVER_PASSWORD = "team-server-pw-1"
-FIT = [
-    "train.epochs=2",
-    "data.num_samples=8",
-    "data.image_size=16",
-    "model.width=2",
-    "model.depth=1",
-    "export.enabled=false",
-    "plugins.disabled=['progress', 'analytics']",
-]
+FIT = [*tiny(num_samples=8, width=2), "plugins.disabled=['progress', 'analytics']"]
 
 
 def test_server_credentials_in_secrets_leave_a_local_store_working(tmp_path, report_row):

@@ -136,9 +136,14 @@ def test_a_cross_validation_parent_is_marked_and_compact(trainer_factory, sqlite
     assert [f.info.run_name for f in folds] == [f"cv-{cv_id}-fold0", f"cv-{cv_id}-fold1"]
     with open(client.download_artifacts(parent.info.run_id, "cv_summary.json")) as fh:
         summary = json.load(fh)
-    # mean and std across folds of each metric the folds share: no per-epoch curves, no per-fold copies
-    expected = sorted(f"cv_{name}_{stat}" for name in summary["summary"] for stat in ("mean", "std"))
+    # mean and std across folds of each metric the folds share, and the monitor per fold (a curve over
+    # folds): no per-epoch curves, no per-fold copies of the other metrics
+    expected = sorted(
+        [*(f"cv_{name}_{stat}" for name in summary["summary"] for stat in ("mean", "std")), "cv_val_dice"]
+    )
     assert sorted(parent.data.metrics) == expected and "cv_val_dice_mean" in expected
+    steps = sorted(m.step for m in client.get_metric_history(parent.info.run_id, "cv_val_dice"))
+    assert steps == [1, 2]
     assert summary["monitor"] == "val_dice" and len(summary["folds"]) == 2 and "val_iou" in summary["summary"]
     # each fold logs its own split: with 2 folds, one fold's training set is the other's validation set
     (train0, val0), (train1, val1) = (
