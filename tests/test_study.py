@@ -38,7 +38,7 @@ class ListedTrials:
     def finish(self, number, value, error):
         state = "pruned" if number in self.prune else ("failed" if error or value is None else "completed")
         self.results[number] = (state, value)
-        return state
+        return state, value
 
     def best(self):
         done = [(n, v) for n, (s, v) in self.results.items() if s == "completed"]

@@ -137,9 +137,17 @@ def test_a_bad_trial_is_pruned_after_its_first_report(tmp_path, sqlite_uri):
     study = _study(f"sqlite:///{tmp_path / 'optuna.db'}", "prune")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE"]
     assert study.trials[2].intermediate_values == {0: 0.0}
-    _, trials = _runs(sqlite_uri)
+    # every value as the study records it, a pruned trial's (its last report) included, in MLflow too
+    assert [t.value for t in result.trials] == [t.value for t in study.trials]
+    parents, trials = _runs(sqlite_uri)
     tags = {int(r.data.tags["segtrack.trial"]): r.data.tags["segtrack.trial_state"] for r in trials}
     assert tags == {0: "completed", 1: "completed", 2: "pruned", 3: "completed"}
+    values = {int(r.data.tags["segtrack.trial"]): float(r.data.tags["segtrack.trial_value"]) for r in trials}
+    assert values == {t.number: t.value for t in study.trials}
+    from mlflow import MlflowClient
+
+    curve = MlflowClient(sqlite_uri).get_metric_history(parents[0].info.run_id, "trial_score")
+    assert sorted((m.step, m.value) for m in curve) == [(t.number, t.value) for t in study.trials]
 
 
 def test_a_failing_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path, sqlite_uri):

@@ -55,8 +55,9 @@ class TrialSource(Protocol):
         """The next trial's number and values (setting key -> value), or None: nothing left to run."""
         ...
 
-    def finish(self, number: int, value: float | None, error: str | None) -> str:
-        """Record a trial's end; returns its state: "completed", "pruned" or "failed"."""
+    def finish(self, number: int, value: float | None, error: str | None) -> tuple[str, float | None]:
+        """Record a trial's end; returns its state ("completed", "pruned" or "failed") and the value
+        the study records for it (a search library may score a pruned trial by its last report)."""
         ...
 
     def best(self) -> tuple[int, float, Mapping[str, Any]] | None:
@@ -189,7 +190,7 @@ class _StudyRunner:
         cv: CrossValidationResult | None,
         started: float,
     ) -> TrialResult:
-        state = self.source.finish(number, value if error is None else None, error)
+        state, value = self.source.finish(number, value if error is None else None, error)
         best = self._best()
         folds = cv.folds if cv is not None else ((fit,) if fit is not None else ())
         result = TrialResult(

@@ -233,7 +233,8 @@ class TrialResult:
     number: int  # the trial's number in the study (shared by every process that joined it)
     params: Mapping[str, Any]  # setting key -> the value this trial ran with
     state: str  # "completed", "pruned" or "failed"
-    value: float | None  # the objective: the fit's best monitored value (the folds' mean in a CV)
+    value: float | None  # the objective as the study records it: the fit's best monitored value (the
+    # folds' mean in a CV); a pruned trial's as the searching plugin scores it (Optuna: its last report)
     epochs: int  # epochs trained (summed over folds)
     error: str | None  # "ExceptionType: message" when failed
     fit: FitResult | None  # the fit, or None (a CV, or a trial that failed before training)

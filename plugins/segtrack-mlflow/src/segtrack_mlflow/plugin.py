@@ -507,6 +507,8 @@ class MlflowPlugin:
         self._trial_run = None
         spool = ran[1] if ran else self._failed_trial_run(trial)
         tags = {"segtrack.trial_state": trial.state, "segtrack.sampled": ",".join(trial.params)}
+        if trial.value is not None:  # the value the study records (a pruned trial's may not be its best)
+            tags["segtrack.trial_value"] = repr(trial.value)
         if trial.error:
             tags["segtrack.error"] = trial.error[:5000]
         spool.add(Tags(tags))

@@ -144,7 +144,7 @@ class OptunaTrials:
         trial.set_user_attr("segtrack.pid", os.getpid())
         return trial.number, params
 
-    def finish(self, number: int, value: float | None, error: str | None) -> str:
+    def finish(self, number: int, value: float | None, error: str | None) -> tuple[str, float | None]:
         import optuna
         from optuna.trial import TrialState
 
@@ -154,17 +154,15 @@ class OptunaTrials:
         trial.set_user_attr("segtrack.epochs", self.epochs_seen)
         if error is not None:
             trial.set_user_attr("segtrack.error", error[:2000])
-        if self.pruned:
-            self.study.tell(trial, state=TrialState.PRUNED)
-            return "pruned"
+        if self.pruned:  # Optuna scores a pruned trial by its last reported value
+            return "pruned", self.study.tell(trial, state=TrialState.PRUNED).value
         if error is not None or value is None or not math.isfinite(value):
             self.study.tell(trial, state=TrialState.FAIL)
-            return "failed"
+            return "failed", None
         try:
-            self.study.tell(trial, value)
+            return "completed", self.study.tell(trial, value).value
         except optuna.exceptions.UpdateFinishedTrialError:  # finished elsewhere (a stale-trial cleanup)
-            return "failed"
-        return "completed"
+            return "failed", None
 
     def best(self) -> tuple[int, float, dict[str, Any]] | None:
         try:
