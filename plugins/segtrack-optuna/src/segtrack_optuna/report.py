@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segtrack import ConfigError
-from segtrack_optuna.trials import masked, open_storage
+from segtrack import ConfigError, redact
+from segtrack_optuna.trials import open_storage
 
 STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 
@@ -37,7 +37,7 @@ def read_study(name: str, url: str) -> StudyTable:
         names = optuna.get_all_study_names(storage=storage)
         found = f"it holds {', '.join(map(repr, names[:10]))}" if names else "it holds no study"
         raise ConfigError(
-            f"no study {name!r} in {masked(url)} ({found}): pass --study NAME (and --storage URL)"
+            f"no study {name!r} in {redact(url)} ({found}): pass --study NAME (and --storage URL)"
         ) from None
     params: list[str] = []
     log_scale: set[str] = set()

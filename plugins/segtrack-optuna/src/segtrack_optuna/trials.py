@@ -13,13 +13,12 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from segtrack import ConfigError
+from segtrack import ConfigError, redact
 from segtrack_optuna.space import Dimension
 
 log = logging.getLogger("segtrack.sweep")
@@ -29,11 +28,6 @@ JOIN_TIMEOUT_S = 60.0
 
 def default_storage() -> str:
     return f"sqlite:///{Path('optuna.db').resolve()}"
-
-
-def masked(url: str) -> str:
-    """A storage URL fit to print: the password replaced by ***."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
 def storage_url(url: str) -> str:
@@ -62,7 +56,7 @@ def open_storage(url: str) -> Any:
         except Exception as exc:  # unreachable server, unknown driver, a typo in the URL
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(
-                f"cannot open the Optuna storage {masked(url)} ({masked(reason)[:300]}): give a reachable RDB URL "
+                f"cannot open the Optuna storage {redact(url)} ({redact(reason)[:300]}): give a reachable RDB URL "
                 "with --storage or sweep.storage, e.g. sqlite:///optuna.db or postgresql://user@host/db"
             ) from None
     raise AssertionError("unreachable")
@@ -118,12 +112,12 @@ class OptunaTrials:
         log.info(
             "study %s in %s: %s, %d trials in all",
             self.name,
-            masked(self.url),
+            redact(self.url),
             "created" if created else "joined",
             queued,
         )
         return {
-            "storage": masked(self.url),
+            "storage": redact(self.url),
             "sampler": self.section["sampler"],
             "pruner": self.section["pruner"],
             "seed": str(self.section["seed"]),
