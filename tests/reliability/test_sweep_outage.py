@@ -45,7 +45,14 @@ def test_a_server_outage_during_a_sweep_loses_nothing(tmp_path, sqlite_template)
     server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path).start()
     work = tmp_path / "work"
     work.mkdir()
-    args = ["sweep", "--study", "outage", "--trials", "3", *_sets(server.uri, "train.epochs=4", "sweep.export='none'")]
+    args = [
+        "sweep",
+        "--study",
+        "outage",
+        "--trials",
+        "3",
+        *_sets(server.uri, "train.epochs=4", "sweep.export='none'", "sweep.pruner='none'"),
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEGTRACK_", "MLFLOW_"))}
     sweep = subprocess.Popen(
         [sys.executable, "-m", "segtrack.cli", *args], cwd=work, env=env, stderr=subprocess.PIPE, text=True

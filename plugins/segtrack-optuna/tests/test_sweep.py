@@ -222,7 +222,17 @@ def test_two_processes_share_one_postgresql_study(tmp_path, sqlite_uri):
         for worker in range(2):
             folder = tmp_path / f"worker{worker}"
             folder.mkdir()
-            args = ["sweep", "--study", "shared", "--trials", "5", "--storage", url, *_sets(sqlite_uri)]
+            # no pruner: which trial the median pruner stops depends on which process sampled what
+            args = [
+                "sweep",
+                "--study",
+                "shared",
+                "--trials",
+                "5",
+                "--storage",
+                url,
+                *_sets(sqlite_uri, "sweep.pruner='none'"),
+            ]
             env = {k: v for k, v in os.environ.items() if not k.startswith(("SEGTRACK_", "MLFLOW_"))}
             workers.append(
                 subprocess.Popen(
