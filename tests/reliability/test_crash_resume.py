@@ -93,6 +93,11 @@ def _verify(tmp_path, uri, reference, report_row, scenario, faults):
     weights = torch.load(folder / "last.pt", weights_only=True)
     assert weights["epoch"] == EPOCHS - 1
     assert all(torch.equal(weights["model"][k], reference[k]) for k in reference)
+    import segtrack_mlflow
+
+    # the fit returned without waiting for the send; its shipper process (which no kill of the fit
+    # reaches) finishes it
+    assert segtrack_mlflow.wait_sent(tmp_path / ".segtrack" / "spool", 120)
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("segtrack").experiment_id])
     assert len(runs) == 1, [r.info.run_id for r in runs]

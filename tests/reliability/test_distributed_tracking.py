@@ -20,6 +20,7 @@ SETS = [
     "model.width=2",
     "model.depth=1",
     "export.enabled=false",
+    "mlflow.drain_timeout=60",  # the run is read back right after the command
     "mlflow.sample_overlays=0",
     "plugins.disabled=['progress', 'analytics']",
 ]

@@ -77,14 +77,16 @@ def test_a_relative_store_stays_in_the_folder_the_fit_started_in(settings_factor
     assert result.status == "completed"
     monkeypatch.chdir(later)
     (start / "mlflow.db").rmdir()
-    assert manager.get_plugin("mlflow")._shipper.drain(90)
+    import segtrack_mlflow
+
+    assert segtrack_mlflow.wait_sent(start / ".segtrack" / "spool", 90)
     assert not (later / "mlflow.db").exists() and not (later / "mlartifacts").exists()
     client = MlflowClient(f"sqlite:///{start / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("segtrack").experiment_id])
     assert [r.info.status for r in runs] == ["FINISHED"]
     assert len(client.get_metric_history(runs[0].info.run_id, "val_dice")) == 2
     report_row(
-        scenario="relative sqlite:///mlflow.db, os.chdir after fit() while the shipper still sends",
+        scenario="relative sqlite:///mlflow.db, os.chdir after fit() while the shipper process still sends",
         runs=1,
         faults=1,
         expected="run in the fit's folder",

@@ -50,6 +50,7 @@ def _train(tmp_path, uri, *extra):
         "data.image_size=16",
         "model.width=2",
         "model.depth=1",
+        "mlflow.drain_timeout=60",  # the run is read back right after the command
         "plugins.fit_end_timeout=2",
         "plugins.disabled=['analytics']",
         *extra,

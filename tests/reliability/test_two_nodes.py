@@ -30,6 +30,7 @@ SETS = [
     "data.image_size=16",
     "model.width=2",
     "model.depth=1",
+    "mlflow.drain_timeout=60",  # the run is read back right after the command
     "mlflow.sample_overlays=0",
     "plugins.disabled=['progress', 'analytics']",
 ]

@@ -25,7 +25,7 @@ def tiny(epochs: int = 2, num_samples: int = 16, width: int = 4) -> list[str]:
 TINY = tiny()
 
 # the mlflow plugin's suite
-TINY_MLFLOW = [*tiny(epochs=3), "mlflow.drain_timeout=60", "mlflow.log_every_n_steps=1"]
+TINY_MLFLOW = [*tiny(epochs=3), "mlflow.drain_timeout=60", "mlflow.log_every_n_steps=1", "mlflow.shipper_linger=30"]
 
 # the analytics plugin's suite (fits tracked by the mlflow plugin)
 TINY_ANALYTICS = [

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+import segtrack_mlflow
 from segtrack import PluginHookError
 from testsupport.mlflow_reads import artifacts, history, logged_settings, only_run
 from testsupport.plugins import RaiseAt
@@ -127,6 +128,8 @@ def test_sigterm_marks_the_run_killed(sqlite_uri, tmp_path):
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode != 0, output
+    # the CLI returned without waiting for the send: its shipper process finishes it
+    assert segtrack_mlflow.wait_sent(tmp_path / ".segtrack" / "spool", 60)
     client = MlflowClient(sqlite_uri)
     run = only_run(client)
     assert run.info.status == "KILLED", output[-2000:]
@@ -344,7 +347,7 @@ def test_a_database_password_in_the_uri_is_used_but_never_kept(trainer_factory, 
     masked = postgres_uri.replace("postgres@", "postgres:***@")
     assert "mlflow.tracking_uri" not in run.data.params  # plumbing: in config.toml, masked
     assert logged_settings(client, run.info.run_id)["mlflow"]["tracking_uri"] == masked
-    (folder,) = (tmp_path / ".segtrack" / "spool").iterdir()
+    (folder,) = Spool.folders_in(tmp_path / ".segtrack" / "spool")  # beside the shipper's lock, log and state
     assert Spool(folder, writer=False).meta["tracking_uri"] == masked
     # another process sends a spool it did not write: the masked password is left to the driver
     spool = Spool(folder, writer=False)

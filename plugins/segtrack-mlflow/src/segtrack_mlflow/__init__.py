@@ -12,7 +12,34 @@ from segtrack_mlflow.uri import DEFAULT_TRACKING_URI, resolve_tracking_uri
 TELEMETRY_OFF_BY_US = "MLFLOW_DISABLE_TELEMETRY" not in os.environ
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-__all__ = ["DEFAULT_TRACKING_URI", "ExperimentTracker", "MlflowPlugin", "resolve_tracking_uri"]
+__all__ = ["DEFAULT_TRACKING_URI", "ExperimentTracker", "MlflowPlugin", "resolve_tracking_uri", "wait_sent"]
+
+
+def wait_sent(spool_dir: str | os.PathLike = ".segtrack/spool", timeout: float = 60.0) -> bool:
+    """Wait up to ``timeout`` seconds until every run spooled in ``spool_dir`` has reached MLflow
+    (a fit returns before its shipper has sent the last records); True when all have.
+
+    For a script that reads its runs back right after ``fit()``; `segtrack mlflow status` shows
+    what is left, `segtrack mlflow sync` sends it from the command line."""
+    import time
+    from pathlib import Path
+
+    from segtrack_mlflow.spool import Spool, SpoolCorrupt
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = []
+        for folder in Spool.folders_in(Path(spool_dir)):
+            try:
+                if Spool(folder, writer=False).has_pending():
+                    left.append(folder)
+            except SpoolCorrupt:
+                continue  # never sent as it is: `segtrack mlflow sync` says why
+        if not left:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def __getattr__(name: str):

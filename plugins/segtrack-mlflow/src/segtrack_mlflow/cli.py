@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -51,7 +52,9 @@ def sync_command(args, settings) -> int:
     store.use_credentials(section["username"], section["password"])
     folder, spools, corrupt = _open_spools(args, settings)
     # spools keep their URI with the password masked: the URI this command is given supplies it
-    clients, by_id, failed = store.Clients(resolve_tracking_uri(None, settings)), {s.local_id: s for s in spools}, 0
+    uri = resolve_tracking_uri(None, settings)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", store.connect_uri(uri))  # a models:/ source resolves there
+    clients, by_id, failed = store.Clients(uri), {s.local_id: s for s in spools}, 0
     for spool in spools:
         name = f"{spool.local_id}  {spool.meta['run_name']}"
         torn = spool.repair_tail()
@@ -109,4 +112,8 @@ def status_command(args, settings) -> int:
         )
     if not spools and not corrupt:
         print(f"no spooled runs in {folder}")
+    from segtrack_mlflow.shipper_files import shipper_lines
+
+    for line in shipper_lines(folder):
+        print(line)
     return 2 if corrupt else 0

@@ -77,7 +77,9 @@ def send(client: Any, spool: Any, entry: LoggedModelEntry) -> None:
         _record_model_id(local, model_id)
         client.log_model_artifacts(model_id, str(local))
     client.finalize_logged_model(model_id, "READY")
-    client.log_outputs(spool.run_id, [LoggedModelOutput(model_id, entry.step)])
+    outputs = client.get_run(spool.run_id).outputs
+    if model_id not in {o.model_id for o in (outputs.model_outputs if outputs else [])}:  # not on a retry
+        client.log_outputs(spool.run_id, [LoggedModelOutput(model_id, entry.step)])
     if entry.register:
         _register(client, entry.register, model_id, spool.run_id)
     shutil.rmtree(local.parent, ignore_errors=True)

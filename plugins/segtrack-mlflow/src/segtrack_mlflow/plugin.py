@@ -1,5 +1,6 @@
-"""The ``mlflow`` plugin: every hook appends to a local spool and returns; a background shipper
-sends the spool to MLflow. Nothing here blocks training on the network."""
+"""The ``mlflow`` plugin: every hook appends to a local spool and returns; the shipper, a process
+of its own (shipper_process.py), sends the spool to MLflow. Nothing here waits on the network, and
+no sending shares the training process."""
 
 from __future__ import annotations
 
@@ -54,13 +55,13 @@ class MlflowPlugin:
         self._trial_run: tuple[int, Spool] | None = None  # the run of the trial running now
         self._study_name, self._objective = "", ""
         self.resume_state: dict | None = None
-        self._shipper = None
+        self._link = None  # to the shipper process (shipper_link.py), made on the first run
         self._every = 0  # mlflow.log_every_n_steps, set at fit_start
         self._last_samples = ()
         self._best_samples = ()
         self._example = None  # one validation image (1, C, *spatial): the LoggedModel's input example
         self._exported = False
-        self._monitor = None
+        self._sampler = None  # the system metrics process of the fit running now
         self._num_classes, self._dims = 0, 2
         self._datasets_pending = False  # inputs and hash tags wait for the first epoch's SHA256s
 
@@ -145,14 +146,20 @@ class MlflowPlugin:
 
     # -- runs -----------------------------------------------------------------------------------
 
-    def _shipper_for(self, spool: Spool):
-        from segtrack_mlflow.shipper import Shipper
+    def _send(self, spool: Spool) -> None:
+        """Make what ``spool`` holds durable and have the shipper send it now."""
+        from segtrack_mlflow.shipper_link import ShipperLink
 
-        if self._shipper is None:
-            store.configure_http(self.section["request_timeout"])
-            self._shipper = Shipper(store.Clients(self._uri, absolute_uri(self._uri)))
-        self._shipper.add(spool)
-        return self._shipper
+        spool.sync()
+        if self._link is None:
+            store.configure_http(self.section["request_timeout"])  # the shipper inherits the environment
+            self._link = ShipperLink(
+                Path(self.section["spool_dir"]),
+                absolute_uri(self._uri),
+                self.section["flush_interval"],
+                self.section["shipper_linger"],
+            )
+        self._link.wake()
 
     def _new_spool(
         self, run_name: str, tags: dict, parent: Spool | None, run_id: str | None = None, continues: str | None = None
@@ -222,7 +229,7 @@ class MlflowPlugin:
         if in_study:
             self._trial_run = (info.trial, self.parent)
         self._log_settings(self.parent, info.config)
-        self._shipper_for(self.parent)
+        self._send(self.parent)
 
     @hookimpl(tryfirst=True)  # see cross_validation_start
     def fit_start(self, run):
@@ -273,26 +280,17 @@ class MlflowPlugin:
         self._datasets_pending = not resumed and not fingerprints_known(run)
         self._every = self.section["log_every_n_steps"]
         self._num_classes, self._dims = run.num_classes, run.spatial_dims
-        self._shipper_for(self.spool)
+        self._send(self.spool)
         if self.section["system_metrics"]:
-            self._start_system_metrics(self.spool)
+            from segtrack_mlflow.system_metrics import SystemSampler
 
-    def _start_system_metrics(self, spool: Spool) -> None:
-        from segtrack_mlflow.system_metrics import SystemMonitor
-
-        def record(values: dict, step: int) -> None:
-            now = _now_ms()
-            for key, value in values.items():
-                spool.metric(key, value, step, now)
-
-        first = spool.max_step("system/cpu_utilization_percentage") + 1
-        interval = self.section["system_metrics_interval"]
-        self._monitor = SystemMonitor(record, interval, Path(self.section["spool_dir"]).resolve(), first).start()
+            interval = self.section["system_metrics_interval"]
+            self._sampler = SystemSampler(self.spool.folder, interval, Path(self.section["spool_dir"]).resolve())
 
     def _stop_system_metrics(self) -> None:
-        if self._monitor is not None:
-            self._monitor.stop()
-            self._monitor = None
+        if self._sampler is not None:
+            self._sampler.stop()  # it takes a last reading first
+            self._sampler = None
 
     def _resumed_spool(self, state: dict, run_name: str) -> Spool | None:
         """The spool to continue a resumed run in. The run's own spool when it lies in this
@@ -354,8 +352,8 @@ class MlflowPlugin:
                 self.spool.metric(key, value, step, now)
         if epoch.is_best:
             self._best_samples = self._last_samples
-        self.spool.sync()
-        self._shipper.wake()
+        self._send(self.spool)
+        self._link.report()
 
     @hookimpl
     def checkpoint_saved(self, checkpoint):
@@ -412,7 +410,8 @@ class MlflowPlugin:
         if result.error:  # why the run failed, readable in the run's page and searchable
             spool.add(Tags({"segtrack.error": result.error[:5000]}))
         spool.add(Status(STATUS.get(result.status, "FAILED"), _now_ms()))
-        spool.sync()
+        spool.close()  # written in full: the shipper exits once it has sent it
+        self._send(spool)
         self._drain(spool)
 
     @hookimpl
@@ -454,7 +453,8 @@ class MlflowPlugin:
         ran = len(result.folds) == result.num_folds or (result.folds and result.folds[-1].status == "stopped")
         ok = bool(ran) and all(f.status in ("completed", "stopped") for f in result.folds)
         self.parent.add(Status("FINISHED" if ok else "FAILED", _now_ms()))
-        self.parent.sync()
+        self.parent.close()
+        self._send(self.parent)
         self._drain(self.parent)
         self.parent, self.parent_cv_id = None, None
 
@@ -494,7 +494,7 @@ class MlflowPlugin:
             **{f"study.space.{key}": json.dumps(thaw(value)) for key, value in study.space.items()},
         }
         self.study.add(Params(described))
-        self._shipper_for(self.study)
+        self._send(self.study)
 
     @hookimpl
     def trial_end(self, trial):
@@ -514,15 +514,14 @@ class MlflowPlugin:
         spool.add(Tags(tags))
         if trial.state == "failed":
             spool.add(Status("FAILED", _now_ms()))
-        spool.sync()
+        spool.close()
         now, objective = _now_ms(), self._objective
         if trial.value is not None:
             self.study.metric(f"trial_{objective}", trial.value, trial.number, now)
         if trial.best_number is not None and trial.best_value is not None:
             self.study.metric(f"study_best_{objective}", trial.best_value, trial.number, now)
             self.study.metric("study_best_trial", trial.best_number, trial.number, now)
-        self.study.sync()
-        self._shipper_for(spool)
+        self._send(self.study)
 
     def _failed_trial_run(self, trial) -> Spool:
         """A trial that failed before any fit began still gets its run, with the sampled values."""
@@ -542,25 +541,48 @@ class MlflowPlugin:
             tags["segtrack.best_trial"] = str(result.best_number)
         study.add(Tags(tags))
         study.add(Status("FINISHED" if result.status == "completed" else "KILLED", _now_ms()))
-        study.sync()
-        self._shipper_for(study)
+        study.close()
+        self._send(study)
         self._drain(study)
 
     def _drain(self, spool: Spool) -> None:
-        if self._shipper.drain(self.section["drain_timeout"]):
+        """Wait for the run to be sent when ``mlflow.drain_timeout`` asks for it (by default the
+        fit returns at once and the shipper sends the rest); say what the server refused."""
+        timeout = self.section["drain_timeout"]
+        sent = self._link.wait_sent([spool], timeout) if timeout > 0 else not spool.has_pending()
+        self._report_rejected(spool)
+        if sent:
+            return
+        error = self._link.error()
+        if timeout == 0 and not error:
+            log.info(
+                "MLflow run %r: the shipper (log: %s) sends what is left in the background",
+                spool.meta["run_name"],
+                self._link.files.log,
+            )
             return
         left = spool.summary()
-        what = ", ".join(f"{n} {kind}" for kind, n in sorted(left.items()))
+        what = ", ".join(f"{n} {kind}" for kind, n in sorted(left.items())) or "the last records"
         log.warning(
-            "MLflow run %r is not fully sent after %.0f s (%s): %s still spooled in %s. They are kept on disk; "
-            "send them with `segtrack mlflow sync` once %s is reachable",
+            "MLflow run %r is not fully sent%s (%s): %s still spooled in %s. They are kept on disk; the shipper "
+            "retries for %.0f s, else send them with `segtrack mlflow sync` once %s is reachable",
             spool.meta["run_name"],
-            self.section["drain_timeout"],
-            self._shipper.last_error or "still sending",
+            f" after {timeout:.0f} s" if timeout else "",
+            error or "still sending",
             what,
             spool.folder,
+            self.section["shipper_linger"],
             self.tracking_uri,
         )
+
+    def _report_rejected(self, spool: Spool) -> None:
+        """Records the server refused are kept in rejected.jsonl (never dropped): say so here, where
+        the user looks, not only in the shipper's log."""
+        path = spool.folder / "rejected.jsonl"
+        if path.is_file():
+            with path.open("rb") as fh:
+                count = sum(1 for _ in fh)
+            log.error("MLflow refused %d record(s) of run %r; they are kept in %s", count, spool.meta["run_name"], path)
 
     # -- state in checkpoints -------------------------------------------------------------------
 

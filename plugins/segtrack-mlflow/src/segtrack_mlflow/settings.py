@@ -19,9 +19,15 @@ SCHEMA = [
     Setting("mlflow.tracking_uri", "a URI string (empty: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)", is_str, ""),
     Setting("mlflow.offline", '"auto" or "fail" (auto: spool and send when reachable)', one_of("auto", "fail"), "auto"),
     Setting("mlflow.spool_dir", "a folder path", lambda v: is_str(v) and bool(v), ".segtrack/spool"),
-    Setting("mlflow.drain_timeout", "a number of seconds >= 0", _seconds(0), 30.0),
+    # 0: a fit returns at once and the shipper process sends the rest; > 0: the fit waits that long
+    Setting("mlflow.drain_timeout", "a number of seconds >= 0 (0: do not wait for the send)", _seconds(0), 0.0),
     Setting("mlflow.request_timeout", "a number of seconds > 0", _seconds(0, strict=True), 10.0),
-    Setting("mlflow.log_every_n_steps", "an integer >= 0 (0: no per-step loss)", lambda v: is_int(v) and v >= 0, 1),
+    # the shipper sends at most this often (and at each epoch's end): up to 1,000 points per request
+    Setting("mlflow.flush_interval", "a number of seconds > 0", _seconds(0, strict=True), 2.0),
+    # how long the shipper keeps retrying an unreachable server after the last fit ended
+    Setting("mlflow.shipper_linger", "a number of seconds >= 0", _seconds(0), 300.0),
+    # Lightning's default: 50 (a per-step curve of a few hundred points per epoch at most)
+    Setting("mlflow.log_every_n_steps", "an integer >= 0 (0: no per-step loss)", lambda v: is_int(v) and v >= 0, 50),
     Setting("mlflow.checkpoint_policy", " | ".join(POLICIES), one_of(*POLICIES), "best+last"),
     Setting("mlflow.sample_overlays", "0 to 16", lambda v: is_int(v) and 0 <= v <= 16, 4),
     Setting(

@@ -1,12 +1,10 @@
-"""Send spooled records to MLflow in batches, in order, from a background thread."""
+"""Send spooled records to MLflow in batches, in order (the shipper process and `segtrack mlflow sync`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import shutil
-import threading
-import time
 
 from segtrack_mlflow import store
 from segtrack_mlflow.entries import (
@@ -21,7 +19,7 @@ from segtrack_mlflow.entries import (
     Status,
     Tags,
 )
-from segtrack_mlflow.spool import Pending, Spool, SpoolBusy, SpoolCorrupt, read_meta
+from segtrack_mlflow.spool import RECORDS, SYSTEM, Pending, Spool, SpoolCorrupt, read_meta
 from segtrack_mlflow.uri import redact
 
 log = logging.getLogger("segtrack.mlflow")
@@ -46,8 +44,15 @@ def ship(spool: Spool, clients: store.Clients, spools_by_id: dict[str, Spool] | 
 
 
 def _ship_locked(spool: Spool, clients: store.Clients, spools_by_id: dict[str, Spool]) -> int:
+    sent = _ship_stream(spool, clients, spools_by_id, RECORDS)
+    if spool.run_id is not None:  # system metric points belong to the run the records created
+        sent += _ship_stream(spool, clients, spools_by_id, SYSTEM)
+    return sent
+
+
+def _ship_stream(spool: Spool, clients: store.Clients, spools_by_id: dict[str, Spool], stream: str) -> int:
     sent = 0
-    while items := spool.pending():  # up to a corrupt line: the next call names it (SpoolCorrupt)
+    while items := spool.pending(stream=stream):  # up to a corrupt line: the next call names it (SpoolCorrupt)
         client = clients[spool.meta["tracking_uri"]]
         i = 0
         while i < len(items):
@@ -65,7 +70,7 @@ def _ship_locked(spool: Spool, clients: store.Clients, spools_by_id: dict[str, S
                 if not store.is_rejected(exc):
                     raise
                 _reject(spool, items[i:j], exc)
-            spool.commit(items[j - 1].end)
+            spool.commit(items[j - 1].end, stream)
             sent += j - i
             i = j
     return sent
@@ -188,81 +193,3 @@ def _reject(spool: Spool, items: list[Pending], error: BaseException) -> None:
         redact(str(error).splitlines()[0])[:200],
         spool.folder / "rejected.jsonl",
     )
-
-
-class Shipper:
-    """One background thread per plugin instance, shipping its spools in creation order."""
-
-    def __init__(self, clients: store.Clients, interval: float = 1.0, max_backoff: float = 5.0):
-        self.interval, self.max_backoff = interval, max_backoff
-        self.spools: dict[str, Spool] = {}
-        self.last_error: str | None = None
-        self.clients = clients
-        self._wake = threading.Event()
-        self._idle = threading.Event()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def add(self, spool: Spool) -> None:
-        with self._lock:
-            self.spools[spool.local_id] = spool
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="segtrack-mlflow-shipper", daemon=True)
-            self._thread.start()
-        self.wake()
-
-    def wake(self) -> None:
-        self._idle.clear()
-        self._wake.set()
-
-    def _run(self) -> None:
-        backoff = self.interval
-        while True:  # a daemon thread: it lives as long as the process, shipping whatever is spooled
-            self._wake.clear()
-            try:
-                self.ship_all()
-                self.last_error, backoff = None, self.interval
-                if not self.pending():
-                    self._idle.set()
-                self._wake.wait(self.interval)
-            except Exception as exc:  # down or refusing: keep everything, retry later
-                if self.last_error is None and isinstance(exc, SpoolCorrupt):
-                    log.error("%s", exc)
-                elif self.last_error is None:
-                    log.warning(
-                        "MLflow unreachable (%s: %s); spooling locally and retrying",
-                        type(exc).__name__,
-                        redact(str(exc).splitlines()[0])[:200] if str(exc) else "",
-                    )
-                self.last_error = redact(f"{type(exc).__name__}: {exc}")
-                time.sleep(backoff)
-                backoff = min(self.max_backoff, backoff * 2)
-
-    def ship_all(self) -> int:
-        with self._lock:
-            spools = sorted(self.spools.values(), key=lambda s: s.local_id)
-        sent = 0
-        for spool in spools:
-            if spool.has_pending():
-                try:
-                    sent += ship(spool, self.clients, self.spools)
-                except SpoolBusy:
-                    continue  # `segtrack mlflow sync` is sending it; pending() tells when it is done
-        return sent
-
-    def pending(self) -> bool:
-        with self._lock:
-            return any(s.has_pending() for s in self.spools.values())
-
-    def drain(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds until every spool is shipped; True when it is."""
-        deadline = time.monotonic() + timeout
-        self.wake()
-        while self.pending():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self._idle.wait(min(remaining, 0.05))
-            self._idle.clear()
-            self._wake.set()
-        return True

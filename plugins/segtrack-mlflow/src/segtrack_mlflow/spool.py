@@ -4,9 +4,11 @@ Layout of one spool folder (named by its local id, which sorts by creation time)
     meta.json      run identity: tracking URI, experiment, run name, parent, MLflow run id once known
     records.jsonl  one JSON line per entry (typed in entries.py), appended with a single write each
     cursor         byte offset in records.jsonl up to which records reached MLflow
+    system.jsonl   system metric points, appended by the fit's sampler process (system_metrics.py)
+    system.cursor  byte offset in system.jsonl up to which points reached MLflow
     files/         hard links (or copies) of artifacts waiting for upload
     quarantined.jsonl  lines `segtrack mlflow sync` moved out of records.jsonl: not records, never sent
-    ship.lock      flock held by whoever is sending (a fit's shipper thread or `segtrack mlflow sync`)
+    ship.lock      flock held by whoever is sending (the shipper process or `segtrack mlflow sync`)
 The fit writing records.jsonl holds a shared flock on it, so `segtrack mlflow sync` never cuts a
 record short that a live fit is still writing. meta.json keeps the tracking URI with its password
 masked: the sender takes credentials from the environment or settings (see store.connect_uri).
@@ -36,6 +38,8 @@ FIX = (
     f"run `segtrack mlflow sync` once no fit writes this spool: it moves such lines to {QUARANTINE} and sends the rest"
 )
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
+RECORDS, SYSTEM = "records.jsonl", "system.jsonl"
+CURSORS = {RECORDS: "cursor", SYSTEM: "system.cursor"}  # each stream's file: where its sent part ends
 
 
 class SpoolBusy(Exception):
@@ -114,8 +118,11 @@ class Spool:
             if item.record["t"] == "metric":
                 key, step = item.record["k"], item.record["s"]
                 self._max_steps[key] = max(step, self._max_steps.get(key, step))
+        self._open_writer()
+
+    def _open_writer(self) -> None:
         self._fd = os.open(self.folder / "records.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._repair_tail(self._fd)
+        self._repair_tail(self._fd, wait=1.0)  # the shipper's liveness probe holds the lock for microseconds
         fcntl.flock(self._fd, fcntl.LOCK_SH)  # held while open: a live writer's tail is never cut
 
     # -- creation -------------------------------------------------------------------------------
@@ -156,6 +163,8 @@ class Spool:
     def append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n").encode()
         with self._lock:
+            if self._fd < 0:  # closed at a fit's end, written again (a trial's state after its fit)
+                self._open_writer()
             os.write(self._fd, line)  # one write per record: readers never see half a line
             if record.get("t") == "metric":
                 key, step = record["k"], record["s"]
@@ -199,7 +208,8 @@ class Spool:
     def sync(self) -> None:
         """Make everything appended so far durable (fsync)."""
         with self._lock:
-            os.fsync(self._fd)
+            if self._fd >= 0:  # closed: close() made it durable
+                os.fsync(self._fd)
 
     def close(self) -> None:
         with self._lock:
@@ -233,32 +243,36 @@ class Spool:
         finally:
             os.close(fd)  # releases the lock
 
-    def cursor(self) -> int:
-        path = self.folder / "cursor"
+    def cursor(self, stream: str = RECORDS) -> int:
+        path = self.folder / CURSORS[stream]
         try:
             return int(path.read_text()) if path.is_file() else 0
         except ValueError:
             raise SpoolCorrupt(
-                f"spool {self.folder}: cursor is not a byte offset: delete that file to send "
-                f"the spool from its start (MLflow ignores points sent twice)"
+                f"spool {self.folder}: {path.name} is not a byte offset: delete that file to send "
+                f"{stream} from its start (MLflow ignores points sent twice)"
             ) from None
 
-    def commit(self, offset: int) -> None:
-        _write_atomic(self.folder / "cursor", str(offset))
+    def commit(self, offset: int, stream: str = RECORDS) -> None:
+        _write_atomic(self.folder / CURSORS[stream], str(offset))
 
-    def pending(self, limit: int = 20_000) -> list[Pending]:
-        return self._read_from(self.cursor(), limit)
+    def pending(self, limit: int = 20_000, stream: str = RECORDS) -> list[Pending]:
+        return self._read_from(self.cursor(stream), limit, stream)
 
     def has_pending(self) -> bool:
-        path = self.folder / "records.jsonl"
-        return path.is_file() and path.stat().st_size > self.cursor()
+        """Whether anything of this spool (records, system metric points) is still to be sent."""
+        for stream in CURSORS:
+            path = self.folder / stream
+            if path.is_file() and path.stat().st_size > self.cursor(stream):
+                return True
+        return False
 
-    def _read_from(self, offset: int, limit: int | None = None) -> list[Pending]:
+    def _read_from(self, offset: int, limit: int | None = None, stream: str = RECORDS) -> list[Pending]:
         """Complete records from ``offset`` on, up to a corrupt line (SpoolCorrupt if it comes first)."""
         items: list[Pending] = []
-        if not (self.folder / "records.jsonl").is_file():
+        if not (self.folder / stream).is_file():
             return items
-        with open(self.folder / "records.jsonl", "rb") as fh:
+        with open(self.folder / stream, "rb") as fh:
             fh.seek(offset)
             position = offset
             for line in fh:
@@ -269,7 +283,7 @@ class Spool:
                     if items:
                         break
                     raise SpoolCorrupt(
-                        f"spool {self.folder}: line {self._line_at(position)} of records.jsonl is "
+                        f"spool {self.folder}: line {self._line_at(position, stream)} of {stream} is "
                         f"corrupt ({why}): {FIX}"
                     )
                 position += len(line)
@@ -278,9 +292,23 @@ class Spool:
                     break
         return items
 
-    def _line_at(self, offset: int) -> int:
-        with open(self.folder / "records.jsonl", "rb") as fh:
+    def _line_at(self, offset: int, stream: str = RECORDS) -> int:
+        with open(self.folder / stream, "rb") as fh:
             return fh.read(offset).count(b"\n") + 1
+
+    def has_writer(self) -> bool:
+        """Whether a live process holds this spool open for writing (a fit that may append more)."""
+        try:
+            fd = os.open(self.folder / "records.jsonl", os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # releases the probe's lock
 
     def torn_line(self) -> int | None:
         """The number of an unfinished last line (a crash cut it short, or a fit is writing it)."""
@@ -303,11 +331,16 @@ class Spool:
         finally:
             os.close(fd)
 
-    def _repair_tail(self, fd: int) -> int | None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None  # a live writer holds it
+    def _repair_tail(self, fd: int, wait: float = 0.0) -> int | None:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return None  # a live writer holds it
+                time.sleep(0.01)
         torn = self.torn_line()
         if torn is not None:
             with open(self.folder / "records.jsonl", "rb") as fh:
@@ -362,14 +395,18 @@ class Spool:
         finally:
             os.close(fd)
 
-    def _read_all(self, offset: int) -> Iterator[Pending]:
-        while items := self._read_from(offset, 20_000):
+    def _read_all(self, offset: int, stream: str = RECORDS) -> Iterator[Pending]:
+        while items := self._read_from(offset, 20_000, stream):
             yield from items
             offset = items[-1].end
 
     def summary(self) -> dict[str, int]:
-        """Unsent records by type (SpoolCorrupt names the first corrupt line)."""
+        """Unsent records by type (SpoolCorrupt names the first corrupt line); system metric points
+        count as "system metric"."""
         counts: dict[str, int] = {}
         for item in self._read_all(self.cursor()):
             counts[item.record["t"]] = counts.get(item.record["t"], 0) + 1
+        system = sum(1 for _ in self._read_all(self.cursor(SYSTEM), SYSTEM))
+        if system:
+            counts["system metric"] = system
         return counts

@@ -1,0 +1,79 @@
+"""Where the shipper process of one spool folder and tracking URI keeps its lock, wake-up pipe,
+state and log: beside the spools, named by a digest of the URI (masked password), so fits that
+log to different stores from one spool folder each get their own sender and credentials."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ShipperFiles:
+    root: Path  # the spool folder
+    uri: str  # the tracking URI as spools keep it (password masked)
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(self.uri.encode()).hexdigest()[:10]
+
+    def _path(self, suffix: str) -> Path:
+        return self.root / f"shipper-{self.key}.{suffix}"
+
+    @property
+    def lock(self) -> Path:  # flock held by the one running shipper
+        return self._path("lock")
+
+    @property
+    def wake(self) -> Path:  # a FIFO: a byte written there wakes the shipper; no reader = none runs
+        return self._path("wake")
+
+    @property
+    def state(self) -> Path:  # {"pid", "error"}: what the fit reports on its console
+        return self._path("json")
+
+    @property
+    def log(self) -> Path:
+        return self._path("log")
+
+    def read_state(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self.state.read_text())
+            return state if isinstance(state, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def write_state(self, **state: Any) -> None:
+        tmp = self.state.with_name(f".{self.state.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.state)
+
+
+def shipper_lines(root: Path) -> list[str]:
+    """One line per shipper of this spool folder: running or not, its URI, its current trouble."""
+    import fcntl
+
+    lines = []
+    for state_path in sorted(Path(root).glob("shipper-*.json")):
+        try:
+            state = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            continue
+        lock = state_path.with_suffix(".lock")
+        running = False
+        if lock.is_file():
+            fd = os.open(lock, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                running = True
+            finally:
+                os.close(fd)
+        what = f"running (pid {state.get('pid')})" if running else "not running"
+        trouble = f"; retrying: {state['error']}" if running and state.get("error") else ""
+        lines.append(f"shipper for {state.get('uri', '?')}: {what}{trouble}; log {state_path.with_suffix('.log')}")
+    return lines

@@ -1,0 +1,115 @@
+"""The training process's side of the shipper process: wake it (starting one when none runs),
+wait until given spools are sent, and read what it reports. Nothing here sends anything."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from segtrack_mlflow.shipper_files import ShipperFiles
+from segtrack_mlflow.shipper_process import URI_ENV
+from segtrack_mlflow.spool import Spool
+from segtrack_mlflow.uri import redact
+
+log = logging.getLogger("segtrack.mlflow")
+START_GRACE_S = 15.0  # a shipper we started is given this long to open its FIFO before another is started
+POLL_S = 0.02
+
+
+class ShipperLink:
+    """:param root: the spool folder. :param uri: the tracking URI with its credentials (passed to
+    the shipper in its environment). The other parameters are the shipper's (see shipper_process)."""
+
+    def __init__(self, root: Path, uri: str, flush_interval: float = 2.0, linger: float = 300.0):
+        self.files = ShipperFiles(Path(root).resolve(), redact(uri))
+        self.uri, self.flush_interval, self.linger = uri, flush_interval, linger
+        self._started: subprocess.Popen | None = None
+        self._started_at = 0.0
+        self._reported: str | None = None
+
+    def wake(self) -> None:
+        """Tell the shipper there is something to send now; start one when none listens."""
+        try:
+            fd = os.open(self.files.wake, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno not in (errno.ENXIO, errno.ENOENT):  # ENXIO: a FIFO without reader
+                raise
+            self._start()
+            return
+        try:
+            os.write(fd, b"w")
+        except BlockingIOError:
+            pass  # the FIFO is full of wake-ups already
+        finally:
+            os.close(fd)
+
+    def _start(self) -> None:
+        starting = self._started is not None and self._started.poll() is None
+        if starting and time.monotonic() - self._started_at < START_GRACE_S:
+            return  # ours is starting (or waiting for the lock of one that is finishing)
+        env = {**os.environ, URI_ENV: self.uri}
+        self.files.root.mkdir(parents=True, exist_ok=True)
+        with open(self.files.log, "ab") as log_file:
+            self._started = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "segtrack_mlflow.shipper_process",
+                    "--spool-dir",
+                    str(self.files.root),
+                    "--uri",
+                    self.files.uri,
+                    "--flush-interval",
+                    str(self.flush_interval),
+                    "--linger",
+                    str(self.linger),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.files.root,
+                start_new_session=True,  # outlives this process; a Ctrl-C here does not reach it
+            )
+        self._started_at = time.monotonic()
+        # reaps it when it exits while this process lives (no zombie; no warning for a live child)
+        threading.Thread(target=self._started.wait, name="segtrack-shipper-reaper", daemon=True).start()
+
+    def wait_sent(self, spools: Iterable[Spool], timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until every record of ``spools`` is sent; True when it is."""
+        spools = list(spools)
+        deadline = time.monotonic() + timeout
+        next_wake = 0.0
+        while any(s.has_pending() for s in spools):
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            if now >= next_wake:  # also restarts a shipper that exited or was killed meanwhile
+                self.wake()
+                self.report()
+                next_wake = now + 1.0
+            time.sleep(POLL_S)
+        return True
+
+    def error(self) -> str | None:
+        """The shipper's current trouble ("ConnectionError: ..."), None when it sends fine."""
+        return self.files.read_state().get("error")
+
+    def report(self) -> None:
+        """Say on this process's console when the shipper starts or stops failing to send."""
+        error = self.error()
+        if error and error != self._reported:
+            log.warning(
+                "MLflow unreachable (%s): spooling locally in %s; the shipper retries (its log: %s)",
+                error[:200],
+                self.files.root,
+                self.files.log,
+            )
+        self._reported = error
