@@ -17,7 +17,11 @@ if str(TESTS) not in sys.path:
     sys.path.append(str(TESTS))
 
 
-def interleaved(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+def interleaved(
+    variants: dict[str, Callable[[], object]], rounds: int, settle: dict[str, Callable[[], object]] | None = None
+) -> dict[str, list[float]]:
+    """Seconds per variant per round. ``settle[name]`` runs untimed right after that variant
+    (e.g. waiting for work it left in the background, so it does not slow the next variant)."""
     times: dict[str, list[float]] = {name: [] for name in variants}
     for round_index in range(rounds):
         order = list(variants.items())
@@ -27,6 +31,8 @@ def interleaved(variants: dict[str, Callable[[], object]], rounds: int) -> dict[
             started = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - started)
+            if settle and name in settle:
+                settle[name]()
     return times
 
 

@@ -135,8 +135,10 @@ def test_incremental_refresh_new_updated_and_deleted_runs(sqlite_uri, tmp_path):
 def test_corrupt_or_foreign_cache_is_rebuilt(sqlite_uri, tmp_path):
     populate(sqlite_uri)
     cache = tmp_path / "cache"
-    RunAnalytics(sqlite_uri, cache_dir=cache).load_experiment_runs("synthetic")
-    for parquet in cache.rglob("metrics.parquet"):
+    first = RunAnalytics(sqlite_uri, cache_dir=cache)
+    first.load_experiment_runs("synthetic")
+    first.wait_for_cache()  # written in the background
+    for parquet in cache.rglob("metrics.arrow"):
         parquet.write_bytes(b"garbage")
     stats = RunAnalytics(sqlite_uri, cache_dir=cache).load_experiment_runs("synthetic")
     assert not stats.from_cache and stats.metric_points == 6 * 9
@@ -165,8 +167,10 @@ def test_new_runs_only_grow_the_cache_by_deltas_until_compaction(sqlite_uri, tmp
         run = client.create_run(experiment_id, run_name=f"new-{index}").info.run_id
         client.log_metric(run, "val_dice", index / 10, step=0)
         client.set_terminated(run)
-        stats = RunAnalytics(sqlite_uri, cache_dir=cache).load_experiment_runs("synthetic")
+        analytics = RunAnalytics(sqlite_uri, cache_dir=cache)
+        stats = analytics.load_experiment_runs("synthetic")
         assert (stats.reread, stats.from_cache) == (1, True)
+        analytics.wait_for_cache()
         state = json.loads(next(cache.rglob("state.json")).read_text())
         assert state["deltas"] == (index + 1) % (MAX_DELTAS + 1)
     cached = RunAnalytics(sqlite_uri, cache_dir=cache)
@@ -175,3 +179,14 @@ def test_new_runs_only_grow_the_cache_by_deltas_until_compaction(sqlite_uri, tmp
     full.load_experiment_runs("synthetic")
     sql = 'SELECT run_id, "metrics.val_dice" AS v FROM runs ORDER BY run_id'
     assert cached.query(sql).to_pylist() == full.query(sql).to_pylist()
+
+
+def test_a_renamed_run_is_read_again(sqlite_uri, tmp_path):
+    ids = populate(sqlite_uri, runs=2)  # the cv parent, a finished run, a running one
+    cache = tmp_path / "cache"
+    RunAnalytics(sqlite_uri, cache_dir=cache).load_experiment_runs("synthetic")
+    MlflowClient(sqlite_uri).update_run(ids[1], name="renamed")
+    analytics = RunAnalytics(sqlite_uri, cache_dir=cache)
+    assert analytics.load_experiment_runs("synthetic").reread == 2  # the renamed run and the running one
+    rows = analytics.query(f"""SELECT run_name, "tags.mlflow.runName" AS tag FROM runs WHERE run_id = '{ids[1]}'""")
+    assert rows.to_pylist() == [{"run_name": "renamed", "tag": "renamed"}]

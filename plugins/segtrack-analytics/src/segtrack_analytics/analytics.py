@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import difflib
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,20 +13,15 @@ from urllib.parse import urlsplit
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from segtrack import ConfigError
+from segtrack_analytics import build
 from segtrack_analytics.cache import RunCache, changed_runs, merge
-from segtrack_analytics.tables import RunDetails, Source
+from segtrack_analytics.tables import RunDetails, RunTables, Source
 from segtrack_mlflow.uri import connect_uri, redact, resolve_tracking_uri, use_credentials
 
-log = logging.getLogger("segtrack.analytics")
 DEFAULT_CACHE_DIR = ".segtrack/analytics"
-# MLflow's SQL stores keep NaN as 0 with is_nan = 1 and clamp +-inf to the largest double.
-# isnan first: DuckDB orders NaN above every number, so NaN >= max would read as +inf.
-RESTORE_VALUE = (
-    "CASE WHEN is_nan OR isnan(value) THEN 'NaN'::DOUBLE WHEN value >= 1.7976931348623157e308 THEN 'Infinity'::DOUBLE "
-    "WHEN value <= -1.7976931348623157e308 THEN '-Infinity'::DOUBLE ELSE value END"
-)
 
 
 @dataclass(frozen=True)
@@ -76,35 +70,54 @@ class RunAnalytics:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.con: duckdb.DuckDBPyConnection = duckdb.connect(config={"enable_external_access": False})
         self._columns: list[str] = []
+        self._cache: RunCache | None = None
 
     # -- loading --------------------------------------------------------------------------------
 
     def load_experiment_runs(self, experiment: str | Sequence[str] | None = None, full: bool = False) -> LoadStats:
         """Fill ``runs`` and ``metrics`` with the runs of ``experiment`` (one name, several, or
-        None for every active experiment). ``full`` ignores the cache."""
+        None for every active experiment). ``full`` ignores the cache. Returns once both tables
+        are ready; the cache is written in the background (``wait_for_cache``)."""
         started = time.perf_counter()
         experiments = [experiment] if isinstance(experiment, str) else (list(experiment) if experiment else None)
         source = make_source(self._uri)
         index = source.run_index(experiments)
         cache = RunCache(self.cache_dir, self.tracking_uri, experiments) if self.cache_dir else None
+        self._cache = cache
         cached = cache.load() if cache and not full else None
         added = None
         if cached is None:
-            details, reread, dropped = source.details_all(experiments), index.num_rows, 0
+            tables = self._tables(index, source.details_all(experiments))
+            reread, dropped = index.num_rows, 0
         else:
-            reread_ids, dropped_ids = changed_runs(cached[0], index)
-            cached_ids = set(cached[0].column("run_id").to_pylist())
-            fresh = source.details(reread_ids) if reread_ids else RunDetails.empty()
-            details = merge(cached[1], fresh, reread_ids + dropped_ids, cached_ids)
+            reread_ids, dropped_ids = changed_runs(cached.index, index)
+            fresh_index = index.filter(pc.is_in(index["run_id"], value_set=pa.array(reread_ids, pa.string())))
+            fresh = self._tables(fresh_index, source.details(reread_ids) if reread_ids else RunDetails.empty())
+            replaced = _cached(cached.index, reread_ids + dropped_ids)
+            tables = merge(cached, fresh, replaced, index)
             reread, dropped = len(reread_ids), len(dropped_ids)
-            if not dropped_ids and not any(rid in cached_ids for rid in reread_ids):
+            if not replaced:
                 added = fresh  # only new runs: the cache grows by a delta file
         if cache and (cached is None or reread or dropped):
-            _save(cache, index, details, added)
-        self._build(index, details)
+            cache.save_in_background(tables, added)
+        self._build(tables)
         return LoadStats(
-            index.num_rows, details.metrics.num_rows, reread, dropped, cached is not None, time.perf_counter() - started
+            index.num_rows, tables.history.num_rows, reread, dropped, cached is not None, time.perf_counter() - started
         )
+
+    def wait_for_cache(self) -> None:
+        """Return once the cache write of the last load has ended (Python also waits at exit)."""
+        if self._cache is not None:
+            self._cache.wait()
+
+    def _tables(self, index: pa.Table, details: RunDetails) -> RunTables:
+        """The tables of the runs of ``index``. A run created after the index was read can have
+        details too (SQL stores): its histories wait for the next load, as its row does."""
+        wide, history = build.wide(self.con, details), build.history(details.metrics)
+        ids = index["run_id"].combine_chunks()
+        if not pc.all(pc.is_in(wide["run_id"], value_set=ids)).as_py():
+            history = history.filter(pc.is_in(history["run_id"], value_set=ids))
+        return RunTables(index, build.runs(self.con, index, wide), history)
 
     def experiment_run_counts(self) -> dict[str, int]:
         """Runs per active experiment of the store, most runs first (experiments without runs left out)."""
@@ -112,45 +125,14 @@ class RunAnalytics:
         counts = index.group_by("experiment").aggregate([("run_id", "count")]).to_pylist()
         return {c["experiment"]: c["run_id_count"] for c in sorted(counts, key=lambda c: -c["run_id_count"])}
 
-    def _build(self, index: pa.Table, details: RunDetails) -> None:
-        con = self.con
-        for name, table in (
-            ("_index", index),
-            ("_params", details.params),
-            ("_tags", details.tags),
-            ("_latest", details.latest),
-            ("_history", details.metrics),
-        ):
-            con.register(name, table)
-        con.execute(f"""CREATE OR REPLACE TABLE metrics AS
-            SELECT run_id, key, step, {RESTORE_VALUE} AS value, epoch_ms(timestamp) AS timestamp
-            FROM _history""")
-        joins, selects = [], []
-        for alias, view, prefix, value in (
-            ("p", "_params", "params.", "value"),
-            ("t", "_tags", "tags.", "value"),
-            ("m", "_latest", "metrics.", RESTORE_VALUE),
-        ):
-            if self._one_row(f"SELECT count(*) FROM {view}")[0]:
-                con.execute(
-                    f"CREATE OR REPLACE TEMP VIEW {alias}_long AS SELECT run_id, '{prefix}' || key AS key, "
-                    f"{value} AS value FROM {view}"
-                )
-                joins.append(
-                    f"LEFT JOIN (PIVOT {alias}_long ON key USING first(value) GROUP BY run_id) {alias} USING (run_id)"
-                )
-                selects.append(f"{alias}.* EXCLUDE (run_id)")
-        parent = 't."tags.mlflow.parentRunId"' if self._has_tag("mlflow.parentRunId") else "NULL::VARCHAR"
-        con.execute(f"""CREATE OR REPLACE TABLE runs AS
-            SELECT i.run_id, i.experiment, i.run_name, i.status, epoch_ms(i.start_time) AS start_time,
-                   epoch_ms(i.end_time) AS end_time, {parent} AS parent_run_id{"".join(", " + s for s in selects)}
-            FROM _index i {" ".join(joins)} ORDER BY i.start_time""")
-        for name in ("_index", "_params", "_tags", "_latest", "_history"):
-            con.unregister(name)
-        self._columns = [row[0] for row in con.execute("SELECT column_name FROM (DESCRIBE runs)").fetchall()]
-
-    def _has_tag(self, key: str) -> bool:
-        return bool(self._one_row("SELECT count(*) FROM _tags WHERE key = ?", [key])[0])
+    def _build(self, tables: RunTables) -> None:
+        """``runs`` as a DuckDB table; ``metrics`` is the Arrow table itself, which DuckDB scans in
+        place (a copy into DuckDB cost as much as reading the store)."""
+        self.con.register("_runs", tables.runs)
+        self.con.execute("CREATE OR REPLACE TABLE runs AS SELECT * FROM _runs")
+        self.con.unregister("_runs")
+        self.con.register("metrics", tables.history)
+        self._columns = list(tables.runs.column_names)
 
     def _one_row(self, sql: str, parameters: list[Any] | None = None) -> tuple[Any, ...]:
         """The row of an aggregate query without GROUP BY (DuckDB always returns exactly one)."""
@@ -242,13 +224,7 @@ class RunAnalytics:
         return ahead + 1, total
 
 
-def _save(cache: RunCache, index: pa.Table, details: RunDetails, added: RunDetails | None) -> None:
-    """The cache only saves time: a folder that cannot be written costs a warning, not the answer."""
-    try:
-        cache.save(index, details, added)
-    except OSError as exc:
-        log.warning(
-            "analytics: cannot write the cache in %s (%s): set analytics.cache_dir to a writable folder",
-            cache.folder.parent,
-            exc.strerror or exc,
-        )
+def _cached(index: pa.Table, run_ids: list[str]) -> list[str]:
+    """Those of ``run_ids`` that the cached ``index`` holds (the cache holds rows of no other run)."""
+    ids = pa.array(run_ids, pa.string())
+    return ids.filter(pc.is_in(ids, value_set=index["run_id"].combine_chunks())).to_pylist() if run_ids else []

@@ -64,6 +64,7 @@ def _load(args, settings):
     experiment = args.experiment or default_experiment(settings)
     stats = analytics.load_experiment_runs(None if experiment == "all" else experiment, full=args.full_refresh)
     if stats.runs == 0:
+        analytics.wait_for_cache()
         raise ConfigError(_no_runs(analytics, experiment))
     return analytics
 
@@ -93,18 +94,25 @@ def _list(args, settings):
     metrics = [c for c in analytics.columns if c in ("metrics.best_val_dice", "metrics.val_dice", "metrics.val_loss")]
     columns = ", ".join(["run_id", "run_name", "status", "start_time", *[f'"{c}"' for c in metrics]])
     _print(analytics.query(f"SELECT {columns} FROM runs ORDER BY start_time DESC LIMIT {max(1, args.limit)}"), args)
+    analytics.wait_for_cache()  # the answer first; the command ends with the cache write
 
 
 def _query(args, settings):
-    _print(_load(args, settings).query(args.sql), args)
+    analytics = _load(args, settings)
+    _print(analytics.query(args.sql), args)
+    analytics.wait_for_cache()
 
 
 def _summary(args, settings):
-    _print(_load(args, settings).cross_fold_summary(args.metric, args.by, mode=args.mode), args)
+    analytics = _load(args, settings)
+    _print(analytics.cross_fold_summary(args.metric, args.by, mode=args.mode), args)
+    analytics.wait_for_cache()
 
 
 def _top(args, settings):
-    _print(_load(args, settings).top_models(args.metric, args.n, args.mode), args)
+    analytics = _load(args, settings)
+    _print(analytics.top_models(args.metric, args.n, args.mode), args)
+    analytics.wait_for_cache()
 
 
 def _plot(args, settings):
@@ -119,7 +127,9 @@ def _plot(args, settings):
 
         print(f"wrote {plot_study(read_study_table(args.study, args.storage, settings), out)}")
         return
-    print(f"wrote {plot_learning_curves(_load(args, settings), args.metric, out)}")
+    analytics = _load(args, settings)
+    print(f"wrote {plot_learning_curves(analytics, args.metric, out)}")
+    analytics.wait_for_cache()
 
 
 def _sweep(args, settings):

@@ -6,8 +6,11 @@ Both use MLflow's own schema, so one set of queries serves both. Never one call 
 from __future__ import annotations
 
 import io
+import itertools
+import os
 import sqlite3
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from urllib.parse import urlsplit
@@ -19,6 +22,9 @@ from segtrack_analytics.errors import NoStore, StoreError, StoreUnreachable
 from segtrack_analytics.tables import KEY_VALUE, METRIC, RUN_INDEX, RunDetails, conform
 
 CHUNK = 500  # run ids per IN (...) list
+# Reads run side by side, each on its own connection (the drivers release the GIL while they
+# fetch); SQLite's metrics table, by far the largest, is read in rowid slices, one per core.
+READERS = max(1, min(4, os.cpu_count() or 1))
 
 RUN_INDEX_SQL = """
 SELECT r.run_uuid AS run_id, CAST(r.experiment_id AS TEXT) AS experiment_id, e.name AS experiment,
@@ -38,6 +44,7 @@ TABLES_SQL = {
     "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table'",
     "postgresql": "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = current_schema()",
 }
+BATCH_ROWS = "adbc.sqlite.query.batch_rows"
 PG_CONNECT_TIMEOUT = 10  # seconds; libpq waits forever by default
 
 
@@ -81,27 +88,49 @@ class SqlSource:
         return conform(self._fetch(RUN_INDEX_SQL.format(experiment_filter=where)), RUN_INDEX)
 
     def details(self, run_ids: Sequence[str]) -> RunDetails:
-        parts: dict[str, list[pa.Table]] = {name: [] for name in DETAIL_SQL}
+        queries = []
         for start in range(0, len(run_ids), CHUNK):
             chunk = f"run_uuid IN ({_quote(run_ids[start : start + CHUNK])})"
-            for name, sql in DETAIL_SQL.items():
-                parts[name].append(conform(_bools(self._fetch(sql.format(runs=chunk))), SCHEMAS[name]))
-        tables = {n: pa.concat_tables(p) if p else SCHEMAS[n].empty_table() for n, p in parts.items()}
-        return RunDetails(**tables)
+            queries += [(name, sql.format(runs=chunk)) for name, sql in DETAIL_SQL.items()]
+        return self._details(queries)
 
     def details_all(self, experiments: Sequence[str] | None) -> RunDetails:
-        """Every run of ``experiments`` in one query per table (the cold-load path)."""
+        """Every run of ``experiments`` (the cold-load path): the metrics in slices, the rest in one
+        query per table."""
         scope = (
             "run_uuid IN (SELECT r.run_uuid FROM runs r JOIN experiments e ON e.experiment_id = "
             "r.experiment_id WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active'"
             + (f" AND e.name IN ({_quote(experiments)}))" if experiments else ")")
         )
-        return RunDetails(
-            **{
-                name: conform(_bools(self._fetch(sql.format(runs=scope))), SCHEMAS[name])
-                for name, sql in DETAIL_SQL.items()
-            }
-        )
+        slices, rest = self._scan_plan(scope)
+        queries = [("metrics", DETAIL_SQL["metrics"].format(runs=where)) for where in slices]
+        return self._details(queries + [(n, sql.format(runs=rest)) for n, sql in DETAIL_SQL.items() if n != "metrics"])
+
+    def _scan_plan(self, scope: str) -> tuple[list[str], str]:
+        """WHERE conditions: a list for the metrics table, one for each other table. SQLite's
+        metrics are read in READERS rowid ranges, side by side. When every run of the store is in
+        scope, all tables are plain scans (the scope costs an index search per run, ~2x the time
+        for small tables): rows of runs created since the index was read are left out later (the
+        metrics by the rowid ranges, the rest by the join with the index, see RunAnalytics)."""
+        if self.kind != "sqlite":
+            return [scope], scope
+        snapshot = self._fetch(
+            f"SELECT (SELECT max(rowid) FROM metrics) AS last, (SELECT count(*) FROM runs) AS runs, "
+            f"(SELECT count(*) FROM runs WHERE {scope}) AS scoped"
+        ).to_pylist()[0]
+        everything = snapshot["runs"] == snapshot["scoped"]
+        bounds = [(snapshot["last"] or 0) * i // READERS for i in range(READERS + 1)]
+        slices = [f"rowid > {low} AND rowid <= {high}" for low, high in itertools.pairwise(bounds)]
+        return (slices, "TRUE") if everything else ([f"{where} AND {scope}" for where in slices], scope)
+
+    def _details(self, queries: list[tuple[str, str]]) -> RunDetails:
+        """Run (part, sql) queries side by side; each part's tables in the order of its queries."""
+        with ThreadPoolExecutor(max_workers=min(READERS, len(queries) or 1)) as pool:
+            tables = list(pool.map(lambda query: self._fetch(query[1]), queries))
+        parts: dict[str, list[pa.Table]] = {name: [] for name in DETAIL_SQL}
+        for (name, _), table in zip(queries, tables):
+            parts[name].append(conform(_bools(table), SCHEMAS[name]))
+        return RunDetails(**{n: pa.concat_tables(p) if p else SCHEMAS[n].empty_table() for n, p in parts.items()})
 
 
 def _bools(table: pa.Table) -> pa.Table:
@@ -143,6 +172,7 @@ def _adbc_sqlite() -> ModuleType | None:
 
 def _adbc_arrow(adbc: ModuleType, uri: str, sql: str) -> pa.Table:
     with adbc.connect(uri) as con, con.cursor() as cur:
+        cur.adbc_statement.set_options(**{BATCH_ROWS: "65536"})  # default 1024: many small chunks
         cur.execute(sql)
         return cur.fetch_arrow_table()
 

@@ -47,6 +47,15 @@ class RunDetails:
         return cls(KEY_VALUE.empty_table(), KEY_VALUE.empty_table(), METRIC.empty_table(), METRIC.empty_table())
 
 
+@dataclass(frozen=True)
+class RunTables:
+    """What a load builds and the cache keeps (see build.py)."""
+
+    index: pa.Table  # RUN_INDEX: one row per run
+    runs: pa.Table  # the ``runs`` table (build.runs)
+    history: pa.Table  # the ``metrics`` table (build.HISTORY; run ids and keys may be dictionaries)
+
+
 class Source(Protocol):
     """A reader of one kind of MLflow store (``SqlSource``, ``RestSource``, ``FileSource``): it
     returns the raw tables above and never writes to the store."""
