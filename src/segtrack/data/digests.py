@@ -5,21 +5,24 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from segtrack.data.file_digests import file_state, remembered
 from segtrack.errors import DataError
+
+FeedFile = Callable[[Any, Path], None]  # feeds one file (its bytes, or its state) into a digest
 
 
 def sample_digest(image, mask) -> bytes:
     """SHA256 of one sample: its image as float32 bytes, then its mask as int64 bytes."""
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(np.asarray(image), dtype=np.float32).tobytes())
-    h.update(np.ascontiguousarray(np.asarray(mask), dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(image), dtype=np.float32).data)  # read in place, not copied
+    h.update(np.ascontiguousarray(np.asarray(mask), dtype=np.int64).data)
     return h.digest()
 
 
@@ -45,9 +48,10 @@ def input_digest(value: Any) -> bytes | None:
     whose repr may differ between runs cannot identify the data."""
     if not plain_input(value):
         return None
-    digest = hashlib.sha256()
-    _feed_input(digest, value)
-    return digest.digest()
+    if _holds_arrays(value):  # in memory: reading the bytes is the whole cost, nothing to keep
+        return _walked(value, _feed_file)
+    # the files' bytes are read once per process while they are unchanged (see file_digests)
+    return remembered(lambda: _walked_state(value), lambda: _walked(value, _feed_file))
 
 
 def plain_input(value: Any) -> bool:
@@ -63,17 +67,46 @@ def plain_input(value: Any) -> bool:
     return value is None or isinstance(value, scalars)
 
 
-def _feed_input(digest: Any, value: Any) -> None:
+def _holds_arrays(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return any(_holds_arrays(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_arrays(v) for v in value)
+    return isinstance(value, (np.ndarray, torch.Tensor))
+
+
+def _walked(value: Any, feed_file: FeedFile) -> bytes:
+    digest = hashlib.sha256()
+    _feed_input(digest, value, feed_file)
+    return digest.digest()
+
+
+def _walked_state(value: Any) -> tuple[bytes, int]:
+    """The key of ``input_digest(value)`` in ``remembered``: the same walk with each file's state
+    (``file_state``) where its bytes would be, and the newest time among those files."""
+    newest = 0
+
+    def feed_state(digest: Any, path: Path) -> None:
+        nonlocal newest
+        state = file_state(path)
+        if state is not None:
+            newest = max(newest, state.modified_ns, state.changed_ns)
+        _frame(digest, b"state", repr(state).encode())
+
+    return b"input:" + _walked(value, feed_state), newest
+
+
+def _feed_input(digest: Any, value: Any, feed_file: FeedFile) -> None:
     """Each part framed by a type tag and its length, so that no two inputs feed the same bytes."""
     if isinstance(value, Mapping):
         _frame(digest, b"map", str(len(value)).encode())
         for key in sorted(value, key=str):
             _frame(digest, b"key", str(key).encode())
-            _feed_input(digest, value[key])
+            _feed_input(digest, value[key], feed_file)
     elif isinstance(value, (list, tuple)):
         _frame(digest, b"seq", str(len(value)).encode())
         for item in value:
-            _feed_input(digest, item)
+            _feed_input(digest, item, feed_file)
     elif isinstance(value, torch.Tensor):
         plain = value.as_subclass(torch.Tensor).detach().cpu().contiguous()
         _frame(digest, b"tensor", f"{plain.dtype} {tuple(plain.shape)}".encode())
@@ -82,7 +115,7 @@ def _feed_input(digest: Any, value: Any) -> None:
         _frame(digest, b"array", f"{value.dtype.str} {value.shape}".encode())
         _frame(digest, b"bytes", np.ascontiguousarray(value).tobytes())
     elif isinstance(value, (str, os.PathLike)) and _on_disk(value):
-        _feed_path(digest, Path(value))
+        _feed_path(digest, Path(value), feed_file)
     else:
         _frame(digest, b"repr", repr(os.fspath(value) if isinstance(value, os.PathLike) else value).encode())
 
@@ -95,17 +128,17 @@ def _on_disk(value: str | os.PathLike) -> bool:
         return False
 
 
-def _feed_path(digest: Any, path: Path) -> None:
+def _feed_path(digest: Any, path: Path, feed_file: FeedFile) -> None:
     """A file's bytes; a folder's regular files (e.g. a DICOM series) by relative name and bytes."""
     if not path.is_dir():
         _frame(digest, b"file", b"")
-        _feed_file(digest, path)
+        feed_file(digest, path)
         return
     files = sorted(p for p in path.rglob("*") if _regular(p))
     _frame(digest, b"folder", str(len(files)).encode())
     for file in files:
         _frame(digest, b"name", file.relative_to(path).as_posix().encode())
-        _feed_file(digest, file)
+        feed_file(digest, file)
 
 
 def _regular(path: Path) -> bool:

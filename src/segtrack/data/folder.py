@@ -11,12 +11,14 @@ import logging
 import stat
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from segtrack.data.batches import IGNORED
+from segtrack.data.file_digests import file_state, remembered
 from segtrack.data.imageio import IMAGE_SUFFIXES, MASK_SUFFIXES, image_spatial_shape, read_image, read_mask
 from segtrack.errors import DataError
 
@@ -207,17 +209,10 @@ class FolderDataset(Dataset):
         return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(np.ascontiguousarray(mask))
 
     def sample_digest(self, index: int) -> bytes:
-        """SHA256 of the image file's bytes, then the mask file's: no decoding, constant memory."""
+        """SHA256 of the image file's bytes, then the mask file's: no decoding, constant memory;
+        read once per process while both files are unchanged (``file_digests``)."""
         _, image_path, mask_path = self.pairs[index]
-        digest = hashlib.sha256()
-        for path in (image_path, mask_path):
-            try:
-                with open(path, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 20), b""):
-                        digest.update(block)
-            except OSError as exc:
-                raise DataError(f"cannot read {path}: {exc.strerror}: replace or remove the file") from None
-        return digest.digest()
+        return remembered(lambda: _pair_state(image_path, mask_path), lambda: _files_sha256(image_path, mask_path))
 
     def check(self, num_classes: int, ignore_index: int | None) -> None:
         """One streaming pass before training: every mask decodes, matches its image's size (read
@@ -338,3 +333,23 @@ def flip_rotate(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
 
 def _size(shape: Sequence[int]) -> str:
     return "x".join(map(str, shape[::-1]))
+
+
+def _files_sha256(*paths: Path) -> bytes:
+    """SHA256 of the files' bytes one after the other."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            raise DataError(f"cannot read {path}: {exc.strerror}: replace or remove the file") from None
+    return digest.digest()
+
+
+def _pair_state(*paths: Path) -> tuple[tuple[Any, ...], int]:
+    """The key of ``_files_sha256(*paths)`` in ``remembered`` and the newest time among the files."""
+    states = tuple(file_state(path) for path in paths)
+    newest = max((max(s.modified_ns, s.changed_ns) for s in states if s is not None), default=0)
+    return ("folder-pair", states), newest

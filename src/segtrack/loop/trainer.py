@@ -258,6 +258,7 @@ class SegmentationTrainer:
         self.model, self.stop_reason, self.batches_per_epoch = state.model, None, data.batches_per_epoch
         run = self._run_info(data, state, run_name, resume, fold, num_folds, cv_id)
         outcome = _Outcome(epochs_completed=state.start_epoch, started=time.perf_counter())
+        ckpts = checkpoint.CheckpointSets(ckpt_dir, self.config["checkpoint"]["keep"])
 
         with SigtermAsInterrupt(self.dist) as sigterm:
             try:
@@ -267,11 +268,12 @@ class SegmentationTrainer:
                     run, is_best = self._epoch(epoch, steps, state, data, run)
                     outcome.epochs_completed = epoch + 1
                     if self.dist.is_main:
-                        self._save_checkpoints(state, ckpt_dir, run, signature, run_name, fold, is_best, sigterm)
+                        self._save_checkpoints(state, ckpts, run, signature, run_name, fold, is_best, sigterm)
                     # stop together: a stop requested on rank 0 (hooks run there) ends every rank
                     if self._stop_everywhere():
                         state.status = "stopped"
                         break
+                ckpts.wait()  # the last checkpoints in place (a refused write fails the fit here)
                 self.dist.barrier()  # ranks leave the loop together: one leaving early can abort its peers in gloo
                 # the best checkpoint as ONNX (rank 0 alone, after the last collective), checked in onnxruntime
                 if (
@@ -292,6 +294,7 @@ class SegmentationTrainer:
                 raise
             finally:
                 sigterm.ending = True
+                self._checkpoints_landed(ckpts)
                 result = self._end(state, run, outcome, fold)
         return replace(result, plugin_failures=self.hooks.failures())  # with failures in fit_end itself
 
@@ -379,7 +382,7 @@ class SegmentationTrainer:
     def _save_checkpoints(
         self,
         state: FitState,
-        ckpt_dir: Path,
+        ckpts: checkpoint.CheckpointSets,
         run: RunInfo,
         signature: dict,
         run_name: str,
@@ -388,12 +391,15 @@ class SegmentationTrainer:
         sigterm: SigtermAsInterrupt,
     ) -> None:
         """Best when improved, last always, a per-epoch snapshot when ``checkpoint.keep``; then
-        ``checkpoint_saved`` for each."""
-        keep = self.config["checkpoint"]["keep"]
+        ``checkpoint_saved`` for each. The files land while the next epoch trains, unless a plugin
+        implements ``checkpoint_saved`` (it may read them): then they are waited for here."""
         payload = state.payload(signature, run_name, fold, self.hooks.collect("state_dict"), self._inference_config)
-        kinds = (["best"] if is_best else []) + ["last"] + (["epoch"] if keep else [])
-        for kind, path, size in checkpoint.write_set(payload, ckpt_dir, state.epoch, kinds, sigterm.held):
+        kinds = (["best"] if is_best else []) + ["last"] + (["epoch"] if ckpts.keep else [])
+        for kind, path in ckpts.write(payload, state.epoch, kinds, sigterm.held):
             state.paths[kind] = str(path)
+        if not self.hooks.has_implementations("checkpoint_saved"):
+            return
+        for kind, path, size in ckpts.wait():
             info = CheckpointInfo(
                 path=str(path),
                 kind=kind,
@@ -403,8 +409,14 @@ class SegmentationTrainer:
                 size_bytes=size,
             )
             self.hooks.call("checkpoint_saved", trainer=self, run=run, checkpoint=info)
-        if keep:
-            checkpoint.prune_snapshots(ckpt_dir, keep)
+
+    def _checkpoints_landed(self, ckpts: checkpoint.CheckpointSets) -> None:
+        """Before the fit ends, however it ends: the checkpoints being written are in place. A
+        refused write while another error ends the fit is logged (that error propagates)."""
+        try:
+            ckpts.wait()
+        except CheckpointError as exc:
+            log.error("%s", exc)
 
     def _export(
         self, state: FitState, signature: dict, export_dir: Path, run_name: str, data: FitData, run: RunInfo

@@ -5,7 +5,10 @@ from __future__ import annotations
 import difflib
 import functools
 import logging
+import os
+import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -47,8 +50,42 @@ def builtin_plugins() -> dict[str, Any]:
     return {"progress": ProgressPlugin}
 
 
+# installed_entry_points' last answer, by the state of the import path it was read from
+_installed: dict[tuple[Any, ...], dict[str, Any]] = {}
+_SETTLED_NS = 2_000_000_000  # a folder changed more recently than this is not trusted (coarse timestamps)
+
+
 def installed_entry_points() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    """The ``segtrack.plugins`` entry points installed, by name. Reading them opens every
+    distribution's metadata (~10 ms with a few hundred installed), so the last answer is kept while
+    the import path is unchanged: the same ``sys.path`` and ``sys.meta_path``, and each path
+    entry's modification time (installing or removing a distribution adds or removes a
+    ``*.dist-info`` folder there: importlib's own directory cache relies on the same). An entry
+    changed in the last 2 s is not trusted (two changes within one timestamp tick look like one)."""
+    key = _import_path_state()
+    if key is not None and key in _installed:
+        return dict(_installed[key])
+    found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    if key is not None:
+        _installed.clear()
+        _installed[key] = found
+    return dict(found)
+
+
+def _import_path_state() -> tuple[Any, ...] | None:
+    """``sys.path`` with each entry's modification time, and the meta-path finders; None when an
+    entry changed too recently to tell a later change in the same tick apart."""
+    now, entries = time.time_ns(), []
+    for entry in sys.path:
+        folder = entry or os.getcwd()  # "" is the working directory
+        try:
+            mtime: int | None = os.stat(folder).st_mtime_ns
+        except (OSError, TypeError, ValueError):
+            mtime = None  # missing (its creation changes the key) or not a path
+        if mtime is not None and now - mtime < _SETTLED_NS:
+            return None
+        entries.append((folder, mtime))
+    return tuple(entries), tuple(id(finder) for finder in sys.meta_path)
 
 
 class PluginManager:
@@ -65,6 +102,7 @@ class PluginManager:
         self._failures: dict[tuple[str, str], list] = {}
         self._impls: dict[str, list[tuple[str, Any, tuple[str, ...]]]] = {}
         self.disabled: frozenset[str] = frozenset()
+        self.installed: frozenset[str] | None = None  # entry-point names seen by get_plugin_manager
 
     # -- registration ---------------------------------------------------------------------------
 
@@ -106,7 +144,8 @@ class PluginManager:
 
     def known_names(self) -> set[str]:
         """Names a settings section may have: plugins registered, installed (loaded or not) or disabled."""
-        return set(self.plugin_info) | set(installed_entry_points()) | set(self.disabled)
+        installed = self.installed if self.installed is not None else frozenset(installed_entry_points())
+        return set(self.plugin_info) | installed | set(self.disabled)
 
     def get_plugin(self, name: str) -> Any:
         return self.pm.get_plugin(name)
@@ -237,6 +276,7 @@ def get_plugin_manager(
     manager = PluginManager(strict=strict, rank=rank, fit_end_timeout=section.get("fit_end_timeout", 120.0))
 
     builtins, available = builtin_plugins(), installed_entry_points()
+    manager.installed = frozenset(available)
     _block(manager, disabled, set(builtins) | set(available))
     for name, factory in builtins.items():
         if not manager.pm.is_blocked(name):

@@ -1,5 +1,5 @@
-"""Checkpoints as plain dicts: written atomically (one state as best/last/epoch files), read with
-``weights_only=True`` only, and found again when a fit resumes."""
+"""Checkpoints as plain dicts: written atomically (one state as best/last/epoch files, made durable
+in the background), read with ``weights_only=True`` only, and found again when a fit resumes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -53,9 +54,8 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     return stale
 
 
-def save_atomic(payload: dict[str, Any], path: str | os.PathLike) -> int:
-    """Write to a temp file in the same folder, fsync, rename over ``path``. Returns its size."""
-    target = Path(path)
+def _serialised(payload: dict[str, Any], target: Path) -> Path:
+    """``payload`` written and flushed to a temp file beside ``target`` (not yet durable)."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     writer = None
     try:
@@ -63,12 +63,22 @@ def save_atomic(payload: dict[str, Any], path: str | os.PathLike) -> int:
             writer = _ErrorKeepingWriter(fh)
             torch.save(payload, cast(IO[bytes], writer))
             fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, RuntimeError) and writer is not None and writer.error is not None:
             raise writer.error from None  # torch's zip writer reports a refused write as a position mismatch
+        raise
+    return Path(tmp)
+
+
+def _made_durable(tmp: Path, target: Path) -> int:
+    """fsync the temp file, rename it over ``target``, fsync the folder. Returns the size."""
+    try:
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
@@ -203,26 +213,72 @@ def _lists_to_tuples(value):
 # -- the checkpoints of a fit ------------------------------------------------------------------
 
 
-def write_set(
-    payload: dict[str, Any], folder: Path, epoch: int, kinds: list[str], hold: Callable[[], Any]
-) -> list[tuple[str, Path, int]]:
-    """Write one state as each of ``kinds`` (``best``, ``last``, ``epoch``): serialised once, then
-    linked, each write atomic and inside ``hold()`` (SIGTERM waits). Returns (kind, path, bytes).
-    A refused write (full disk, quota, folder removed) is one ``CheckpointError`` sentence."""
-    written: list[tuple[str, Path, int]] = []
-    for kind in kinds:
+class CheckpointSets:
+    """The checkpoint files of one fit: each state as one or more of ``best``, ``last``, ``epoch``.
+
+    ``write`` serialises the state on the caller's thread (an exact snapshot: training goes on only
+    after it) into a temp file beside its first name; making it durable (fsync, rename over the
+    name, folder fsync, hard links for the other names, old snapshots pruned) runs on a background
+    thread while the next epoch trains, since fsync waits on the disk. A set lands before the next
+    one starts. ``wait()`` returns once the last set is in place; a refused write (full disk,
+    quota, folder removed) is one ``CheckpointError`` sentence, raised by ``write`` or ``wait``. A
+    process killed meanwhile leaves the earlier files intact and a temp file that the next fit in
+    the folder removes."""
+
+    def __init__(self, folder: Path, keep: int = 0):
+        self.folder, self.keep = folder, keep
+        self._landing: threading.Thread | None = None
+        self._landed: list[tuple[str, Path, int]] = []
+        self._error: CheckpointError | None = None
+
+    def write(
+        self, payload: dict[str, Any], epoch: int, kinds: list[str], hold: Callable[[], Any]
+    ) -> list[tuple[str, Path]]:
+        """Start writing one state under each of ``kinds`` (inside ``hold()``: SIGTERM waits for the
+        serialisation). Returns (kind, path) for each; the files are in place after ``wait()``."""
+        self.wait()
+        self._landed = []
         # file names count epochs from 1, as the console and the trackers do
-        path = folder / (f"epoch-{epoch + 1:04d}.pt" if kind == "epoch" else f"{kind}.pt")
+        named = [
+            (kind, self.folder / (f"epoch-{epoch + 1:04d}.pt" if kind == "epoch" else f"{kind}.pt")) for kind in kinds
+        ]
         with hold():
             try:
-                size = save_atomic(payload, path) if not written else link_atomic(written[0][1], path)
+                tmp = _serialised(payload, named[0][1])
             except OSError as exc:
-                raise CheckpointError(
-                    f"cannot write {path.name} in {folder} ({exc.strerror or exc}): the checkpoints written "
-                    f"before are intact; free space there or set checkpoint.dir, then resume with --resume auto"
-                ) from None
-        written.append((kind, path, size))
-    return written
+                raise self._refused(named[0][1], exc) from None
+        self._landing = threading.Thread(target=self._land, args=(tmp, named), name="segtrack-checkpoint")
+        self._landing.start()
+        return named
+
+    def wait(self) -> list[tuple[str, Path, int]]:
+        """Block until the last set is in place; (kind, path, bytes) of each of its files."""
+        if self._landing is not None:
+            self._landing.join()
+            self._landing = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        return self._landed
+
+    def _land(self, tmp: Path, named: list[tuple[str, Path]]) -> None:
+        landed: list[tuple[str, Path, int]] = []
+        try:
+            for kind, path in named:
+                size = _made_durable(tmp, path) if not landed else link_atomic(landed[0][1], path)
+                landed.append((kind, path, size))
+            if self.keep:
+                prune_snapshots(self.folder, self.keep)
+        except Exception as exc:  # raised on the fit's thread by the next write or wait
+            self._error = self._refused(path, exc)
+        self._landed = landed
+
+    def _refused(self, path: Path, exc: Exception) -> CheckpointError:
+        reason = getattr(exc, "strerror", None) or exc
+        return CheckpointError(
+            f"cannot write {path.name} in {self.folder} ({reason}): the checkpoints written "
+            f"before are intact; free space there or set checkpoint.dir, then resume with --resume auto"
+        )
 
 
 def prune_snapshots(folder: Path, keep: int) -> None:
