@@ -62,6 +62,7 @@ def fit(workdir: Path, uri: str, epochs: int, tracked: bool) -> None:
     settings = load_settings(
         overrides=[
             f"train.epochs={epochs}",
+            "data.num_classes=2",
             "export.enabled=false",
             f"checkpoint.dir='{workdir}/ck'",
             f"mlflow.tracking_uri='{uri}'",

@@ -30,7 +30,11 @@ def test_server_credentials_in_secrets_leave_a_local_store_working(tmp_path, rep
         text=True,
         timeout=300,
     )
-    assert out.returncode == 0 and "MLflow" not in out.stderr, out.stderr[-3000:]  # nothing left unsent
+    assert out.returncode == 0 and "MLflow" not in out.stderr, out.stderr[-3000:]  # nothing went wrong
+    import segtrack_mlflow
+
+    # the command returned without waiting for the send; its shipper creates the store and the run
+    assert segtrack_mlflow.wait_sent(tmp_path / ".segtrack" / "spool", 120)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("segtrack").experiment_id])
     assert [r.info.status for r in runs] == ["FINISHED"]

@@ -185,3 +185,21 @@ def test_a_password_in_the_uri_shows_nowhere(trainer_factory, sqlite_server, tmp
     for encoded in (secret, "hun%2Fter2%40pw"):
         assert not [text for text in shown if encoded in text]
         assert not [data for data in files if encoded.encode() in data]
+
+
+def test_a_fit_resumed_against_a_server_logs_each_dataset_input_once(trainer_factory, sqlite_server, tmp_path, caplog):
+    """The server refused the re-logged inputs once (UNIQUE constraint on inputs): a resumed run adds
+    none, and whatever a server refuses is kept and reported, never dropped in silence."""
+    from segtrack_mlflow.spool import Spool
+
+    uri, experiment = f"mlflow.tracking_uri='{sqlite_server.uri}'", "run.experiment='resumed-on-server'"
+    trainer_factory(uri, experiment, "train.epochs=2").fit()
+    trainer_factory(uri, experiment, "train.epochs=4", "export.enabled=true").fit(resume="auto")
+    client = MlflowClient(sqlite_server.uri)
+    run = only_run(client, "resumed-on-server")
+    assert run.info.status == "FINISHED"
+    assert sorted(i.tags[0].value for i in run.inputs.dataset_inputs) == ["training", "validation"]
+    assert len(client.search_logged_models([run.info.experiment_id])) == 1
+    assert [step for step, _ in history(client, run.info.run_id, "val_dice")] == [1, 2, 3, 4]
+    (folder,) = Spool.folders_in(tmp_path / ".segtrack" / "spool")
+    assert not (folder / "rejected.jsonl").exists() and "refused" not in caplog.text

@@ -97,32 +97,44 @@ class ShipperProcess:
 
     def round(self) -> tuple[bool, bool]:
         """Send what is pending; returns (anything left to send, any spool still held by a fit)."""
-        from segtrack_mlflow.shipper import ship
-
         left = live = False
+        waiting: list[Spool] = []
         for spool in self.scan():
             size = _size(spool.folder / "records.jsonl")
             if self.settled.get(spool.local_id) == size:
                 continue
             writer = spool.has_writer()
             live |= writer
-            try:
-                if not writer:
-                    spool.repair_tail()  # a fit killed mid-write left half a line: it can never be sent
-                if spool.has_pending() and ship(spool, self.clients, self.spools):
-                    self.last_progress = self.last_activity = time.monotonic()
-            except SpoolBusy:
-                pass  # `segtrack mlflow sync` holds it
-            except SpoolCorrupt as exc:
-                log.error("%s", exc)
-                self.unreadable.add(spool.folder)
-                self.spools.pop(spool.local_id)
+            if not self._send(spool, writer, waiting):
                 continue
             if spool.has_pending():
                 left = True
             elif not writer:
                 self.settled[spool.local_id] = size
+        for spool in waiting:  # a fold's spool created in the same second as its parent's sorts first
+            self._send(spool, spool.has_writer(), [])
+            left |= spool.has_pending()
         return left, live
+
+    def _send(self, spool: Spool, writer: bool, waiting: list[Spool]) -> bool:
+        """Send one spool; False when it cannot be read (it is left out from now on)."""
+        from segtrack_mlflow.shipper import WaitingForParent, ship
+
+        try:
+            if not writer:
+                spool.repair_tail()  # a fit killed mid-write left half a line: it can never be sent
+            if spool.has_pending() and ship(spool, self.clients, self.spools):
+                self.last_progress = self.last_activity = time.monotonic()
+        except SpoolBusy:
+            pass  # `segtrack mlflow sync` holds it
+        except WaitingForParent:
+            waiting.append(spool)
+        except SpoolCorrupt as exc:
+            log.error("%s", exc)
+            self.unreadable.add(spool.folder)
+            self.spools.pop(spool.local_id, None)
+            return False
+        return True
 
     # -- the loop ---------------------------------------------------------------------------------
 
