@@ -44,7 +44,7 @@ PARTS = ("runs", "metrics")  # files per generation besides the index (+ one del
 DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 # The one write in flight per cache folder, whichever RunAnalytics started it: a second write, or
 # a load, of the same folder waits for it. Entries leave when their write ends.
-_writing: dict[Path, threading.Thread] = {}
+_writing: dict[str, threading.Thread] = {}
 _writing_lock = threading.Lock()
 
 
@@ -53,6 +53,7 @@ class RunCache:
         self.uri, self.experiments = uri, sorted(experiments) if experiments else None
         key = hashlib.sha256(json.dumps([uri, self.experiments]).encode()).hexdigest()[:16]
         self.folder = Path(root) / key
+        self._key = os.path.abspath(self.folder)  # the registry's key: the same folder by any path
 
     def _state(self) -> dict | None:
         try:
@@ -91,7 +92,7 @@ class RunCache:
     def wait(self) -> None:
         """Return once no write of this cache is in flight in this process."""
         with _writing_lock:
-            thread = _writing.get(self.folder)
+            thread = _writing.get(self._key)
         if thread is not None:
             thread.join()
 
@@ -100,7 +101,7 @@ class RunCache:
         self.wait()
         thread = threading.Thread(target=self._save_or_warn, args=(tables, added), name="segtrack-analytics-cache")
         with _writing_lock:
-            _writing[self.folder] = thread
+            _writing[self._key] = thread
         thread.start()
 
     def _save_or_warn(self, tables: RunTables, added: RunTables | None) -> None:
@@ -114,8 +115,8 @@ class RunCache:
             )
         finally:
             with _writing_lock:
-                if _writing.get(self.folder) is threading.current_thread():
-                    del _writing[self.folder]
+                if _writing.get(self._key) is threading.current_thread():
+                    del _writing[self._key]
 
     def save(self, tables: RunTables, added: RunTables | None = None) -> None:
         """Persist the tables. ``added``: when the change since the cached state only adds runs,
@@ -183,15 +184,29 @@ def merge(old: RunTables, fresh: RunTables, replaced: Sequence[str], index: pa.T
     runs, history = old.runs, old.history
     if replaced:
         drop = pa.array(replaced, pa.string())
-        runs = runs.filter(pc.invert(pc.is_in(runs["run_id"], value_set=drop)))
+        runs, history = _without(runs, drop), _without(history, drop)
         # a column that only replaced runs had is absent from a full read too
         runs = runs.select([c for c in runs.column_names if c in build.RUN_COLUMNS or runs[c].null_count < len(runs)])
-        history = history.filter(pc.invert(pc.is_in(history["run_id"], value_set=drop)))
     return RunTables(
         index,
         build.arrange(pa.concat_tables([runs, fresh.runs], promote_options="permissive")),
         pa.concat_tables([history, fresh.history.cast(history.schema)]),
     )
+
+
+def _without(table: pa.Table, drop: pa.Array) -> pa.Table:
+    """``table`` without the rows of the ``drop`` run ids. Only batches holding such rows are
+    copied (a run still running is re-read at every load, and the histories hold millions of rows);
+    in dictionary-encoded batches only the dictionary is searched."""
+    batches = []
+    for batch in table.to_batches():
+        ids = batch.column(batch.schema.get_field_index("run_id"))
+        if isinstance(ids, pa.DictionaryArray):
+            hit = pc.take(pc.is_in(ids.dictionary, value_set=drop), ids.indices)
+        else:
+            hit = pc.is_in(ids, value_set=drop)
+        batches.append(batch.filter(pc.invert(hit)) if pc.any(hit).as_py() else batch)
+    return pa.Table.from_batches(batches, schema=table.schema)
 
 
 def _read(path: Path) -> pa.Table:
