@@ -55,7 +55,7 @@ def _gpus() -> dict[str, float]:
     """Each GPU's memory and utilisation through NVML; nothing without nvidia-ml-py or a GPU (a
     CUDA context here would cost hundreds of MB of every GPU's memory)."""
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
 
         pynvml.nvmlInit()
     except Exception:
