@@ -16,10 +16,11 @@ from testsupport.settings import cli_sets
 
 
 def test_train_and_cv_then_summary_top_list_and_plot(sqlite_uri, capsys):
-    assert main(["train", *cli_sets(sqlite_uri, "run.name='single'")]) == 0
+    # the fit does not wait for the send (drain_timeout 0): the ranking waits for the shipper
+    assert main(["train", *cli_sets(sqlite_uri, "run.name='single'", "mlflow.drain_timeout=0")]) == 0
     err = capsys.readouterr().err
     assert "analytics: this run ranks 1 of 1 in the experiment on best_val_dice" in err
-    assert main(["cv", "--folds", "3", *cli_sets(sqlite_uri, "run.name='cv3'")]) == 0
+    assert main(["cv", "--folds", "3", *cli_sets(sqlite_uri, "run.name='cv3'", "mlflow.drain_timeout=0")]) == 0
     err = capsys.readouterr().err
     assert "analytics: cross-fold summary of the experiment on best_val_dice" in err and "cv3" in err
 

@@ -9,6 +9,7 @@ import sys
 from segtrack import ConfigError, hookimpl
 
 log = logging.getLogger("segtrack.analytics")
+TRACKING_WAIT_S = 10.0
 
 
 class AnalyticsPlugin:
@@ -44,6 +45,7 @@ class AnalyticsPlugin:
         from segtrack_analytics.errors import NoStore, StoreUnreachable
         from segtrack_analytics.settings import default_experiment
 
+        self._wait_for_tracking()
         try:
             analytics = RunAnalytics(None, self.settings, cache_dir=self.section["cache_dir"])
             analytics.load_experiment_runs(default_experiment(self.settings))
@@ -57,7 +59,17 @@ class AnalyticsPlugin:
             return None
         return analytics
 
-    # trylast: read the store after the tracking plugin's own fit_end has flushed this run
+    def _wait_for_tracking(self) -> None:
+        """The mlflow plugin's fit returns before its shipper has sent the run: give the shipper a
+        few seconds, so the ranking and summary include this fit's runs (without them it still
+        answers, over the runs already stored)."""
+        import segtrack_mlflow
+
+        spool_dir = (self.settings.get("mlflow") or {}).get("spool_dir") or ".segtrack/spool"
+        if not segtrack_mlflow.wait_sent(spool_dir, TRACKING_WAIT_S):
+            log.info("analytics: this fit's runs are still being sent; comparing with the runs already stored")
+
+    # trylast: read the store after the tracking plugin's own fit_end has spooled this run
     @hookimpl(trylast=True)
     def fit_end(self, run, result):
         if not self.section.get("rank_at_fit_end") or result.best_epoch < 0 or run.fold is not None:
