@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable
 from typing import NamedTuple
 
 RECENT_NS = 2_000_000_000
-MAX_KEPT = 200_000  # digests kept (~100 bytes each), least recently used dropped first
+MAX_KEPT = 200_000  # digests kept (~250 bytes each with their keys), least recently used dropped first
 
 _kept: OrderedDict[Hashable, bytes] = OrderedDict()
 

@@ -11,7 +11,6 @@ import logging
 import stat
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -348,8 +347,9 @@ def _files_sha256(*paths: Path) -> bytes:
     return digest.digest()
 
 
-def _pair_state(*paths: Path) -> tuple[tuple[Any, ...], int]:
-    """The key of ``_files_sha256(*paths)`` in ``remembered`` and the newest time among the files."""
+def _pair_state(*paths: Path) -> tuple[bytes, int]:
+    """The key of ``_files_sha256(*paths)`` in ``remembered`` (a digest of the files' states: 32
+    bytes kept, not the paths) and the newest time among the files."""
     states = tuple(file_state(path) for path in paths)
     newest = max((max(s.modified_ns, s.changed_ns) for s in states if s is not None), default=0)
-    return ("folder-pair", states), newest
+    return b"pair:" + hashlib.sha256(repr(states).encode()).digest(), newest
