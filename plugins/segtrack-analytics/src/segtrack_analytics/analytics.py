@@ -189,11 +189,11 @@ class RunAnalytics:
             keys = ", ".join(self.require_column(c) for c in by)
             sql = f"SELECT {keys}, {stats} FROM runs WHERE {value} IS NOT NULL GROUP BY {keys} ORDER BY mean {order}"
         else:
+            # folds grouped first, then their parents' names joined (the join on 100k runs cost ~2x)
             sql = (
-                f"SELECT coalesce(parent.run_name, r.parent_run_id) AS cv_run, r.parent_run_id, "
-                f"{stats.replace(value, 'r.' + value)} FROM runs r LEFT JOIN runs parent "
-                f"ON parent.run_id = r.parent_run_id WHERE r.parent_run_id IS NOT NULL AND r.{value} IS NOT NULL "
-                f"GROUP BY ALL ORDER BY mean {order}"
+                f"SELECT coalesce(parent.run_name, g.parent_run_id) AS cv_run, g.* FROM (SELECT parent_run_id, "
+                f"{stats} FROM runs WHERE parent_run_id IS NOT NULL AND {value} IS NOT NULL GROUP BY parent_run_id) g "
+                f"LEFT JOIN runs parent ON parent.run_id = g.parent_run_id ORDER BY mean {order}"
             )
         return self.con.sql(sql).to_arrow_table()
 
