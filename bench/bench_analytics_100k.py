@@ -8,7 +8,8 @@ runs <= 1 s.
 
 The store: bench/store_generator.py, i.e. a database MLflow's client created and migrated, filled
 with SQL inserts that match MLflow's schema (10,000 runs per batch; MLflow's client would need hours
-for 100,000 runs). Set BENCH_STORE_DIR to keep it between runs (it is made once per run count).
+for 100,000 runs; this takes ~5 minutes on 2 cores, 2.4 GB). Set BENCH_STORE_DIR to keep it between
+runs (it is made once per run count; refreshes then add runs to a copy).
 
 The cold load runs in a fresh process, which reports the seconds until the tables are ready, the
 seconds until its background cache write has ended, and its peak RSS (``ru_maxrss``, cache write
