@@ -101,7 +101,7 @@ def fit(uri: str, workdir: Path, plugin_on: bool, extra=(), settings_extra=(), s
             *settings_extra,
             f"mlflow.tracking_uri='{uri}'",
             f"checkpoint.dir='{workdir}/ck'",
-            f"mlflow.spool_dir='{workdir}/spool'",
+            f"mlflow.spool_dir='{workdir}/{'spool' if settle else 'spool-unsent'}'",  # waited for: only the sent
         ]
     )
     disabled = ["progress", *OTHERS] + ([] if plugin_on else ["mlflow"])
