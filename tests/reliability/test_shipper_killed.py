@@ -10,6 +10,8 @@ import signal
 import threading
 import time
 
+import pytest
+
 from segtrack import hookimpl
 
 KEYS = ("train_loss", "val_loss", "val_dice", "lr")
@@ -48,6 +50,7 @@ def _kill_shippers(state_file, kills: list[int], stop: threading.Event, times: i
             pass  # it had exited on its own
 
 
+@pytest.mark.slow  # 30 s: make test is at its 10-minute budget; `make reliability` runs it
 def test_shipper_killed_mid_send_loses_and_duplicates_nothing(tmp_path, sqlite_template, report_row, monkeypatch):
     from mlflow import MlflowClient
 
