@@ -66,6 +66,7 @@ def test_a_dead_server_with_credentials_is_named_masked_and_reached_by_its_host(
     )
 
 
+@pytest.mark.slow  # make test is at its 10-minute budget: `make reliability` runs it
 def test_runs_reads_a_basic_auth_server_with_the_uri_credentials(tmp_path, sqlite_template, monkeypatch, report_row):
     pytest.importorskip("flask_wtf", reason="mlflow's basic-auth app needs Flask-WTF (mlflow[auth])")
     from testsupport.analytics_stores import populate

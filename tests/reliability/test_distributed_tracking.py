@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from testsupport.ports import free_port
@@ -50,6 +51,7 @@ def _points(client, run_id):
     return {k: sorted(m.step for m in client.get_metric_history(run_id, k)) for k in KEYS}
 
 
+@pytest.mark.slow  # make test is at its 10-minute budget: `make reliability` runs it
 def test_fit_and_cv_under_torchrun(tmp_path, sqlite_uri, report_row):
     from mlflow import MlflowClient
 

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 HOOKS = [
     "fit_start",
     "epoch_start",
@@ -95,6 +97,7 @@ def test_misbehaving_plugins_cannot_stop_the_fit(tmp_path, sqlite_uri, report_ro
     )
 
 
+@pytest.mark.slow  # make test is at its 10-minute budget: `make reliability` runs it
 def test_strict_stops_at_the_first_failure_and_marks_the_run_failed(tmp_path, sqlite_uri, report_row):
     out = _train(tmp_path, sqlite_uri, "plugins.disabled=['analytics', 'broken']", "plugins.strict=true")
     assert out.returncode != 0

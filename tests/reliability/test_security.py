@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 SECRETS = {"secrets_file": "s3cr3t-from-secrets-file", "env": "s3cr3t-from-env", "settings": "s3cr3t-from-settings"}
@@ -64,6 +65,7 @@ def test_secrets_appear_nowhere_in_the_store(tmp_path, sqlite_uri, report_row):
 NESTED = {"data.kwargs.hub_id": "nested-s3cret-hub-id", "data.kwargs.auth.Bearer": "nested-s3cret-bearer"}
 
 
+@pytest.mark.slow  # make test is at its 10-minute budget: `make reliability` runs it
 def test_secrets_nested_at_any_depth_appear_nowhere(tmp_path, sqlite_uri, report_row):
     """Keys under data.kwargs set in .secrets.toml, named like nothing secret and two or three tables
     deep: masked in params, config.toml, the checkpoints' settings, the ONNX metadata and the output."""

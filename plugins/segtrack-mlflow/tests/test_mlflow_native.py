@@ -258,6 +258,7 @@ AUDIT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # make test is at its 10-minute budget: `make reliability` runs it
 def test_a_local_sqlite_fit_opens_no_connection_outside_the_machine(tmp_path):
     """Every socket connect and name lookup of a whole `segtrack train` (MLflow and analytics on)
     is audited: none may leave 127.0.0.0/8. MLflow's telemetry is off unless mlflow.telemetry."""
