@@ -242,20 +242,21 @@ class CheckpointSets:
         named = [
             (kind, self.folder / (f"epoch-{epoch + 1:04d}.pt" if kind == "epoch" else f"{kind}.pt")) for kind in kinds
         ]
-        with hold():
+        with hold():  # a SIGTERM waits until the landing thread has started (join() needs it started)
             try:
                 tmp = _serialised(payload, named[0][1])
             except OSError as exc:
                 raise self._refused(named[0][1], exc) from None
-        self._landing = threading.Thread(target=self._land, args=(tmp, named), name="segtrack-checkpoint")
-        self._landing.start()
+            landing = threading.Thread(target=self._land, args=(tmp, named), name="segtrack-checkpoint")
+            landing.start()
+            self._landing = landing
         return named
 
     def wait(self) -> list[tuple[str, Path, int]]:
         """Block until the last set is in place; (kind, path, bytes) of each of its files."""
-        if self._landing is not None:
+        if self._landing is not None and self._landing.ident is not None:
             self._landing.join()
-            self._landing = None
+        self._landing = None
         error, self._error = self._error, None
         if error is not None:
             raise error
