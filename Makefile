@@ -48,8 +48,10 @@ TEST_WORKERS ?= 2
 test: install
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
+# every reliability scenario, and the slow tests of the other suites (moved out of make test's budget)
 reliability: install
 	$(PY) -m pytest -q tests/reliability
+	$(PY) -m pytest -q -m slow --ignore=tests/reliability
 
 bench: install
 	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

@@ -136,6 +136,7 @@ def auth_server(tmp_path, sqlite_template):
     server.stop()
 
 
+@pytest.mark.slow  # make test is at its 10-minute budget: `make reliability` runs it
 def test_authenticated_server_good_and_bad_credentials_from_env_and_uri(trainer_factory, auth_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")

@@ -212,6 +212,7 @@ def test_bad_sweep_arguments_are_one_sentence(tmp_path, capsys, args, expected):
     assert not (tmp_path / "x.db").exists() and not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow  # make test is at its 10-minute budget: `make reliability` runs it
 def test_two_processes_share_one_postgresql_study(tmp_path, sqlite_uri):
     """Two `segtrack sweep` processes on one study in PostgreSQL: exactly N trials in all, no
     number twice, each trial one MLflow run nested under its process's parent of that study."""
