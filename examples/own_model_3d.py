@@ -76,7 +76,7 @@ def main() -> None:
     )
     outcome = SegmentationTrainer(settings, model=VolumeNet(), train_data=OrganVolumes()).cv(folds=args.folds)
     for fold in outcome.folds:
-        print(f"fold {fold.fold}: {fold.status}, best val_dice_organ {fold.best_metrics['val_dice_organ']:.3f}")
+        print(f"fold {fold.fold + 1}: {fold.status}, best val_dice_organ {fold.best_metrics['val_dice_organ']:.3f}")
     dice = outcome.summary["val_dice"]
     print(f"val_dice over {outcome.num_folds} folds: {dice['mean']:.3f} ± {dice['std']:.3f}")
 

@@ -76,10 +76,10 @@ def test_cv_from_the_command_line(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "cross-validation" in out.stderr and "val_dice" in out.stderr
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        "segtrack-fold0",
         "segtrack-fold1",
         "segtrack-fold2",
-    ]
+        "segtrack-fold3",
+    ]  # folds count from 1, as the console's "fold 1/3"
 
 
 def test_example_third_party_plugin_installs_and_fires_through_its_entry_point(tmp_path):

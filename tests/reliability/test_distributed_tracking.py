@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from testsupport.mlflow_reads import epochs_of
 from testsupport.ports import free_port
 
 KEYS = ("train_loss", "val_loss", "val_dice", "val_iou", "lr")
@@ -48,7 +49,7 @@ def _torchrun(cwd, uri, *args, script=None):
 
 
 def _points(client, run_id):
-    return {k: sorted(m.step for m in client.get_metric_history(run_id, k)) for k in KEYS}
+    return {k: epochs_of(client, run_id, k) for k in KEYS}
 
 
 @pytest.mark.slow  # make test is at its 10-minute budget: `make reliability` runs it

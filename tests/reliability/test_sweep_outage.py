@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from testsupport.mlflow_reads import epochs_of
 from testsupport.settings import tiny
 
 # ~45 s (a server, three trials, a restart): in `make reliability`, not `make test`
@@ -78,8 +79,8 @@ def test_a_server_outage_during_a_sweep_loses_nothing(tmp_path, sqlite_template)
         for run in trials:
             assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
             for key in ("train_loss", "val_loss", "val_dice"):
-                steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
-                assert sorted(steps) == [1, 2, 3, 4], (run.data.tags["segtrack.trial"], key, steps)
+                steps = epochs_of(client, run.info.run_id, key)
+                assert steps == [1, 2, 3, 4], (run.data.tags["segtrack.trial"], key, steps)
         steps = sorted(m.step for m in client.get_metric_history(parents[0].info.run_id, "trial_val_dice"))
         assert steps == [0, 1, 2]
     finally:

@@ -17,6 +17,13 @@ def history(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
+def epochs_of(client: Any, run_id: str, key: str) -> list[int]:
+    """The epochs (counted from 1) of ``key``'s points, sorted, repeats kept: segtrack logs every
+    curve at the global step, with the ``epoch`` metric at the same steps."""
+    epoch_at = {m.step: int(m.value) for m in client.get_metric_history(run_id, "epoch")}
+    return sorted(epoch_at.get(m.step, -1) for m in client.get_metric_history(run_id, key))
+
+
 def artifacts(client: Any, run_id: str, path: str | None = None) -> list[str]:
     found: list[str] = []
     for item in client.list_artifacts(run_id, path):

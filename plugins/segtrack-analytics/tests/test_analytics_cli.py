@@ -38,7 +38,7 @@ def test_train_and_cv_then_summary_top_list_and_plot(sqlite_uri, capsys):
 
     assert main(["runs", "list", *cli_sets(sqlite_uri)]) == 0
     listing = capsys.readouterr().out
-    assert "single-" in listing and re.search(r"cv3-[0-9a-f]{6}-fold2", listing) and "(5 rows)" in listing
+    assert "single-" in listing and re.search(r"fold2-cv3-[0-9a-f]{6}", listing) and "(5 rows)" in listing
 
     assert (
         main(
@@ -58,6 +58,14 @@ def test_train_and_cv_then_summary_top_list_and_plot(sqlite_uri, capsys):
     assert main(["runs", "plot", "--metric", "val_dice", "--out", "curves/dice.png", *cli_sets(sqlite_uri)]) == 0
     with Image.open("curves/dice.png") as image:
         assert image.format == "PNG" and image.size[0] >= 800
+    # drawn against the epoch (logged at the global step, with "epoch" beside it): folds share epochs 1-2
+    from segtrack_analytics import RunAnalytics
+    from segtrack_analytics.plot import learning_curves
+
+    analytics = RunAnalytics(sqlite_uri, cache_dir=None)
+    analytics.load_experiment_runs("segtrack")
+    curves, by_epoch = learning_curves(analytics, "val_dice")
+    assert by_epoch and len(curves) == 4 and all(sorted(c["points"]) == [1, 2] for c in curves.values())
 
 
 def test_sql_errors_show_duckdbs_message_and_the_columns(sqlite_uri, capsys):

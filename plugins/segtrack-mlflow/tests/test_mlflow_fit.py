@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 import segtrack_mlflow
 from segtrack import PluginHookError
-from testsupport.mlflow_reads import artifacts, history, logged_settings, only_run
+from testsupport.mlflow_reads import artifacts, epochs_of, history, logged_settings, only_run
 from testsupport.plugins import RaiseAt
 
 
@@ -38,13 +38,17 @@ def test_fit_logs_params_tags_metrics_and_artifacts(trainer_factory, sqlite_uri,
     assert len(tags["test_data_sha256"]) == 64 and tags["segtrack.version"] == "0.1.0"
     assert tags["torch.version"].startswith("2.") and tags["segtrack.device"] == "cpu"
     assert tags["segtrack.world_size"] == "1" and "mlflow=0.1.0" in tags["segtrack.plugins"]
-    # per-epoch metrics with step = epoch counted from 1, per-step loss, best value and epoch (step 0)
+    # every curve at the global step (3 batches an epoch): per-epoch metrics at each epoch's last
+    # step, per-step loss at each step, "epoch" at both; best value at the best epoch's step
     for key in ("train_loss", "val_loss", "val_dice", "val_iou", "lr"):
-        assert [s for s, _ in history(client, run.info.run_id, key)] == [1, 2, 3], key
+        assert [s for s, _ in history(client, run.info.run_id, key)] == [3, 6, 9], key
     assert [s for s, _ in history(client, run.info.run_id, "train_loss_step")] == list(range(1, 10))
-    assert run.data.metrics["best_val_dice"] == pytest.approx(result.best_value)
-    assert run.data.metrics["best_epoch"] == result.best_epoch + 1
-    assert run.data.metrics["onnx_max_abs_diff"] == pytest.approx(result.export.max_abs_diff)
+    assert [v for _, v in history(client, run.info.run_id, "epoch")] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert history(client, run.info.run_id, "best_val_dice") == [
+        (3 * (result.best_epoch + 1), pytest.approx(result.best_value))
+    ]
+    assert run.data.tags["segtrack.best_epoch"] == str(result.best_epoch + 1)
+    assert float(run.data.tags["segtrack.onnx_max_abs_diff"]) == pytest.approx(result.export.max_abs_diff, rel=1e-2)
     # artifacts: best and last checkpoints, the settings, sample overlays (the model is a LoggedModel)
     assert artifacts(client, run.info.run_id) == [
         "checkpoints/best.pt",
@@ -171,15 +175,15 @@ def test_cross_validation_logs_a_parent_and_one_child_per_fold(trainer_factory, 
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )
-    assert sorted(c.data.tags["segtrack.fold"] for c in children) == ["0", "1"]
+    assert sorted(c.data.tags["segtrack.fold"] for c in children) == ["1", "2"]  # as the console counts
     cv = result.cv_id[:6]
-    assert sorted(c.info.run_name for c in children) == [f"cvrun-{cv}-fold0", f"cvrun-{cv}-fold1"]
+    assert sorted(c.info.run_name for c in children) == [f"fold1-cvrun-{cv}", f"fold2-cvrun-{cv}"]
     assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
-    assert parent.data.metrics["cv_val_dice_mean"] == pytest.approx(result.summary["val_dice"]["mean"])
-    assert parent.data.metrics["cv_val_dice_std"] == pytest.approx(result.summary["val_dice"]["std"])
-    assert parent.data.tags["segtrack.cv_id"] == result.cv_id
-    # every metric the folds share is summarised, the (per-class) monitor included
+    # the (per-class) monitor's mean and std as metrics; every metric's in the description and cv_summary.json
     assert parent.data.metrics["cv_val_dice_1_mean"] == pytest.approx(result.summary["val_dice_1"]["mean"])
+    assert parent.data.metrics["cv_val_dice_1_std"] == pytest.approx(result.summary["val_dice_1"]["std"])
+    assert "cv_val_dice_mean" not in parent.data.metrics
+    assert parent.data.tags["segtrack.cv_id"] == result.cv_id
     # params are what the CV ran with: 2 folds (data.folds is 3 by default), each fold validating on
     # its own share of the 16 samples (not data.val_fraction = 0.25), the parent on 1/2
     assert parent.data.params["data.folds"] == "2" and parent.data.params["data.val_fraction"] == "0.5"
@@ -190,6 +194,7 @@ def test_cross_validation_logs_a_parent_and_one_child_per_fold(trainer_factory, 
     note = parent.data.tags["mlflow.note.content"]
     assert "| fold | status | best epoch | val_dice_1 |" in note and "| **mean ± std** |" in note
     assert "| 1 | completed |" in note and "| 2 | completed |" in note
+    assert f"{result.summary['val_dice']['mean']:.4f} ± {result.summary['val_dice']['std']:.4f}" in note
     curve = client.get_metric_history(parent.info.run_id, "cv_val_dice_1")
     assert sorted((m.step, m.value) for m in curve) == [(f.fold + 1, pytest.approx(f.best_value)) for f in result.folds]
 
@@ -206,7 +211,7 @@ def test_resumed_fit_continues_the_same_run(trainer_factory, sqlite_uri):
     trainer_factory(uri, "train.epochs=4").fit(resume="auto")
     run = only_run(client)
     assert run.info.run_id == first.info.run_id and run.info.status == "FINISHED"
-    assert [s for s, _ in history(client, run.info.run_id, "val_dice")] == [1, 2, 3, 4]
+    assert epochs_of(client, run.info.run_id, "val_dice") == [1, 2, 3, 4]
     steps = [s for s, _ in history(client, run.info.run_id, "train_loss_step")]
     assert steps == sorted(set(steps)) == list(range(1, 13))
     assert run.data.params == params_before
@@ -224,7 +229,7 @@ def test_epoch_logged_before_a_crash_is_not_logged_twice(trainer_factory, sqlite
     client = MlflowClient(sqlite_uri)
     run = only_run(client)
     for key in ("train_loss", "val_dice", "lr"):
-        assert [s for s, _ in history(client, run.info.run_id, key)] == [1, 2, 3, 4], key
+        assert epochs_of(client, run.info.run_id, key) == [1, 2, 3, 4], key
 
 
 def test_disabled_plugin_is_not_imported_and_logs_nothing(tmp_path):
@@ -291,7 +296,7 @@ def test_a_user_3d_model_with_a_plugin_metric_is_logged_like_the_builtin_one(set
     client = MlflowClient(sqlite_uri)
     run = only_run(client)
     for key in ("val_dice_liver", "val_iou_tumour", "val_foreground_share"):
-        assert [s for s, _ in history(client, run.info.run_id, key)] == [1, 2, 3], key
+        assert epochs_of(client, run.info.run_id, key) == [1, 2, 3], key
     assert f"samples/best-epoch-{result.best_epoch + 1}.png" in artifacts(
         client, run.info.run_id
     )  # a volume's middle slice

@@ -37,13 +37,24 @@ def test_the_best_model_is_a_ready_logged_model_that_mlflow_loads(trainer_factor
     client = MlflowClient(sqlite_uri)
     (run,) = _runs(client)
     experiment_id = run.info.experiment_id
+    # created as a training experiment: the UI shows "Model training" with a Models tab
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     (model,) = client.search_logged_models([experiment_id])
     assert model.status.name == "READY" and model.source_run_id == run.info.run_id
     # told apart and traced in the Models tab: the run's name, who and what code made it
     assert model.name == run.info.run_name and model.tags["mlflow.source.name"] == run.data.tags["mlflow.source.name"]
     assert model.tags["mlflow.user"] == run.data.tags["mlflow.user"]
-    assert {m.key for m in model.metrics} >= {"best_val_dice", "best_epoch", "onnx_max_abs_diff"}
-    assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(model.model_id, result.best_epoch + 1)]
+    # its metrics are the best epoch's validation points, linked to the validation dataset ("Datasets used")
+    (val_input,) = [i.dataset for i in run.inputs.dataset_inputs if i.tags[0].value == "validation"]
+    linked = {m.key: m for m in model.metrics}
+    assert set(linked) >= {"best_val_dice", "val_dice", "val_iou", "val_loss"}
+    assert {(m.dataset_name, m.dataset_digest) for m in linked.values()} == {(val_input.name, val_input.digest)}
+    assert linked["val_dice"].value == pytest.approx(result.best_value)
+    assert model.params["best_epoch"] == str(result.best_epoch + 1) and float(model.params["onnx_max_abs_diff"]) < 1e-3
+    best_step = linked["val_dice"].step  # the best epoch's global step, where its curve point lies
+    assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(model.model_id, best_step)]
+    epoch_at = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "epoch")}
+    assert epoch_at[best_step] == result.best_epoch + 1
     # no plain ONNX artifact under model/ any more: "runs:/<id>/model" resolves to the LoggedModel
     assert "model" not in [a.path for a in client.list_artifacts(run.info.run_id)]
     mlflow.set_tracking_uri(sqlite_uri)
@@ -104,15 +115,21 @@ def test_datasets_tags_names_and_steps_read_as_mlflow_users_expect(trainer_facto
     # MLflow's standard tags; no internal id among the visible tags
     assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"] and tags["mlflow.user"]
     assert not [k for k in tags if "spool" in k and not k.startswith("mlflow.")]
-    # one step convention: epochs from 1 (as the console), per-step loss beside an "epoch" metric,
-    # summary values at step 0
+    # one step convention, Lightning's: every curve at the global step (per-step loss at each step,
+    # epoch metrics at the epoch's last step), "epoch" (from 1) beside them; the summary
+    # best_val_dice one point at the best epoch's step; best epoch and ONNX parity as tags
     epochs = first.epochs_completed
-    assert _steps(client, run.info.run_id, "val_dice") == list(range(1, epochs + 1))
     loss_steps = _steps(client, run.info.run_id, "train_loss_step")
-    assert loss_steps == _steps(client, run.info.run_id, "epoch") == list(range(1, len(loss_steps) + 1))
-    assert max(m.value for m in client.get_metric_history(run.info.run_id, "epoch")) == epochs
-    assert _steps(client, run.info.run_id, "best_val_dice") == [0]
-    assert run.data.metrics["best_epoch"] == first.best_epoch + 1
+    per_epoch = len(loss_steps) // epochs
+    assert loss_steps == list(range(1, epochs * per_epoch + 1))
+    assert _steps(client, run.info.run_id, "epoch") == loss_steps
+    assert _steps(client, run.info.run_id, "val_dice") == [per_epoch * e for e in range(1, epochs + 1)]
+    epoch_at = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "epoch")}
+    assert [epoch_at[s] for s in _steps(client, run.info.run_id, "val_dice")] == list(range(1, epochs + 1))
+    assert _steps(client, run.info.run_id, "best_val_dice") == [per_epoch * (first.best_epoch + 1)]
+    assert run.data.tags["segtrack.best_epoch"] == str(first.best_epoch + 1)
+    assert "segtrack.onnx_max_abs_diff" in run.data.tags
+    assert not {"best_epoch", "onnx_max_abs_diff"} & set(run.data.metrics)
     # plumbing settings are not hyperparameters; every setting is in config.toml
     assert not [
         p for p in run.data.params if p.startswith(("plugins.", "mlflow.")) or p in ("checkpoint.dir", "export.dir")
@@ -133,15 +150,15 @@ def test_a_cross_validation_parent_is_marked_and_compact(trainer_factory, sqlite
     folds = sorted((r for r in runs if "mlflow.parentRunId" in r.data.tags), key=lambda r: r.info.run_name)
     cv_id = parent.data.tags["segtrack.cv_id"][:6]
     assert parent.info.run_name == f"cv-{cv_id}-cv"
-    assert [f.info.run_name for f in folds] == [f"cv-{cv_id}-fold0", f"cv-{cv_id}-fold1"]
+    # folds count from 1 as the console does, the fold first (the runs table cuts names from the right)
+    assert [f.info.run_name for f in folds] == [f"fold1-cv-{cv_id}", f"fold2-cv-{cv_id}"]
+    assert [f.data.tags["segtrack.fold"] for f in folds] == ["1", "2"]
     with open(client.download_artifacts(parent.info.run_id, "cv_summary.json")) as fh:
         summary = json.load(fh)
-    # mean and std across folds of each metric the folds share, and the monitor per fold (a curve over
-    # folds): no per-epoch curves, no per-fold copies of the other metrics
-    expected = sorted(
-        [*(f"cv_{name}_{stat}" for name in summary["summary"] for stat in ("mean", "std")), "cv_val_dice"]
-    )
-    assert sorted(parent.data.metrics) == expected and "cv_val_dice_mean" in expected
+    # the monitor per fold (a curve over folds) beside its mean and std: no per-epoch curves, no
+    # panels for the other metrics (their mean and std are in cv_summary.json)
+    assert sorted(parent.data.metrics) == ["cv_val_dice", "cv_val_dice_mean", "cv_val_dice_std"]
+    assert [f["fold"] for f in summary["folds"]] == [1, 2]
     steps = sorted(m.step for m in client.get_metric_history(parent.info.run_id, "cv_val_dice"))
     assert steps == [1, 2]
     assert summary["monitor"] == "val_dice" and len(summary["folds"]) == 2 and "val_iou" in summary["summary"]
@@ -163,7 +180,9 @@ def test_a_resumed_fit_keeps_one_logged_model_and_its_datasets(trainer_factory, 
     (run,) = _runs(client)
     assert len(run.inputs.dataset_inputs) == 2
     assert len(client.search_logged_models([run.info.experiment_id])) == 1
-    assert _steps(client, run.info.run_id, "val_dice") == [1, 2, 3, 4]
+    from testsupport.mlflow_reads import epochs_of
+
+    assert epochs_of(client, run.info.run_id, "val_dice") == [1, 2, 3, 4]
 
 
 def test_registration_moves_an_alias_not_a_stage(trainer_factory, sqlite_uri):
@@ -278,20 +297,61 @@ def test_a_local_sqlite_fit_opens_no_connection_outside_the_machine(tmp_path):
     assert json.loads((tmp_path / "seen.json").read_text()) == []
 
 
-@pytest.mark.skipif(
-    not any(os.path.exists(p) for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")),
-    reason="no headless Chromium on this machine",
-)
-def test_the_run_page_shows_a_logged_model_a_dataset_and_a_source(trainer_factory, sqlite_server, tmp_path):
-    trainer_factory(f"mlflow.tracking_uri='{sqlite_server.uri}'", *NATIVE).fit()
-    client = MlflowClient(sqlite_server.uri)
-    (run,) = _runs(client)
-    chromium = next(p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(p))
-    url = f"{sqlite_server.uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-    page = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000", "--dump-dom", url],
+TRAINING_VIEW = "?workflowType=machine_learning"  # the UI's "Model training" view (its default is GenAI)
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(p)), None)
+
+
+def _page_text(url: str) -> str:
+    """What a person reads on an MLflow UI page: headless Chromium renders it (the UI is a
+    JavaScript app), then the text of the rendered DOM, one element per line."""
+    import html
+    import re
+
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000", "--dump-dom", url],
         capture_output=True,
         text=True,
         timeout=120,
     ).stdout
-    assert "synthetic-train" in page and "model" in page and "segtrack" in page
+    text = re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S)
+    lines = html.unescape(re.sub(r"<[^>]+>", "\n", text)).splitlines()
+    return "\n".join(line.strip() for line in lines if line.strip())
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium on this machine (.ci/run installs Debian's)")
+def test_the_ui_shows_runs_a_cv_summary_and_models_a_person_can_tell_apart(trainer_factory, sqlite_server):
+    sets = (f"mlflow.tracking_uri='{sqlite_server.uri}'", "run.experiment='ui'", "mlflow.drain_timeout=60", *NATIVE)
+    fit = trainer_factory(*sets).fit()
+    cv = trainer_factory(*sets).cv(folds=2)
+    client = MlflowClient(sqlite_server.uri)
+    runs = _runs(client, "ui")
+    run = next(r for r in runs if "segtrack.cv_id" not in r.data.tags)
+    parent = next(r for r in runs if r.data.tags.get("segtrack.role") == "cv-parent")
+    folds = [r.info.run_name for r in runs if "segtrack.fold" in r.data.tags]
+    base = f"{sqlite_server.uri}/#/experiments/{run.info.experiment_id}"
+
+    # the run: its name, datasets, source, summary tags
+    page = _page_text(f"{base}/runs/{run.info.run_id}{TRAINING_VIEW}")
+    assert run.info.run_name in page and "synthetic-train" in page  # the validation set is behind "+1"
+    assert run.data.tags["mlflow.source.name"].rsplit("/", 1)[-1] in page
+    assert f"segtrack.best_epoch\n: {fit.best_epoch + 1}" in page
+
+    page = _page_text(f"{base}/runs/{parent.info.run_id}{TRAINING_VIEW}")  # the CV parent reads as a summary
+    assert parent.info.run_name in page and "Cross-validation, 2 folds" in page
+    mean, std = cv.summary["val_dice"]["mean"], cv.summary["val_dice"]["std"]
+    assert "mean ± std" in page and f"{mean:.4f} ± {std:.4f}" in page
+
+    page = _page_text(f"{base}/models{TRAINING_VIEW}")  # the Models tab: one row per fit, named after its run
+    assert "Models\nTable view" in page
+    cv_id = parent.data.tags["segtrack.cv_id"][:6]
+    assert sorted(folds) == [f"fold1-cells-{cv_id}", f"fold2-cells-{cv_id}"]  # the fold first: not cut off
+    for name in (run.info.run_name, *folds):
+        assert name in page, name
+
+    (model,) = [m for m in client.search_logged_models([run.info.experiment_id]) if m.name == run.info.run_name]
+    page = _page_text(f"{base}/models/{model.model_id}{TRAINING_VIEW}")  # a model traced to its data, user and code
+    assert "Datasets used" in page and "synthetic-val" in page.split("Datasets used", 1)[1]
+    about = page.split("About this logged model", 1)[1]
+    assert f"Created by\n{run.data.tags['mlflow.user']}" in about and "Ready" in about
+    assert "Logged from\n—" not in about  # the source and commit of the code that made it
+    assert "val_dice\nsynthetic-val" in page and str(fit.best_value) in page  # its metrics, on the validation data

@@ -214,11 +214,10 @@ class SegmentationTrainer:
                     log.info("cross-validation ends after fold %d of %d: %s", fold, folds, self.stop_reason)
                     break
                 data = self.data.for_fold(fold, folds)
-                ckpt_dir = Path(self.config["checkpoint"]["dir"]) / f"{name}-fold{fold}"
+                label = f"{name}-fold{fold + 1}"  # what people read counts folds from 1, as epochs
+                ckpt_dir = Path(self.config["checkpoint"]["dir"]) / label
                 with _loader_deaths_explained():
-                    results.append(
-                        self._fit(data, ckpt_dir, f"{name}-fold{fold}", None, fold=fold, num_folds=folds, cv_id=cv_id)
-                    )
+                    results.append(self._fit(data, ckpt_dir, label, None, fold=fold, num_folds=folds, cv_id=cv_id))
         finally:
             outcome = CrossValidationResult(
                 cv_id=cv_id, num_folds=folds, folds=tuple(results), summary=freeze(_summary(results))
@@ -334,6 +333,7 @@ class SegmentationTrainer:
             best_value=state.best_value,
             best_epoch=state.best_epoch,
             duration_s=time.perf_counter() - started,
+            global_step=state.global_step,
         )
         hooks.call("epoch_end", trainer=self, run=run, epoch=result)
         return run, is_best

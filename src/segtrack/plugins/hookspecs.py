@@ -193,7 +193,9 @@ def epoch_end(trainer, run, epoch):
         this epoch's checkpoints.
     :param run: ``RunInfo`` of this fit.
     :param epoch: ``EpochResult``: ``train_loss``, ``val_loss``, ``val_dice``, ``val_iou``,
-        ``lr``, whether it is the best epoch so far, best value and epoch.
+        ``lr``, whether it is the best epoch so far, best value and epoch, and ``global_step``
+        (training batches so far: the step a tracker logs the epoch's metrics at, so they overlay
+        per-step curves).
     :return: ignored.
     :raises: isolated.
     """

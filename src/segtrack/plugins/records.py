@@ -36,7 +36,8 @@ class RunInfo:
     rank: int
     world_size: int
     local_rank: int
-    fold: int | None  # fold index in cross-validation, None for a plain fit
+    # fold index in cross-validation (0-based; run names and the console count from 1), None for a plain fit
+    fold: int | None
     num_folds: int | None
     cv_id: str | None  # shared by every fold of one cross-validation
     train_sha256: str  # order-independent fingerprint of the training split
@@ -126,6 +127,9 @@ class EpochResult:
     best_value: float
     best_epoch: int
     duration_s: float
+    # training batches since the fit began at this epoch's end (StepResult.global_step of its last
+    # batch): the x-axis that per-step and per-epoch curves share
+    global_step: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""Learning curves: one line per run (or fold), and per cross-validation the mean +- std band."""
+"""Learning curves: one line per run (or fold), and per cross-validation the mean +- std band.
+Drawn against the epoch where a curve has one point per epoch (segtrack logs every curve at the
+global step with an ``epoch`` metric beside it: folds of different sizes share epochs, not steps),
+else against the step."""
 
 from __future__ import annotations
 
@@ -21,20 +24,7 @@ def plot_learning_curves(analytics, metric: str, out: Path, title: str | None = 
 
     out = check_out(Path(out))
     key = metric.removeprefix("metrics.")
-    rows = analytics.con.execute(
-        "SELECT m.run_id, r.run_name, r.parent_run_id, m.step, m.value FROM metrics m JOIN runs r USING (run_id) "
-        "WHERE m.key = ? ORDER BY r.start_time, m.run_id, m.step, m.timestamp",
-        [key],
-    ).fetchall()
-    if not rows:
-        raise ConfigError(
-            f"no run has a history of {key!r}: pick a metric from "
-            f"{', '.join(c[8:] for c in analytics.columns if c.startswith('metrics.'))}"
-        )
-    curves: dict[str, dict] = {}
-    for run_id, name, parent, step, value in rows:
-        curve = curves.setdefault(run_id, {"name": name or run_id[:8], "parent": parent, "steps": {}})
-        curve["steps"][step] = value  # the last point logged for a step wins
+    curves, by_epoch = learning_curves(analytics, key)
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
     groups: dict[str | None, list[dict]] = {}
     for curve in curves.values():
@@ -43,18 +33,18 @@ def plot_learning_curves(analytics, metric: str, out: Path, title: str | None = 
     for index, (parent, members) in enumerate(groups.items()):
         colour = colours[index % len(colours)]
         for curve in members:
-            steps = sorted(curve["steps"])
+            steps = sorted(curve["points"])
             ax.plot(
                 steps,
-                [curve["steps"][s] for s in steps],
+                [curve["points"][s] for s in steps],
                 color=colour if parent else None,
                 alpha=0.45 if parent else 0.9,
                 linewidth=1,
                 label=None if parent else curve["name"],
             )
         if parent and len(members) > 1:
-            steps = sorted(set.intersection(*(set(c["steps"]) for c in members)))
-            values = np.array([[c["steps"][s] for s in steps] for c in members], dtype=float)
+            steps = sorted(set.intersection(*(set(c["points"]) for c in members)))
+            values = np.array([[c["points"][s] for s in steps] for c in members], dtype=float)
             mean, std = values.mean(axis=0), values.std(axis=0, ddof=1)
             label = analytics.con.execute("SELECT run_name FROM runs WHERE run_id = ?", [parent]).fetchone()
             ax.plot(
@@ -65,7 +55,7 @@ def plot_learning_curves(analytics, metric: str, out: Path, title: str | None = 
                 label=f"{label[0] if label else parent[:8]}: mean of {len(members)} folds",
             )
             ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.18)
-    ax.set_xlabel("epoch" if key in ("train_loss", "val_loss", "val_dice", "val_iou", "lr") else "step")
+    ax.set_xlabel("epoch" if by_epoch else "step")
     ax.set_ylabel(key)
     ax.set_title(title or f"{key}: {len(curves)} run(s)")
     ax.grid(alpha=0.3)
@@ -78,6 +68,34 @@ def plot_learning_curves(analytics, metric: str, out: Path, title: str | None = 
     finally:
         plt.close(fig)
     return out
+
+
+def learning_curves(analytics, key: str) -> tuple[dict[str, dict], bool]:
+    """Per run: name, parent run id and ``points`` {x: value}; and whether x is the epoch (else the step)."""
+    rows = analytics.con.execute(
+        "SELECT m.run_id, r.run_name, r.parent_run_id, m.step, m.value, e.epoch FROM metrics m "
+        "JOIN runs r USING (run_id) LEFT JOIN (SELECT run_id, step, max(value) AS epoch FROM metrics "
+        "WHERE key = 'epoch' GROUP BY run_id, step) e USING (run_id, step) "
+        "WHERE m.key = ? ORDER BY r.start_time, m.run_id, m.step, m.timestamp",
+        [key],
+    ).fetchall()
+    if not rows:
+        raise ConfigError(
+            f"no run has a history of {key!r}: pick a metric from "
+            f"{', '.join(c[8:] for c in analytics.columns if c.startswith('metrics.'))}"
+        )
+    curves: dict[str, dict] = {}
+    for run_id, name, parent, step, value, epoch in rows:
+        curve = curves.setdefault(run_id, {"name": name or run_id[:8], "parent": parent, "points": {}, "epochs": {}})
+        curve["points"][step] = value  # the last point logged for a step wins
+        curve["epochs"][step] = epoch
+    by_epoch = all(
+        None not in c["epochs"].values() and len(set(c["epochs"].values())) == len(c["points"]) for c in curves.values()
+    )
+    if by_epoch:  # one point per epoch in every run: x is the epoch
+        for curve in curves.values():
+            curve["points"] = {int(curve["epochs"][s]): v for s, v in curve["points"].items()}
+    return curves, by_epoch
 
 
 def check_out(out: Path) -> Path:

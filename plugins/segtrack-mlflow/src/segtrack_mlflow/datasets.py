@@ -51,7 +51,7 @@ def dataset_entries(run: Any) -> list[dict[str, Any]]:
             "code",
             {"tags": {"segtrack.data": run.data_source}},
         )
-    fold = f"-fold{run.fold}" if run.fold is not None else ""
+    fold = f"-fold{run.fold + 1}" if run.fold is not None else ""
     entries = []
     for context, sha, count in (
         ("training", run.train_sha256, run.num_train),
@@ -75,6 +75,15 @@ def dataset_entries(run: Any) -> list[dict[str, Any]]:
             }
         )
     return entries
+
+
+def validation_dataset(run: Any) -> tuple[str, str] | None:
+    """(name, digest) of the fit's validation dataset input, which the metrics a LoggedModel
+    carries are linked to ("Datasets used"); None while its SHA256 is not known."""
+    if not fingerprints_known(run):
+        return None
+    entry = next(e for e in dataset_entries(run) if e["context"] == "validation")
+    return entry["name"], entry["digest"]
 
 
 def dataset_inputs(entries: list[dict[str, Any]]) -> list:

@@ -25,6 +25,7 @@ class MetricPoint:
     step: int
     timestamp_ms: int
     model: str | None = None  # key of a LoggedModel of this spool the point also belongs to
+    dataset: tuple[str, str] | None = None  # (name, digest) of the dataset input it was measured on
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,11 @@ BATCHED = (MetricPoint, Params, Tags)  # sent together by log_batch
 def encode(entry: Entry) -> dict[str, Any]:
     if isinstance(entry, MetricPoint):
         line = {"t": "metric", "k": entry.key, "v": float(entry.value), "s": int(entry.step), "ts": entry.timestamp_ms}
-        return {**line, "m": entry.model} if entry.model is not None else line
+        if entry.model is not None:
+            line["m"] = entry.model
+        if entry.dataset is not None:
+            line["d"] = list(entry.dataset)
+        return line
     if isinstance(entry, CreateRun):
         return {
             "t": "create",
@@ -108,7 +113,8 @@ def decode(line: dict[str, Any]) -> Entry:
     """The entry of one spooled line; ValueError for a kind this version does not know."""
     kind = line["t"]
     if kind == "metric":
-        return MetricPoint(line["k"], line["v"], line["s"], line["ts"], line.get("m"))
+        dataset = tuple(line["d"]) if line.get("d") else None
+        return MetricPoint(line["k"], line["v"], line["s"], line["ts"], line.get("m"), dataset)
     if kind == "create":
         return CreateRun(
             line["experiment"],

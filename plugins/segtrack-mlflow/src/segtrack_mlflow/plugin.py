@@ -14,7 +14,7 @@ from pathlib import Path
 import segtrack_mlflow
 from segtrack import ConfigError, hookimpl, thaw
 from segtrack_mlflow import store
-from segtrack_mlflow.datasets import dataset_entries, fingerprint_tags, fingerprints_known
+from segtrack_mlflow.datasets import dataset_entries, fingerprint_tags, fingerprints_known, validation_dataset
 from segtrack_mlflow.entries import CreateRun, DatasetInputs, LoggedModel, Params, Status, Tags
 from segtrack_mlflow.gitinfo import source_tags
 from segtrack_mlflow.settings import SCHEMA, experiment_of, mlflow_section
@@ -64,6 +64,10 @@ class MlflowPlugin:
         self._sampler = None  # the system metrics process of the fit running now
         self._num_classes, self._dims = 0, 2
         self._datasets_pending = False  # inputs and hash tags wait for the first epoch's SHA256s
+        # the best epoch so far: {"epoch", "step", "ts", "metrics"}; its validation metrics become
+        # the LoggedModel's (linked to the validation dataset), and best_<monitor> is logged at its step
+        self._best: dict | None = None
+        self._val_dataset: tuple[str, str] | None = None
 
     @property
     def fit_end_timeout(self) -> float:
@@ -204,12 +208,13 @@ class MlflowPlugin:
 
     def _run_name(self, base: str, cv_id: str | None = None, fold: int | None = None) -> str:
         """Readable and unique per fit (mlflow.run_name_suffix = "id"): <name>-<id>, the CV parent
-        <name>-<cv id>-cv, its folds <name>-<cv id>-fold<k>."""
+        <name>-<cv id>-cv, its folds fold<k>-<name>-<cv id> with k counted from 1 as the console
+        counts (the fold first: the runs table's name column cuts long names from the right)."""
         unique = self.section["run_name_suffix"] == "id"
         if cv_id is None:
             return f"{base}-{uuid.uuid4().hex[:6]}" if unique else base
-        middle = f"-{cv_id[:6]}" if unique else ""
-        return f"{base}{middle}-cv" if fold is None else f"{base}{middle}-fold{fold}"
+        suffix = f"-{cv_id[:6]}" if unique else ""
+        return f"{base}{suffix}-cv" if fold is None else f"fold{fold + 1}-{base}{suffix}"
 
     # tryfirst: the run must exist before any other plugin can fail (under plugins.strict a failure
     # in another plugin's hook stops the fit, and that run is then recorded as FAILED)
@@ -250,12 +255,14 @@ class MlflowPlugin:
         if run.fold is not None:
             tags.update(
                 {
-                    "segtrack.fold": str(run.fold),
+                    "segtrack.fold": str(run.fold + 1),  # counted from 1, as the run name and console
                     "segtrack.num_folds": str(run.num_folds),
                     "segtrack.cv_id": run.cv_id or "",
                 }
             )
         self._exported, self._example = False, None
+        self._best = (self.resume_state or {}).get("best")
+        self._val_dataset = validation_dataset(run)
         self.spool = self._resumed_spool(self.resume_state, run.run_name) if self.resume_state else None
         resumed = self.spool is not None
         if resumed:
@@ -317,9 +324,11 @@ class MlflowPlugin:
             log.warning("%s; meanwhile this fit logs into a new MLflow run", exc)
             return None
 
-    # steps: per-epoch metrics at step = epoch number counted from 1 (as the console and
-    # best_epoch count), per-step ones at the optimizer step beside an "epoch" metric, summary
-    # values (best_*, cv_*) at step 0
+    # one step convention, as Lightning's: every curve's step is the global training step
+    # (batches since the fit began, counting resumed ones): per-step train_loss_step every
+    # log_every_n_steps, the epoch's metrics at the epoch's last step, and "epoch" (counted from 1)
+    # at both, so MLflow can also draw any curve against it. The summary best_<monitor> is one
+    # point at the best epoch's step; best epoch and ONNX parity are tags (no one-bar panels)
 
     @hookimpl
     def train_batch_end(self, step):
@@ -346,12 +355,14 @@ class MlflowPlugin:
             self.spool.add(Tags(fingerprint_tags(run)))
             self.spool.add(DatasetInputs(dataset_entries(run)))
             self._datasets_pending = False
-        now, step = _now_ms(), epoch.epoch + 1
-        for key, value in epoch.metrics.items():
+            self._val_dataset = validation_dataset(run)
+        now, step = _now_ms(), epoch.global_step
+        for key, value in {**epoch.metrics, "epoch": epoch.epoch + 1}.items():
             if step > self.spool.max_step(key):
                 self.spool.metric(key, value, step, now)
         if epoch.is_best:
             self._best_samples = self._last_samples
+            self._best = {"epoch": epoch.epoch, "step": step, "ts": now, "metrics": dict(epoch.metrics)}
         self._send(self.spool)
         self._link.report()
 
@@ -376,17 +387,27 @@ class MlflowPlugin:
             "segtrack.onnx_max_abs_diff": export.max_abs_diff,
         }
         write_model_folder(export.path, folder, self._example, self._num_classes, metadata)
+        best = self._best if self._best and self._best["epoch"] == export.epoch else None
         self.spool.add(
             LoggedModel(
                 key="model",
                 name=run_name,
                 path=str(folder.relative_to(self.spool.folder)),
-                step=export.epoch + 1,
+                step=best["step"] if best else 0,
                 register=self.section["register_model"] or None,
-                params={"opset": str(export.opset), "source": Path(export.path).name},
+                params={
+                    "opset": str(export.opset),
+                    "source": Path(export.path).name,
+                    "best_epoch": str(export.epoch + 1),
+                    "onnx_max_abs_diff": f"{export.max_abs_diff:.3g}",
+                },
             )
         )
-        self.spool.metric("onnx_max_abs_diff", export.max_abs_diff, 0, model="model")
+        self.spool.add(Tags({"segtrack.onnx_max_abs_diff": f"{export.max_abs_diff:.3g}"}))
+        if best:  # the model's metrics are its epoch's validation points, linked to that dataset
+            for key, value in best["metrics"].items():
+                if key.startswith("val_"):
+                    self.spool.metric(key, value, best["step"], best["ts"], model="model", dataset=self._val_dataset)
         self._exported = True
 
     @hookimpl
@@ -397,8 +418,15 @@ class MlflowPlugin:
             return
         model = "model" if self._exported else None
         if result.best_epoch >= 0:
-            spool.metric(f"best_{result.monitor}", result.best_value, 0, model=model)
-            spool.metric("best_epoch", result.best_epoch + 1, 0, model=model)
+            best = self._best if self._best and self._best["epoch"] == result.best_epoch else None
+            spool.metric(
+                f"best_{result.monitor}",
+                result.best_value,
+                best["step"] if best else 0,
+                model=model,
+                dataset=self._val_dataset if model else None,
+            )
+            spool.add(Tags({"segtrack.best_epoch": str(result.best_epoch + 1)}))
         if self._best_samples:
             from segtrack_mlflow.overlays import write_overlays
 
@@ -418,9 +446,9 @@ class MlflowPlugin:
     def cross_validation_end(self, result):
         """The parent reads as a summary: a description with one row per fold and the mean ± std
         (``mlflow.note.content``), the monitor per fold as a curve (``cv_<monitor>``, step = fold
-        number counted from 1, as the console counts), mean and std across folds of every metric
-        the folds' best epochs share (``cv_<metric>_mean``/``_std`` at step 0); the whole table is
-        the artifact cv_summary.json."""
+        number counted from 1, as the console counts) beside its mean and std across folds
+        (``cv_<monitor>_mean``/``_std``, at step 0); the main metrics' mean ± std are in the
+        description, every metric's in the artifact cv_summary.json (as panels they buried the curve)."""
         import json
 
         from segtrack_mlflow.cv_summary import describe
@@ -429,10 +457,9 @@ class MlflowPlugin:
             return
         monitor = next((f.monitor for f in result.folds), None)
         now = _now_ms()
-        for name, stats in result.summary.items():
-            for stat in ("mean", "std"):
-                if stat in stats:
-                    self.parent.metric(f"cv_{name}_{stat}", stats[stat], 0, now)
+        for stat, value in thaw(result.summary).get(monitor, {}).items():
+            if stat in ("mean", "std"):
+                self.parent.metric(f"cv_{monitor}_{stat}", value, 0, now)
         for fold in result.folds:
             if monitor and fold.best_epoch >= 0:
                 self.parent.metric(f"cv_{monitor}", fold.best_value, fold.fold + 1, now)
@@ -441,7 +468,7 @@ class MlflowPlugin:
             "monitor": monitor,
             "summary": thaw(result.summary),
             "folds": [
-                {"fold": f.fold, "status": f.status, "best_epoch": f.best_epoch + 1, "best_value": f.best_value}
+                {"fold": f.fold + 1, "status": f.status, "best_epoch": f.best_epoch + 1, "best_value": f.best_value}
                 for f in result.folds
             ],
         }
@@ -595,6 +622,7 @@ class MlflowPlugin:
             "local_id": self.spool.local_id,
             "run_id": self.spool.run_id,
             "host": socket.gethostname(),
+            "best": self._best,  # a resumed fit still links its model to the best epoch's step
         }
 
     @hookimpl

@@ -97,7 +97,15 @@ def _send_batch(client, spool: Spool, entries: list[Entry]) -> None:
 
     run_id, models = spool.run_id, spool.meta.get("logged_models", {})
     metrics = [
-        Metric(e.key, e.value, e.timestamp_ms, e.step, model_id=models.get(e.model) if e.model else None)
+        Metric(
+            e.key,
+            e.value,
+            e.timestamp_ms,
+            e.step,
+            model_id=models.get(e.model) if e.model else None,
+            dataset_name=e.dataset[0] if e.dataset else None,
+            dataset_digest=e.dataset[1] if e.dataset else None,
+        )
         for e in entries
         if isinstance(e, MetricPoint)
     ]

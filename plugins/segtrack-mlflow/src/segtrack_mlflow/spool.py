@@ -175,11 +175,18 @@ class Spool:
         self.append(encode(entry))
 
     def metric(
-        self, key: str, value: float, step: int, timestamp_ms: int | None = None, model: str | None = None
+        self,
+        key: str,
+        value: float,
+        step: int,
+        timestamp_ms: int | None = None,
+        model: str | None = None,
+        dataset: tuple[str, str] | None = None,
     ) -> None:
-        """A metric point; ``model`` names a LoggedModel of this spool the point also belongs to."""
+        """A metric point; ``model`` names a LoggedModel of this spool the point also belongs to,
+        ``dataset`` the (name, digest) of the run's dataset input it was measured on."""
         now = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
-        self.add(MetricPoint(key, float(value), int(step), now, model))
+        self.add(MetricPoint(key, float(value), int(step), now, model, dataset))
 
     def staging_folder(self) -> Path:
         """A new empty folder under files/ for a whole folder to upload (removed once sent)."""

@@ -84,6 +84,9 @@ def check_sqlite_store(uri: str) -> None:
     )
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(mlflow_client, name: str, artifact_location: str | None = None) -> str:
     """The experiment's id, creating it when missing (safe against a concurrent creator)."""
     from mlflow.exceptions import MlflowException
@@ -94,7 +97,8 @@ def ensure_experiment(mlflow_client, name: str, artifact_location: str | None = 
             mlflow_client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
     try:
-        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
+        # a training experiment: MLflow's UI then shows it as "Model training" (Models, not Agent versions)
+        return mlflow_client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
     except MlflowException:
         experiment = mlflow_client.get_experiment_by_name(name)
         if experiment is None:
