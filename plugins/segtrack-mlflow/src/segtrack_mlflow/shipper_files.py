@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from segtrack_mlflow.locks import held_elsewhere
+
 
 @dataclass(frozen=True)
 class ShipperFiles:
@@ -55,7 +57,6 @@ class ShipperFiles:
 
 def shipper_lines(root: Path) -> list[str]:
     """One line per shipper of this spool folder: running or not, its URI, its current trouble."""
-    import fcntl
 
     lines = []
     for state_path in sorted(Path(root).glob("shipper-*.json")):
@@ -63,16 +64,7 @@ def shipper_lines(root: Path) -> list[str]:
             state = json.loads(state_path.read_text())
         except (OSError, ValueError):
             continue
-        lock = state_path.with_suffix(".lock")
-        running = False
-        if lock.is_file():
-            fd = os.open(lock, os.O_RDONLY)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                running = True
-            finally:
-                os.close(fd)
+        running = held_elsewhere(state_path.with_suffix(".lock"))
         what = f"running (pid {state.get('pid')})" if running else "not running"
         trouble = f"; retrying: {state['error']}" if running and state.get("error") else ""
         lines.append(f"shipper for {state.get('uri', '?')}: {what}{trouble}; log {state_path.with_suffix('.log')}")

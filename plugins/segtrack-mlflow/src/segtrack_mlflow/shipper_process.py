@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import select
@@ -29,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from segtrack_mlflow.locks import flock_within
 from segtrack_mlflow.shipper_files import ShipperFiles
 from segtrack_mlflow.spool import Spool, SpoolBusy, SpoolCorrupt
 from segtrack_mlflow.uri import redact
@@ -202,16 +201,10 @@ def _size(path: Path) -> int:
 
 def _take_lock(files: ShipperFiles) -> int | None:
     fd = os.open(files.lock, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.05)
+    if flock_within(fd, LOCK_WAIT_S):
+        return fd
+    os.close(fd)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

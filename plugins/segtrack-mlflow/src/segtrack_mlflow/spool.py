@@ -32,6 +32,7 @@ from typing import Any
 
 from segtrack import SegtrackError
 from segtrack_mlflow.entries import ArtifactFile, Entry, MetricPoint, Status, Tags, decode, encode
+from segtrack_mlflow.locks import flock_within, held_elsewhere
 
 QUARANTINE = "quarantined.jsonl"
 FIX = (
@@ -235,15 +236,8 @@ class Spool:
         created the run."""
         fd = os.open(self.folder / "ship.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            deadline = time.monotonic() + wait
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise SpoolBusy(f"spool {self.local_id} is being sent by another process") from None
-                    time.sleep(0.05)
+            if not flock_within(fd, wait):
+                raise SpoolBusy(f"spool {self.local_id} is being sent by another process")
             with self._lock:
                 self.meta = read_meta(self.folder)
             yield
@@ -305,17 +299,7 @@ class Spool:
 
     def has_writer(self) -> bool:
         """Whether a live process holds this spool open for writing (a fit that may append more)."""
-        try:
-            fd = os.open(self.folder / "records.jsonl", os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # releases the probe's lock
+        return held_elsewhere(self.folder / "records.jsonl")
 
     def torn_line(self) -> int | None:
         """The number of an unfinished last line (a crash cut it short, or a fit is writing it)."""
@@ -339,15 +323,8 @@ class Spool:
             os.close(fd)
 
     def _repair_tail(self, fd: int, wait: float = 0.0) -> int | None:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return None  # a live writer holds it
-                time.sleep(0.01)
+        if not flock_within(fd, wait, poll=0.01):
+            return None  # a live writer holds it
         torn = self.torn_line()
         if torn is not None:
             with open(self.folder / "records.jsonl", "rb") as fh:
@@ -367,9 +344,7 @@ class Spool:
             return [], False
         fd = os.open(path, os.O_RDWR)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not flock_within(fd):
                 return [], False  # a live fit writes it: it stays as it is
             with open(path, "rb") as fh:
                 lines = fh.read().splitlines(keepends=True)
