@@ -41,3 +41,35 @@ def logged_settings(client: Any, run_id: str) -> dict[str, Any]:
         open(client.download_artifacts(run_id, "config.toml", folder), "rb") as fh,
     ):
         return tomllib.load(fh)
+
+
+def _as_param(value: Any) -> str:
+    """A setting as MLflow keeps a param: text; booleans lower-case, lists bracketed."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_as_param(v) for v in value) + "]"
+    return str(value)
+
+
+def expected_params(config: dict, folds: int | None = None, share: float | None = None) -> dict[str, str]:
+    """Every hyperparameter a run must log: the settings the fit ran with, flattened with dots,
+    plumbing (plugins, mlflow, folders, workers, devices) and secrets left out; under CV the fold
+    count it used and the share it validated on."""
+    plumbing = ("plugins.", "mlflow.", "analytics.", "progress.", "export.dir", "checkpoint.dir", "checkpoint.keep")
+    plumbing += ("train.num_workers", "train.device", "infer.output_device")
+    flat: dict[str, str] = {}
+
+    def walk(node: dict, prefix: str = "") -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, f"{dotted}.")
+            elif not dotted.startswith(plumbing):
+                flat[dotted] = _as_param(value)
+
+    walk(config)
+    if folds is not None:
+        flat["data.folds"] = str(folds)
+        flat["data.val_fraction"] = str(round(share or 0.0, 4))
+    return flat

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 import segtrack_mlflow
 from segtrack import PluginHookError, hookimpl, thaw
-from testsupport.mlflow_reads import artifacts, epochs_of, history, logged_settings, only_run
+from testsupport.mlflow_reads import artifacts, epochs_of, expected_params, history, logged_settings, only_run
 from testsupport.plugins import RaiseAt
 
 
@@ -374,38 +374,6 @@ class Effective:
         self.fits.append((run.fold, thaw(trainer.config), run.num_train, run.num_val))
 
 
-def _as_param(value) -> str:
-    """A setting as MLflow keeps a param: text; booleans lower-case, lists bracketed."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_as_param(v) for v in value) + "]"
-    return str(value)
-
-
-def _expected_params(config: dict, folds: int | None = None, share: float | None = None) -> dict[str, str]:
-    """Every hyperparameter a run must log: the settings the fit ran with, flattened with dots,
-    plumbing (plugins, mlflow, folders, workers, devices) and secrets left out; under CV the fold
-    count it used and the share it validated on."""
-    plumbing = ("plugins.", "mlflow.", "analytics.", "progress.", "export.dir", "checkpoint.dir", "checkpoint.keep")
-    plumbing += ("train.num_workers", "train.device", "infer.output_device")
-    flat: dict[str, str] = {}
-
-    def walk(node, prefix=""):
-        for key, value in node.items():
-            dotted = f"{prefix}{key}"
-            if isinstance(value, dict):
-                walk(value, f"{dotted}.")
-            elif not dotted.startswith(plumbing):
-                flat[dotted] = _as_param(value)
-
-    walk(config)
-    if folds is not None:
-        flat["data.folds"] = str(folds)
-        flat["data.val_fraction"] = str(round(share, 4))
-    return flat
-
-
 def test_every_logged_param_is_the_setting_the_fit_and_each_fold_ran_with(trainer_factory, sqlite_uri):
     """train and cv (3 folds where data.folds says 4 and data.val_fraction 0.25): each run's params
     compared key by key with the settings its fit ran with, nothing missing, nothing extra."""
@@ -418,7 +386,7 @@ def test_every_logged_param_is_the_setting_the_fit_and_each_fold_ran_with(traine
     (plain,) = client.search_runs(
         [client.get_experiment_by_name("segtrack").experiment_id], filter_string="attributes.run_name LIKE 'plain%'"
     )
-    assert plain.data.params == _expected_params(config)
+    assert plain.data.params == expected_params(config)
 
     seen.fits.clear()
     result = trainer_factory(uri, "run.name='cv'", "data.folds=4", "data.num_samples=15", plugins=[seen]).cv(folds=3)
@@ -428,6 +396,6 @@ def test_every_logged_param_is_the_setting_the_fit_and_each_fold_ran_with(traine
     assert len(seen.fits) == len(by_fold) == result.num_folds == 3
     for fold, config, num_train, num_val in seen.fits:
         assert config["data"]["folds"] == 4  # the setting; the CV ran 3
-        expected = _expected_params(config, folds=3, share=num_val / (num_train + num_val))
+        expected = expected_params(config, folds=3, share=num_val / (num_train + num_val))
         assert by_fold[fold + 1].data.params == expected, fold
-    assert parent.data.params == _expected_params(seen.fits[0][1], folds=3, share=1 / 3)
+    assert parent.data.params == expected_params(seen.fits[0][1], folds=3, share=1 / 3)

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from segtrack import hookimpl
+from segtrack import hookimpl, thaw
+from segtrack.config.settings import resolve_settings
+from segtrack.plugins.manager import get_plugin_manager
+from testsupport.mlflow_reads import expected_params
 from testsupport.settings import tiny
 
 SPACE = [
@@ -78,6 +81,14 @@ def test_four_trials_on_sqlite_each_a_nested_mlflow_run(tmp_path, sqlite_uri, ca
         assert run.data.tags["segtrack.trial_state"] == "completed"
         assert float(run.data.params["train.lr"]) == trial.params["train.lr"]
         assert int(run.data.params["model.width"]) == trial.params["model.width"]
+        # every param is what the trial ran with: the sweep's settings, the sampled values in place
+        settings = _settings(tmp_path, sqlite_uri, "export.enabled=true")
+        effective = thaw(resolve_settings(settings, get_plugin_manager(settings)))  # plugin defaults in
+        for dotted, value in trial.params.items():
+            section, key = dotted.split(".", 1)
+            effective[section][key] = value
+        effective["run"]["name"] = f"s4-trial-{trial.number}"  # a trial's fit is named after it
+        assert run.data.params == expected_params(effective), run.data.tags["segtrack.trial"]
         assert math.isclose(run.data.metrics["best_val_dice"], trial.value, rel_tol=1e-9, abs_tol=1e-12)
     assert parents[0].data.metrics["study_best_trial"] == study.best_trial.number
 
