@@ -54,7 +54,8 @@ def test_a_password_in_the_uri_authenticates_and_shows_nowhere(tmp_path, sqlite_
     outputs = []
     try:
         # 1. the server is down: the fit spools, the spool keeps the URI masked
-        down = _segtrack(work, "train", uri=uri)
+        # (its shipper gives up at once, as it would after mlflow.shipper_linger: sync sends the run)
+        down = _segtrack(work, "train", uri=uri, sets=["mlflow.shipper_linger=0"])
         assert down.returncode == 0 and "is unreachable" in down.stderr, down.stderr[-3000:]
         server.start()
         # 2. status, and a sync without any credentials: refused, the records stay
@@ -62,14 +63,16 @@ def test_a_password_in_the_uri_authenticates_and_shows_nowhere(tmp_path, sqlite_
         assert status.returncode == 0 and "http://admin:***@127.0.0.1" in status.stdout
         refused = _segtrack(work, "mlflow", "sync", uri=server.uri)
         assert refused.returncode == 1 and "record(s) still spooled" in refused.stdout
-        # 3. a fit with the server up: the URI's credentials alone authenticate
-        up = _segtrack(work, "train", uri=uri, sets=["mlflow.drain_timeout=60"])
-        assert up.returncode == 0 and not up.stderr, up.stderr[-3000:]  # no warning: all sent
-        # 4. the spooled run goes out with the password from configs/.secrets.toml
+        # 3. the spooled run goes out with the password from configs/.secrets.toml (sync before any
+        # fit: a fit's shipper would send it with the URI's credentials, as it serves the whole folder)
         (work / "configs").mkdir()
         (work / "configs" / ".secrets.toml").write_text(f"[default.mlflow]\npassword = '{PASSWORD}'\n")
         synced = _segtrack(work, "mlflow", "sync", uri=server.uri)
         assert synced.returncode == 0 and "sent" in synced.stdout, synced.stdout + synced.stderr
+        (work / "configs" / ".secrets.toml").unlink()
+        # 4. a fit with the server up: the URI's credentials alone authenticate
+        up = _segtrack(work, "train", uri=uri, sets=["mlflow.drain_timeout=60"])
+        assert up.returncode == 0 and not up.stderr, up.stderr[-3000:]  # no warning: all sent
         # 5. a wrong password in the URI stops the fit before training, masked
         wrong = _segtrack(work, "train", uri=uri.replace(PASSWORD, "wrong-pass-123"))
         assert wrong.returncode == 2 and "http://admin:***@" in wrong.stderr
@@ -88,7 +91,7 @@ def test_a_password_in_the_uri_authenticates_and_shows_nowhere(tmp_path, sqlite_
     shown = [text for out in outputs for text in (out.stdout, out.stderr)]
     shown += [v for r in runs for v in (*r.data.params.values(), *r.data.tags.values())]
     assert not [text for text in shown if PASSWORD in text or "wrong-pass-123" in text]
-    files = [p for p in work.rglob("*") if p.is_file() and p.name != ".secrets.toml"]
+    files = [p for p in work.rglob("*") if p.is_file()]
     assert not [p for p in files if PASSWORD.encode() in p.read_bytes()]
     assert len(files) > 5
     report_row(

@@ -199,6 +199,18 @@ def test_cross_validation_logs_a_parent_and_one_child_per_fold(trainer_factory, 
     assert sorted((m.step, m.value) for m in curve) == [(f.fold + 1, pytest.approx(f.best_value)) for f in result.folds]
 
 
+def test_a_fit_after_a_resumed_one_on_the_same_trainer_is_a_run_of_its_own(trainer_factory, sqlite_uri):
+    uri = f"mlflow.tracking_uri='{sqlite_uri}'"
+    trainer_factory(uri, "train.epochs=2").fit()
+    trainer = trainer_factory(uri, "train.epochs=3")
+    trainer.fit(resume="auto")  # continues the first run
+    trainer.fit()  # a fresh fit: not the resumed run again
+    client = MlflowClient(sqlite_uri)
+    runs = client.search_runs([client.get_experiment_by_name("segtrack").experiment_id])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert sorted(epochs_of(client, r.info.run_id, "val_dice") for r in runs) == [[1, 2, 3], [1, 2, 3]]
+
+
 def test_resumed_fit_continues_the_same_run(trainer_factory, sqlite_uri):
     uri = f"mlflow.tracking_uri='{sqlite_uri}'"
     with pytest.raises(KeyboardInterrupt):

@@ -160,3 +160,27 @@ def test_a_corrupt_meta_json_is_named_and_the_other_spools_listed(tmp_path, caps
     assert code == 2 and good.local_id in out
     assert err.startswith(f"segtrack: error: spool {bad.folder}: meta.json is corrupt (Unterminated string")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_dead_shippers_last_error_is_not_reported_as_current(tmp_path):
+    """A fit reads the shipper's state to say "MLflow unreachable": the error a shipper left when
+    it gave up must not be shown while its successor (or none) runs."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    from segtrack_mlflow.shipper_files import ShipperFiles
+
+    files = ShipperFiles(tmp_path, "http://127.0.0.1:5000")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    files.write_state(pid=int(gone.stdout), uri=files.uri, error="ConnectionError: refused")
+    assert files.live_error() is None  # no shipper holds the lock
+    fd = os.open(files.lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a successor runs, before it rewrote the state
+        assert files.live_error() is None
+        files.write_state(pid=os.getpid(), uri=files.uri, error="ConnectionError: refused")
+        assert files.live_error() == "ConnectionError: refused"  # the running shipper's own trouble
+    finally:
+        os.close(fd)

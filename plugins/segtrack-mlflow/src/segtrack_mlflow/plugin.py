@@ -261,9 +261,11 @@ class MlflowPlugin:
                 }
             )
         self._exported, self._example = False, None
-        self._best = (self.resume_state or {}).get("best")
+        # this fit's restored state only: a later fit of the same trainer (a CV after it) starts its own run
+        resume_state, self.resume_state = self.resume_state, None
+        self._best = (resume_state or {}).get("best")
         self._val_dataset = validation_dataset(run)
-        self.spool = self._resumed_spool(self.resume_state, run.run_name) if self.resume_state else None
+        self.spool = self._resumed_spool(resume_state, run.run_name) if resume_state else None
         resumed = self.spool is not None
         if resumed:
             # resumed: the same run; params, datasets and steps already spooled are not repeated

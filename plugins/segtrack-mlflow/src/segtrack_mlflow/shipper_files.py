@@ -49,6 +49,21 @@ class ShipperFiles:
         except (OSError, ValueError):
             return {}
 
+    def live_error(self) -> str | None:
+        """The running shipper's current trouble; None when it sends fine, or when the state file is
+        a dead shipper's (its last error is stale: a new one starts clean)."""
+        state = self.read_state()
+        error, pid = state.get("error"), state.get("pid")
+        if not error or not isinstance(pid, int) or not held_elsewhere(self.lock):
+            return None
+        try:
+            os.kill(pid, 0)  # the shipper that wrote it still runs (a successor rewrites the state first)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return str(error)
+
     def write_state(self, **state: Any) -> None:
         tmp = self.state.with_name(f".{self.state.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(state))

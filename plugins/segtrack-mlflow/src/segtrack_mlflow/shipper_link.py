@@ -100,7 +100,7 @@ class ShipperLink:
 
     def error(self) -> str | None:
         """The shipper's current trouble ("ConnectionError: ..."), None when it sends fine."""
-        return self.files.read_state().get("error")
+        return self.files.live_error()
 
     def report(self) -> None:
         """Say on this process's console when the shipper starts or stops failing to send."""
