@@ -24,6 +24,7 @@ from segtrack_mlflow.uri import absolute_uri, is_remote, local_artifact_root, re
 log = logging.getLogger("segtrack.mlflow")
 STATUS = {"completed": "FINISHED", "stopped": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 MIN_SPOOL_FREE_BYTES = 16 * 2**20
+NEW_STORE_WAIT_S = 60.0  # the first fit into a new SQLite file waits (at most) until it is created and sent
 FIT_END_MARGIN_S = 30.0  # fit_end's work besides draining: status record, overlay PNGs, staging files
 CHECKPOINT_KINDS = {
     "best+last": ("best", "last"),
@@ -67,13 +68,16 @@ class MlflowPlugin:
         # the best epoch so far: {"epoch", "step", "ts", "metrics"}; its validation metrics become
         # the LoggedModel's (linked to the validation dataset), and best_<monitor> is logged at its step
         self._best: dict | None = None
+        # a local SQLite store this fit creates: its first fit waits until the shipper made it
+        # (MLflow's first migration fails beside a reader the user opens at the same moment)
+        self._new_store = False
         self._val_dataset: tuple[str, str] | None = None
 
     @property
     def fit_end_timeout(self) -> float:
         """fit_end drains within mlflow.drain_timeout, then reports what is left: the core's
         plugins.fit_end_timeout (meant for hung plugins) must not cut that short."""
-        return self.section.get("drain_timeout", 0) + FIT_END_MARGIN_S
+        return max(self.section.get("drain_timeout", 0), NEW_STORE_WAIT_S if self._new_store else 0) + FIT_END_MARGIN_S
 
     # -- settings and CLI -----------------------------------------------------------------------
 
@@ -98,6 +102,7 @@ class MlflowPlugin:
         store.use_credentials(self.section["username"], self.section["password"])
         if os.environ.get("RANK", "0") == "0":
             store.check_sqlite_store(self._uri)
+            self._new_store = store.is_new_sqlite_store(self._uri)
             self._check_spool_dir()
             if is_remote(self._uri):
                 self._check_server()
@@ -578,6 +583,8 @@ class MlflowPlugin:
         """Wait for the run to be sent when ``mlflow.drain_timeout`` asks for it (by default the
         fit returns at once and the shipper sends the rest); say what the server refused."""
         timeout = self.section["drain_timeout"]
+        if self._new_store:
+            timeout, self._new_store = max(timeout, NEW_STORE_WAIT_S), False
         sent = self._link.wait_sent([spool], timeout) if timeout > 0 else not spool.has_pending()
         self._report_rejected(spool)
         if sent:

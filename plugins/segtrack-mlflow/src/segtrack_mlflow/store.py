@@ -56,6 +56,14 @@ class Clients(dict):
 MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}
 
 
+def is_new_sqlite_store(uri: str) -> bool:
+    """Whether ``uri`` is an SQLite file MLflow has yet to create (missing or empty)."""
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
+        return False
+    path = Path(uri[len("sqlite:///") :].split("?")[0])
+    return not path.is_file() or path.stat().st_size == 0
+
+
 def check_sqlite_store(uri: str) -> None:
     """Refuse an SQLite file that is not an MLflow store: MLflow would add its tables to it.
 
