@@ -52,7 +52,8 @@ def _run(config, **fields) -> RunInfo:
 
 
 def _epoch(index: int) -> EpochResult:
-    return EpochResult(index, freeze({"val_dice": 0.5}), "val_dice", index == 0, 0.5, 0, 0.1)
+    steps = 4 * (index + 1)  # 4 batches an epoch
+    return EpochResult(index, freeze({"val_dice": 0.5}), "val_dice", index == 0, 0.5, 0, 0.1, global_step=steps)
 
 
 def _result() -> FitResult:
@@ -82,6 +83,8 @@ def test_hashes_known_after_epoch_0_are_logged_then_once(trainer_factory, sqlite
     assert set(inputs) == {"training", "validation"}  # once each, though two epochs brought them
     assert inputs["training"].digest == SHA_TRAIN[:32]
     assert json.loads(inputs["validation"].profile)["fingerprint_kind"] == "loaded"
+    client = MlflowClient(sqlite_uri)
+    assert [m.step for m in client.get_metric_history(only_run(client).info.run_id, "val_dice")] == [4, 8, 12]
 
 
 def test_hashes_that_never_arrive_leave_no_empty_tag_or_input(trainer_factory, sqlite_uri):

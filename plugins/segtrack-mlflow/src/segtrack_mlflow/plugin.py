@@ -362,6 +362,7 @@ class MlflowPlugin:
             self.spool.add(Tags(fingerprint_tags(run)))
             self.spool.add(DatasetInputs(dataset_entries(run)))
             self._datasets_pending = False
+        if self._val_dataset is None:  # kind "loaded" (a resumed fit's too): known after its first epoch
             self._val_dataset = validation_dataset(run)
         now, step = _now_ms(), epoch.global_step
         for key, value in {**epoch.metrics, "epoch": epoch.epoch + 1}.items():
