@@ -254,7 +254,7 @@ class CheckpointSets:
 
     def wait(self) -> list[tuple[str, Path, int]]:
         """Block until the last set is in place; (kind, path, bytes) of each of its files."""
-        if self._landing is not None and self._landing.ident is not None:
+        if self._landing is not None:  # set only once started (inside hold())
             self._landing.join()
         self._landing = None
         error, self._error = self._error, None

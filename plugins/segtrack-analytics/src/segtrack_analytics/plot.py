@@ -33,28 +33,28 @@ def plot_learning_curves(analytics, metric: str, out: Path, title: str | None = 
     for index, (parent, members) in enumerate(groups.items()):
         colour = colours[index % len(colours)]
         for curve in members:
-            steps = sorted(curve["points"])
+            xs = sorted(curve["points"])
             ax.plot(
-                steps,
-                [curve["points"][s] for s in steps],
+                xs,
+                [curve["points"][x] for x in xs],
                 color=colour if parent else None,
                 alpha=0.45 if parent else 0.9,
                 linewidth=1,
                 label=None if parent else curve["name"],
             )
         if parent and len(members) > 1:
-            steps = sorted(set.intersection(*(set(c["points"]) for c in members)))
-            values = np.array([[c["points"][s] for s in steps] for c in members], dtype=float)
+            xs = sorted(set.intersection(*(set(c["points"]) for c in members)))
+            values = np.array([[c["points"][x] for x in xs] for c in members], dtype=float)
             mean, std = values.mean(axis=0), values.std(axis=0, ddof=1)
             label = analytics.con.execute("SELECT run_name FROM runs WHERE run_id = ?", [parent]).fetchone()
             ax.plot(
-                steps,
+                xs,
                 mean,
                 color=colour,
                 linewidth=2.2,
                 label=f"{label[0] if label else parent[:8]}: mean of {len(members)} folds",
             )
-            ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.18)
+            ax.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.18)
     ax.set_xlabel("epoch" if by_epoch else "step")
     ax.set_ylabel(key)
     ax.set_title(title or f"{key}: {len(curves)} run(s)")

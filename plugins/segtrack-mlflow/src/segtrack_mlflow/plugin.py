@@ -77,7 +77,17 @@ class MlflowPlugin:
     def fit_end_timeout(self) -> float:
         """fit_end drains within mlflow.drain_timeout, then reports what is left: the core's
         plugins.fit_end_timeout (meant for hung plugins) must not cut that short."""
-        return max(self.section.get("drain_timeout", 0), NEW_STORE_WAIT_S if self._new_store else 0) + FIT_END_MARGIN_S
+        return self._drain_wait_s + FIT_END_MARGIN_S
+
+    @property
+    def _drain_wait_s(self) -> float:
+        """How long the next fit_end waits for its run to be sent: mlflow.drain_timeout, and at
+        least NEW_STORE_WAIT_S for the first fit into a new SQLite store."""
+        return max(self.section.get("drain_timeout", 0), NEW_STORE_WAIT_S if self._new_store else 0)
+
+    def _best_at(self, epoch: int) -> dict | None:
+        """The recorded best point when it is ``epoch``'s (a checkpoint from before it has none)."""
+        return self._best if self._best and self._best["epoch"] == epoch else None
 
     # -- settings and CLI -----------------------------------------------------------------------
 
@@ -395,7 +405,7 @@ class MlflowPlugin:
             "segtrack.onnx_max_abs_diff": export.max_abs_diff,
         }
         write_model_folder(export.path, folder, self._example, self._num_classes, metadata)
-        best = self._best if self._best and self._best["epoch"] == export.epoch else None
+        best = self._best_at(export.epoch)
         self.spool.add(
             LoggedModel(
                 key="model",
@@ -426,7 +436,7 @@ class MlflowPlugin:
             return
         model = "model" if self._exported else None
         if result.best_epoch >= 0:
-            best = self._best if self._best and self._best["epoch"] == result.best_epoch else None
+            best = self._best_at(result.best_epoch)
             spool.metric(
                 f"best_{result.monitor}",
                 result.best_value,
@@ -583,9 +593,7 @@ class MlflowPlugin:
     def _drain(self, spool: Spool) -> None:
         """Wait for the run to be sent when ``mlflow.drain_timeout`` asks for it (by default the
         fit returns at once and the shipper sends the rest); say what the server refused."""
-        timeout = self.section["drain_timeout"]
-        if self._new_store:
-            timeout, self._new_store = max(timeout, NEW_STORE_WAIT_S), False
+        timeout, self._new_store = self._drain_wait_s, False
         sent = self._link.wait_sent([spool], timeout) if timeout > 0 else not spool.has_pending()
         self._report_rejected(spool)
         if sent:

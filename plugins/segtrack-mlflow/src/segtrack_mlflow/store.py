@@ -56,12 +56,17 @@ class Clients(dict):
 MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of an SQLite store URI (None for other stores and in-memory databases)."""
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
+        return None
+    return Path(uri[len("sqlite:///") :].split("?")[0])
+
+
 def is_new_sqlite_store(uri: str) -> bool:
     """Whether ``uri`` is an SQLite file MLflow has yet to create (missing or empty)."""
-    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
-        return False
-    path = Path(uri[len("sqlite:///") :].split("?")[0])
-    return not path.is_file() or path.stat().st_size == 0
+    path = _sqlite_file(uri)
+    return path is not None and (not path.is_file() or path.stat().st_size == 0)
 
 
 def check_sqlite_store(uri: str) -> None:
@@ -69,10 +74,8 @@ def check_sqlite_store(uri: str) -> None:
 
     A missing or empty file, a database without tables, or one holding MLflow's tables pass.
     """
-    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
-        return
-    path = Path(uri[len("sqlite:///") :].split("?")[0])
-    if not path.is_file() or path.stat().st_size == 0:
+    path = _sqlite_file(uri)
+    if path is None or is_new_sqlite_store(uri):
         return
     try:
         with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
