@@ -575,3 +575,23 @@ def _sample_digest(dataset: Any, index: int, kind: str) -> bytes:
     digest = input_digest(dataset.data[index])
     assert digest is not None  # plain_input checked every input
     return digest
+
+
+def whole_fingerprint(data: Any) -> tuple[str, str]:
+    """(SHA256, kind) of every sample of a dataset (or a DataLoader's) that a loop of one's own
+    trains on, computed as the trainer computes it and without running transforms; ("", "") when
+    only loading the data could tell (an iterable dataset, one that keeps no inputs)."""
+    dataset: Any = data.dataset if isinstance(data, DataLoader) else data
+    try:
+        count = len(dataset)
+    except TypeError:
+        return "", ""
+    if isinstance(dataset, ArrayDataset):
+        kind = "arrays"
+    elif callable(getattr(dataset, "sample_digest", None)):
+        kind = "sample_digest"
+    elif _kept_inputs(dataset) is not None:
+        kind = "inputs"
+    else:
+        return "", ""
+    return combine_digests(_sample_digest(dataset, i, kind) for i in range(count)), kind

@@ -1,17 +1,15 @@
-"""Everything a fit carries from epoch to epoch: the source of both the checkpoint payload and the
-``FitResult``."""
+"""Everything the trainer carries from epoch to epoch: the source of the checkpoint payload."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from segtrack.loop.ema import WeightAverage
-from segtrack.plugins.records import FitResult, PluginFailure, freeze
 from segtrack.runtime import checkpoint
+from segtrack.session.best import BestEpoch
 
 
 @dataclass
@@ -20,17 +18,8 @@ class FitState:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
-    monitor: str
-    mode: str  # "max" | "min"
-    epoch: int = -1  # last completed epoch
+    best: BestEpoch  # the best and the last epoch: the fit session records them, checkpoints carry them
     global_step: int = 0
-    best_value: float = math.nan
-    best_epoch: int = -1
-    best_metrics: dict[str, float] = field(default_factory=dict)
-    last_metrics: dict[str, float] = field(default_factory=dict)
-    status: str = "completed"
-    error: str | None = None
-    paths: dict[str, str] = field(default_factory=dict)  # "best"/"last" -> checkpoint path
     ema: WeightAverage | None = None  # train.ema: the averaged weights, validated and exported
 
     @property
@@ -38,23 +27,18 @@ class FitState:
         """The weights a fit validates, saves as ``model`` and exports: the average when train.ema is on."""
         return self.ema.model if self.ema is not None else self.model
 
-    def __post_init__(self):
-        self.best_value = -math.inf if self.mode == "max" else math.inf
+    @property
+    def monitor(self) -> str:
+        return self.best.monitor
+
+    @property
+    def epoch(self) -> int:
+        """The last completed epoch (-1 before the first)."""
+        return self.best.last_epoch
 
     @property
     def start_epoch(self) -> int:
-        return self.epoch + 1
-
-    def record_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
-        """Take one epoch's metrics; True when the monitored one improved."""
-        self.epoch, self.last_metrics = epoch, metrics
-        value = metrics.get(self.monitor, math.nan)  # missing when its plugin failed: not a best epoch
-        improved = not math.isnan(value) and (
-            value > self.best_value if self.mode == "max" else value < self.best_value
-        )
-        if improved:
-            self.best_value, self.best_epoch, self.best_metrics = value, epoch, dict(metrics)
-        return improved
+        return self.best.last_epoch + 1
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -66,16 +50,16 @@ class FitState:
             "format": checkpoint.FORMAT,
             "version": checkpoint.VERSION,
             "model_signature": signature,
-            "epoch": self.epoch,
+            "epoch": self.best.last_epoch,
             "global_step": self.global_step,
             "model": self.eval_model.state_dict(),  # what predict and export load
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "best_value": self.best_value,
-            "best_epoch": self.best_epoch,
-            "best_metrics": self.best_metrics,
-            "metrics": self.last_metrics,
+            "best_value": self.best.value,
+            "best_epoch": self.best.epoch,
+            "best_metrics": self.best.metrics,
+            "metrics": self.best.last_metrics,
             "run_name": run_name,
             "fold": fold,
             "rng": checkpoint.rng_state(),
@@ -100,43 +84,22 @@ class FitState:
             ):
                 group["lr"] = base * factor(self.scheduler.last_epoch)
         self.scaler.load_state_dict(payload["scaler"])
-        self.epoch, self.global_step = payload["epoch"], payload["global_step"]
-        self.best_value, self.best_epoch = payload["best_value"], payload["best_epoch"]
-        self.best_metrics = dict(payload.get("best_metrics", {}))
-        self.last_metrics = dict(payload.get("metrics", {}))
+        self.global_step = payload["global_step"]
+        self.best.load_state_dict(best_state(payload, self.best.monitor))
         checkpoint.restore_rng(payload["rng"])
 
-    # -- outcome -----------------------------------------------------------------------------
 
-    def result(
-        self,
-        *,
-        epochs_completed: int,
-        export,
-        export_error,
-        stop_reason,
-        failures: tuple[PluginFailure, ...],
-        fold: int | None,
-        duration_s: float,
-    ) -> FitResult:
-        return FitResult(
-            status=self.status,
-            epochs_completed=epochs_completed,
-            best_value=self.best_value,
-            best_epoch=self.best_epoch,
-            monitor=self.monitor,
-            final_metrics=freeze(self.last_metrics),
-            best_metrics=freeze(self.best_metrics),
-            best_checkpoint=self.paths.get("best"),
-            last_checkpoint=self.paths.get("last"),
-            export=export,
-            export_error=export_error,
-            stop_reason=stop_reason,
-            error=self.error,
-            plugin_failures=failures,
-            fold=fold,
-            duration_s=duration_s,
-        )
+def best_state(payload: dict[str, Any], monitor: str) -> dict[str, Any]:
+    """A trainer checkpoint's best and last epoch in ``BestEpoch.state_dict`` form, taken as the
+    resumed fit's monitor (trainer checkpoints keep the values, not the monitor's name)."""
+    return {
+        "monitor": monitor,
+        "value": payload["best_value"],
+        "epoch": payload["best_epoch"],
+        "metrics": payload.get("best_metrics", {}),
+        "last_epoch": payload["epoch"],
+        "last_metrics": payload.get("metrics", {}),
+    }
 
 
 def _schedule_position(scheduler: Any, saved: dict[str, Any]) -> dict[str, Any]:

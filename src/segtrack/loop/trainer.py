@@ -9,31 +9,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from segtrack import __version__
-from segtrack.config.settings import (
-    Settings,
-    class_names,
-    ignore_index,
-    inference_config,
-    read_settings,
-    resolve_settings,
-)
+from segtrack.config.settings import class_names, ignore_index, inference_config
 from segtrack.data.batches import to_loop_form
 from segtrack.data.configured import configured_data
 from segtrack.data.plan import DataPlan, FitData, explained_loader_error, stream_seed
 from segtrack.data.synthetic import ArrayDataset
-from segtrack.errors import CheckpointError, ConfigError, PeerLost
+from segtrack.errors import CheckpointError, ConfigError
 from segtrack.inference.export import export_checkpoint
 from segtrack.loop import epoch_metrics
 from segtrack.loop.ema import WeightAverage
@@ -45,23 +35,15 @@ from segtrack.loop.train_step import TrainStep
 from segtrack.loop.validation import Inferer, Validation
 from segtrack.models.registry import build_model, spatial_multiple
 from segtrack.models.unet import model_signature, user_model_signature
-from segtrack.plugins.manager import PluginManager, get_plugin_manager
-from segtrack.plugins.records import (
-    CheckpointInfo,
-    CrossValidationInfo,
-    CrossValidationResult,
-    EpochResult,
-    ExportInfo,
-    FitResult,
-    RunInfo,
-    StepResult,
-    freeze,
-    thaw,
-)
+from segtrack.plugins.manager import PluginManager
+from segtrack.plugins.records import CrossValidationInfo, CrossValidationResult, FitResult, RunInfo, freeze, thaw
 from segtrack.runtime import checkpoint
 from segtrack.runtime.device import amp_enabled, resolve_device, seed_everything
 from segtrack.runtime.distributed import DistContext, context_from_env
-from segtrack.runtime.signals import SigtermAsInterrupt, interrupt_behind
+from segtrack.session.best import BestEpoch
+from segtrack.session.fit_session import FitSession, lenient
+from segtrack.session.plugin_host import open_plugins
+from segtrack.session.run_record import run_record
 
 log = logging.getLogger("segtrack.trainer")
 _RECIPE_HELP = {
@@ -69,16 +51,6 @@ _RECIPE_HELP = {
     "optimizer": "a factory params -> torch.optim.Optimizer",
     "scheduler": "a factory optimizer -> torch.optim.lr_scheduler.LRScheduler",
 }
-
-
-@dataclass
-class _Outcome:
-    """What the end of a fit reports besides its state."""
-
-    epochs_completed: int
-    started: float
-    export: ExportInfo | None = None
-    export_error: str | None = None
 
 
 class SegmentationTrainer:
@@ -131,13 +103,9 @@ class SegmentationTrainer:
         if inferer is not None and not callable(inferer):
             raise ConfigError(f"inferer is a {type(inferer).__name__}: pass a callable (images, model) -> logits")
         self.dist: DistContext = context_from_env()
-        # settings: resolved once (the CLI hands them resolved; anything else is resolved here)
-        settings = read_settings() if settings is None else settings
-        self.hooks = plugin_manager or get_plugin_manager(settings, plugins, rank=self.dist.rank)
-        self.hooks.rank = self.dist.rank
-        self.settings: Settings = resolve_settings(settings, self.hooks)
+        # plugins and settings: opened once for every fit of this trainer (the CLI hands settings resolved)
+        self.hooks, self.settings = open_plugins(settings, plugins, plugin_manager, self.dist.rank)
         self.config: dict[str, Any] = thaw(self.settings)
-        self.hooks.call_all_ranks("settings_loaded", settings=self.settings)
         # device, classes, the recipe
         data_cfg = self.config["data"]
         self.device = resolve_device(self.config["train"]["device"], self.dist)
@@ -165,7 +133,7 @@ class SegmentationTrainer:
         self.model: torch.nn.Module | None = None
         self.epoch = 0
         self.batches_per_epoch = 0
-        self.stop_reason: str | None = None
+        self._session: FitSession | None = None  # the fit running now (or the last one)
         self._stop_folds = False
         # set by run_study: the trial these fits belong to, and whether a fit's best value earns an export
         self._trial: tuple[str, int] | None = None
@@ -177,8 +145,14 @@ class SegmentationTrainer:
         """Ask the fit to end after the current epoch (and its checkpoints); status ``stopped``.
         Under torchrun every rank stops after that epoch. ``all_folds``: in ``cv``, the folds not
         yet run are skipped too (a pruned trial)."""
-        self.stop_reason = reason or "stop requested"
+        if self._session is not None:
+            self._session.request_stop(reason)
         self._stop_folds = self._stop_folds or all_folds
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the fit running now (or the last one) was asked to stop, or None."""
+        return self._session.stop_reason if self._session is not None else None
 
     # -- entry points ---------------------------------------------------------------------------
 
@@ -222,7 +196,7 @@ class SegmentationTrainer:
             outcome = CrossValidationResult(
                 cv_id=cv_id, num_folds=folds, folds=tuple(results), summary=freeze(_summary(results))
             )
-            with self._lenient_if_failing():
+            with lenient(self.hooks):
                 self.hooks.call("cross_validation_end", trainer=self, result=outcome)
         return outcome
 
@@ -246,31 +220,38 @@ class SegmentationTrainer:
         payload = checkpoint.load(resume, signature) if resume else None
         self._validation.preflight(state.model, data)
         ckpt_dir, export_dir = self._prepare_folders(ckpt_dir)
-        if payload is not None and resume is not None:
-            self._restore(state, payload, Path(resume), ckpt_dir)
+        paths = self._restore(state, payload, Path(resume), ckpt_dir) if payload is not None and resume else {}
         steps = TrainStep(
             self._distributed(state.model), state, self._loss_fn, self.config["train"], self.num_classes,
             self.device, self.amp, self.dist,
         )  # fmt: skip
         if state.ema is not None and payload is None:  # DDP gave every rank rank 0's weights: average those
             state.ema.load_state_dict(state.model.state_dict())
-        self.model, self.stop_reason, self.batches_per_epoch = state.model, None, data.batches_per_epoch
-        run = self._run_info(data, state, run_name, resume, fold, num_folds, cv_id)
-        outcome = _Outcome(epochs_completed=state.start_epoch, started=time.perf_counter())
+        self.model, self.batches_per_epoch = state.model, data.batches_per_epoch
+        # the session emits the hooks and owns the end-of-fit rules, as for any other loop
+        session = self._session = FitSession.attached(
+            hooks=self.hooks,
+            settings=self.settings,
+            run=self._run_info(data, state, run_name, resume, fold, num_folds, cv_id),
+            best=state.best,
+            loop=self,
+            dist=self.dist,
+            resume_state={"plugins": payload.get("plugins", {})} if payload is not None else None,
+            model=state.model,
+            global_step=state.global_step,
+        )
+        session.paths.update(paths)
         ckpts = checkpoint.CheckpointSets(ckpt_dir, self.config["checkpoint"]["keep"])
 
-        with SigtermAsInterrupt(self.dist) as sigterm:
+        with session, _loader_deaths_explained():
             try:
-                self.hooks.call("fit_start", trainer=self, run=run)
                 for epoch in range(state.start_epoch, self.config["train"]["epochs"]):
                     # one epoch: train, validate, metrics, epoch_end; checkpoints on rank 0
-                    run, is_best = self._epoch(epoch, steps, state, data, run)
-                    outcome.epochs_completed = epoch + 1
+                    is_best = self._epoch(epoch, steps, state, data, session)
                     if self.dist.is_main:
-                        self._save_checkpoints(state, ckpts, run, signature, run_name, fold, is_best, sigterm)
+                        self._save_checkpoints(state, ckpts, session, signature, run_name, fold, is_best)
                     # stop together: a stop requested on rank 0 (hooks run there) ends every rank
-                    if self._stop_everywhere():
-                        state.status = "stopped"
+                    if self._stop_everywhere(session):
                         break
                 ckpts.wait()  # the last checkpoints in place (a refused write fails the fit here)
                 self.dist.barrier()  # ranks leave the loop together: one leaving early can abort its peers in gloo
@@ -278,38 +259,25 @@ class SegmentationTrainer:
                 if (
                     export_dir is not None
                     and self.dist.is_main
-                    and state.paths.get("best")
+                    and session.paths.get("best")
                     and self._earns_export(state)
                 ):
-                    outcome.export, outcome.export_error = self._export(
-                        state, signature, export_dir, run_name, data, run
-                    )
-            except BaseException as exc:
-                sigterm.ending = True
-                explained = explained_loader_error(exc)
-                self._failed(state, run, explained or exc)
-                if explained is not None:
-                    raise explained from None
-                raise
+                    self._export(state, signature, export_dir, run_name, data, session)
             finally:
-                sigterm.ending = True
-                self._checkpoints_landed(ckpts)
-                result = self._end(state, run, outcome, fold)
-        return replace(result, plugin_failures=self.hooks.failures())  # with failures in fit_end itself
+                self._checkpoints_landed(ckpts)  # before fit_end, however the fit ends
+        assert session.result is not None
+        return session.result
 
-    def _epoch(
-        self, epoch: int, steps: TrainStep, state: FitState, data: FitData, run: RunInfo
-    ) -> tuple[RunInfo, bool]:
-        """Train, validate, gather the metrics, ``epoch_end``; returns the run (with fingerprints
-        filled in after a first epoch that computed them) and whether the epoch is the best."""
-        hooks, started = self.hooks, time.perf_counter()
+    def _epoch(self, epoch: int, steps: TrainStep, state: FitState, data: FitData, session: FitSession) -> bool:
+        """Train, validate, gather the metrics, ``epoch_end``; returns whether the epoch is the best.
+        The run record gains its fingerprints after a first epoch that computed them."""
+        started = time.perf_counter()
         self.epoch = epoch
-        hooks.call("epoch_start", trainer=self, run=run, epoch=epoch)
+        session.epoch_start(epoch)
         lr = state.optimizer.param_groups[0]["lr"]
-        train_loss = self._train_epoch(steps, data, epoch, run)
-        validation = self._validation.run(state.eval_model, data, epoch, run, self)
-        run = with_loaded_fingerprints(run, data)
-        hooks.call("validation_end", trainer=self, run=run, result=validation)
+        train_loss = self._train_epoch(steps, data, epoch, session)
+        validation = self._validation.run(state.eval_model, data, epoch, session.run, self)
+        session.validation_end(validation, run=with_loaded_fingerprints(session.run, data))
         metrics = {
             "train_loss": train_loss,
             "val_loss": validation.val_loss,
@@ -320,25 +288,15 @@ class SegmentationTrainer:
         }
         metrics.update(
             epoch_metrics.plugin_metrics(
-                hooks, self.dist, state.monitor, metrics, trainer=self, run=run, result=validation
+                self.hooks, self.dist, state.monitor, metrics, trainer=self, run=session.run, result=validation
             )
         )
         self._step_epoch_schedule(state, metrics)
-        is_best = state.record_epoch(epoch, metrics)
-        result = EpochResult(
-            epoch=epoch,
-            metrics=freeze(metrics),
-            monitor=state.monitor,
-            is_best=is_best,
-            best_value=state.best_value,
-            best_epoch=state.best_epoch,
-            duration_s=time.perf_counter() - started,
-            global_step=state.global_step,
+        return session.epoch_end(
+            epoch, metrics, global_step=state.global_step, duration_s=time.perf_counter() - started
         )
-        hooks.call("epoch_end", trainer=self, run=run, epoch=result)
-        return run, is_best
 
-    def _train_epoch(self, steps: TrainStep, data: FitData, epoch: int, run: RunInfo) -> float:
+    def _train_epoch(self, steps: TrainStep, data: FitData, epoch: int, session: FitSession) -> float:
         # every epoch starts from RNG seeded by (seed, epoch): a resumed fit draws the same
         # shuffles, dropout and augmentations as an uninterrupted one, whatever the loader
         seed_everything(stream_seed(self.config["train"]["seed"], epoch, "train_rng"))
@@ -350,15 +308,14 @@ class SegmentationTrainer:
             loss = steps.batch(images, masks, labelled, epoch, batch_index)
             steps.state.global_step += 1
             if step_hooks and loss is not None:
-                step = StepResult(
+                session.batch_end(
+                    steps.state.global_step,
+                    loss,
                     epoch=epoch,
                     batch_index=batch_index,
-                    global_step=steps.state.global_step,
-                    loss=loss,
                     lr=steps.state.optimizer.param_groups[0]["lr"],
                     batch_size=len(images),
                 )
-                self.hooks.call("train_batch_end", trainer=self, run=run, step=step)
         return steps.finish_epoch()
 
     # -- phase helpers --------------------------------------------------------------------------
@@ -371,44 +328,35 @@ class SegmentationTrainer:
         else:
             state.scheduler.step()
 
-    def _stop_everywhere(self) -> bool:
+    def _stop_everywhere(self, session: FitSession) -> bool:
         if not self.dist.enabled:
-            return bool(self.stop_reason)
-        flag = torch.tensor([1.0 if self.stop_reason else 0.0], device=self.device)
-        if self.dist.all_reduce_sum(flag).item() > 0 and not self.stop_reason:
-            self.stop_reason = "stop requested on rank 0"
-        return bool(self.stop_reason)
+            return session.should_stop
+        flag = torch.tensor([1.0 if session.should_stop else 0.0], device=self.device)
+        if self.dist.all_reduce_sum(flag).item() > 0 and not session.should_stop:
+            session.request_stop("stop requested on rank 0")
+        return session.should_stop
 
     def _save_checkpoints(
         self,
         state: FitState,
         ckpts: checkpoint.CheckpointSets,
-        run: RunInfo,
+        session: FitSession,
         signature: dict,
         run_name: str,
         fold: int | None,
         is_best: bool,
-        sigterm: SigtermAsInterrupt,
     ) -> None:
         """Best when improved, last always, a per-epoch snapshot when ``checkpoint.keep``; then
         ``checkpoint_saved`` for each. The files land while the next epoch trains, unless a plugin
         implements ``checkpoint_saved`` (it may read them): then they are waited for here."""
         payload = state.payload(signature, run_name, fold, self.hooks.collect("state_dict"), self._inference_config)
         kinds = (["best"] if is_best else []) + ["last"] + (["epoch"] if ckpts.keep else [])
-        for kind, path in ckpts.write(payload, state.epoch, kinds, sigterm.held):
-            state.paths[kind] = str(path)
+        for kind, path in ckpts.write(payload, state.epoch, kinds, session.sigterm_held):
+            session.paths[kind] = str(path)
         if not self.hooks.has_implementations("checkpoint_saved"):
             return
         for kind, path, size in ckpts.wait():
-            info = CheckpointInfo(
-                path=str(path),
-                kind=kind,
-                epoch=state.epoch,
-                monitor=state.monitor,
-                value=state.last_metrics.get(state.monitor, math.nan),
-                size_bytes=size,
-            )
-            self.hooks.call("checkpoint_saved", trainer=self, run=run, checkpoint=info)
+            session.checkpoint_saved(path, kind=kind, epoch=state.epoch, size_bytes=size)
 
     def _checkpoints_landed(self, ckpts: checkpoint.CheckpointSets) -> None:
         """Before the fit ends, however it ends: the checkpoints being written are in place. A
@@ -419,17 +367,18 @@ class SegmentationTrainer:
             log.error("%s", exc)
 
     def _export(
-        self, state: FitState, signature: dict, export_dir: Path, run_name: str, data: FitData, run: RunInfo
-    ) -> tuple[ExportInfo | None, str | None]:
-        best = state.paths.get("best")
+        self, state: FitState, signature: dict, export_dir: Path, run_name: str, data: FitData, session: FitSession
+    ) -> None:
+        best = session.paths.get("best")
         if best is None or not Path(best).is_file():  # the best epoch's checkpoint could not be found on resume
-            best = state.paths["last"]
+            best = session.paths["last"]
             log.warning("exporting %s: the checkpoint of the best epoch is not in the checkpoint folder", best)
         path = export_dir / f"{run_name}.onnx"
-        export, error = export_checkpoint(state.model, best, signature, path, data.preview[0], self.config)
+        export, session.export_error = export_checkpoint(
+            state.model, best, signature, path, data.preview[0], self.config
+        )
         if export is not None:
-            self.hooks.call("model_exported", trainer=self, run=run, export=export)
-        return export, error
+            session.exported(export)
 
     def _agreed_resume(self, resume: str | None, ckpt_dir: Path) -> str | None:
         """The checkpoint every rank resumes from (``"auto"``: ``last.pt`` if present), or None.
@@ -450,40 +399,17 @@ class SegmentationTrainer:
         return resume
 
     def _earns_export(self, state: FitState) -> bool:
-        return self._export_wanted is None or self._export_wanted(state.best_value)
+        return self._export_wanted is None or self._export_wanted(state.best.value)
 
-    def _restore(self, state: FitState, payload: dict, source: Path, ckpt_dir: Path) -> None:
-        """A resumed fit: weights, optimizer, schedule, scaler, average, RNG and plugin states."""
+    def _restore(self, state: FitState, payload: dict, source: Path, ckpt_dir: Path) -> dict[str, str]:
+        """A resumed fit: weights, optimizer, schedule, scaler, average, RNG, best and last epoch;
+        returns where its checkpoints are (the plugins' states are restored by the session)."""
         state.restore(payload)
-        state.paths["last"] = str(ckpt_dir / "last.pt")
-        best = checkpoint.best_for_resume(source, ckpt_dir, state.best_epoch) if self.dist.is_main else None
+        paths = {"last": str(ckpt_dir / "last.pt")}
+        best = checkpoint.best_for_resume(source, ckpt_dir, state.best.epoch) if self.dist.is_main else None
         if best is not None:
-            state.paths["best"] = str(best)
-        for name, plugin_state in payload.get("plugins", {}).items():
-            self.hooks.call_one(name, "load_state_dict", state=plugin_state)
-
-    def _failed(self, state: FitState, run: RunInfo, exc: BaseException) -> None:
-        """An exception ends the fit: its status, then ``fit_exception`` (plugins' errors reported only)."""
-        interrupt = interrupt_behind(exc)
-        state.status = "interrupted" if interrupt is not None and not isinstance(interrupt, PeerLost) else "failed"
-        state.error = f"{type(exc).__name__}: {exc}"
-        with self._lenient_if_failing(force=True):
-            self.hooks.call("fit_exception", trainer=self, run=run, error=exc)
-
-    def _end(self, state: FitState, run: RunInfo, outcome: _Outcome, fold: int | None) -> FitResult:
-        """The fit's result, then ``fit_end`` (bounded in time; lenient when the fit failed)."""
-        result = state.result(
-            epochs_completed=outcome.epochs_completed,
-            export=outcome.export,
-            export_error=outcome.export_error,
-            stop_reason=self.stop_reason,
-            failures=self.hooks.failures(),
-            fold=fold,
-            duration_s=time.perf_counter() - outcome.started,
-        )
-        with self._lenient_if_failing(force=state.status in ("failed", "interrupted")):
-            self.hooks.call_bounded("fit_end", self.hooks.fit_end_timeout, trainer=self, run=run, result=result)
-        return result
+            paths["best"] = str(best)
+        return paths
 
     # -- setup helpers --------------------------------------------------------------------------
 
@@ -539,8 +465,7 @@ class SegmentationTrainer:
             optimizer=optimizer,
             scheduler=build_scheduler(optimizer, train_cfg, steps_per_epoch, self._scheduler_factory),
             scaler=torch.amp.GradScaler("cuda", enabled=self.amp),
-            monitor=cfg["checkpoint"]["monitor"],
-            mode=cfg["checkpoint"]["mode"],
+            best=BestEpoch(cfg["checkpoint"]["monitor"], cfg["checkpoint"]["mode"]),
             ema=WeightAverage(model, train_cfg["ema"]) if train_cfg["ema"] else None,
         )
 
@@ -589,13 +514,12 @@ class SegmentationTrainer:
         model_name = (
             self.config["model"]["name"] if self._user_model is None else f"{kind.__module__}.{kind.__qualname__}"
         )
-        return RunInfo(
+        return run_record(
+            hooks=self.hooks,
+            dist=self.dist,
+            config=cross_validated(recorded_config(self.config, self._recipe), num_folds, data),
             run_name=run_name,
-            config=freeze(cross_validated(recorded_config(self.config, self._recipe), num_folds, data)),
             device=str(self.device),
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            local_rank=self.dist.local_rank,
             fold=fold,
             num_folds=num_folds,
             cv_id=cv_id,
@@ -606,8 +530,6 @@ class SegmentationTrainer:
             num_parameters=sum(p.numel() for p in state.model.parameters()),
             start_epoch=state.start_epoch,
             resumed_from=resume,
-            segtrack_version=__version__,
-            plugins=tuple((r.name, r.version or "") for r in self.hooks.plugin_info.values()),
             batches_per_epoch=data.batches_per_epoch,
             spatial_dims=self.dims,
             num_classes=self.num_classes,
@@ -617,19 +539,8 @@ class SegmentationTrainer:
             fingerprint_kind=data.fingerprint_kind,
             study_id=self._trial[0] if self._trial else None,
             trial=self._trial[1] if self._trial else None,
+            max_epochs=self.config["train"]["epochs"],
         )
-
-    @contextlib.contextmanager
-    def _lenient_if_failing(self, force: bool = False) -> Iterator[None]:
-        """While an exception is already propagating, plugin errors are reported, never raised."""
-        failing = force or sys.exc_info()[1] is not None
-        saved = self.hooks.strict
-        if failing:
-            self.hooks.strict = False
-        try:
-            yield
-        finally:
-            self.hooks.strict = saved
 
 
 @contextlib.contextmanager

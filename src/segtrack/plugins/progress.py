@@ -8,6 +8,8 @@ import time
 
 from segtrack import hookimpl
 
+MAIN_METRICS = ("train_loss", "val_loss", "val_dice", "val_iou")
+
 
 class ProgressPlugin:
     """Writes to stderr. On a TTY (and not under CI) the batch counter redraws in place."""
@@ -25,7 +27,7 @@ class ProgressPlugin:
 
     @hookimpl
     def fit_start(self, run):
-        self._epochs = run.config["train"]["epochs"]
+        self._epochs = run.max_epochs
         fold = f" fold {run.fold + 1}/{run.num_folds}" if run.fold is not None else ""
         resumed = f", resumed at epoch {run.start_epoch + 1}" if run.resumed_from else ""
         self._write(
@@ -35,7 +37,7 @@ class ProgressPlugin:
 
     @hookimpl
     def epoch_start(self, trainer, epoch):
-        self._batches = trainer.batches_per_epoch
+        self._batches = trainer.batches_per_epoch  # part of the Loop protocol every loop offers
 
     @hookimpl
     def train_batch_end(self, step):
@@ -48,20 +50,23 @@ class ProgressPlugin:
         done = step.batch_index + 1
         filled = int(24 * done / max(1, self._batches))
         self._write(
-            f"\r  epoch {step.epoch + 1}/{self._epochs} [{'#' * filled}{'.' * (24 - filled)}] "
-            f"{done}/{self._batches} loss {step.loss:.4f}"
+            f"\r  epoch {self._of(step.epoch)} [{'#' * filled}{'.' * (24 - filled)}] "
+            f"{done}/{self._batches or '?'} loss {step.loss:.4f}"
         )
+
+    def _of(self, epoch: int) -> str:
+        return f"{epoch + 1}/{self._epochs}" if self._epochs else str(epoch + 1)
 
     @hookimpl
     def epoch_end(self, epoch):
         m = epoch.metrics
         best = " *" if epoch.is_best else ""
         clear = "\r\033[K" if self.interactive else ""
-        self._write(
-            f"{clear}epoch {epoch.epoch + 1}/{self._epochs}  train_loss {m['train_loss']:.4f}  "
-            f"val_loss {m['val_loss']:.4f}  val_dice {m['val_dice']:.4f}  val_iou {m['val_iou']:.4f}  "
-            f"lr {m['lr']:.2e}  {epoch.duration_s:.1f}s{best}\n"
-        )
+        # the trainer's main metrics in this order; a loop of one's own shows its first few
+        shown = [k for k in MAIN_METRICS if k in m] or [k for k in m if k != "lr"][:5]
+        values = "  ".join(f"{k} {m[k]:.4f}" for k in shown) + (f"  lr {m['lr']:.2e}" if "lr" in m else "")
+        duration = f"  {epoch.duration_s:.1f}s" if epoch.duration_s else ""
+        self._write(f"{clear}epoch {self._of(epoch.epoch)}  {values}{duration}{best}\n")
 
     @hookimpl
     def model_exported(self, export):
@@ -74,8 +79,12 @@ class ProgressPlugin:
             f"\n  plugin {f.plugin!r} failed {f.count}x in {f.hook}: {f.error}" for f in result.plugin_failures
         )
         self._write(
-            f"fit {result.status} after {result.epochs_completed} epoch(s): best {result.monitor} "
-            f"{result.best_value:.4f} at epoch {result.best_epoch + 1}"
+            f"fit {result.status} after {result.epochs_completed} epoch(s)"
+            + (
+                f": best {result.monitor} {result.best_value:.4f} at epoch {result.best_epoch + 1}"
+                if result.best_epoch >= 0
+                else f": no best {result.monitor}"
+            )
             + (f", best checkpoint {result.best_checkpoint}" if result.best_checkpoint else "")
             + failures
             + "\n"

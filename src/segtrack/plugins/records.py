@@ -64,6 +64,10 @@ class RunInfo:
     fingerprint_kind: str = ""
     study_id: str | None = None  # set when the fit is (a fold of) a trial of a study (``run_study``)
     trial: int | None = None  # the trial's number in its study
+    max_epochs: int = 0  # the epochs the fit is set to run (train.epochs, a loop's max_epochs); 0 when unknown
+    # the loop that runs the fit: "segtrack" (SegmentationTrainer), "own" (a loop driving FitSession),
+    # "lightning" or "ignite" (segtrack.integrations)
+    loop: str = "segtrack"
 
 
 @dataclass(frozen=True)
