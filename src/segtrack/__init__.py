@@ -2,8 +2,11 @@
 
 This module is the whole public surface, for users and for plugin authors: every name in
 ``__all__`` keeps its meaning between versions (records only ever gain fields). Training:
-``SegmentationTrainer``, ``load_settings``, ``sliding_window``; studies: ``run_study`` with a
-``TrialSource`` (a searching plugin's). Plugins: ``hookimpl``, the records
+``SegmentationTrainer``, ``load_settings`` (``Settings``), ``sliding_window``; a loop of one's own:
+``FitSession`` (the one path every loop emits hooks through; ``segtrack.integrations`` adapts
+Lightning and Ignite/MONAI engines to it); studies: ``run_study`` with a ``TrialSource`` (a
+searching plugin's). Plugins: ``hookimpl``, ``Loop`` (what a hook's ``trainer`` argument offers),
+``PluginManager``/``get_plugin_manager`` (one per fit's owner), the records
 hooks receive (``RunInfo``, ``EpochResult``, ...; ``freeze``/``thaw``), settings schemas
 (``Setting``, ``checked_section``, ``is_*``, ``one_of``), secrets (``secret_keys``, ``redact``,
 ``MASK``), the class colours (``colour_mask``). Errors: ``SegtrackError`` and its kinds. Sub-packages
@@ -59,11 +62,14 @@ from segtrack.plugins.records import (
 )
 
 if TYPE_CHECKING:  # imported lazily at run time (__getattr__); named here for type checkers and editors
-    from segtrack.config.settings import load_settings
+    from segtrack.config.settings import Settings, load_settings
     from segtrack.inference.palette import colour_mask
     from segtrack.inference.windowed import sliding_window
     from segtrack.loop.study import TrialSource, run_study
     from segtrack.loop.trainer import SegmentationTrainer
+    from segtrack.plugins.manager import PluginManager, get_plugin_manager
+    from segtrack.session.fit_session import FitSession
+    from segtrack.session.loop_protocol import Loop
 
 __version__ = "0.1.0"
 
@@ -80,14 +86,18 @@ __all__ = [
     "EpochResult",
     "ExportInfo",
     "FitResult",
+    "FitSession",
+    "Loop",
     "ModelError",
     "PluginFailure",
     "PluginHookError",
     "PluginLoadError",
+    "PluginManager",
     "RunInfo",
     "SegmentationTrainer",
     "SegtrackError",
     "Setting",
+    "Settings",
     "StepResult",
     "StudyInfo",
     "StudyResult",
@@ -101,6 +111,7 @@ __all__ = [
     "checked_section",
     "colour_mask",
     "freeze",
+    "get_plugin_manager",
     "hookimpl",
     "is_bool",
     "is_int",
@@ -117,6 +128,11 @@ __all__ = [
 
 _LAZY = {
     "SegmentationTrainer": "segtrack.loop.trainer",
+    "FitSession": "segtrack.session.fit_session",
+    "Loop": "segtrack.session.loop_protocol",
+    "PluginManager": "segtrack.plugins.manager",
+    "get_plugin_manager": "segtrack.plugins.manager",
+    "Settings": "segtrack.config.settings",
     "load_settings": "segtrack.config.settings",
     "sliding_window": "segtrack.inference.windowed",
     "colour_mask": "segtrack.inference.palette",

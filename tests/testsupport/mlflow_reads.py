@@ -56,7 +56,8 @@ def expected_params(config: dict, folds: int | None = None, share: float | None 
     """Every hyperparameter a run must log: the settings the fit ran with, flattened with dots,
     plumbing (plugins, mlflow, folders, workers, devices) and secrets left out; under CV the fold
     count it used and the share it validated on."""
-    plumbing = ("plugins.", "mlflow.", "analytics.", "progress.", "export.dir", "checkpoint.dir", "checkpoint.keep")
+    plumbing = ("plugins.", "mlflow.", "analytics.", "progress.", "sweep.", "export.dir", "checkpoint.dir")
+    plumbing += ("checkpoint.keep",)
     plumbing += ("train.num_workers", "train.device", "infer.output_device")
     flat: dict[str, str] = {}
 

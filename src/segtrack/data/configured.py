@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
 from segtrack.data.synthetic import ArrayDataset, load_arrays
 from segtrack.errors import DataError
 
@@ -44,3 +50,17 @@ def configured_data(config: dict):
     )
     dataset.check(data["num_classes"], dataset.ignore_index)
     return dataset, None, dataset.predefined_split()
+
+
+def data_source(data: Mapping[str, Any], given: Any) -> str:
+    """Where the data comes from, in one line (``RunInfo.data_source``)."""
+    if given is not None:
+        kind = type(given.dataset if isinstance(given, torch.utils.data.DataLoader) else given)
+        return f"python:{kind.__module__}.{kind.__qualname__}"
+    if data.get("factory"):
+        return f"factory:{data['factory']}"
+    if data["source"] == "folder":
+        return f"folder:{Path(data['path']).resolve()}"
+    if data["source"] == "synthetic":
+        return "synthetic"
+    return f"dataset:{data['source']}"

@@ -586,6 +586,9 @@ def whole_fingerprint(data: Any) -> tuple[str, str]:
         count = len(dataset)
     except TypeError:
         return "", ""
+    if isinstance(dataset, torch.utils.data.TensorDataset) and len(dataset.tensors) >= 2:
+        images, masks = dataset.tensors[0].numpy(force=True), dataset.tensors[1].numpy(force=True)
+        return combine_digests(sample_digest(images[i], masks[i]) for i in range(count)), "arrays"
     if isinstance(dataset, ArrayDataset):
         kind = "arrays"
     elif callable(getattr(dataset, "sample_digest", None)):

@@ -5,28 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
-
-import torch
 
 from segtrack.config.secrets import mask_secrets, secret_keys
 from segtrack.data.plan import FitData
 from segtrack.plugins.records import RunInfo
-
-
-def data_source(data: Mapping[str, Any], given: Any) -> str:
-    """Where the data comes from, in one line (``RunInfo.data_source``)."""
-    if given is not None:
-        kind = type(given.dataset if isinstance(given, torch.utils.data.DataLoader) else given)
-        return f"python:{kind.__module__}.{kind.__qualname__}"
-    if data.get("factory"):
-        return f"factory:{data['factory']}"
-    if data["source"] == "folder":
-        return f"folder:{Path(data['path']).resolve()}"
-    if data["source"] == "synthetic":
-        return "synthetic"
-    return f"dataset:{data['source']}"
 
 
 def recorded_config(config: Mapping[str, Any], recipe: Mapping[str, str]) -> Mapping[str, Any]:

@@ -20,7 +20,7 @@ import torch
 
 from segtrack.config.settings import class_names, ignore_index, inference_config
 from segtrack.data.batches import to_loop_form
-from segtrack.data.configured import configured_data
+from segtrack.data.configured import configured_data, data_source
 from segtrack.data.plan import DataPlan, FitData, explained_loader_error, stream_seed
 from segtrack.data.synthetic import ArrayDataset
 from segtrack.errors import CheckpointError, ConfigError
@@ -29,7 +29,7 @@ from segtrack.loop import epoch_metrics
 from segtrack.loop.ema import WeightAverage
 from segtrack.loop.losses import Loss, builtin_loss
 from segtrack.loop.recipe import OptimizerFactory, SchedulerFactory, build_optimizer, build_scheduler, describe
-from segtrack.loop.run_info import cross_validated, data_source, recorded_config, with_loaded_fingerprints
+from segtrack.loop.run_info import cross_validated, recorded_config, with_loaded_fingerprints
 from segtrack.loop.state import FitState
 from segtrack.loop.train_step import TrainStep
 from segtrack.loop.validation import Inferer, Validation

@@ -9,7 +9,6 @@ errors only reported while the fit is failing, SIGTERM as an interrupt). Hooks f
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import numbers
@@ -71,6 +70,9 @@ class FitSession:
     :param loop: what drives the session ("own", or an adapter's name), recorded as ``RunInfo.loop``.
     :param handle_sigterm: SIGTERM ends the fit as interrupted (Ctrl-C's path) while inside ``with``;
         framework adapters whose framework handles signals pass ``False``.
+    :param rank: / :param world_size: for a framework that starts its own processes (Lightning, Ignite):
+        this process's global rank and the number of processes. ``None`` reads torchrun's environment
+        (then every rank opens its session: they meet in one collective). Hooks fire on rank 0 only.
     """
 
     def __init__(
@@ -90,9 +92,13 @@ class FitSession:
         loss: Any = None,
         loop: str = "own",
         handle_sigterm: bool = True,
+        rank: int | None = None,
+        world_size: int = 1,
     ):
         _check_own_loop_arguments(model, run_name, resume_state, params, epochs)
-        dist = context_from_env()
+        # a framework that runs its own processes (Lightning, Ignite) says which this is; else torchrun's
+        # environment is read, and every rank must open its session (they meet in one collective)
+        dist = context_from_env() if rank is None else DistContext(rank=rank, world_size=world_size)
         hooks, resolved = open_plugins(settings, plugins, None, dist.rank)
         config = thaw(resolved)
         name = run_name or config["run"]["name"]
@@ -369,11 +375,9 @@ class FitSession:
         target = Path(path) if path is not None else Path(settings["dir"]) / f"{self.run.run_name}.onnx"
         epoch = (self.best.epoch if self.best.epoch >= 0 else self.best.last_epoch) if epoch is None else epoch
         try:
-            model = copy.deepcopy(model).cpu()
-            if weights is not None:
-                model.load_state_dict(_state_dict_of(weights))
             target.parent.mkdir(parents=True, exist_ok=True)
-            diff = export_onnx(model, example, target, settings["opset"])
+            with _weights_for_export(model, weights):
+                diff = export_onnx(model, example, target, settings["opset"])
         except Exception as exc:
             self.export_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             log.warning("ONNX export skipped: %s; the fit goes on", self.export_error)
@@ -600,8 +604,8 @@ def _own_loop_run(
     loop: str,
     resume_state: Mapping[str, Any] | None,
 ) -> RunInfo:
+    from segtrack.data.configured import data_source
     from segtrack.data.plan import whole_fingerprint
-    from segtrack.loop.run_info import data_source
 
     train_sha, train_kind = whole_fingerprint(train_data) if train_data is not None else ("", "")
     val_sha, val_kind = whole_fingerprint(val_data) if val_data is not None else ("", "")
@@ -674,15 +678,35 @@ def _batch_count(data: Any) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _weights_for_export(model: Any, weights: Any) -> Iterator[None]:
+    """``model`` with ``weights`` loaded (when given) for the export, then as it was: its weights,
+    device and train/eval mode (the export runs it on the CPU in eval mode). No copy of the model is
+    made: a framework's module may hold its whole trainer."""
+    first = next(iter(model.parameters()), None)
+    device, training = (first.device if first is not None else None), model.training
+    kept = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()} if weights is not None else None
+    try:
+        if weights is not None:
+            model.load_state_dict(_state_dict_of(weights))
+        yield
+    finally:
+        if kept is not None:
+            model.load_state_dict(kept)
+        if device is not None:
+            model.to(device)
+        model.train(training)
+
+
 def _state_dict_of(weights: Any) -> Mapping[str, Any]:
-    """A state dict from a state dict or a checkpoint file (bare, ``"model"`` or Lightning's ``"state_dict"``)."""
+    """A state dict from a state dict or a checkpoint file: bare, or under ``"model"``, Lightning's
+    ``"state_dict"``, or ``"net"``/``"network"`` (MONAI's ``CheckpointSaver`` names)."""
     import torch
 
     if not isinstance(weights, Mapping):
         weights = torch.load(weights, map_location="cpu", weights_only=False)
-    for key in ("model", "state_dict"):
+    for key in ("model", "state_dict", "net", "network"):
         inner = weights.get(key)
         if isinstance(inner, Mapping):
-            weights = inner
-            break
+            return inner
     return weights

@@ -38,7 +38,10 @@ def init_arguments(obj: Any) -> dict[str, Any]:
     found = {}
     for name in names:
         for attribute in (name, f"_{name}"):
-            value = getattr(obj, attribute, inspect.Parameter.empty)
+            try:
+                value = getattr(obj, attribute, inspect.Parameter.empty)
+            except Exception:  # a property that needs more than the object (a LightningModule's trainer)
+                value = inspect.Parameter.empty
             if value is not inspect.Parameter.empty and not callable(value):
                 found[name] = (list(value) if isinstance(value, tuple) else value) if readable(value) else _short(value)
                 break
@@ -59,9 +62,18 @@ def describe_model(model: Any) -> dict[str, Any]:
     }
 
 
+# torch's implementation switches, left out while off: they do not change what is learnt
+OPTIMIZER_SWITCHES = ("foreach", "fused", "capturable", "differentiable", "maximize", "decoupled_weight_decay")
+
+
 def describe_optimizer(optimizer: Any) -> dict[str, Any]:
-    defaults = {k: (list(v) if isinstance(v, tuple) else v) for k, v in optimizer.defaults.items() if readable(v)}
-    return {"class": qualified(optimizer), **{k: v for k, v in defaults.items() if v is not None}}
+    """An optimizer's class and defaults (lr, momentum, ...), implementation switches left out while off."""
+    kept = {}
+    for key, value in optimizer.defaults.items():
+        if value is None or not readable(value) or (key in OPTIMIZER_SWITCHES and not value):
+            continue
+        kept[key] = list(value) if isinstance(value, tuple) else value
+    return {"class": qualified(optimizer), **kept}
 
 
 def describe_scheduler(scheduler: Any) -> dict[str, Any]:

@@ -35,6 +35,7 @@ PLUMBING = (
     "mlflow.",
     "analytics.",
     "progress.",
+    "sweep.",  # how a study searches: its parent run records the search as study.* params
     "export.dir",
     "checkpoint.dir",
     "checkpoint.keep",

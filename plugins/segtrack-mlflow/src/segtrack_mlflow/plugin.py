@@ -266,6 +266,7 @@ class MlflowPlugin:
             "segtrack.num_parameters": str(run.num_parameters),
             "segtrack.data_source": run.data_source,
             "segtrack.model": run.model_name,
+            "segtrack.loop": run.loop,  # segtrack's trainer, a loop of one's own, lightning or ignite
         }
         if run.fold is not None:
             tags.update(
