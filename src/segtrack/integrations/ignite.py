@@ -41,7 +41,8 @@ class SegtrackHandler:
     :param evaluator: the engine that validates (its ``state.metrics`` become epoch metrics).
     :param model: the network trained; MONAI's engines name it themselves (``engine.network``).
     :param run_name: the run's name (default ``run.name``).
-    :param checkpoints: Ignite ``Checkpoint`` handlers whose saved files are reported.
+    :param checkpoints: Ignite ``Checkpoint`` handlers whose saved files are reported (also settable
+        as ``handler.checkpoints`` once made: a ``Checkpoint`` that saves this handler needs it first).
     """
 
     def __init__(
@@ -59,7 +60,7 @@ class SegtrackHandler:
         self.evaluator = evaluator
         self._model = model
         self._run_name = run_name
-        self._checkpoints = tuple(checkpoints)
+        self.checkpoints = tuple(checkpoints)
         self.session: FitSession | None = None
         self._engine: Any = None
         self._resume_state: dict[str, Any] | None = None
@@ -125,6 +126,8 @@ class SegtrackHandler:
 
     def _epoch_started(self, engine: Any) -> None:
         self._flush_pending()
+        if self.session is not None and engine.state.epoch > 1:  # files the last epoch's handlers wrote
+            self._report_checkpoints(engine.state.epoch - 2)
         self._train_loss.reset()
         self._validated = False
         if self.session is not None:
@@ -197,7 +200,7 @@ class SegtrackHandler:
 
     def _report_checkpoints(self, epoch: int) -> None:
         assert self.session is not None
-        for checkpoint in self._checkpoints:
+        for checkpoint in self.checkpoints:
             path = _saved_path(checkpoint)
             kind = "best" if getattr(checkpoint, "score_function", None) is not None else "last"
             if path is not None and self._reported.get(kind) != str(path) and path.is_file():
@@ -252,10 +255,14 @@ def _loss_of(output: Any) -> float | None:
 
 
 def _inputs_of(batch: Any) -> Any:
-    """One input image of a batch (a dict with ``"image"``, or ``(x, y)``), for the ONNX example."""
+    """One input image of a batch (a dict with ``"image"``, ``(x, y)``, or MONAI's list of per-item
+    dicts), for the ONNX example."""
     import torch
 
-    if isinstance(batch, dict):
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], dict):  # MONAI's decollated items
+        item = batch[0].get("image", batch[0].get("img"))
+        batch = item[None] if isinstance(item, torch.Tensor) else None
+    elif isinstance(batch, dict):
         batch = batch.get("image", batch.get("img"))
     elif isinstance(batch, (list, tuple)) and batch:
         batch = batch[0]
@@ -271,5 +278,5 @@ def _saved_path(checkpoint: Any) -> Path | None:
     if name is None:
         return None
     folder = getattr(getattr(checkpoint, "save_handler", None), "dirname", None)
-    path = Path(name)
-    return path if path.is_absolute() or folder is None else Path(folder) / path
+    path = Path(name)  # Ignite >= 0.5 names it within its folder already
+    return path if path.exists() or folder is None else Path(folder) / path

@@ -52,6 +52,7 @@ class SegtrackCallback(pl.Callback):
         self._recorded_epoch = -1  # the last epoch handed to epoch_end
         self._example: Any = None  # one validation input, for the ONNX export
         self._reported: dict[str, str] = {}  # checkpoint kind -> the path last reported
+        self._epoch_lr: float | None = None
 
     # -- state in Lightning's checkpoint -----------------------------------------------------------
 
@@ -91,6 +92,8 @@ class SegtrackCallback(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._train_loss.reset()
+        # the epoch's learning rate (Lightning steps epoch schedulers before the epoch's validation)
+        self._epoch_lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None
         if self.session is not None:
             self.session.epoch_start(trainer.current_epoch)
 
@@ -145,8 +148,8 @@ class SegtrackCallback(pl.Callback):
         mean = self._train_loss.mean()
         if mean is not None:
             metrics["train_loss"] = mean
-        if trainer.optimizers and "lr" not in metrics:
-            metrics["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        if self._epoch_lr is not None and "lr" not in metrics:
+            metrics["lr"] = self._epoch_lr
         self._recorded_epoch = trainer.current_epoch
         self.session.epoch_end(trainer.current_epoch, metrics, global_step=trainer.global_step)
         if self.session.should_stop:  # a plugin asked (e.g. a pruned trial)

@@ -161,6 +161,7 @@ class FitSession:
         self._batches_per_epoch = 0
         self._started = 0.0
         self._warned_monitor = False
+        self._warned_repeat = False
         if self._resume_state is not None and loop is None:
             self._restore_own(self._resume_state)
 
@@ -280,6 +281,15 @@ class FitSession:
                 "e.g. {'train_loss': 0.4, 'val_dice': 0.8}"
             )
         values = {str(name): _number(f"metric {name!r}", value) for name, value in metrics.items()}
+        if epoch <= self.best.last_epoch and not self._warned_repeat:
+            self._warned_repeat = True
+            log.warning(
+                "epoch_end(epoch=%d) repeats an epoch this run recorded (it had %d): a tracker keeps the first "
+                "record of each step; resume the loop at FitSession.start_epoch (%d)",
+                epoch,
+                self.best.last_epoch + 1,
+                self.start_epoch,
+            )
         self._warn_missing_monitor(values)
         if global_step is None:
             global_step = self._global_step if self._steps_reported else epoch + 1
