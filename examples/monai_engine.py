@@ -104,9 +104,8 @@ def main() -> int:
         )
         trainer.state.max_epochs = args.epochs  # the checkpoint holds the old limit: without this Ignite starts over
     trainer.run()
-    print(
-        f"monai engine finished {trainer.state.epoch} epoch(s): val_dice {evaluator.state.metrics.get('val_dice', float('nan')):.4f}"
-    )
+    dice = evaluator.state.metrics.get("val_dice", float("nan"))
+    print(f"monai engine finished {trainer.state.epoch} epoch(s): val_dice {dice:.4f}")
     return 0
 
 

@@ -23,9 +23,8 @@ def discs(count: int, size: int = 32, seed: int = 0) -> TensorDataset:
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     images, masks = [], []
     for _ in range(count):
-        cy, cx, r = torch.randint(8, size - 8, (2,), generator=g).tolist() + [
-            int(torch.randint(3, 7, (1,), generator=g))
-        ]
+        cy, cx = torch.randint(8, size - 8, (2,), generator=g).tolist()
+        r = int(torch.randint(3, 7, (1,), generator=g))
         mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).long()
         images.append((mask.float() + 0.3 * torch.randn(size, size, generator=g))[None])
         masks.append(mask)
