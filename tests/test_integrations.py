@@ -189,7 +189,7 @@ def monai_engines(epochs: int, plugins):
 
 def test_monai_engines_fire_one_epoch_end_per_epoch_with_the_evaluators_metrics():
     recorder = Recorder()
-    trainer, handler, saver, _ = monai_engines(2, [recorder, BrokenAtEpochEnd()])
+    trainer, _, saver, _ = monai_engines(2, [recorder, BrokenAtEpochEnd()])
     trainer.run()
     epochs = epoch_records(recorder)
     assert [e.epoch for e in epochs] == [0, 1] and [e.global_step for e in epochs] == [2, 4]
@@ -238,6 +238,8 @@ def test_a_failing_engine_is_recorded_and_its_error_still_raised():
 
 
 def test_importing_segtrack_imports_no_framework():
-    code = "import sys, segtrack; segtrack.FitSession; print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'ignite', 'pytorch_lightning')))"
+    frameworks = "('lightning', 'ignite', 'pytorch_lightning')"
+    loaded = f"[m for m in sys.modules if m.split('.')[0] in {frameworks}]"
+    code = f"import sys, segtrack; segtrack.FitSession; print({loaded})"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
