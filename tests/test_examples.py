@@ -17,6 +17,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
     [
         ("own_model_2d.py", ["--set", "train.epochs=2"], "completed: best val_fg_f1"),
         ("own_model_3d.py", ["--folds", "2", "--set", "train.epochs=1"], "fold 1: completed"),
+        ("own_loop.py", ["--epochs", "2"], "own loop completed: best val_dice"),
+        ("lightning_module.py", ["--epochs", "2"], "lightning fit completed: best val_dice"),
+        ("monai_engine.py", ["--epochs", "1"], "monai engine finished 1 epoch(s)"),
     ],
 )
 def test_an_example_runs(tmp_path, script, args, says):

@@ -39,8 +39,9 @@ def test_a_hand_loop_fires_the_hooks_in_the_trainers_order():
     assert names == ["settings_loaded", "fit_start", *epoch, *epoch, "fit_end"]
     kinds = [kw["checkpoint"].kind for name, kw in recorder.calls if name == "checkpoint_saved"]
     assert kinds == ["last", "best", "last", "best"]
-    steps = [kw["step"].global_step for name, kw in recorder.calls if name == "train_batch_end"]
-    assert steps == [1, 2, 3, 4]
+    steps = [kw["step"] for name, kw in recorder.calls if name == "train_batch_end"]
+    assert [s.global_step for s in steps] == [1, 2, 3, 4]
+    assert [s.epoch for s in steps] == [0, 0, 1, 1]  # counted without epoch_start calls
     ends = [kw["epoch"] for name, kw in recorder.calls if name == "epoch_end"]
     assert [(e.epoch, e.is_best, e.best_epoch, e.global_step) for e in ends] == [(0, True, 0, 2), (1, True, 1, 4)]
     result = recorder.calls[-1][1]["result"]

@@ -162,6 +162,7 @@ class FitSession:
         self._started = 0.0
         self._warned_monitor = False
         self._warned_repeat = False
+        self._epoch_open = False  # between epoch_start (or an epoch's first batch) and its epoch_end
         if self._resume_state is not None and loop is None:
             self._restore_own(self._resume_state)
 
@@ -225,7 +226,8 @@ class FitSession:
             raise
 
     def epoch_start(self, epoch: int) -> None:
-        self._epoch = epoch
+        """An epoch begins (optional for a loop of one's own: ``batch_end`` counts epochs without it)."""
+        self._epoch, self._epoch_open = epoch, True
         self.hooks.call("epoch_start", trainer=self._loop, run=self.run, epoch=epoch)
 
     def batch_end(
@@ -242,6 +244,8 @@ class FitSession:
         resumed ones), ``loss`` a float or a one-element tensor. Fires ``train_batch_end``."""
         self._global_step = int(step)
         self._steps_reported = True
+        if not self._epoch_open:  # the first batch of the epoch after the last one ended
+            self._epoch, self._epoch_open = self.best.last_epoch + 1, True
         if not self.hooks.has_implementations("train_batch_end"):
             return
         result = StepResult(
@@ -294,7 +298,7 @@ class FitSession:
         if global_step is None:
             global_step = self._global_step if self._steps_reported else epoch + 1
         self._global_step = max(self._global_step, int(global_step))
-        self._epoch = epoch
+        self._epoch, self._epoch_open = epoch, False
         is_best = self.best.record(epoch, values)
         self._epochs_completed = epoch + 1
         result = EpochResult(
