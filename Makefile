@@ -13,6 +13,7 @@ $(VENV)/.installed: pyproject.toml $(PLUGINS)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	# torch first and pinned: the CPU wheel on this disk; an unpinned torch pulls a CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
+	# the test extra brings lightning and pytorch-ignite (segtrack.integrations' tests): the torch above stays
 	$(PY) -m pip install --quiet -e '.[test]' $(foreach p,$(dir $(PLUGINS)),-e '$(p)[test]')
 	# MONAI for the tests and examples that drive segtrack with MONAI's own networks, transforms and
 	# inferers; --no-deps: its requirements would replace our CPU torch (it needs only numpy besides)

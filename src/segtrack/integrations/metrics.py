@@ -36,7 +36,7 @@ def scalars(values: Mapping[str, Any]) -> dict[str, float]:
 class RunningMean:
     """The mean of an epoch's training losses."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.total, self.count = 0.0, 0
 
     def add(self, value: float | None) -> None:

@@ -17,7 +17,7 @@ class BestEpoch:
     last_epoch: int = -1  # the last epoch recorded
     last_metrics: dict[str, float] = field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if math.isnan(self.value):
             self.value = -math.inf if self.mode == "max" else math.inf
 
