@@ -95,3 +95,46 @@ def test_the_monai_dataset_handed_to_segtrack_flattens_its_crops(settings_factor
     _, result = _fit(settings_factory, seen, train, val)
     assert result.status == "completed"
     assert seen.batch_sizes == [2 * CROPS] * 3 and seen.types == {torch.Tensor}
+
+
+def _weights_after(settings_factory, tmp_path, epochs: int, given: str, resume: bool = False, folder: str = "run"):
+    """A fit of a MONAI crop pipeline (the Dataset itself, or in MONAI's DataLoader with workers) into
+    ``tmp_path/folder``; its last weights."""
+    from monai.data import DataLoader, list_data_collate
+
+    train, val = _datasets()
+    if given == "dataset":
+        loader = train
+    else:
+        loader = DataLoader(train, batch_size=2, shuffle=True, num_workers=2, collate_fn=list_data_collate)
+    settings = settings_factory(
+        "data.num_classes=2",
+        "model.in_channels=1",
+        f"train.epochs={epochs}",
+        f"checkpoint.dir='{tmp_path / folder}'",
+        "export.enabled=false",
+    )
+    manager = get_plugin_manager(settings, [], autoload=False, disabled=["progress"])
+    torch.manual_seed(0)
+    model = PlainFCN(1, 2, width=4)
+    trainer = SegmentationTrainer(settings, model=model, train_data=loader, val_data=val, plugin_manager=manager)
+    trainer.fit(resume="auto" if resume else None)
+    return torch.load(tmp_path / folder / "last.pt", weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("given", ["dataset", "loader-with-workers"])
+def test_monai_random_crops_are_seeded_per_sample_so_runs_agree_and_resume_is_exact(settings_factory, tmp_path, given):
+    first = _weights_after(settings_factory, tmp_path, 2, given, folder="a")
+    second = _weights_after(settings_factory, tmp_path, 2, given, folder="b")
+    assert all(torch.equal(first[k], second[k]) for k in first)  # two runs, the same crops
+    _weights_after(settings_factory, tmp_path, 1, given, folder="c")
+    resumed = _weights_after(settings_factory, tmp_path, 2, given, resume=True, folder="c")
+    assert all(torch.equal(first[k], resumed[k]) for k in first)  # 1 epoch + resume = 2 epochs
+
+
+def test_each_epoch_draws_other_crops():
+    from segtrack.data.plan import _training_view
+
+    train, _ = _datasets()
+    crops = [_training_view(train, epoch, seed=0)[0][0]["image"] for epoch in (0, 0, 1)]
+    assert torch.equal(crops[0], crops[1]) and not torch.equal(crops[0], crops[2])

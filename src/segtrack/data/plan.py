@@ -5,6 +5,7 @@ and fingerprints."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -37,7 +38,7 @@ FINGERPRINT_KINDS = (
 )
 
 # The offset of each random stream of an epoch, see stream_seed
-STREAM_OFFSETS = {"order": 0, "flips": 1, "train_rng": 2}
+STREAM_OFFSETS = {"order": 0, "flips": 1, "train_rng": 2, "transforms": 3}
 
 
 def stream_seed(seed: int, epoch: int, stream: str) -> int:
@@ -203,7 +204,8 @@ class DataPlan:
 
             def shuffled(epoch: int) -> Iterator[Any]:
                 batches = [indices[b].tolist() for b in order_of(epoch)]
-                yield from self._flipped(self._fetch(_training_view(dataset, epoch), batches, collate, workers), epoch)
+                view = _training_view(dataset, epoch, self.seed)
+                yield from self._flipped(self._fetch(view, batches, collate, workers), epoch)
 
             return shuffled, order_of.count
         mine = indices[self.dist.rank :: self.dist.world_size]
@@ -426,8 +428,37 @@ class _TrainingView(Dataset):
         return self.dataset.training_sample(index, self.epoch)
 
 
-def _training_view(dataset: Any, epoch: int) -> Any:
-    return _TrainingView(dataset, epoch) if callable(getattr(dataset, "training_sample", None)) else dataset
+class _SeededTransforms(Dataset):
+    """A dataset whose random transforms own their random state (MONAI's ``Randomizable``: each keeps
+    a numpy ``RandomState``), seeded anew for every sample from (seed, epoch, index): the crops and
+    flips of a sample are the same in every run, whichever worker loads it, and a fit resumed at epoch
+    e draws what an uninterrupted fit draws there."""
+
+    def __init__(self, dataset: Any, epoch: int, seed: int):
+        self.dataset, self.epoch, self.seed = dataset, epoch, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        self.dataset.transform.set_random_state(seed=sample_seed(self.seed, self.epoch, int(index)))
+        return self.dataset[index]
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed (numpy's ``RandomState`` takes no more) for one sample's transforms in one epoch."""
+    key = f"{stream_seed(seed, epoch, 'transforms')}:{index}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
+
+
+def _training_view(dataset: Any, epoch: int, seed: int) -> Any:
+    """A dataset's training form for ``epoch``: its own seeded samples, its seeded random transforms,
+    or the dataset as it is."""
+    if callable(getattr(dataset, "training_sample", None)):
+        return _TrainingView(dataset, epoch)
+    if callable(getattr(getattr(dataset, "transform", None), "set_random_state", None)):
+        return _SeededTransforms(dataset, epoch, seed)
+    return dataset
 
 
 def explained_loader_error(error: BaseException) -> DataError | None:
