@@ -118,7 +118,9 @@ def test_a_user_loss_trains_validates_and_is_recorded(make):
     result = make("train.epochs=1", plugins=[recorder], loss=my_loss).fit()
     assert result.status == "completed" and len(calls) >= 4  # training batches and validation batches
     run = next(kw["run"] for name, kw in recorder.calls if name == "fit_start")
-    assert run.config["train"]["loss"].startswith("python:") and "my_loss" in run.config["train"]["loss"]
+    loss = run.config["train"]["loss"]
+    assert loss["function"].endswith("my_loss")  # the user's loss, not train.loss = "ce_dice"
+    assert not {"class_weights", "focal_gamma", "dice_weight"} & set(run.config["train"])
 
 
 def test_sgd_nesterov_poly_follows_the_formula(make, tmp_path):

@@ -3,7 +3,6 @@ or from a user's factories, and a readable description of each for the trackers.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -96,25 +95,3 @@ def build_scheduler(
         train["step_gamma"],
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
-
-
-def describe(obj: Any) -> str:
-    """``package.Class(arg=value, ...)`` for a user's loss, optimizer or scheduler: the qualified
-    name and the arguments that can be read back (an optimizer's defaults, public attributes of
-    a loss object); a function is its qualified name."""
-    if inspect.isfunction(obj) or inspect.isbuiltin(obj):
-        return f"{obj.__module__}.{obj.__qualname__}"
-    kind = type(obj)
-    name = f"{kind.__module__}.{kind.__qualname__}"
-    if isinstance(obj, torch.optim.Optimizer):
-        args = dict(obj.defaults)
-    else:
-        args = {k: v for k, v in vars(obj).items() if not k.startswith("_")}
-    text = ", ".join(f"{k}={v!r}" for k, v in sorted(args.items()) if _readable(v))
-    return f"{name}({text})"[:500]
-
-
-def _readable(value: Any) -> bool:
-    if isinstance(value, (bool, int, float, str, type(None))):
-        return True
-    return isinstance(value, (list, tuple)) and len(value) <= 8 and all(_readable(v) for v in value)

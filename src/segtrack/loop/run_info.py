@@ -1,25 +1,80 @@
-"""What a run is, as trackers record it: where its data comes from, its settings with a recipe
-passed in code described, and its data fingerprints once the first epoch has computed them."""
+"""What a run is, as trackers record it: its settings with the parts passed in code described, and
+its data fingerprints once the first epoch has computed them."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from segtrack.config.secrets import mask_secrets, secret_keys
 from segtrack.data.plan import FitData
 from segtrack.plugins.records import RunInfo
+from segtrack.session import parts
+
+# settings only segtrack's own parts read: when a part is passed in code they are left out of the
+# records, which describe that part instead (a record never shows a setting the fit did not use)
+BUILTIN_ONLY = {
+    "model": ("name", "factory", "kwargs", "in_channels", "width", "depth"),
+    "data": (
+        "source",
+        "factory",
+        "kwargs",
+        "path",
+        "normalize",
+        "crop",
+        "crop_foreground",
+        "num_samples",
+        "image_size",
+    ),
+    "augment": ("augment",),
+    "loss": ("loss", "class_weights", "focal_gamma", "dice_weight"),
+    "optimizer": ("optimizer", "lr", "weight_decay", "momentum", "nesterov", "betas"),
+    "scheduler": ("scheduler", "poly_power", "step_size", "step_gamma", "warmup_epochs"),
+}
 
 
-def recorded_config(config: Mapping[str, Any], recipe: Mapping[str, str]) -> Mapping[str, Any]:
+@dataclass(frozen=True)
+class Brought:
+    """What a fit was given in code instead of settings (None: the configured part). ``optimizer``
+    and ``scheduler`` are the built objects where a fit has them, else the factories."""
+
+    model: Any = None
+    train_data: Any = None
+    val_data: Any = None
+    loss: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+
+
+def recorded_config(config: Mapping[str, Any], brought: Brought = Brought()) -> dict[str, Any]:
     """The settings as trackers record them: every key configs/.secrets.toml defines is ``***`` (at
-    any depth); a loss, optimizer or scheduler passed in code replaces ``train.loss``/
-    ``train.optimizer``/``train.scheduler`` by ``python:<its description>``."""
+    any depth); each part passed in code is described (class, readable constructor arguments, an
+    optimizer's defaults, a factory by what it builds) in place of the settings it replaced."""
     recorded = mask_secrets(config, secret_keys())
-    if recipe:
-        recorded["train"] = {**recorded["train"], **{key: f"python:{text}" for key, text in recipe.items()}}
-    return recorded
+    model, data, train = dict(recorded["model"]), dict(recorded["data"]), dict(recorded["train"])
+    if brought.model is not None:
+        kept = {"in_channels": model["in_channels"]} if brought.train_data is None else {}  # it shapes the data
+        model = {**parts.describe_model(brought.model), **kept}
+    if brought.train_data is not None:
+        data = {k: v for k, v in data.items() if k not in BUILTIN_ONLY["data"]}
+        data["train"] = parts.describe_data(brought.train_data)
+        if brought.val_data is not None:
+            data["val"] = parts.describe_data(brought.val_data)
+        train = _without(train, "augment")
+    described = {
+        "loss": (brought.loss, parts.describe_loss),
+        "optimizer": (brought.optimizer, parts.describe_optimizer_factory),
+        "scheduler": (brought.scheduler, parts.describe_scheduler_factory),
+    }
+    for part, (given, describe) in described.items():
+        if given is not None:
+            train = {**_without(train, part), part: describe(given)}
+    return {**recorded, "model": model, "data": data, "train": train}
+
+
+def _without(section: Mapping[str, Any], part: str) -> dict[str, Any]:
+    return {k: v for k, v in section.items() if k not in BUILTIN_ONLY[part]}
 
 
 def cross_validated(config: Mapping[str, Any], folds: int | None, data: FitData | None = None) -> Mapping[str, Any]:

@@ -124,7 +124,7 @@ class _StudyRunner:
         info = StudyInfo(
             study_name=self.name,
             study_id=self.study_id,
-            config=freeze(cross_validated(recorded_config(self.base, {}), self.folds)),  # as the trials run
+            config=freeze(cross_validated(recorded_config(self.base), self.folds)),  # as the trials run
             space=freeze(thaw(self.source.space)),
             attributes=freeze(attributes),
             objective=self.monitor,

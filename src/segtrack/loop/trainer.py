@@ -12,6 +12,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,8 @@ from segtrack.inference.export import export_checkpoint
 from segtrack.loop import epoch_metrics
 from segtrack.loop.ema import WeightAverage
 from segtrack.loop.losses import Loss, builtin_loss
-from segtrack.loop.recipe import OptimizerFactory, SchedulerFactory, build_optimizer, build_scheduler, describe
-from segtrack.loop.run_info import cross_validated, recorded_config, with_loaded_fingerprints
+from segtrack.loop.recipe import OptimizerFactory, SchedulerFactory, build_optimizer, build_scheduler
+from segtrack.loop.run_info import Brought, cross_validated, recorded_config, with_loaded_fingerprints
 from segtrack.loop.state import FitState
 from segtrack.loop.train_step import TrainStep
 from segtrack.loop.validation import Inferer, Validation
@@ -119,8 +120,8 @@ class SegmentationTrainer:
             )
         self._loss_fn: Loss = loss if loss is not None else builtin_loss(self.config["train"])
         self._optimizer_factory, self._scheduler_factory = optimizer, scheduler
-        recipe = {"loss": loss, "optimizer": optimizer, "scheduler": scheduler}
-        self._recipe = {key: describe(given) for key, given in recipe.items() if given is not None}
+        # what was passed in code, described in the records instead of the settings it replaces
+        self._brought = Brought(model, train_data, val_data, loss, optimizer, scheduler)
         # model and data: the configured model is built once here, so a wrong name fails before any work
         self._user_model = model
         self._initial_weights = _cpu_copy(model.state_dict()) if model is not None else None
@@ -174,7 +175,7 @@ class SegmentationTrainer:
         info = CrossValidationInfo(
             cv_id=cv_id,
             num_folds=folds,
-            config=freeze(cross_validated(recorded_config(self.config, self._recipe), folds)),
+            config=freeze(cross_validated(recorded_config(self.config, self._brought), folds)),
             run_name=name,
             study_id=study_id,
             trial=trial,
@@ -469,6 +470,15 @@ class SegmentationTrainer:
             ema=WeightAverage(model, train_cfg["ema"]) if train_cfg["ema"] else None,
         )
 
+    def _fit_parts(self, state: FitState) -> Brought:
+        """What this fit was given in code, the optimizer and scheduler as built for it."""
+        brought = self._brought
+        return replace(
+            brought,
+            optimizer=state.optimizer if brought.optimizer is not None else None,
+            scheduler=state.scheduler if brought.scheduler is not None else None,
+        )
+
     def _signature(self, model: torch.nn.Module) -> dict:
         if self._user_model is not None:
             return user_model_signature(model, self.num_classes)
@@ -517,7 +527,7 @@ class SegmentationTrainer:
         return run_record(
             hooks=self.hooks,
             dist=self.dist,
-            config=cross_validated(recorded_config(self.config, self._recipe), num_folds, data),
+            config=cross_validated(recorded_config(self.config, self._fit_parts(state)), num_folds, data),
             run_name=run_name,
             device=str(self.device),
             fold=fold,
