@@ -369,3 +369,27 @@ def test_bad_user_model_or_data_is_a_clear_error_and_writes_nothing(
     assert not [p for p in tmp_path.rglob("*") if p.is_file() or p.is_dir()], "nothing may be written"
     assert "fit_start" not in recorder.names()
     assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)  # no optimizer step taken
+
+
+def test_the_records_of_a_fit_with_the_users_parts_describe_them_not_the_settings_they_replaced(tmp_path, monkeypatch):
+    _in_dir(tmp_path, monkeypatch)
+    recorder = Recorder()
+    trainer = SegmentationTrainer(
+        load_settings(None, None, [*FAST, "train.epochs=1"], project_dir=tmp_path),
+        model=DictOutputNet(num_classes=3),
+        train_data=MonaiStyleDataset(),
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.99, nesterov=True),
+        scheduler=lambda opt: torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=10, power=0.9),
+        plugin_manager=get_plugin_manager(None, [recorder], autoload=False, disabled=["progress"]),
+    )
+    trainer.fit()
+    config = next(kw["run"] for name, kw in recorder.calls if name == "fit_start").config
+    assert config["model"]["class"].endswith("DictOutputNet") and config["model"]["parameters"] > 0
+    assert not {"name", "width", "depth", "in_channels"} & set(config["model"])
+    assert config["data"]["train"]["class"].endswith("MonaiStyleDataset") and config["data"]["train"]["samples"] == 14
+    assert not {"source", "image_size", "num_samples", "path"} & set(config["data"])
+    optimizer, scheduler = config["train"]["optimizer"], config["train"]["scheduler"]
+    assert optimizer["class"] == "torch.optim.sgd.SGD" and optimizer["momentum"] == 0.99 and optimizer["lr"] == 0.01
+    assert scheduler["class"] == "torch.optim.lr_scheduler.PolynomialLR" and scheduler["power"] == 0.9
+    assert not {"lr", "momentum", "poly_power", "warmup_epochs", "augment"} & set(config["train"])
+    assert config["train"]["epochs"] == 1 and config["data"]["num_classes"] == 3  # settings the fit did use
