@@ -190,3 +190,30 @@ def test_a_renamed_run_is_read_again(sqlite_uri, tmp_path):
     assert analytics.load_experiment_runs("synthetic").reread == 2  # the renamed run and the running one
     rows = analytics.query(f"""SELECT run_name, "tags.mlflow.runName" AS tag FROM runs WHERE run_id = '{ids[1]}'""")
     assert rows.to_pylist() == [{"run_name": "renamed", "tag": "renamed"}]
+
+
+def test_the_summary_never_takes_a_studys_trials_or_different_models_for_folds(sqlite_uri):
+    client = MlflowClient(sqlite_uri)
+    experiment = client.create_experiment("mixed")
+    study = client.create_run(experiment, run_name="study", tags={"segtrack.role": "study-parent"}).info.run_id
+    cv = client.create_run(experiment, run_name="cv", tags={"segtrack.role": "cv-parent"}).info.run_id
+    rows = [  # (parent, tags, best_val_dice)
+        (study, {"segtrack.trial": "0", "segtrack.model": "unet"}, 0.2),
+        (study, {"segtrack.trial": "1", "segtrack.model": "unet"}, 0.4),
+        (cv, {"segtrack.fold": "1", "segtrack.model": "monai.networks.nets.segresnet.SegResNet"}, 0.7),
+        (cv, {"segtrack.fold": "2", "segtrack.model": "monai.networks.nets.segresnet.SegResNet"}, 0.9),
+    ]
+    for parent, tags, value in rows:
+        run = client.create_run(experiment, tags={**tags, "mlflow.parentRunId": parent}).info.run_id
+        client.log_metric(run, "best_val_dice", value)
+        client.log_param(run, "model.width", "8")
+    analytics = RunAnalytics(sqlite_uri, cache_dir=None)
+    analytics.load_experiment_runs("mixed")
+    summary = analytics.cross_fold_summary("best_val_dice").to_pylist()
+    assert [(r["cv_run"], r["folds"]) for r in summary] == [("cv", 2)]  # the study's two trials are not folds
+    grouped = analytics.cross_fold_summary("best_val_dice", by=["params.model.width"]).to_pylist()
+    models = {r["tags.segtrack.model"]: (r["folds"], r["mean"]) for r in grouped}
+    assert models == {
+        "monai.networks.nets.segresnet.SegResNet": (2, pytest.approx(0.8)),
+        "unet": (2, pytest.approx(0.3)),
+    }

@@ -24,6 +24,10 @@ from segtrack_mlflow.uri import connect_uri, redact, resolve_tracking_uri, use_c
 DEFAULT_CACHE_DIR = ".segtrack/analytics"
 
 
+MODEL_COLUMN = "tags.segtrack.model"  # the model's name or class, as the fit recorded it
+FOLD_COLUMN = "tags.segtrack.fold"  # set on every cross-validation fold run
+
+
 @dataclass(frozen=True)
 class LoadStats:
     runs: int
@@ -175,8 +179,9 @@ class RunAnalytics:
         """Per configuration: folds, mean, std, min, max of ``metric``, best mean first (highest
         for ``mode="max"``, lowest for ``"min"``, e.g. a loss).
 
-        Without ``by``: the child runs of each cross-validation parent. With ``by``: every run with
-        the metric, grouped by those columns (e.g. ``params.model.width``)."""
+        Without ``by``: the fold runs of each cross-validation parent (a study's trials are not folds).
+        With ``by``: every run with the metric, grouped by those columns (e.g. ``params.model.width``)
+        and always by the model (``tags.segtrack.model``): different networks are never one group."""
         if mode not in ("max", "min"):
             raise ConfigError(f'mode {mode!r} is invalid: use "max" or "min"')
         order = "DESC" if mode == "max" else "ASC"
@@ -186,14 +191,20 @@ class RunAnalytics:
             f"min({value}) AS min, max({value}) AS max"
         )
         if by:
-            keys = ", ".join(self.require_column(c) for c in by)
+            columns = [self.require_column(c) for c in by]
+            if MODEL_COLUMN in self._columns and f'"{MODEL_COLUMN}"' not in columns:
+                columns.append(f'"{MODEL_COLUMN}"')
+            keys = ", ".join(columns)
             sql = f"SELECT {keys}, {stats} FROM runs WHERE {value} IS NOT NULL GROUP BY {keys} ORDER BY mean {order}"
         else:
-            # folds grouped first, then their parents' names joined (the join on 100k runs cost ~2x)
+            # folds grouped first, then their parents' names joined (the join on 100k runs cost ~2x); a
+            # fold run carries segtrack.fold (a study's trial runs, also children, do not)
+            folds = f'"{FOLD_COLUMN}" IS NOT NULL' if FOLD_COLUMN in self._columns else "false"
             sql = (
                 f"SELECT coalesce(parent.run_name, g.parent_run_id) AS cv_run, g.* FROM (SELECT parent_run_id, "
-                f"{stats} FROM runs WHERE parent_run_id IS NOT NULL AND {value} IS NOT NULL GROUP BY parent_run_id) g "
-                f"LEFT JOIN runs parent ON parent.run_id = g.parent_run_id ORDER BY mean {order}"
+                f"{stats} FROM runs WHERE parent_run_id IS NOT NULL AND {folds} AND {value} IS NOT NULL "
+                f"GROUP BY parent_run_id) g LEFT JOIN runs parent ON parent.run_id = g.parent_run_id "
+                f"ORDER BY mean {order}"
             )
         return self.con.sql(sql).to_arrow_table()
 
