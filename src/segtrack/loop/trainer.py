@@ -350,7 +350,7 @@ class SegmentationTrainer:
         """Best when improved, last always, a per-epoch snapshot when ``checkpoint.keep``; then
         ``checkpoint_saved`` for each. The files land while the next epoch trains, unless a plugin
         implements ``checkpoint_saved`` (it may read them): then they are waited for here."""
-        payload = state.payload(signature, run_name, fold, self.hooks.collect("state_dict"), self._inference_config)
+        payload = state.payload(signature, run_name, fold, session.plugin_states(), self._inference_config)
         kinds = (["best"] if is_best else []) + ["last"] + (["epoch"] if ckpts.keep else [])
         for kind, path in ckpts.write(payload, state.epoch, kinds, session.sigterm_held):
             session.paths[kind] = str(path)

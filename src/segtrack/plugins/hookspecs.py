@@ -2,8 +2,12 @@
 
 Conventions for every hook below:
 
-* Hooks are called by the training loop only, always with keyword arguments. An implementation
-  takes only the arguments it needs, by name, without defaults.
+* A fit's hooks (``fit_start`` to ``fit_end``) are emitted through one path,
+  ``segtrack.FitSession``, whichever loop runs the fit: ``SegmentationTrainer``, a hand-written loop,
+  or an adapter of ``segtrack.integrations`` (Lightning, Ignite/MONAI engines). The trainer's own
+  phases, cross-validation, studies, settings and the CLI call the rest (docs/architecture.md lists
+  who calls which). Always with keyword arguments; an implementation takes only the arguments it
+  needs, by name, without defaults.
 * Unless a hook says otherwise it fires on rank 0 only under ``torchrun``.
 * Each implementation is isolated: when it raises, segtrack reports the error once per plugin and
   hook (with the plugin's name and traceback), counts it in ``FitResult.plugin_failures`` and keeps
@@ -13,9 +17,11 @@ Conventions for every hook below:
 * No hook stops training by raising. A plugin that wants to stop (early stopping, a budget) calls
   ``trainer.request_stop(reason)``; the fit finishes the current epoch, saves its checkpoints and
   ends with status ``stopped``.
-* ``trainer`` is the running ``SegmentationTrainer``; plugins may read ``trainer.model``,
-  ``trainer.device``, ``trainer.epoch`` and ``trainer.settings`` and call ``trainer.request_stop``.
-  Everything else on it is internal.
+* ``trainer`` is the loop running the fit, a ``segtrack.Loop``: the ``SegmentationTrainer`` or the
+  ``FitSession`` of another loop. Plugins may read ``trainer.settings``, ``trainer.model``,
+  ``trainer.device``, ``trainer.epoch``, ``trainer.batches_per_epoch`` and ``trainer.stop_reason``
+  and call ``trainer.request_stop``; everything else on it is internal (``RunInfo.loop`` says which
+  loop it is).
 * hookwrappers are not supported: each implementation is called on its own.
 """
 
@@ -84,7 +90,7 @@ def fit_start(trainer, run):
     Fires after the model, data and optimizer are ready (and a checkpoint restored, when
     resuming, including every plugin's ``load_state_dict``), before the first epoch.
 
-    :param trainer: the running trainer.
+    :param trainer: the loop running the fit (``segtrack.Loop``).
     :param run: ``RunInfo``: run name, resolved config, fold, ranks, dataset fingerprints,
         ``start_epoch`` and ``resumed_from``. With ``fingerprint_kind == "loaded"`` the two
         fingerprints are ``""`` here; the ``run`` of the first ``validation_end`` on carries them.
@@ -99,7 +105,7 @@ def epoch_start(trainer, run, epoch):
 
     Fires before the first training batch of each epoch, after ``fit_start``.
 
-    :param trainer: the running trainer.
+    :param trainer: the loop running the fit (``segtrack.Loop``).
     :param run: ``RunInfo`` of this fit.
     :param epoch: the 0-based epoch index.
     :return: ignored.
@@ -117,7 +123,7 @@ def train_batch_end(trainer, run, step):
     finite and was skipped, fires nothing. It is the hot path: keep it cheap, and do slow work
     (I/O, network) off the training thread.
 
-    :param trainer: the running trainer.
+    :param trainer: the loop running the fit (``segtrack.Loop``).
     :param run: ``RunInfo`` of this fit.
     :param step: ``StepResult``: epoch, batch index, global step, loss, learning rate.
     :return: ignored.
@@ -137,7 +143,7 @@ def validation_batch_end(trainer, run, batch):
     summed over batches is the number one process would compute. With ``infer.roi_size`` set the
     logits are the blended windows of whole images.
 
-    :param trainer: the running trainer.
+    :param trainer: the loop running the fit (``segtrack.Loop``).
     :param run: ``RunInfo`` of this fit.
     :param batch: ``ValidationBatch``: epoch, batch index, and the batch's images, masks (-1 where
         ignored), logits and predictions as tensors (on the training device, or on the CPU: another
@@ -153,7 +159,7 @@ def validation_metrics(trainer, run, result):
 
     Fires after ``validation_end`` and before ``epoch_end`` of the same epoch.
 
-    :param trainer: the running trainer.
+    :param trainer: the loop running the fit (``segtrack.Loop``).
     :param run: ``RunInfo`` of this fit.
     :param result: ``ValidationResult`` of this epoch's validation pass.
     :return: a mapping of metric name to float (or ``None``). The values join the epoch's metrics:
@@ -173,7 +179,7 @@ def validation_end(trainer, run, result):
 
     Fires after the last validation batch, before ``epoch_end`` of the same epoch.
 
-    :param trainer: the running trainer.
+    :param trainer: the loop running the fit (``segtrack.Loop``).
     :param run: ``RunInfo`` of this fit.
     :param result: ``ValidationResult``: loss, Dice, IoU, per-class Dice, and a few fixed
         validation samples with predictions (for overlays).
@@ -208,7 +214,7 @@ def checkpoint_saved(trainer, run, checkpoint):
     Fires after ``epoch_end``, once per file written: ``best`` when the monitored metric
     improved, then ``last`` every epoch (and ``epoch`` snapshots when ``checkpoint.keep > 0``).
 
-    :param trainer: the running trainer.
+    :param trainer: the loop running the fit (``segtrack.Loop``).
     :param run: ``RunInfo`` of this fit.
     :param checkpoint: ``CheckpointInfo``: path, kind, epoch, monitored value, size.
     :return: ignored.
@@ -223,7 +229,7 @@ def model_exported(trainer, run, export):
     Fires once after the last epoch, before ``fit_end``, when ``export.enabled`` is true and the
     export succeeded. The parity check in onnxruntime has already run.
 
-    :param trainer: the running trainer.
+    :param trainer: the loop running the fit (``segtrack.Loop``).
     :param run: ``RunInfo`` of this fit.
     :param export: ``ExportInfo``: file path, opset, epoch of the weights, max abs difference.
     :return: ignored.
@@ -241,7 +247,7 @@ def fit_exception(trainer, run, error):
     after another rank on this machine died becomes ``segtrack.errors.PeerLost`` (a
     ``KeyboardInterrupt``) and the fit's status is ``failed``.
 
-    :param trainer: the running trainer.
+    :param trainer: the loop running the fit (``segtrack.Loop``).
     :param run: ``RunInfo`` of this fit.
     :param error: the exception.
     :return: ignored.
@@ -256,7 +262,7 @@ def fit_end(trainer, run, result):
     Fires last, exactly once per ``fit_start``, on success, on a requested stop, after
     ``fit_exception`` on failure. Close runs and flush buffers here.
 
-    :param trainer: the running trainer.
+    :param trainer: the loop running the fit (``segtrack.Loop``).
     :param run: ``RunInfo`` of this fit.
     :param result: ``FitResult``: status (``completed``, ``stopped``, ``failed``,
         ``interrupted``), epochs completed, best value and epoch, checkpoint paths, export, plugin

@@ -177,6 +177,12 @@ class FitSession:
         return self._epoch
 
     @property
+    def device(self) -> Any:
+        import torch
+
+        return torch.device(_device_of(self.model))
+
+    @property
     def batches_per_epoch(self) -> int:
         return self._batches_per_epoch
 
@@ -417,8 +423,12 @@ class FitSession:
             "run_name": self.run.run_name,
             "global_step": self._global_step,
             "best": self.best.state_dict(),
-            "plugins": self.hooks.collect("state_dict"),
+            "plugins": self.plugin_states(),
         }
+
+    def plugin_states(self) -> dict[str, Any]:
+        """Every plugin's ``state_dict`` by plugin name (what a checkpoint keeps for resume)."""
+        return self.hooks.collect("state_dict")
 
     @contextlib.contextmanager
     def sigterm_held(self) -> Iterator[None]:

@@ -17,6 +17,16 @@ class Loop(Protocol):
         ...
 
     @property
+    def model(self) -> Any:
+        """The ``torch.nn.Module`` being trained (None where the loop did not name it)."""
+        ...
+
+    @property
+    def device(self) -> Any:
+        """The ``torch.device`` it trains on."""
+        ...
+
+    @property
     def epoch(self) -> int:
         """The epoch running now (0-based)."""
         ...
