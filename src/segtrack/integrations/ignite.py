@@ -120,7 +120,7 @@ class SegtrackHandler:
             rank=0,
             world_size=_world_size(),
         )
-        self._resume_state = None
+        self._resume_state, self._reported, self._pending = None, {}, None
         self._recorded_epoch = engine.state.epoch - 1
         self.session.start()
 

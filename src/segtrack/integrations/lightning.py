@@ -86,7 +86,7 @@ class SegtrackCallback(pl.Callback):
             rank=0,
             world_size=trainer.world_size,
         )
-        self._resume_state = None
+        self._resume_state, self._reported = None, {}
         self._recorded_epoch = trainer.current_epoch - 1
         self.session.start()
 
