@@ -91,7 +91,7 @@ def main() -> None:
         num_sanity_val_steps=0,
     )
     trainer.fit(Segmenter(), train, val, ckpt_path=args.resume)
-    result = tracking.session.result if tracking.session else None
+    result = tracking.result  # the fit's FitResult (None on ranks other than 0)
     if result is not None:
         print(f"lightning fit {result.status}: best val_dice {result.best_value:.4f} at epoch {result.best_epoch + 1}")
 

@@ -234,3 +234,18 @@ def test_a_missing_monitor_is_said_once_and_marks_no_best(caplog):
         assert not fit.epoch_end(1, {"loss": 0.2})
     assert caplog.text.count("checkpoint.monitor = 'val_dice' is not among the metrics") == 1
     assert fit.result is not None and fit.result.best_epoch == -1 and math.isinf(fit.result.best_value)
+
+
+def test_calls_after_the_fit_ended_say_so():
+    with FitSession(SETTINGS) as fit:
+        fit.epoch_end(0, {"val_dice": 0.5})
+    with pytest.raises(ConfigError, match="epoch_end\\(\\) came after the fit ended: call it inside the `with"):
+        fit.epoch_end(1, {"val_dice": 0.6})
+
+
+def test_batch_index_counts_within_each_epoch():
+    recorder = Recorder()
+    with FitSession(SETTINGS, [recorder]) as fit:
+        hand_loop(fit, 2, batches=3)
+    steps = [kw["step"] for name, kw in recorder.calls if name == "train_batch_end"]
+    assert [s.batch_index for s in steps] == [0, 1, 2, 0, 1, 2]

@@ -109,7 +109,19 @@ def test_a_lightning_fit_fires_one_epoch_end_per_epoch_with_what_the_module_logg
     result = recorder.calls[-1][1]["result"]
     assert result.status == "completed" and result.export is not None and result.export.parity_ok
     assert [(f.plugin, f.hook, f.count) for f in result.plugin_failures] == [("broken", "epoch_end", 2)]
-    assert callback.session is not None and callback.session.result is not None
+    assert callback.result == result.__class__(
+        **{**result.__dict__, "plugin_failures": callback.result.plugin_failures}
+    )
+    assert callback.session is None  # closed: a later validate() records nothing
+
+
+def test_validating_after_the_fit_records_no_more_epochs():
+    recorder = Recorder()
+    callback = lightning_fit(1, [recorder])
+    ended = len(recorder.calls)
+    trainer = pl.Trainer(callbacks=[callback], logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(Segmenter(), DataLoader(squares(8, 2), batch_size=4), verbose=False)
+    assert len(recorder.calls) == ended
 
 
 def test_a_resumed_lightning_fit_continues_from_the_checkpoints_state():
@@ -222,8 +234,13 @@ def test_resumed_monai_engines_continue_from_the_checkpoints_state():
 
 
 def test_a_failing_engine_is_recorded_and_its_error_still_raised():
+    from monai.handlers import StatsHandler, from_engine
+
     recorder = Recorder()
     trainer, *_ = monai_engines(2, [recorder])
+    StatsHandler(name="engine-stats", output_transform=from_engine(["loss"], first=True)).attach(
+        trainer
+    )  # MONAI's re-raise: Ignite runs no exception handler after it
 
     def explode(engine):
         raise RuntimeError("loader died")

@@ -566,10 +566,10 @@ def _as_given(loader: DataLoader) -> tuple[Callable[[int], Iterable[Any]], int]:
         _set_sampler_epoch(loader, epoch)
         return loader
 
-    return batches, _batch_count(loader)
+    return batches, batch_count(loader)
 
 
-def _batch_count(loader: Any) -> int:
+def batch_count(loader: Any) -> int:
     """Batches per epoch, 0 where the loader cannot tell (an iterable dataset without __len__)."""
     try:
         return len(loader)
@@ -579,6 +579,15 @@ def _batch_count(loader: Any) -> int:
 
 def _length(dataset) -> int:
     return len(dataset) if dataset is not None else 0
+
+
+def sample_count(data: Any) -> int:
+    """Samples of a dataset or of a DataLoader's dataset; 0 where it cannot tell."""
+    dataset: Any = data.dataset if isinstance(data, DataLoader) else data
+    try:
+        return len(dataset) if dataset is not None else 0
+    except TypeError:
+        return 0
 
 
 def _first(batches: Iterable[Any]) -> Any:

@@ -15,9 +15,13 @@ drives one ``FitSession`` per ``engine.run``.
   handler; an epoch it skips is recorded without them);
 - state for Ignite's ``Checkpoint``: ``state_dict``/``load_state_dict``. A checkpoint written at
   an epoch's end holds that epoch (it is recorded first when the checkpoint asks for the state);
+- an exception ends the run (``fit_exception``, ``fit_end``) before any other exception handler
+  (MONAI's ``StatsHandler`` and ``CheckpointSaver`` re-raise, which stops Ignite's chain), and is
+  raised again unless another handler takes it; SIGTERM ends it as interrupted;
 - ``checkpoints``: Ignite ``Checkpoint`` objects whose files become ``checkpoint_saved`` ("best"
   for one with a ``score_function``, else "last"); the best one is exported to ONNX at the end;
-- rank 0 only (``idist.get_rank()``); a plugin that raises is reported and training goes on.
+- hooks fire on rank 0 (``idist.get_rank()``); a stop a plugin asks for there stops every rank; a
+  plugin that raises is reported and training goes on.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from segtrack.integrations.metrics import RunningMean, scalar, scalars
+from segtrack.integrations.metrics import RunningMean, first_input, scalar, scalars
 from segtrack.session.fit_session import FitSession
 
 log = logging.getLogger("segtrack.ignite")
@@ -49,8 +53,8 @@ class SegtrackHandler:
         self,
         settings: Any = None,
         plugins: Iterable[Any] = (),
-        evaluator: Any = None,
         *,
+        evaluator: Any = None,
         model: Any = None,
         run_name: str | None = None,
         checkpoints: Iterable[Any] = (),
@@ -61,9 +65,10 @@ class SegtrackHandler:
         self._model = model
         self._run_name = run_name
         self.checkpoints = tuple(checkpoints)
-        self.session: FitSession | None = None
+        self.session: FitSession | None = None  # the run going on now
+        self.result: Any = None  # the last run's FitResult
         self._engine: Any = None
-        self._resume_state: dict[str, Any] | None = None
+        self._state: dict[str, Any] | None = None  # restored from a checkpoint, or the last run's
         self._train_loss = RunningMean()
         self._val_metrics: dict[str, float] = {}
         self._validated = False  # the evaluator ran since this epoch began
@@ -82,8 +87,10 @@ class SegtrackHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
         engine.add_event_handler(Events.COMPLETED, self._completed)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._exception_raised)
+        # first: Ignite stops at the first exception handler that raises (MONAI's re-raise)
+        handlers = engine._event_handlers[Events.EXCEPTION_RAISED]
+        handlers.insert(0, handlers.pop())
         if self.evaluator is not None:
-            self.evaluator.add_event_handler(Events.ITERATION_COMPLETED, self._evaluator_iteration)
             self.evaluator.add_event_handler(Events.COMPLETED, self._evaluator_completed)
         return self
 
@@ -91,12 +98,12 @@ class SegtrackHandler:
 
     def state_dict(self) -> dict[str, Any]:
         if self.session is None:
-            return {"session": self._resume_state} if self._resume_state else {}
+            return {"session": self._state} if self._state else {}
         self._record_due_epoch()  # a checkpoint at an epoch's end holds that epoch
         return {"session": self.session.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._resume_state = state_dict.get("session")
+        self._state = state_dict.get("session")
 
     # -- the run -----------------------------------------------------------------------------------
 
@@ -104,23 +111,24 @@ class SegtrackHandler:
         if _rank() != 0:
             return
         model = self._model if self._model is not None else getattr(engine, "network", None)
+        loader = getattr(engine.state, "dataloader", None)
         self.session = FitSession(
             self._settings,
             self._plugins,
             model=model,
             run_name=self._run_name,
-            resume_state=self._resume_state,
-            train_data=getattr(engine.state, "dataloader", None) or getattr(engine, "data_loader", None),
+            resume_state=self._state if engine.state.epoch > 0 else None,  # Checkpoint.load_objects restored it
+            train_data=loader if loader is not None else getattr(engine, "data_loader", None),
             val_data=getattr(self.evaluator, "data_loader", None) if self.evaluator is not None else None,
             epochs=engine.state.max_epochs or None,
             optimizer=getattr(engine, "optimizer", None),
             loss=getattr(engine, "loss_function", None),
             loop="ignite",
-            handle_sigterm=False,  # Ctrl-C and SIGTERM reach EXCEPTION_RAISED as KeyboardInterrupt when set up so
+            handle_sigterm=True,  # neither Ignite nor MONAI handles SIGTERM: it ends the run as interrupted
             rank=0,
             world_size=_world_size(),
         )
-        self._resume_state, self._reported, self._pending = None, {}, None
+        self._state, self._reported, self._pending, self.result = None, {}, None, None
         self._recorded_epoch = engine.state.epoch - 1
         self.session.start()
 
@@ -139,15 +147,11 @@ class SegtrackHandler:
         loss = _loss_of(engine.state.output)
         self._train_loss.add(loss)
         if self._example is None:
-            self._example = _inputs_of(engine.state.batch)
+            self._example = first_input(engine.state.batch)
         if loss is not None:
             optimizer = getattr(engine, "optimizer", None)
             lr = optimizer.param_groups[0]["lr"] if optimizer is not None else float("nan")
             self.session.batch_end(engine.state.iteration, loss, epoch=engine.state.epoch - 1, lr=lr)
-
-    def _evaluator_iteration(self, evaluator: Any) -> None:
-        if self._example is None and self.session is not None:
-            self._example = _inputs_of(evaluator.state.batch)
 
     def _evaluator_completed(self, evaluator: Any) -> None:
         self._val_metrics = scalars(evaluator.state.metrics)
@@ -164,6 +168,17 @@ class SegtrackHandler:
         else:
             self._pending = epoch  # the evaluator runs after this handler: recorded when it completes
         self._report_checkpoints(epoch)
+        self._stop_everywhere(engine)
+
+    def _stop_everywhere(self, engine: Any) -> None:
+        """A stop asked on rank 0 (where hooks run) ends every rank's run after this epoch."""
+        stop = self.session is not None and self.session.should_stop
+        if _world_size() > 1:
+            import ignite.distributed as idist
+
+            stop = bool(idist.broadcast(int(stop), src=0))
+        if stop:
+            engine.terminate()
 
     def _record_due_epoch(self) -> None:
         """The epoch that just ended, if its checkpoint is being written before it was recorded."""
@@ -173,7 +188,8 @@ class SegtrackHandler:
         if engine is None or engine.last_event_name != Events.EPOCH_COMPLETED:
             return
         epoch = engine.state.epoch - 1
-        if epoch > self._recorded_epoch and (self.evaluator is None or self._validated):
+        ran_without_validation = self._pending == epoch  # this handler ran, the evaluator did not: a skipped epoch
+        if ran_without_validation or (epoch > self._recorded_epoch and (self.evaluator is None or self._validated)):
             self._record(epoch)
 
     def _flush_pending(self) -> None:
@@ -195,8 +211,6 @@ class SegtrackHandler:
             metrics.setdefault("lr", float(optimizer.param_groups[0]["lr"]))
         self._recorded_epoch = epoch
         self.session.epoch_end(epoch, metrics, global_step=self._engine.state.iteration)
-        if self.session.should_stop:
-            self._engine.terminate()
 
     def _report_checkpoints(self, epoch: int) -> None:
         assert self.session is not None
@@ -216,15 +230,26 @@ class SegtrackHandler:
         model = self.session.model
         if self.session.settings["export"]["enabled"] and best and model is not None and self._example is not None:
             self.session.export(self._example, model, weights=best)
-        self.session.end()
-        self.session = None
+        if engine.should_terminate and not self.session.should_stop:
+            self.session.request_stop("engine.terminate() (e.g. EarlyStopping)")
+        self._end(None)
 
     def _exception_raised(self, engine: Any, error: BaseException) -> None:
-        # Ignite hands an exception to its handlers instead of raising it: end the run, then raise it
+        from ignite.engine import Events
+
         if self.session is not None:
-            self.session.end(error)
-            self.session = None
-        raise error
+            self._end(error)
+        # Ignite hands an exception to its handlers instead of raising it: raise it as Ignite would
+        # without handlers, unless another handler (after this one) takes it
+        if len(engine._event_handlers[Events.EXCEPTION_RAISED]) <= 1:
+            raise error
+
+    def _end(self, error: BaseException | None) -> None:
+        """``fit_end``; the session is closed, its state kept for a checkpoint written afterwards."""
+        assert self.session is not None
+        self._state = self.session.state_dict()
+        self.result = self.session.end(error)
+        self.session = None
 
 
 def _rank() -> int:
@@ -252,24 +277,6 @@ def _loss_of(output: Any) -> float | None:
     if isinstance(output, dict):
         output = output.get("loss")
     return scalar(output) if output is not None else None
-
-
-def _inputs_of(batch: Any) -> Any:
-    """One input image of a batch (a dict with ``"image"``, ``(x, y)``, or MONAI's list of per-item
-    dicts), for the ONNX example."""
-    import torch
-
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], dict):  # MONAI's decollated items
-        item = batch[0].get("image", batch[0].get("img"))
-        batch = item[None] if isinstance(item, torch.Tensor) else None
-    elif isinstance(batch, dict):
-        batch = batch.get("image", batch.get("img"))
-    elif isinstance(batch, (list, tuple)) and batch:
-        batch = batch[0]
-    if not isinstance(batch, torch.Tensor) or batch.dim() not in (4, 5):
-        return None
-    first = batch[:1].detach().cpu()
-    return first.as_tensor() if hasattr(first, "as_tensor") else first  # MONAI's MetaTensor as a plain tensor
 
 
 def _saved_path(checkpoint: Any) -> Path | None:

@@ -1,4 +1,5 @@
-"""A framework's logged values as epoch metrics: numbers only, one value per name."""
+"""What the adapters read off a framework: logged values as numbers, an epoch's mean loss, one input
+image of a batch."""
 
 from __future__ import annotations
 
@@ -34,17 +35,47 @@ def scalars(values: Mapping[str, Any]) -> dict[str, float]:
 
 
 class RunningMean:
-    """The mean of an epoch's training losses."""
+    """The mean of an epoch's training losses, summed where they are (a GPU tensor stays on the GPU:
+    no synchronisation per batch) and read once."""
 
     def __init__(self) -> None:
-        self.total, self.count = 0.0, 0
+        self.total: Any = 0.0
+        self.count = 0
 
-    def add(self, value: float | None) -> None:
-        if value is not None and not math.isnan(value):
-            self.total, self.count = self.total + value, self.count + 1
+    def add(self, value: Any) -> None:
+        if value is None:
+            return
+        if hasattr(value, "detach"):
+            if value.numel() != 1:
+                return
+            value = value.detach().reshape(())
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            return
+        self.total, self.count = self.total + value, self.count + 1
 
     def mean(self) -> float | None:
-        return self.total / self.count if self.count else None
+        if not self.count:
+            return None
+        total = scalar(self.total)
+        return None if total is None or math.isnan(total) else total / self.count
 
     def reset(self) -> None:
         self.total, self.count = 0.0, 0
+
+
+def first_input(batch: Any) -> Any:
+    """One input image of a batch, ``(1, C, *spatial)`` on the CPU, for the ONNX example: from
+    ``(x, y)``, a dict with ``"image"``, or MONAI's list of per-item dicts; None for anything else."""
+    import torch
+
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Mapping):  # MONAI's decollated items
+        item = batch[0].get("image", batch[0].get("img"))
+        batch = item[None] if isinstance(item, torch.Tensor) else None
+    elif isinstance(batch, Mapping):
+        batch = batch.get("image", batch.get("img"))
+    elif isinstance(batch, (list, tuple)) and batch:
+        batch = batch[0]
+    if not isinstance(batch, torch.Tensor) or batch.dim() not in (4, 5):
+        return None
+    first = batch[:1].detach().cpu()
+    return first.as_tensor() if hasattr(first, "as_tensor") else first  # MONAI's MetaTensor as a plain tensor

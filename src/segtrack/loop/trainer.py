@@ -58,9 +58,10 @@ class SegmentationTrainer:
     """Trains a segmentation model and calls every plugin's hooks at each phase boundary.
 
     :param settings: ``Settings`` already resolved (the CLI's), a Dynaconf object from
-        ``segtrack.load_settings``, or a plain nested dict of every section; ``None`` reads the
-        layers (defaults, ``configs/settings.toml``, ``SEGTRACK_*``). Anything but ``Settings`` is
-        checked here once, with the plugins' schemas (``ConfigError`` lists every problem).
+        ``segtrack.load_settings``, or a plain nested dict of what it changes (laid over the built-in
+        defaults only); ``None`` reads the layers (defaults, ``configs/settings.toml``,
+        ``SEGTRACK_*``). Anything but ``Settings`` is checked here once, with the plugins' schemas
+        (``ConfigError`` lists every problem).
     :param plugins: plugin objects (or classes) to register besides the installed ones.
     :param model: any ``torch.nn.Module`` mapping a float batch ``(N, C, H, W)`` or ``(N, C, D, H, W)``
         to logits ``(N, data.num_classes, ...)``, or to a dict holding them under ``"out"``, or a
@@ -100,7 +101,7 @@ class SegmentationTrainer:
         scheduler: SchedulerFactory | None = None,
         inferer: Inferer | None = None,
     ):
-        _check_arguments(model, train_data, val_data, plugins, plugin_manager, loss, optimizer, scheduler)
+        _check_arguments(model, train_data, val_data, loss, optimizer, scheduler)
         if inferer is not None and not callable(inferer):
             raise ConfigError(f"inferer is a {type(inferer).__name__}: pass a callable (images, model) -> logits")
         self.dist: DistContext = context_from_env()
@@ -265,6 +266,7 @@ class SegmentationTrainer:
                 ):
                     self._export(state, signature, export_dir, run_name, data, session)
             finally:
+                session.ending()  # a SIGTERM now waits for fit_end instead of replacing this fit's outcome
                 self._checkpoints_landed(ckpts)  # before fit_end, however the fit ends
         assert session.result is not None
         return session.result
@@ -569,8 +571,6 @@ def _check_arguments(
     model: Any,
     train_data: Any,
     val_data: Any,
-    plugins: Iterable[Any],
-    plugin_manager: Any,
     loss: Any,
     optimizer: Any,
     scheduler: Any,
@@ -583,8 +583,6 @@ def _check_arguments(
     for name, given in (("loss", loss), ("optimizer", optimizer), ("scheduler", scheduler)):
         if given is not None and not callable(given):
             raise ConfigError(f"{name} is a {type(given).__name__}: pass a callable ({_RECIPE_HELP[name]})")
-    if plugin_manager is not None and list(plugins):
-        raise ConfigError("pass plugins either in `plugins` or inside `plugin_manager`, not both")
     if val_data is not None and train_data is None:
         raise ConfigError(
             "val_data was given without train_data: pass train_data too (val_data alone cannot train a model)"

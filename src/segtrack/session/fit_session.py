@@ -99,15 +99,16 @@ class FitSession:
         # a framework that runs its own processes (Lightning, Ignite) says which this is; else torchrun's
         # environment is read, and every rank must open its session (they meet in one collective)
         dist = context_from_env() if rank is None else DistContext(rank=rank, world_size=world_size)
+        self._every_rank = rank is None  # every rank opened a session: stop requests are agreed on by all
         hooks, resolved = open_plugins(settings, plugins, None, dist.rank)
         config = thaw(resolved)
         name = run_name or config["run"]["name"]
         described = _own_loop_config(config, name, model, train_data, val_data, epochs, optimizer, scheduler, loss)
-        recorded = parts.merged(described, _nested(params or {}))
+        recorded = mask_secrets(parts.merged(described, _nested(params or {})), secret_keys())
         run = _own_loop_run(hooks, dist, recorded, name, model, train_data, val_data, epochs, loop, resume_state)
         best = BestEpoch(config["checkpoint"]["monitor"], config["checkpoint"]["mode"])
         self._bind(hooks, resolved, run, best, None, resume_state, dist, handle_sigterm, model)
-        self._batches_per_epoch = _batch_count(train_data)
+        self._batches_per_epoch = self.run.batches_per_epoch
 
     @classmethod
     def attached(
@@ -128,6 +129,7 @@ class FitSession:
         session = cls.__new__(cls)
         session._bind(hooks, settings, run, best, loop, resume_state, dist, True, model)
         session._global_step = global_step
+        session._every_rank = False  # the trainer agrees on stops itself
         return session
 
     def _bind(
@@ -163,6 +165,8 @@ class FitSession:
         self._warned_monitor = False
         self._warned_repeat = False
         self._epoch_open = False  # between epoch_start (or an epoch's first batch) and its epoch_end
+        self._batch_in_epoch = 0  # batches of the epoch running now
+        self._every_rank = False
         if self._resume_state is not None and loop is None:
             self._restore_own(self._resume_state)
 
@@ -233,7 +237,8 @@ class FitSession:
 
     def epoch_start(self, epoch: int) -> None:
         """An epoch begins (optional for a loop of one's own: ``batch_end`` counts epochs without it)."""
-        self._epoch, self._epoch_open = epoch, True
+        self._check_open("epoch_start")
+        self._epoch, self._epoch_open, self._batch_in_epoch = epoch, True, 0
         self.hooks.call("epoch_start", trainer=self._loop, run=self.run, epoch=epoch)
 
     def batch_end(
@@ -248,15 +253,17 @@ class FitSession:
     ) -> None:
         """One training batch done: ``step`` is the global step (batches since the fit began, counting
         resumed ones), ``loss`` a float or a one-element tensor. Fires ``train_batch_end``."""
+        self._check_open("batch_end")
         self._global_step = int(step)
         self._steps_reported = True
         if not self._epoch_open:  # the first batch of the epoch after the last one ended
-            self._epoch, self._epoch_open = self.best.last_epoch + 1, True
+            self._epoch, self._epoch_open, self._batch_in_epoch = self.best.last_epoch + 1, True, 0
+        self._batch_in_epoch += 1
         if not self.hooks.has_implementations("train_batch_end"):
             return
         result = StepResult(
             epoch=self._epoch if epoch is None else epoch,
-            batch_index=step - 1 if batch_index is None else batch_index,
+            batch_index=self._batch_in_epoch - 1 if batch_index is None else batch_index,
             global_step=int(step),
             loss=_number("loss", loss),
             lr=float(lr),
@@ -283,6 +290,7 @@ class FitSession:
         Records the best epoch by ``checkpoint.monitor`` and fires ``epoch_end``; returns whether this
         epoch is the best so far. ``global_step`` defaults to the last ``batch_end`` step (to
         ``epoch + 1`` when the loop reports no batches)."""
+        self._check_open("epoch_end")
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise ConfigError(f"epoch_end(epoch={epoch!r}): pass the epoch's 0-based index, an int >= 0")
         if not isinstance(metrics, Mapping):
@@ -318,7 +326,14 @@ class FitSession:
             global_step=int(global_step),
         )
         self.hooks.call("epoch_end", trainer=self._loop, run=self.run, epoch=result)
+        if self._every_rank and self.dist.enabled:  # a stop asked on rank 0 (where hooks run) stops every rank
+            self._agree_on_stop()
         return is_best
+
+    def _agree_on_stop(self) -> None:
+        stop = self.dist.broadcast_from_main(self._stop_reason)
+        if stop and not self._stop_reason:
+            self._stop_reason = stop
 
     def checkpoint_saved(
         self,
@@ -334,6 +349,9 @@ class FitSession:
         both). Fires ``checkpoint_saved`` once per kind."""
         from segtrack.plugins.records import CheckpointInfo
 
+        self._check_open("checkpoint_saved")
+        if not self.dist.is_main:  # checkpoints are rank 0's (other ranks may not see the file)
+            return
         if kind is not None and kind not in CHECKPOINT_KINDS:
             raise ConfigError(f"checkpoint_saved(kind={kind!r}): use one of {', '.join(CHECKPOINT_KINDS)}")
         path = str(path)
@@ -374,9 +392,11 @@ class FitSession:
         """The model (default: the session's) as ONNX, checked in onnxruntime against torch on
         ``example`` (a batch tensor ``(N, C, *spatial)``), then ``model_exported`` (a tracker logs it
         as a model). ``weights``: a state dict, or a checkpoint file holding one (bare, under
-        ``"model"`` or Lightning's ``"state_dict"``), loaded into a copy first: e.g. the best epoch's.
+        ``"model"`` or Lightning's ``"state_dict"``), e.g. the best epoch's: loaded into the model for
+        the export, then the model's own weights, device and mode are put back.
         ``path`` defaults to ``<export.dir>/<run name>.onnx``. On rank 0 only; a model that cannot be
         exported gives one warning and None (the fit goes on)."""
+        self._check_open("export")
         if not self.dist.is_main:
             return None
         import torch
@@ -430,6 +450,16 @@ class FitSession:
         """Every plugin's ``state_dict`` by plugin name (what a checkpoint keeps for resume)."""
         return self.hooks.collect("state_dict")
 
+    def ending(self) -> None:
+        """The fit is about to end (a loop's final cleanup runs): a SIGTERM from now on waits until
+        ``fit_end`` has returned, so the plugins finish within a launcher's grace period."""
+        if self._sigterm is not None:
+            self._sigterm.ending = True
+
+    def _check_open(self, call: str) -> None:
+        if self.result is not None:
+            raise ConfigError(f"{call}() came after the fit ended: call it inside the `with FitSession(...)` block")
+
     @contextlib.contextmanager
     def sigterm_held(self) -> Iterator[None]:
         """A SIGTERM arriving inside the block (a checkpoint write) is raised once the block is done."""
@@ -445,8 +475,7 @@ class FitSession:
         returns the ``FitResult``."""
         if self.result is not None:
             return self.result
-        if self._sigterm is not None:
-            self._sigterm.ending = True
+        self.ending()
         status, message = ("stopped" if self._stop_reason else "completed"), None
         if error is not None:
             interrupt = interrupt_behind(error)
@@ -613,7 +642,7 @@ def _own_loop_config(
     train = {key: value for key, value in described.items() if value is not None}
     if train:
         recorded["train"] = train
-    return mask_secrets(recorded, secret_keys())
+    return recorded
 
 
 def _own_loop_run(
@@ -628,8 +657,10 @@ def _own_loop_run(
     loop: str,
     resume_state: Mapping[str, Any] | None,
 ) -> RunInfo:
+    from torch.utils.data import DataLoader
+
     from segtrack.data.configured import data_source
-    from segtrack.data.plan import whole_fingerprint
+    from segtrack.data.plan import batch_count, sample_count, whole_fingerprint
 
     train_sha, train_kind = whole_fingerprint(train_data) if train_data is not None else ("", "")
     val_sha, val_kind = whole_fingerprint(val_data) if val_data is not None else ("", "")
@@ -644,12 +675,12 @@ def _own_loop_run(
         device=_device_of(model),
         train_sha256=train_sha if kind else "",
         val_sha256=val_sha if kind else "",
-        num_train=_length(train_data),
-        num_val=_length(val_data),
+        num_train=sample_count(train_data),
+        num_val=sample_count(val_data),
         num_parameters=sum(p.numel() for p in model.parameters()) if model is not None else 0,
         start_epoch=start,
         resumed_from="resume_state" if resume_state else None,
-        batches_per_epoch=_batch_count(train_data),
+        batches_per_epoch=batch_count(train_data) if isinstance(train_data, DataLoader) else 0,
         spatial_dims=dims,
         num_classes=classes,
         class_names=tuple(str(k) for k in range(classes)),
@@ -679,27 +710,6 @@ def _device_of(model: Any) -> str:
         return "cpu"
     first = next(iter(model.parameters()), None)
     return str(first.device) if first is not None else "cpu"
-
-
-def _length(data: Any) -> int:
-    import torch
-
-    dataset: Any = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
-    try:
-        return len(dataset) if dataset is not None else 0
-    except TypeError:
-        return 0
-
-
-def _batch_count(data: Any) -> int:
-    import torch
-
-    if isinstance(data, torch.utils.data.DataLoader):
-        try:
-            return len(data)
-        except TypeError:
-            return 0
-    return 0
 
 
 @contextlib.contextmanager
