@@ -3,9 +3,10 @@ drives one ``FitSession`` per ``engine.run``.
 
 ::
 
-    handler = SegtrackHandler(evaluator=evaluator)      # evaluator: MONAI's SupervisedEvaluator, any Engine
-    handler.attach(trainer)
-    Checkpoint({"trainer": trainer, "net": net, "segtrack": handler}, DiskSaver("ckpt"), ...)
+    handler = SegtrackHandler(evaluator=evaluator).attach(trainer)   # MONAI's SupervisedEvaluator, any Engine
+    saver = Checkpoint({"trainer": trainer, "net": net, "segtrack": handler}, DiskSaver("ckpt", require_empty=False))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, saver)
+    handler.checkpoints = (saver,)                      # its files become checkpoint_saved
     # resumed: Checkpoint.load_objects(...) before trainer.run() continues the same tracked run
 
 - per iteration: the loss (``engine.state.output``: a number, ``{"loss": ...}``, or MONAI's list of
