@@ -105,6 +105,8 @@ def _weights_after(settings_factory, tmp_path, epochs: int, given: str, resume: 
     train, val = _datasets()
     if given == "dataset":
         loader = train
+    elif given == "loader-as-given":  # with val_data: the loader is used as it is, not split by segtrack
+        loader = torch.utils.data.DataLoader(train, batch_size=2, shuffle=True, collate_fn=list_data_collate)
     else:
         loader = DataLoader(train, batch_size=2, shuffle=True, num_workers=2, collate_fn=list_data_collate)
     settings = settings_factory(
@@ -122,7 +124,7 @@ def _weights_after(settings_factory, tmp_path, epochs: int, given: str, resume: 
     return torch.load(tmp_path / folder / "last.pt", weights_only=True)["model"]
 
 
-@pytest.mark.parametrize("given", ["dataset", "loader-with-workers"])
+@pytest.mark.parametrize("given", ["dataset", "loader-with-workers", "loader-as-given"])
 def test_monai_random_crops_are_seeded_per_sample_so_runs_agree_and_resume_is_exact(settings_factory, tmp_path, given):
     first = _weights_after(settings_factory, tmp_path, 2, given, folder="a")
     second = _weights_after(settings_factory, tmp_path, 2, given, folder="b")

@@ -162,7 +162,7 @@ class DataPlan:
         """Separate train and validation data: loaders used as given, datasets batched here."""
         # "is not None", not "or": a DataLoader over an iterable dataset without __len__ raises on bool()
         if self.train_loader is not None:
-            train_batches, count = _as_given(self.train_loader)
+            train_batches, count = _as_given(self.train_loader, self.seed)
         else:
             train_batches, count = self._batches(self.dataset, np.arange(len(self.dataset)), shuffle=True)
         if self.val_loader is not None:
@@ -559,11 +559,17 @@ def _set_sampler_epoch(loader: Any, epoch: int) -> None:
             set_epoch(epoch)
 
 
-def _as_given(loader: DataLoader) -> tuple[Callable[[int], Iterable[Any]], int]:
-    """A user's loader as ``epoch -> batches`` (its sampler told the epoch) and its batch count."""
+def _as_given(loader: DataLoader, seed: int | None = None) -> tuple[Callable[[int], Iterable[Any]], int]:
+    """A user's loader as ``epoch -> batches`` (its sampler told the epoch) and its batch count. With
+    ``seed`` (training), random transforms its dataset owns (MONAI's) are seeded per (seed, epoch)
+    before each epoch: with the order torch draws per epoch, the epoch's samples are the same in
+    every run and after a resume (a loader's workers take that state with their copy of the dataset)."""
 
     def batches(epoch: int) -> Iterable[Any]:
         _set_sampler_epoch(loader, epoch)
+        transform = getattr(getattr(loader, "dataset", None), "transform", None)
+        if seed is not None and callable(getattr(transform, "set_random_state", None)):
+            transform.set_random_state(seed=sample_seed(seed, epoch, -1))
         return loader
 
     return batches, batch_count(loader)
