@@ -110,3 +110,31 @@ def test_sub_packages_form_layers():
             if dep.count(".") >= 2 and dep.split(".")[1] != package:
                 packages.setdefault(package, set()).add(dep.split(".")[1])
     assert _cycle(packages) is None, " -> ".join(_cycle(packages) or [])
+
+
+def test_every_segtrack_type_in_a_public_signature_is_exported():
+    """A public signature never names a segtrack type a user cannot import from ``segtrack``."""
+    import inspect
+    import re
+
+    from segtrack.integrations.ignite import SegtrackHandler
+    from segtrack.integrations.lightning import SegtrackCallback
+
+    defined = set()
+    for path in CORE.rglob("*.py"):
+        defined |= {a or b for a, b in re.findall(r"^class (\w+)|^([A-Z]\w+) = ", path.read_text(), re.M)}
+    public = [getattr(segtrack, name) for name in segtrack.__all__ if inspect.isclass(getattr(segtrack, name))]
+    public += [getattr(segtrack, name) for name in segtrack.__all__ if inspect.isfunction(getattr(segtrack, name))]
+    hidden = set()
+    for owner in [*public, SegtrackCallback, SegtrackHandler]:
+        members = inspect.getmembers(owner) if inspect.isclass(owner) else [(owner.__name__, owner)]
+        for name, member in members:
+            if name.startswith("_") and name != "__init__":
+                continue
+            function = member.fget if isinstance(member, property) else member
+            for annotation in getattr(function, "__annotations__", {}).values():
+                for identifier in re.findall(r"\w+", str(annotation)):
+                    adapters = {"SegtrackCallback", "SegtrackHandler"}  # public in their own modules
+                    if identifier in defined and identifier not in {*segtrack.__all__, *adapters}:
+                        hidden.add(f"{getattr(owner, '__name__', owner)}.{name}: {identifier}")
+    assert not hidden, sorted(hidden)

@@ -2,7 +2,8 @@
 
 This module is the whole public surface, for users and for plugin authors: every name in
 ``__all__`` keeps its meaning between versions (records only ever gain fields). Training:
-``SegmentationTrainer``, ``load_settings`` (``Settings``), ``sliding_window``; a loop of one's own:
+``SegmentationTrainer`` (the types of what it takes in code: ``Loss``, ``OptimizerFactory``,
+``SchedulerFactory``, ``Inferer``), ``load_settings`` (``Settings``), ``sliding_window``; a loop of one's own:
 ``FitSession`` (the one path every loop emits hooks through; ``segtrack.integrations`` adapts
 Lightning and Ignite/MONAI engines to it); studies: ``run_study`` with a ``TrialSource`` (a
 searching plugin's). Plugins: ``hookimpl``, ``Loop`` (what a hook's ``trainer`` argument offers),
@@ -65,8 +66,11 @@ if TYPE_CHECKING:  # imported lazily at run time (__getattr__); named here for t
     from segtrack.config.settings import Settings, load_settings
     from segtrack.inference.palette import colour_mask
     from segtrack.inference.windowed import sliding_window
+    from segtrack.loop.losses import Loss
+    from segtrack.loop.recipe import OptimizerFactory, SchedulerFactory
     from segtrack.loop.study import TrialSource, run_study
     from segtrack.loop.trainer import SegmentationTrainer
+    from segtrack.loop.validation import Inferer
     from segtrack.plugins.manager import PluginManager, get_plugin_manager
     from segtrack.session.fit_session import FitSession
     from segtrack.session.loop_protocol import Loop
@@ -87,13 +91,17 @@ __all__ = [
     "ExportInfo",
     "FitResult",
     "FitSession",
+    "Inferer",
     "Loop",
+    "Loss",
     "ModelError",
+    "OptimizerFactory",
     "PluginFailure",
     "PluginHookError",
     "PluginLoadError",
     "PluginManager",
     "RunInfo",
+    "SchedulerFactory",
     "SegmentationTrainer",
     "SegtrackError",
     "Setting",
@@ -130,6 +138,10 @@ _LAZY = {
     "SegmentationTrainer": "segtrack.loop.trainer",
     "FitSession": "segtrack.session.fit_session",
     "Loop": "segtrack.session.loop_protocol",
+    "Loss": "segtrack.loop.losses",
+    "OptimizerFactory": "segtrack.loop.recipe",
+    "SchedulerFactory": "segtrack.loop.recipe",
+    "Inferer": "segtrack.loop.validation",
     "PluginManager": "segtrack.plugins.manager",
     "get_plugin_manager": "segtrack.plugins.manager",
     "Settings": "segtrack.config.settings",

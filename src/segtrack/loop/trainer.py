@@ -231,7 +231,7 @@ class SegmentationTrainer:
             state.ema.load_state_dict(state.model.state_dict())
         self.model, self.batches_per_epoch = state.model, data.batches_per_epoch
         # the session emits the hooks and owns the end-of-fit rules, as for any other loop
-        session = self._session = FitSession.attached(
+        session = self._session = FitSession._attached(
             hooks=self.hooks,
             settings=self.settings,
             run=self._run_info(data, state, run_name, resume, fold, num_folds, cv_id),

@@ -111,7 +111,7 @@ class FitSession:
         self._batches_per_epoch = self.run.batches_per_epoch
 
     @classmethod
-    def attached(
+    def _attached(
         cls,
         *,
         hooks: PluginManager,
