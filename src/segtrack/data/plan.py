@@ -567,9 +567,9 @@ def _as_given(loader: DataLoader, seed: int | None = None) -> tuple[Callable[[in
 
     def batches(epoch: int) -> Iterable[Any]:
         _set_sampler_epoch(loader, epoch)
-        transform = getattr(getattr(loader, "dataset", None), "transform", None)
-        if seed is not None and callable(getattr(transform, "set_random_state", None)):
-            transform.set_random_state(seed=sample_seed(seed, epoch, -1))
+        reseed = getattr(getattr(getattr(loader, "dataset", None), "transform", None), "set_random_state", None)
+        if seed is not None and callable(reseed):
+            reseed(seed=sample_seed(seed, epoch, -1))
         return loader
 
     return batches, batch_count(loader)
