@@ -36,6 +36,7 @@ log = logging.getLogger("segtrack.mlflow.shipper")
 URI_ENV = "SEGTRACK_MLFLOW_URI"
 LOCK_WAIT_S = 10.0  # a new shipper waits this long for one that is finishing, then leaves it the work
 MAX_BACKOFF_S = 5.0
+SHIPPER_NICENESS = 10  # CFS weight 110 against a training process's 1024: ~10 % of a core it competes for
 
 
 class ShipperProcess:
@@ -215,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--linger", type=float, default=300.0)
     parser.add_argument("--idle-exit", type=float, default=600.0)
     args = parser.parse_args(argv)
+    # background work: the CPU the training does not use (its start-up imports MLflow, seconds of CPU)
+    os.nice(SHIPPER_NICENESS)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s shipper[%(process)d] %(levelname)s %(message)s")
     files = ShipperFiles(args.spool_dir.resolve(), args.uri)
     lock = _take_lock(files)
