@@ -24,7 +24,7 @@ import segtrack_mlflow
 from testsupport.mlflow_server import MlflowServer
 
 HERE = Path(__file__).parent
-EPOCHS = {"own": 24, "lightning": 16, "ignite": 12}  # >= 10 s each on a 2-core machine
+EPOCHS = {"own": 28, "lightning": 32, "ignite": 24}  # >= 10 s each on a 2-core machine
 
 
 def busy_cpu_seconds() -> float:
