@@ -72,6 +72,7 @@ class MlflowPlugin:
         # (MLflow's first migration fails beside a reader the user opens at the same moment)
         self._new_store = False
         self._val_dataset: tuple[str, str] | None = None
+        self._last_wake = 0.0  # when the shipper was last woken (time.monotonic)
 
     @property
     def fit_end_timeout(self) -> float:
@@ -165,8 +166,10 @@ class MlflowPlugin:
 
     # -- runs -----------------------------------------------------------------------------------
 
-    def _send(self, spool: Spool) -> None:
-        """Make what ``spool`` holds durable and have the shipper send it now."""
+    def _send(self, spool: Spool, urgent: bool = True) -> None:
+        """Make what ``spool`` holds durable and have the shipper send it now; not ``urgent`` (an
+        epoch's points): at most one wake-up per ``mlflow.flush_interval``, the shipper's own round
+        sends the rest (short epochs made a round, and requests to the server, per epoch)."""
         from segtrack_mlflow.shipper_link import ShipperLink
 
         spool.sync()
@@ -178,7 +181,10 @@ class MlflowPlugin:
                 self.section["flush_interval"],
                 self.section["shipper_linger"],
             )
-        self._link.wake()
+        now = time.monotonic()
+        if urgent or now - self._last_wake >= self.section["flush_interval"]:
+            self._last_wake = now
+            self._link.wake()
 
     def _new_spool(
         self, run_name: str, tags: dict, parent: Spool | None, run_id: str | None = None, continues: str | None = None
@@ -382,7 +388,7 @@ class MlflowPlugin:
         if epoch.is_best:
             self._best_samples = self._last_samples
             self._best = {"epoch": epoch.epoch, "step": step, "ts": now, "metrics": dict(epoch.metrics)}
-        self._send(self.spool)
+        self._send(self.spool, urgent=False)
         self._link.report()
 
     @hookimpl
