@@ -306,15 +306,7 @@ class DataPlan:
         if dataset is None:  # an iterable dataset behind a DataLoader
             return "loaded"
         if id(dataset) not in self._kinds:
-            if isinstance(dataset, ArrayDataset):
-                kind = "arrays"
-            elif callable(getattr(dataset, "sample_digest", None)):
-                kind = "sample_digest"
-            elif _kept_inputs(dataset) is not None:
-                kind = "inputs"
-            else:
-                kind = "loaded"
-            self._kinds[id(dataset)] = kind
+            self._kinds[id(dataset)] = digest_kind(dataset)
         return self._kinds[id(dataset)]
 
     def _fingerprint(self, dataset: Any, indices: np.ndarray, kind: str) -> str:
@@ -635,12 +627,18 @@ def whole_fingerprint(data: Any) -> tuple[str, str]:
     if isinstance(dataset, torch.utils.data.TensorDataset) and len(dataset.tensors) >= 2:
         images, masks = dataset.tensors[0].numpy(force=True), dataset.tensors[1].numpy(force=True)
         return combine_digests(sample_digest(images[i], masks[i]) for i in range(count)), "arrays"
-    if isinstance(dataset, ArrayDataset):
-        kind = "arrays"
-    elif callable(getattr(dataset, "sample_digest", None)):
-        kind = "sample_digest"
-    elif _kept_inputs(dataset) is not None:
-        kind = "inputs"
-    else:
+    kind = digest_kind(dataset)
+    if kind == "loaded":
         return "", ""
     return combine_digests(_sample_digest(dataset, i, kind) for i in range(count)), kind
+
+
+def digest_kind(dataset: Any) -> str:
+    """How a map-style dataset's samples are digested without running its transforms: "arrays" (the
+    built-in data), "sample_digest" (its own per-sample hashes), "inputs" (the inputs it keeps in
+    ``.data``, MONAI-style), or "loaded" (only what loading it yields can tell)."""
+    if isinstance(dataset, ArrayDataset):
+        return "arrays"
+    if callable(getattr(dataset, "sample_digest", None)):
+        return "sample_digest"
+    return "inputs" if _kept_inputs(dataset) is not None else "loaded"
