@@ -210,3 +210,41 @@ def test_a_plugin_metric_under_torchrun_counts_every_rank_and_every_rank_agrees(
     assert expected["best"] > 0
     assert all(r["status"] == "completed" and r["best"] == expected["best"] for r in ranks)
     assert ranks[0]["best_epoch"] == ranks[1]["best_epoch"]
+
+
+OWN_LOOP_SCRIPT = textwrap.dedent("""
+    import json, os
+    import torch
+    from segtrack import FitSession, hookimpl
+
+    class Log:
+        @hookimpl
+        def epoch_end(self, trainer, run, epoch):
+            with open(f"own-hooks-rank{run.rank}.jsonl", "a") as fh:
+                fh.write(json.dumps({"rank": run.rank, "world": run.world_size, "epoch": epoch.epoch}) + "\\n")
+            if epoch.epoch == 1:
+                trainer.request_stop("enough")  # rank 0 only: every rank must stop with it
+
+    model = torch.nn.Conv2d(1, 2, 3, padding=1)
+    settings = {"plugins": {"autoload": False, "disabled": ["progress"]}}
+    epochs = 0
+    with FitSession(settings, [Log()], model=model) as fit:
+        for epoch in range(fit.start_epoch, 6):
+            epochs += 1
+            fit.epoch_end(epoch, {"val_dice": 0.1 * epoch})
+            if fit.should_stop:
+                break
+    with open(f"own-result-rank{os.environ['RANK']}.json", "w") as fh:
+        json.dump({"status": fit.result.status, "epochs": epochs}, fh)
+""")
+
+
+def test_a_hand_loop_under_torchrun_fires_hooks_on_rank_zero_and_stops_every_rank(tmp_path):
+    (tmp_path / "fit.py").write_text(OWN_LOOP_SCRIPT)
+    out = _torchrun(tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(line) for line in (tmp_path / "own-hooks-rank0.jsonl").read_text().splitlines()]
+    assert [(r["rank"], r["world"], r["epoch"]) for r in lines] == [(0, 2, 0), (0, 2, 1)]
+    assert not (tmp_path / "own-hooks-rank1.jsonl").exists()
+    results = [json.loads((tmp_path / f"own-result-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(r["status"], r["epochs"]) for r in results] == [("stopped", 2), ("stopped", 2)]

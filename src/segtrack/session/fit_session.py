@@ -99,7 +99,6 @@ class FitSession:
         # a framework that runs its own processes (Lightning, Ignite) says which this is; else torchrun's
         # environment is read, and every rank must open its session (they meet in one collective)
         dist = context_from_env() if rank is None else DistContext(rank=rank, world_size=world_size)
-        self._every_rank = rank is None  # every rank opened a session: stop requests are agreed on by all
         hooks, resolved = open_plugins(settings, plugins, None, dist.rank)
         config = thaw(resolved)
         name = run_name or config["run"]["name"]
@@ -108,6 +107,7 @@ class FitSession:
         run = _own_loop_run(hooks, dist, recorded, name, model, train_data, val_data, epochs, loop, resume_state)
         best = BestEpoch(config["checkpoint"]["monitor"], config["checkpoint"]["mode"])
         self._bind(hooks, resolved, run, best, None, resume_state, dist, handle_sigterm, model)
+        self._every_rank = rank is None  # every rank opened a session: stop requests are agreed on by all
         self._batches_per_epoch = self.run.batches_per_epoch
 
     @classmethod
@@ -129,7 +129,6 @@ class FitSession:
         session = cls.__new__(cls)
         session._bind(hooks, settings, run, best, loop, resume_state, dist, True, model)
         session._global_step = global_step
-        session._every_rank = False  # the trainer agrees on stops itself
         return session
 
     def _bind(
@@ -166,7 +165,7 @@ class FitSession:
         self._warned_repeat = False
         self._epoch_open = False  # between epoch_start (or an epoch's first batch) and its epoch_end
         self._batch_in_epoch = 0  # batches of the epoch running now
-        self._every_rank = False
+        self._every_rank = False  # set by the constructor of a loop of one's own (the trainer agrees on stops itself)
         if self._resume_state is not None and loop is None:
             self._restore_own(self._resume_state)
 
