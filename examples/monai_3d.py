@@ -63,6 +63,7 @@ def main() -> int:
     )
     train = Dataset(vessel_volumes(6), transform=crops)  # each item: a list of 4 patch dicts
     val = Dataset(vessel_volumes(2, seed=1))  # whole volumes, validated window by window
+    torch.manual_seed(0)  # a network passed in code keeps its own initial weights: seed before building it
     network = DynUNet(
         spatial_dims=3,
         in_channels=1,

@@ -74,6 +74,7 @@ def main() -> None:
             *args.overrides,
         ]
     )
+    torch.manual_seed(0)  # a network passed in code keeps its own initial weights: seed before building it
     outcome = SegmentationTrainer(settings, model=VolumeNet(), train_data=OrganVolumes()).cv(folds=args.folds)
     for fold in outcome.folds:
         print(f"fold {fold.fold + 1}: {fold.status}, best val_dice_organ {fold.best_metrics['val_dice_organ']:.3f}")
