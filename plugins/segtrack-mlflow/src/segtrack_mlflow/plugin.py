@@ -54,6 +54,7 @@ class MlflowPlugin:
         self.study: Spool | None = None  # a study's parent run (run_study: one per process)
         self.study_id: str | None = None
         self._trial_run: tuple[int, Spool] | None = None  # the run of the trial running now
+        self._trial_spools: list[Spool] = []  # the runs of this study's trials, ended
         self._study_name, self._objective = "", ""
         self.resume_state: dict | None = None
         self._link = None  # to the shipper process (shipper_link.py), made on the first run
@@ -567,6 +568,7 @@ class MlflowPlugin:
         if trial.state == "failed":
             spool.add(Status("FAILED", _now_ms()))
         spool.close()
+        self._trial_spools.append(spool)  # study_end's drain waits for them too
         now, objective = _now_ms(), self._objective
         if trial.value is not None:
             self.study.metric(f"trial_{objective}", trial.value, trial.number, now)
@@ -595,13 +597,16 @@ class MlflowPlugin:
         study.add(Status("FINISHED" if result.status == "completed" else "KILLED", _now_ms()))
         study.close()
         self._send(study)
-        self._drain(study)
+        trials, self._trial_spools = self._trial_spools, []
+        self._drain(study, also=trials)
 
-    def _drain(self, spool: Spool) -> None:
-        """Wait for the run to be sent when ``mlflow.drain_timeout`` asks for it (by default the
-        fit returns at once and the shipper sends the rest); say what the server refused."""
+    def _drain(self, spool: Spool, also: list[Spool] | tuple[Spool, ...] = ()) -> None:
+        """Wait for the run (and the runs ``also`` names: a study's trials) to be sent when
+        ``mlflow.drain_timeout`` asks for it (by default the fit returns at once and the shipper
+        sends the rest); say what the server refused."""
         timeout, self._new_store = self._drain_wait_s, False
-        sent = self._link.wait_sent([spool], timeout) if timeout > 0 else not spool.has_pending()
+        spools = [*also, spool]
+        sent = self._link.wait_sent(spools, timeout) if timeout > 0 else not any(s.has_pending() for s in spools)
         self._report_rejected(spool)
         if sent:
             return
