@@ -181,10 +181,10 @@ class DataPlan:
             train_batches,
             lambda: val_batches(0),
             preview,
-            (train_kind, self._fingerprint(self.dataset, np.arange(_length(self.dataset)), train_kind)),
-            (val_kind, self._fingerprint(val_set, np.arange(_length(val_set)), val_kind)),
-            _length(self.dataset),
-            _length(val_set),
+            (train_kind, self._fingerprint(self.dataset, np.arange(sample_count(self.dataset)), train_kind)),
+            (val_kind, self._fingerprint(val_set, np.arange(sample_count(val_set)), val_kind)),
+            sample_count(self.dataset),
+            sample_count(val_set),
             count,
         )
 
@@ -573,10 +573,6 @@ def batch_count(loader: Any) -> int:
         return len(loader)
     except TypeError:
         return 0
-
-
-def _length(dataset) -> int:
-    return len(dataset) if dataset is not None else 0
 
 
 def sample_count(data: Any) -> int:

@@ -108,7 +108,6 @@ class FitSession:
         best = BestEpoch(config["checkpoint"]["monitor"], config["checkpoint"]["mode"])
         self._bind(hooks, resolved, run, best, None, resume_state, dist, handle_sigterm, model)
         self._every_rank = rank is None  # every rank opened a session: stop requests are agreed on by all
-        self._batches_per_epoch = self.run.batches_per_epoch
 
     @classmethod
     def _attached(
@@ -156,10 +155,8 @@ class FitSession:
         self._sigterm: SigtermAsInterrupt | None = None
         self._stop_reason: str | None = None
         self._epoch = best.last_epoch + 1
-        self._epochs_completed = best.last_epoch + 1
         self._global_step = 0
         self._steps_reported = False
-        self._batches_per_epoch = 0
         self._started = 0.0
         self._warned_monitor = False
         self._warned_repeat = False
@@ -187,7 +184,7 @@ class FitSession:
 
     @property
     def batches_per_epoch(self) -> int:
-        return self._batches_per_epoch
+        return self.run.batches_per_epoch
 
     @property
     def stop_reason(self) -> str | None:
@@ -313,7 +310,6 @@ class FitSession:
         self._global_step = max(self._global_step, int(global_step))
         self._epoch, self._epoch_open = epoch, False
         is_best = self.best.record(epoch, values)
-        self._epochs_completed = epoch + 1
         result = EpochResult(
             epoch=epoch,
             metrics=freeze(values),
@@ -484,7 +480,7 @@ class FitSession:
                 self.hooks.call("fit_exception", trainer=self._loop, run=self.run, error=error)
         result = FitResult(
             status=status,
-            epochs_completed=self._epochs_completed,
+            epochs_completed=self.best.last_epoch + 1,
             best_value=self.best.value,
             best_epoch=self.best.epoch,
             monitor=self.best.monitor,
@@ -521,7 +517,7 @@ class FitSession:
         self.best.load_state_dict(state["best"])
         self._global_step = int(state.get("global_step", 0))
         self._steps_reported = self._global_step > 0
-        self._epoch = self._epochs_completed = self.best.last_epoch + 1
+        self._epoch = self.best.last_epoch + 1
         self.run = replace(
             self.run, start_epoch=self.best.last_epoch + 1, resumed_from=self.run.resumed_from or "resume_state"
         )
