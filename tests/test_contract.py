@@ -28,6 +28,7 @@ PINNED = {
     "cross_validation_start": ["trainer", "info"],
     "cross_validation_end": ["trainer", "result"],
     "study_start": ["study"],
+    "trial_links": ["study_id", "number"],
     "trial_end": ["trial"],
     "study_end": ["result"],
     "state_dict": [],

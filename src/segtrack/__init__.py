@@ -68,7 +68,7 @@ if TYPE_CHECKING:  # imported lazily at run time (__getattr__); named here for t
     from segtrack.inference.windowed import sliding_window
     from segtrack.loop.losses import Loss
     from segtrack.loop.recipe import OptimizerFactory, SchedulerFactory
-    from segtrack.loop.study import TrialSource, run_study
+    from segtrack.loop.study import TrialSource, check_study_name, run_study
     from segtrack.loop.trainer import SegmentationTrainer
     from segtrack.loop.validation import Inferer
     from segtrack.plugins.manager import PluginManager, get_plugin_manager
@@ -116,6 +116,7 @@ __all__ = [
     "ValidationResult",
     "ValidationSample",
     "__version__",
+    "check_study_name",
     "checked_section",
     "colour_mask",
     "freeze",
@@ -150,6 +151,7 @@ _LAZY = {
     "colour_mask": "segtrack.inference.palette",
     "run_study": "segtrack.loop.study",
     "TrialSource": "segtrack.loop.study",
+    "check_study_name": "segtrack.loop.study",
 }
 
 

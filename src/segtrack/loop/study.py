@@ -9,8 +9,10 @@ study's runs without knowing who searched.
 from __future__ import annotations
 
 import difflib
+import inspect
 import logging
 import math
+import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,6 +37,16 @@ from segtrack.runtime.distributed import context_from_env
 
 log = logging.getLogger("segtrack.study")
 EXPORT_CHOICES = ("best", "all", "none")
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_study_name(name: Any) -> None:
+    """A study's name becomes folder names and tracker run names: letters, digits, ``.``, ``_``, ``-``."""
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name):
+        raise ConfigError(
+            f"study name {name!r} is not allowed: use up to 100 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit (it names the trials' folders and runs)"
+        )
 
 
 class TrialSource(Protocol):
@@ -48,16 +60,23 @@ class TrialSource(Protocol):
         ...
 
     def open(self, direction: str) -> Mapping[str, str]:
-        """Create or join the study (``direction`` "max" or "min"); returns attributes to record."""
+        """Create or join the study (``direction`` "max" or "min"); returns attributes to record. An
+        ``open`` that also takes the keywords ``objective`` (``checkpoint.monitor``), ``folds`` and
+        ``base`` (the base settings, secrets masked) gets them, to refuse a worker that joins a study
+        it does not share. An attribute ``study_id`` names the study for every worker that joins it."""
         ...
 
-    def next_trial(self) -> tuple[int, Mapping[str, Any]] | None:
-        """The next trial's number and values (setting key -> value), or None: nothing left to run."""
+    def next_trial(self) -> tuple[int, Mapping[str, Any]] | tuple[int, Mapping[str, Any], int | None] | None:
+        """The next trial's number and values (setting key -> value), or None: nothing left to run. A
+        third item, when not None, is the number of an earlier trial this one runs again (its worker
+        was preempted or died): the trial then resumes that trial's ``last.pt`` in its folder."""
         ...
 
     def finish(self, number: int, value: float | None, error: str | None) -> tuple[str, float | None]:
         """Record a trial's end; returns its state ("completed", "pruned" or "failed") and the value
-        the study records for it (a search library may score a pruned trial by its last report)."""
+        the study records for it (a search library may score a pruned trial by its last report). A
+        ``finish`` that also takes the keywords ``interrupted`` (the worker was stopped: SIGTERM,
+        Ctrl-C), ``epochs`` (trained) and ``links`` (what plugins' ``trial_links`` returned) gets them."""
         ...
 
     def best(self) -> tuple[int, float, Mapping[str, Any]] | None:
@@ -91,8 +110,7 @@ def run_study(
         raise ConfigError(f"export = {export!r} is not allowed: use one of {', '.join(EXPORT_CHOICES)}")
     if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
         raise ConfigError(f"folds = {folds!r} is not allowed: a cross-validated trial needs at least 2 folds")
-    if not isinstance(study_name, str) or not study_name.strip() or "/" in study_name or study_name in (".", ".."):
-        raise ConfigError(f"study name {study_name!r} is not allowed: give a non-empty name without '/'")
+    check_study_name(study_name)
     if context_from_env().enabled:
         raise ConfigError(
             "a study runs its trials one process each, not under torchrun: start one `segtrack sweep` per "
@@ -120,7 +138,9 @@ class _StudyRunner:
         self.direction = base["checkpoint"]["mode"]
 
     def run(self) -> StudyResult:
-        attributes = dict(self.source.open(self.direction))
+        offered = {"objective": self.monitor, "folds": self.folds, "base": recorded_config(self.base)}
+        attributes = dict(self.source.open(self.direction, **_accepted(self.source.open, offered)))
+        self.study_id = attributes.pop("study_id", "") or self.study_id  # one id for every worker of the study
         info = StudyInfo(
             study_name=self.name,
             study_id=self.study_id,
@@ -136,8 +156,9 @@ class _StudyRunner:
         trials: list[TrialResult] = []
         status = "interrupted"
         try:
-            while (trial := self.source.next_trial()) is not None:
-                trials.append(self._trial(*trial))
+            while (ticket := self.source.next_trial()) is not None:
+                number, params, *again = ticket
+                trials.append(self._trial(number, params, again[0] if again else None))
             status = "completed"
         finally:
             best = self._best()
@@ -154,31 +175,39 @@ class _StudyRunner:
             self.source.close()
         return result
 
-    def _trial(self, number: int, params: Mapping[str, Any]) -> TrialResult:
-        """One trial: a trainer for its settings, a fit or CV, the verdict, ``trial_end``."""
+    def _trial(self, number: int, params: Mapping[str, Any], retry_of: int | None = None) -> TrialResult:
+        """One trial: a trainer for its settings, a fit or CV, the verdict, ``trial_end``. A retry
+        runs in the folder of the trial it repeats and resumes its ``last.pt`` (a fit; a CV starts over)."""
         started = time.perf_counter()
         fit: FitResult | None = None
         cv: CrossValidationResult | None = None
         error: str | None = None
+        trainer: SegmentationTrainer | None = None
+        home = number if retry_of is None else retry_of
+        if retry_of is not None:
+            log.info("study %s: trial %d runs trial %d again (its worker stopped)", self.name, number, retry_of)
         try:
-            trainer = SegmentationTrainer(self._trial_settings(number, params), plugin_manager=self.hooks)
+            trainer = SegmentationTrainer(self._trial_settings(home, params), plugin_manager=self.hooks)
             trainer._trial = (self.study_id, number)
             if self.export == "best":
                 trainer._export_wanted = self._beats_best
             if self.folds:
                 cv = trainer.cv(self.folds)
             else:
-                fit = trainer.fit()
-        except (KeyboardInterrupt, PeerLost):
-            self._end_trial(number, params, None, "interrupted", fit, cv, started)
+                fit = trainer.fit(resume="auto" if retry_of is not None else None)
+        except (KeyboardInterrupt, PeerLost) as exc:
+            trained = trainer.epochs_trained if trainer is not None else 0
+            why = f"interrupted ({exc})" if str(exc) else "interrupted"
+            self._end_trial(number, params, None, why, fit, cv, started, trained, retry_of, interrupted=True)
             raise
         except Exception as exc:  # a failed trial is recorded; the study goes on
-            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            error = _one_sentence(exc)
             log.warning("study %s: trial %d failed (%s); the study goes on", self.name, number, error)
         value = _objective(fit, cv, self.monitor)
         if error is None:
             error = _failure_of(fit, cv)
-        return self._end_trial(number, params, value, error, fit, cv, started)
+        trained = trainer.epochs_trained if trainer is not None else 0
+        return self._end_trial(number, params, value, error, fit, cv, started, trained, retry_of)
 
     def _end_trial(
         self,
@@ -189,10 +218,20 @@ class _StudyRunner:
         fit: FitResult | None,
         cv: CrossValidationResult | None,
         started: float,
+        epochs: int,
+        retry_of: int | None = None,
+        interrupted: bool = False,
     ) -> TrialResult:
-        state, value = self.source.finish(number, value if error is None else None, error)
+        links = {
+            k: str(v)
+            for found in self.hooks.collect("trial_links", study_id=self.study_id, number=number).values()
+            for k, v in dict(found).items()
+        }
+        offered = {"interrupted": interrupted, "epochs": epochs, "links": links}
+        state, value = self.source.finish(
+            number, value if error is None else None, error, **_accepted(self.source.finish, offered)
+        )
         best = self._best()
-        folds = cv.folds if cv is not None else ((fit,) if fit is not None else ())
         result = TrialResult(
             study_name=self.name,
             study_id=self.study_id,
@@ -200,13 +239,15 @@ class _StudyRunner:
             params=freeze(dict(params)),
             state=state,
             value=value,
-            epochs=sum(f.epochs_completed for f in folds),
+            epochs=epochs,
             error=error,
             fit=fit,
             cross_validation=cv,
             best_number=best[0] if best else None,
             best_value=best[1] if best else None,
             duration_s=time.perf_counter() - started,
+            retry_of=retry_of,
+            interrupted=interrupted,
         )
         self.hooks.call("trial_end", trial=result)
         return result
@@ -236,6 +277,21 @@ class _StudyRunner:
         if best is None:
             return True
         return value > best[1] if self.direction == "max" else value < best[1]
+
+
+def _accepted(method: Any, offered: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords of ``offered`` that ``method`` takes (a TrialSource written for an older segtrack
+    takes none of them)."""
+    parameters = inspect.signature(method).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(offered)
+    return {k: v for k, v in offered.items() if k in parameters}
+
+
+def _one_sentence(exc: BaseException) -> str:
+    """``Type: message`` on one line, the whole message (a multi-line error's lines joined)."""
+    lines = [line.strip(" -") for line in str(exc).strip().splitlines() if line.strip(" -")]
+    return f"{type(exc).__name__}: {' '.join(lines)}" if lines else type(exc).__name__
 
 
 def _objective(fit: FitResult | None, cv: CrossValidationResult | None, monitor: str) -> float | None:

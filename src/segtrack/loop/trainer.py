@@ -134,6 +134,7 @@ class SegmentationTrainer:
         self._inference_config = inference_config(self.config)
         self.model: torch.nn.Module | None = None
         self.epoch = 0
+        self.epochs_trained = 0  # trained and validated by this trainer, over every fit and fold
         self.batches_per_epoch = 0
         self._session: FitSession | None = None  # the fit running now (or the last one)
         self._stop_folds = False
@@ -295,6 +296,7 @@ class SegmentationTrainer:
             )
         )
         self._step_epoch_schedule(state, metrics)
+        self.epochs_trained += 1
         return session.epoch_end(
             epoch, metrics, global_step=state.global_step, duration_s=time.perf_counter() - started
         )

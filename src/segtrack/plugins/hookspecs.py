@@ -327,6 +327,23 @@ def study_start(study):
 
 
 @hookspec
+def trial_links(study_id, number):
+    """Where a trial's records live, for the searching plugin to keep with the trial.
+
+    Fires once per trial, after its last ``fit_end`` (or ``cross_validation_end``, or its failure
+    or interrupt) and before the searching plugin records the verdict, then ``trial_end``. A
+    tracking plugin answers with its run's identity, so that a study's trials lead to their runs
+    (segtrack-optuna stores the answers as the trial's user attributes).
+
+    :param study_id: the study's id, shared by every process that joins it (``StudyInfo.study_id``).
+    :param number: the trial's number in the study.
+    :return: a mapping of short names to strings (e.g. ``{"mlflow.run_id": "..."}``), or None.
+        Keys should start with the plugin's own prefix; no secret belongs in them.
+    :raises: isolated; the trial is recorded without this plugin's links.
+    """
+
+
+@hookspec
 def trial_end(trial):
     """One trial of a study ended: completed, pruned or failed.
 

@@ -222,7 +222,7 @@ class StudyInfo:
     trial by a searching plugin (segtrack-optuna)."""
 
     study_name: str
-    study_id: str  # unique to this process's share of the study (several processes may join one)
+    study_id: str  # the study's id, shared by every process that joins it (where the searching plugin keeps one)
     config: Mapping[str, Any]  # the base settings every trial starts from
     space: Mapping[str, Any]  # setting key -> its search range, as the searching plugin states it
     attributes: Mapping[str, str]  # what the searching plugin records about it (sampler, pruner, storage)
@@ -250,6 +250,8 @@ class TrialResult:
     best_number: int | None  # the study's best trial so far, across every process that joined it
     best_value: float | None
     duration_s: float = 0.0
+    retry_of: int | None = None  # the number of the trial this one ran again (its worker was stopped)
+    interrupted: bool = False  # the worker was stopped during the trial (SIGTERM, Ctrl-C): it may run again
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ def read_study_table(name: str, storage: str | None, settings: Any) -> Any:
     """The study as segtrack-optuna reads it; the storage defaults to ``segtrack sweep``'s."""
     try:
         from segtrack_optuna.report import read_study
-        from segtrack_optuna.trials import default_storage
+        from segtrack_optuna.storage import default_storage
     except ImportError:
         raise ConfigError("reading a study needs the segtrack-optuna plugin: pip install segtrack-optuna") from None
     sweep = settings.get("sweep") or {}
     url = storage or sweep.get("storage") or default_storage()
-    return read_study(name, url)
+    return read_study(name, url, int(sweep.get("stale_after_s") or 180))
 
 
 def ranked_trials(study: Any) -> Any:
@@ -25,7 +25,7 @@ def ranked_trials(study: Any) -> Any:
     import duckdb
     import pyarrow as pa
 
-    columns = ["trial", "state", "value", "epochs", "duration_s", *[f"params.{k}" for k in study.params], "error"]
+    columns = ["trial", "state", "value", "epochs", "duration_s", *[f"params.{k}" for k in study.params], "run", "error"]
     table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in study.rows]) if study.rows else None
     if table is None:
         raise ConfigError(f"study {study.name!r} has no trial yet: run `segtrack sweep --study {study.name}` first")

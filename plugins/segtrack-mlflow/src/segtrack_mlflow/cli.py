@@ -43,7 +43,7 @@ def _report(error: Exception) -> int:
 
 def sync_command(args, settings) -> int:
     from segtrack_mlflow import store
-    from segtrack_mlflow.shipper import ship
+    from segtrack_mlflow.shipper import close_orphan, ship
     from segtrack_mlflow.spool import QUARANTINE, SpoolBusy, SpoolCorrupt
     from segtrack_mlflow.uri import redact, resolve_tracking_uri
 
@@ -71,6 +71,9 @@ def sync_command(args, settings) -> int:
             if spool.has_pending():
                 sent = ship(spool, clients, by_id, wait=SYNC_LOCK_WAIT)
                 print(f"{name}: sent {sent} record(s) to run {spool.run_id}")
+            if close_orphan(spool, wait=SYNC_LOCK_WAIT):
+                ship(spool, clients, by_id, wait=SYNC_LOCK_WAIT)
+                print(f"{name}: run {spool.run_id} was left RUNNING by a process that is gone: ended KILLED")
         except SpoolBusy:
             failed += 1
             print(

@@ -18,13 +18,14 @@ from segtrack_mlflow.datasets import dataset_entries, fingerprint_tags, fingerpr
 from segtrack_mlflow.entries import CreateRun, DatasetInputs, LoggedModel, Params, Status, Tags
 from segtrack_mlflow.gitinfo import source_tags
 from segtrack_mlflow.settings import SCHEMA, experiment_of, mlflow_section
-from segtrack_mlflow.spool import Spool, SpoolCorrupt
+from segtrack_mlflow.spool import Spool, SpoolCorrupt, read_meta
 from segtrack_mlflow.uri import absolute_uri, is_remote, local_artifact_root, redact, resolve_tracking_uri
 
 log = logging.getLogger("segtrack.mlflow")
 STATUS = {"completed": "FINISHED", "stopped": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 MIN_SPOOL_FREE_BYTES = 16 * 2**20
 NEW_STORE_WAIT_S = 60.0  # the first fit into a new SQLite file waits (at most) until it is created and sent
+LINK_WAIT_S = 3.0  # how long a trial's links wait for the shipper to create its run (then: name only)
 FIT_END_MARGIN_S = 30.0  # fit_end's work besides draining: status record, overlay PNGs, staging files
 CHECKPOINT_KINDS = {
     "best+last": ("best", "last"),
@@ -293,12 +294,15 @@ class MlflowPlugin:
         if resumed:
             # resumed: the same run; params, datasets and steps already spooled are not repeated
             self.spool.add(Status("RUNNING", _now_ms()))
+            if not run.cv_id and self._in_study(run.study_id, run.trial):  # a retried trial continues its run
+                tags.update(self._trial_tags(run.trial))
+                self._trial_run = (run.trial, self.spool)
             self.spool.add(Tags({**tags, "segtrack.resumed_from": run.resumed_from or ""}))
         else:
             in_cv = bool(run.cv_id and run.cv_id == self.parent_cv_id)
             trial_fit = not in_cv and self._in_study(run.study_id, run.trial)
             parent = self.parent if in_cv else (self.study if trial_fit else None)
-            if trial_fit:
+            if self._in_study(run.study_id, run.trial):  # a trial's run, or a fold of a CV trial
                 tags.update(self._trial_tags(run.trial))
             base = run.config["run"]["name"]
             name = self._run_name(base, run.cv_id, run.fold) if run.cv_id else self._run_name(run.run_name)
@@ -559,14 +563,22 @@ class MlflowPlugin:
         ran = self._trial_run if self._trial_run and self._trial_run[0] == trial.number else None
         self._trial_run = None
         spool = ran[1] if ran else self._failed_trial_run(trial)
-        tags = {"segtrack.trial_state": trial.state, "segtrack.sampled": ",".join(trial.params)}
+        tags = {
+            "segtrack.trial": str(trial.number),  # a retry's number, on the run it continues
+            "segtrack.trial_state": trial.state,
+            "segtrack.sampled": ",".join(trial.params),
+        }
+        if trial.retry_of is not None:
+            tags["segtrack.retry_of"] = str(trial.retry_of)
         if trial.value is not None:  # the value the study records (a pruned trial's may not be its best)
             tags["segtrack.trial_value"] = repr(trial.value)
+            # one numeric column every trial run shares, whatever the objective: the runs table sorts on it
+            spool.metric("trial_value", trial.value, 0, _now_ms())
         if trial.error:
             tags["segtrack.error"] = trial.error[:5000]
         spool.add(Tags(tags))
-        if trial.state == "failed":
-            spool.add(Status("FAILED", _now_ms()))
+        if trial.state == "failed":  # a preempted trial stays KILLED, as its fit ended it
+            spool.add(Status("KILLED" if trial.interrupted else "FAILED", _now_ms()))
         spool.close()
         self._trial_spools.append(spool)  # study_end's drain waits for them too
         now, objective = _now_ms(), self._objective
@@ -576,6 +588,29 @@ class MlflowPlugin:
             self.study.metric(f"study_best_{objective}", trial.best_value, trial.number, now)
             self.study.metric("study_best_trial", trial.best_number, trial.number, now)
         self._send(self.study)
+
+    @hookimpl
+    def trial_links(self, study_id, number):
+        """The trial's MLflow run: name, experiment, tracking URI (password masked) and, once the
+        shipper created it (waited for briefly), its id. A trial failed before any fit has none."""
+        if self.study is None or study_id != self.study_id or not self._trial_run or self._trial_run[0] != number:
+            return None
+        spool = self._trial_run[1]
+        self._send(spool)
+        deadline = time.monotonic() + LINK_WAIT_S
+        while spool.run_id is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            spool.meta = read_meta(spool.folder)
+        links = {
+            "mlflow.run_name": spool.meta["run_name"],
+            "mlflow.experiment": self.experiment,
+            "mlflow.tracking_uri": spool.meta["tracking_uri"],  # as spools keep it: password masked
+        }
+        if spool.run_id:
+            links["mlflow.run_id"] = spool.run_id
+        if spool.meta.get("experiment_id"):
+            links["mlflow.experiment_id"] = spool.meta["experiment_id"]
+        return links
 
     def _failed_trial_run(self, trial) -> Spool:
         """A trial that failed before any fit began still gets its run, with the sampled values."""

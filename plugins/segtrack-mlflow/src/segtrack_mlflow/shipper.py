@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 
 from segtrack_mlflow import store
 from segtrack_mlflow.entries import (
@@ -19,7 +20,7 @@ from segtrack_mlflow.entries import (
     Status,
     Tags,
 )
-from segtrack_mlflow.spool import RECORDS, SYSTEM, Pending, Spool, SpoolCorrupt, read_meta
+from segtrack_mlflow.spool import RECORDS, SYSTEM, TERMINAL, Pending, Spool, SpoolCorrupt, read_meta
 from segtrack_mlflow.uri import redact
 
 log = logging.getLogger("segtrack.mlflow")
@@ -147,10 +148,45 @@ def _send_one(client, spool: Spool, entry: Entry, later: list[Pending], spools_b
             client.update_run(spool.run_id, status="RUNNING")
         else:
             client.set_terminated(spool.run_id, entry.status, end_time=entry.timestamp_ms)
+        ended = entry.status != "RUNNING"
+        if spool.meta.get("ended") != ended:
+            spool.update_meta(ended=ended)  # close_orphan reads it instead of every record
+
+
+ORPHAN_REASON = (
+    "the process writing this run stopped without ending it (killed, or its machine went down); resuming "
+    "the fit from its checkpoint continues this run"
+)
+
+
+def close_orphan(spool: Spool, wait: float = 0.0) -> bool:
+    """End KILLED (with ``segtrack.end_reason``) the run of a spool that no process writes any more,
+    that was sent in full and never given a final status: its fit was SIGKILLed, OOM-killed or lost
+    its machine, and nothing else would ever end it. Returns whether records were added (to send)."""
+    if spool.run_id is None or spool.has_writer():
+        return False
+    with spool.shipping(wait):
+        if spool.has_pending():
+            return False
+        ended = spool.meta.get("ended")
+        if ended is None:  # spooled before segtrack kept it in meta.json: the records say
+            ended = spool.last_status() in TERMINAL
+            spool.update_meta(ended=ended)
+        if ended:
+            return False
+        closing: list[Entry] = [Tags({"segtrack.end_reason": ORPHAN_REASON}), Status("KILLED", int(time.time() * 1000))]
+        if not spool.append_unowned(closing):
+            return False  # a fit resumed it meanwhile
+        log.warning(
+            "run %s (%s) was left RUNNING by a process that is gone: ended KILLED", spool.run_id, spool.meta["run_name"]
+        )
+        return True
 
 
 def _create_run(client, spool: Spool, entry: CreateRun, spools_by_id: dict[str, Spool]) -> str:
     experiment_id = store.ensure_experiment(client, entry.experiment, entry.artifact_location)
+    if spool.meta.get("experiment_id") != experiment_id:
+        spool.update_meta(experiment_id=experiment_id)  # for links to the run (a study's trials)
     # a crash (or a lost reply) between create_run and saving its id must not create a second
     # run on replay: only then is the server asked for a run carrying this spool's id
     if spool.meta.get("create_attempted"):

@@ -107,7 +107,9 @@ class ShipperProcess:
             live |= writer
             if not self._send(spool, writer, waiting):
                 continue
-            if spool.has_pending():
+            if not writer and self._close_orphan(spool):
+                left = True  # its closing records go out in the next round
+            elif spool.has_pending():
                 left = True
             elif not writer:
                 self.settled[spool.local_id] = size
@@ -135,6 +137,14 @@ class ShipperProcess:
             self.spools.pop(spool.local_id, None)
             return False
         return True
+
+    def _close_orphan(self, spool: Spool) -> bool:
+        from segtrack_mlflow.shipper import close_orphan
+
+        try:
+            return close_orphan(spool)
+        except SpoolBusy:
+            return False  # `segtrack mlflow sync` holds it: it closes it itself
 
     # -- the loop ---------------------------------------------------------------------------------
 

@@ -301,6 +301,29 @@ class Spool:
         """Whether a live process holds this spool open for writing (a fit that may append more)."""
         return held_elsewhere(self.folder / "records.jsonl")
 
+    def last_status(self) -> str | None:
+        """The last run status spooled (RUNNING after a resume, FINISHED, ...); None if none was."""
+        status = None
+        for item in self._read_all(0):
+            if item.record["t"] == "status":
+                status = item.record.get("status")
+        return status
+
+    def append_unowned(self, entries: list[Entry]) -> bool:
+        """Append ``entries`` to a spool no fit holds (a sender closing a run left behind); False,
+        appending nothing, when a fit opened it meanwhile."""
+        fd = os.open(self.folder / "records.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            os.write(fd, b"".join((json.dumps(encode(e), separators=(",", ":")) + "\n").encode() for e in entries))
+            os.fsync(fd)
+            return True
+        finally:
+            os.close(fd)
+
     def torn_line(self) -> int | None:
         """The number of an unfinished last line (a crash cut it short, or a fit is writing it)."""
         path = self.folder / "records.jsonl"

@@ -28,6 +28,22 @@ class SweepPlugin:
         sweep.add_argument("--trials", type=int, metavar="N", help="trials in the study (default: sweep.trials)")
         sweep.add_argument("--storage", metavar="URL", help="Optuna RDB URL (default: sqlite:///optuna.db here)")
         sweep.add_argument("--folds", type=int, metavar="K", help="cross-validate each trial over K folds")
+        sweep.add_argument(
+            "--timeout", type=float, metavar="SECONDS", help="start no new trial after this (default: sweep.timeout_s)"
+        )
+        sweep.add_argument(
+            "--enqueue",
+            nargs="+",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="queue one trial with these values of searched keys (repeat --enqueue for more trials)",
+        )
+        sweep.add_argument(
+            "--force-join",
+            action="store_true",
+            help="join a study whose base settings differ from these (each difference is warned)",
+        )
         sweep.set_defaults(handler=_sweep)
 
 
@@ -84,6 +100,9 @@ def _sweep(args, settings) -> int:
         trials=args.trials,
         storage=args.storage,
         folds=args.folds,
+        timeout=args.timeout,
+        enqueue=args.enqueue,
+        force_join=args.force_join,
         plugin_manager=args.plugin_manager,
     )
     counts = {state: sum(t.state == state for t in result.trials) for state in ("completed", "pruned", "failed")}

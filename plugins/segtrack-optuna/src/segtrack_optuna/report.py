@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from segtrack import ConfigError, redact
-from segtrack_optuna.trials import open_storage
+from segtrack_optuna.storage import open_storage
 
 STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 
@@ -19,10 +19,12 @@ class StudyTable:
     direction: str  # "maximize" or "minimize"
     params: list[str]  # setting keys searched, in the order first seen
     log_scale: set[str]  # params searched on a log scale
-    rows: list[dict[str, Any]]  # trial, state, value, epochs, duration_s, error, then one column per param
+    rows: list[dict[str, Any]]  # trial, state, value, epochs, duration_s, run, error, then one column per param
 
 
-def read_study(name: str, url: str) -> StudyTable:
+def read_study(name: str, url: str, stale_after_s: int = 180) -> StudyTable:
+    """The study's trials. A trial still RUNNING whose heartbeat is older than ``stale_after_s``
+    is shown "lost" (its worker is gone; the next worker to start or finish a trial queues it again)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -30,7 +32,7 @@ def read_study(name: str, url: str) -> StudyTable:
         raise ConfigError(
             f"no Optuna storage at {url}: run `segtrack sweep` here first, or pass the study's --storage URL"
         )
-    storage = open_storage(url)
+    storage = open_storage(url, heartbeat_s=1, stale_after_s=stale_after_s)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -42,6 +44,7 @@ def read_study(name: str, url: str) -> StudyTable:
     params: list[str] = []
     log_scale: set[str] = set()
     rows = []
+    lost = set(storage._get_stale_trial_ids(study._study_id))
     for trial in study.get_trials(deepcopy=False):
         for key, distribution in trial.distributions.items():
             if key not in params:
@@ -49,14 +52,18 @@ def read_study(name: str, url: str) -> StudyTable:
             if getattr(distribution, "log", False):
                 log_scale.add(key)
         duration = trial.duration.total_seconds() if trial.duration is not None else None
+        error = trial.user_attrs.get("segtrack.error")
+        if "segtrack.retried" in trial.user_attrs:
+            error = f"{error or 'failed'}; run again as trial {trial.user_attrs['segtrack.retried']}"
         rows.append(
             {
                 "trial": trial.number,
-                "state": STATES.get(trial.state.name, trial.state.name.lower()),
+                "state": "lost" if trial._trial_id in lost else STATES.get(trial.state.name, trial.state.name.lower()),
                 "value": trial.value,
                 "epochs": int(trial.user_attrs.get("segtrack.epochs", len(trial.intermediate_values))),
                 "duration_s": duration,
-                "error": trial.user_attrs.get("segtrack.error"),
+                "run": trial.user_attrs.get("mlflow.run_name"),
+                "error": error,
                 **{f"params.{key}": value for key, value in trial.params.items()},
             }
         )

@@ -8,7 +8,7 @@ an int range (both ends whole numbers), ``step`` makes either stepped, and a lis
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,14 @@ class Dimension:
     def candidates(self) -> list[Any]:
         """The values that bound the range: checked against the settings schema before any trial."""
         return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
+
+    def admits(self, value: Any) -> bool:
+        """Whether ``value`` lies in this dimension (a choice, or a number within the range)."""
+        if self.kind == "categorical":
+            return any(type(value) is type(c) and value == c for c in self.choices)
+        if not is_number(value) or (self.kind == "int" and not is_int(value)):
+            return False
+        return self.low <= value <= self.high
 
     def grid(self) -> list[Any] | None:
         """Every value a grid search visits, or None where the range is continuous."""
@@ -118,3 +126,34 @@ def _dimension(key: str, spec: Any) -> Dimension:
     if step is not None and step > high - low:
         raise ValueError(f"step {step} is larger than the range {low}..{high}")
     return Dimension(key, "int" if whole else "float", low, high, step, log)
+
+
+def parse_enqueued(pairs: Sequence[str], dimensions: Sequence[Dimension]) -> dict[str, Any]:
+    """One trial's values from ``--enqueue key=value ...`` (values read as TOML: ``0.01``, ``16``,
+    ``"adamw"``); every key must be searched and every value lie in its range. Keys left out are
+    sampled when the trial starts."""
+    import tomllib
+
+    by_key = {d.key: d for d in dimensions}
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--enqueue {pair!r} is not key=value: write e.g. --enqueue train.lr=0.01 model.width=16")
+        if key not in by_key:
+            raise ConfigError(
+                f"--enqueue {key}: not a key of [sweep.space] (it searches {', '.join(by_key)}): enqueue values of "
+                "searched keys only"
+            )
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()  # a bare word: a string choice
+        if not by_key[key].admits(value):
+            raise ConfigError(
+                f"--enqueue {key}={raw.strip()}: outside its range {by_key[key].describe()}: "
+                "give a value the study searches"
+            )
+        values[key] = value
+    return values
