@@ -25,7 +25,8 @@ def ranked_trials(study: Any) -> Any:
     import duckdb
     import pyarrow as pa
 
-    columns = ["trial", "state", "value", "epochs", "duration_s", *[f"params.{k}" for k in study.params], "run", "error"]
+    params = [f"params.{k}" for k in study.params]
+    columns = ["trial", "state", "value", "epochs", "duration_s", *params, "run", "error"]
     table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in study.rows]) if study.rows else None
     if table is None:
         raise ConfigError(f"study {study.name!r} has no trial yet: run `segtrack sweep --study {study.name}` first")

@@ -24,6 +24,7 @@ from segtrack_mlflow.spool import RECORDS, SYSTEM, TERMINAL, Pending, Spool, Spo
 from segtrack_mlflow.uri import redact
 
 log = logging.getLogger("segtrack.mlflow")
+REFUSAL_RETRIES = 5  # a refusal caused by a concurrent write: retried this often (0.1 s to 1.6 s apart)
 
 
 class WaitingForParent(Exception):
@@ -60,17 +61,22 @@ def _ship_stream(spool: Spool, clients: store.Clients, spools_by_id: dict[str, S
             entry = items[i].entry
             if spool.run_id is None and not isinstance(entry, CreateRun):
                 raise RuntimeError(f"spool {spool.local_id}: records precede the run's creation")
-            try:
-                if isinstance(entry, BATCHED):
-                    j = _batch_end(items, i)
-                    _send_batch(client, spool, [p.entry for p in items[i:j]])
-                else:
-                    j = i + 1
-                    _send_one(client, spool, entry, items[i + 1 :], spools_by_id)
-            except Exception as exc:
-                if not store.is_rejected(exc):
-                    raise
-                _reject(spool, items[i:j], exc)
+            j = _batch_end(items, i) if isinstance(entry, BATCHED) else i + 1
+            for attempt in range(REFUSAL_RETRIES + 1):
+                try:
+                    if isinstance(entry, BATCHED):
+                        _send_batch(client, spool, [p.entry for p in items[i:j]])
+                    else:
+                        _send_one(client, spool, entry, items[i + 1 :], spools_by_id)
+                    break
+                except Exception as exc:
+                    if not store.is_rejected(exc):
+                        raise
+                    if attempt < REFUSAL_RETRIES and store.may_pass_on_retry(exc):
+                        time.sleep(0.1 * 2**attempt)  # another client's write is committing
+                        continue
+                    _reject(spool, items[i:j], exc)
+                    break
             spool.commit(items[j - 1].end, stream)
             sent += j - i
             i = j

@@ -142,6 +142,25 @@ def is_rejected(error: BaseException) -> bool:
     return isinstance(error, MlflowException) and getattr(error, "error_code", "") in REJECTED_CODES
 
 
+# a refusal that another client's concurrent write caused (two runs inserting one dataset at once):
+# the same request passes once that write committed
+CONCURRENCY_SIGNS = (
+    "unique constraint",
+    "duplicate key",
+    "integrityerror",
+    "database is locked",
+    "deadlock",
+    "could not serialize",
+    "lock wait timeout",
+)
+
+
+def may_pass_on_retry(error: BaseException) -> bool:
+    """A refusal (``is_rejected``) that a concurrent write caused, which a retry can get past."""
+    text = str(error).lower()
+    return any(sign in text for sign in CONCURRENCY_SIGNS)
+
+
 def run_tags(tags: dict[str, Any]):
     from mlflow.entities import RunTag
 

@@ -88,7 +88,9 @@ def _schema_race(exc: Exception) -> bool:
 def _cannot_open(url: str, exc: Exception) -> str:
     text = str(exc).strip()
     reason = text.splitlines()[0] if text else type(exc).__name__
-    if "password authentication failed" in text or "access denied" in text.lower():
+    lowered = text.lower()
+    refused = ("password authentication failed", "access denied", "no password supplied", "authentication failed")
+    if any(sign in lowered for sign in refused) or ("role" in lowered and "does not exist" in lowered):
         return (
             f"the Optuna storage {redact(url)} refused the credentials ({redact(reason)[:200]}): fix the user or "
             "password in --storage / sweep.storage (a password is best kept in .secrets.toml)"
