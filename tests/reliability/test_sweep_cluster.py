@@ -89,6 +89,18 @@ def _counted(trials: list) -> list:
     return [t for t in trials if "segtrack.retried" not in t.user_attrs]
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request, tmp_path):
+    """The study's storage: a SQLite file beside the workers, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'optuna.db'}"
+        return
+    from testsupport.stores import temporary_postgres_database
+
+    with temporary_postgres_database("segtrack_cluster") as url:
+        yield url
+
+
 def _runs_sweep(study: str, storage: str, cwd: Path) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "segtrack.cli", "runs", "sweep", "--study", study, "--storage", storage],
@@ -103,17 +115,16 @@ def _runs_sweep(study: str, storage: str, cwd: Path) -> str:
 
 
 @pytest.mark.parametrize("kill", ["SIGKILL", "SIGTERM"])
-def test_a_killed_or_preempted_worker_s_trial_runs_again_from_its_checkpoint(tmp_path, sqlite_uri, kill):
+def test_a_killed_or_preempted_worker_s_trial_runs_again_from_its_checkpoint(tmp_path, sqlite_uri, storage, kill):
     """Worker A is killed during trial 0's second epoch (its last.pt holds epoch 0); worker B,
     started after, runs the queued trials and the retry of trial 0, which resumes that last.pt and
     continues trial 0's MLflow run: 3 trials count, no run stays RUNNING, one curve without a
     repeated step."""
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     args = _args("cluster", 3, storage, sqlite_uri, epochs=3)
     first = _start(args, tmp_path)
     _wait_for(tmp_path / "checkpoints" / "cluster" / "trial-0" / "last.pt", first)
     first.send_signal(getattr(signal, kill))
-    killed_at = time.monotonic()
+    killed_at = time.time()
     [(code, said)] = _finish([first], timeout=120)
     assert code == (-9 if kill == "SIGKILL" else 130), said[-2000:]
     if kill == "SIGTERM":  # preempted: the trial was queued again by the worker itself
@@ -132,8 +143,10 @@ def test_a_killed_or_preempted_worker_s_trial_runs_again_from_its_checkpoint(tmp
     assert retry.user_attrs["segtrack.retry_of"] == 0 and retry.params == first_attempt.params
     reason = first_attempt.user_attrs["segtrack.error"]
     assert ("stopped answering" in reason) if kill == "SIGKILL" else reason.startswith("interrupted"), reason
-    requeued = time.monotonic() - killed_at  # upper bound: the late worker reaps it at its next trial boundary
-    print(f"{kill}: trial 0 retried as trial 3; kill to retry finished in {requeued:.1f} s")
+    # failed and queued again in one step: at once when preempted, else once its heartbeat is stale
+    # (sweep.stale_after_s = 4 here) and a worker starts or ends a trial
+    requeued = first_attempt.datetime_complete.timestamp() - killed_at
+    print(f"{kill}: trial 0 queued again as trial 3 {requeued:.1f} s after the signal")
 
     from mlflow import MlflowClient
 
@@ -181,8 +194,7 @@ def test_three_workers_on_one_sqlite_file_never_share_a_trial(tmp_path, sqlite_u
     assert len(runs) == 18 and all(r.info.status == "FINISHED" for r in runs)
 
 
-def test_three_joiners_extending_a_study_at_once_end_with_exactly_that_many(tmp_path, sqlite_uri):
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+def test_three_joiners_extending_a_study_at_once_end_with_exactly_that_many(tmp_path, sqlite_uri, storage):
     [(code, said)] = _finish([_start(_args("grow", 2, storage, sqlite_uri, epochs=1), tmp_path)])
     assert code == 0, said[-3000:]
     results = _finish([_start(_args("grow", 5, storage, sqlite_uri, epochs=1), tmp_path) for _ in range(3)])
@@ -192,3 +204,38 @@ def test_three_joiners_extending_a_study_at_once_end_with_exactly_that_many(tmp_
     assert sorted(t.number for t in trials) == [0, 1, 2, 3, 4]
     assert {t.state.name for t in trials} == {"COMPLETE"}
     assert json.loads(json.dumps(trials[0].user_attrs.get("segtrack.worker", ""))) != ""
+
+
+def test_concurrent_first_trials_on_a_fresh_experiment_all_keep_their_datasets(tmp_path, sqlite_template):
+    """Three workers start their first trials together against a live server, each in a folder of
+    its own (its own shipper): every trial run gets its train and validation inputs, and nothing is
+    left in a rejected.jsonl (a refusal caused by the other workers' inserts is retried)."""
+    import shutil
+
+    from testsupport.mlflow_server import MlflowServer
+
+    shutil.copy(sqlite_template, tmp_path / "server.db")
+    server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path).start()
+    try:
+        storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+        args = _args("datasets", 3, storage, server.uri, "run.experiment='fresh'", epochs=1)
+        folders = [tmp_path / f"worker{i}" for i in range(3)]
+        for folder in folders:
+            folder.mkdir()
+        results = _finish([_start(args, folder) for folder in folders])
+        for code, said in results:
+            assert code == 0 and "Traceback" not in said, said[-3000:]
+        from mlflow import MlflowClient
+
+        client = MlflowClient(server.uri)
+        runs = client.search_runs([client.get_experiment_by_name("fresh").experiment_id], max_results=100)
+        trial_runs = [r for r in runs if r.data.tags.get("segtrack.role") != "study-parent"]
+        assert len(trial_runs) == 3
+        for run in trial_runs:
+            contexts = sorted(
+                tag.value for d in run.inputs.dataset_inputs for tag in d.tags if tag.key == "mlflow.data.context"
+            )
+            assert contexts == ["training", "validation"], (run.info.run_name, contexts)
+        assert not list(tmp_path.glob("worker*/**/rejected.jsonl"))
+    finally:
+        server.stop()
