@@ -26,6 +26,7 @@ TRAINING_HOOKS = [
         "cross_validation_start",
         "cross_validation_end",
         "study_start",
+        "trial_links",
         "trial_end",
         "study_end",
     )

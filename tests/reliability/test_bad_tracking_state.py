@@ -72,7 +72,8 @@ def test_an_sqlite_database_that_is_not_an_mlflow_store(tmp_path, report_row):
 def test_torn_and_corrupt_spools(tmp_path, sqlite_uri, damage, report_row):
     """A corrupt line: `status` names it; `sync` moves it to quarantined.jsonl beside the records,
     sends every valid record and gives the run a final status (FAILED when the spool holds none):
-    no run stays RUNNING. A torn last line (a crash mid-write) is dropped."""
+    no run stays RUNNING. A torn last line (a crash mid-write) is dropped, and the run that crash
+    left without a final status is ended KILLED."""
     from segtrack_mlflow.spool import FIX
 
     records = run_records(10, "FINISHED" if damage == "corrupt-before-its-end" else None)
@@ -111,8 +112,11 @@ def test_torn_and_corrupt_spools(tmp_path, sqlite_uri, damage, report_row):
     else:
         assert status.returncode == 0 and "line 11 is cut short" in status.stdout and not status.stderr
         assert sync.returncode == 0 and "dropped line 11 of records.jsonl" in sync.stdout and not sync.stderr
-        assert steps == list(range(9)) and (folder / "records.jsonl").read_bytes().endswith(b"\n")
-        assert run.info.status == "RUNNING"  # no final status yet: a crashed fit resumes this run
+        assert "was left RUNNING by a process that is gone: ended KILLED" in sync.stdout
+        assert steps == list(range(9))
+        # no process writes it and it has no final status: the crash is recorded; resuming the fit
+        # from its checkpoint sets it RUNNING again and continues it
+        assert run.info.status == "KILLED" and "stopped without ending it" in run.data.tags["segtrack.end_reason"]
     report_row(
         scenario=f"spool with a {damage.replace('-', ' ')} record: status, then sync",
         runs=1,

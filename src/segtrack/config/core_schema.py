@@ -232,6 +232,12 @@ def related_problems(config: Mapping[str, Any]) -> list[str]:
         problems.append(
             "train.nesterov = true needs train.momentum > 0: set a momentum (e.g. 0.99) or nesterov = false"
         )
+    warmup, epochs = train.get("warmup_epochs"), train.get("epochs")
+    if isinstance(warmup, int) and isinstance(epochs, int) and 0 < epochs <= warmup:
+        problems.append(
+            f"train.warmup_epochs = {warmup} is not below train.epochs = {epochs}: the learning rate would "
+            f"never leave its warm-up; use fewer warm-up epochs (e.g. {max(0, epochs // 10)}) or more epochs"
+        )
     names, classes = data.get("class_names"), data.get("num_classes")
     if isinstance(names, list) and names and isinstance(classes, int) and len(names) != classes:
         problems.append(

@@ -179,6 +179,12 @@ def predict_folder(predictor: Predictor, inputs: Path, out: Path, with_overlay: 
     stream = stream or sys.stderr
     files = input_files(inputs)
     out = output_folder(out, inputs)
+    others = sorted(
+        p.name for p in inputs.iterdir() if p.is_file() and not p.name.startswith(".") and p not in set(files)
+    )
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        stream.write(f"skipped {len(others)} file(s) that are not images ({', '.join(IMAGE_SUFFIXES)}): {shown}\n")
     interactive = stream.isatty() and not os.environ.get("CI")
     started = time.perf_counter()
     for done, path in enumerate(files, start=1):

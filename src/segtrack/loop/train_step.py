@@ -5,6 +5,7 @@ Guards the fit against batches with nothing to learn and against a diverging los
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +17,8 @@ from segtrack.errors import ModelError, TrainingDiverged
 from segtrack.loop.losses import Loss, deep_supervision_loss, supervised_outputs
 from segtrack.loop.state import FitState
 from segtrack.runtime.distributed import DistContext
+
+log = logging.getLogger("segtrack.trainer")
 
 
 class TrainStep:
@@ -88,6 +91,11 @@ class TrainStep:
             if not self.checked:
                 check_logits(outputs[0], masks, self.num_classes)
                 self.checked = True
+                if len(outputs) == 1:
+                    log.warning(
+                        "train.deep_supervision = true, but the model returns one output in training mode: it "
+                        "trains on that output alone (give the model deep-supervision heads, or set it false)"
+                    )
             return deep_supervision_loss(self.loss, outputs, masks, self.drop_lowest)
         logits = logits_of(output)
         if not self.checked:

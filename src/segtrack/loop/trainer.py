@@ -221,6 +221,8 @@ class SegmentationTrainer:
         state = self._new_state(data)
         signature = self._signature(state.model)
         payload = checkpoint.load(resume, signature) if resume else None
+        if payload is not None:
+            self._check_epochs_left(int(payload.get("epoch", -1)) + 1, str(resume))
         self._validation.preflight(state.model, data)
         ckpt_dir, export_dir = self._prepare_folders(ckpt_dir)
         paths = self._restore(state, payload, Path(resume), ckpt_dir) if payload is not None and resume else {}
@@ -384,6 +386,18 @@ class SegmentationTrainer:
         )
         if export is not None:
             session.exported(export)
+
+    def _check_epochs_left(self, trained: int, resume: str) -> None:
+        """A checkpoint past ``train.epochs`` is refused (nothing is written); one at it trains
+        nothing more, said once (the fit then ends as it would have: export, fit_end)."""
+        epochs = self.config["train"]["epochs"]
+        if trained > epochs:
+            raise ConfigError(
+                f"train.epochs = {epochs} but {resume} already holds {trained} trained epochs: nothing to train; "
+                f"set train.epochs above {trained} to train on, or leave out --resume to start over"
+            )
+        if trained == epochs and self.dist.is_main:
+            log.warning("nothing left to train: %s is at epoch %d of %d", resume, trained, epochs)
 
     def _agreed_resume(self, resume: str | None, ckpt_dir: Path) -> str | None:
         """The checkpoint every rank resumes from (``"auto"``: ``last.pt`` if present), or None.

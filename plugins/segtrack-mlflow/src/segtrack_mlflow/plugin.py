@@ -547,8 +547,9 @@ class MlflowPlugin:
             "study.objective": study.objective,
             "study.direction": study.direction,
             "study.folds": str(study.folds or ""),
-            **{f"study.{key}": str(value) for key, value in study.attributes.items()},
-            **{f"study.space.{key}": json.dumps(thaw(value)) for key, value in study.space.items()},
+            # a space may list URLs: their passwords are masked, as in every other param
+            **{f"study.{key}": redact(str(value)) for key, value in study.attributes.items()},
+            **{f"study.space.{key}": redact(json.dumps(thaw(value))) for key, value in study.space.items()},
         }
         self.study.add(Params(described))
         self._send(self.study)
@@ -617,7 +618,7 @@ class MlflowPlugin:
         spool = self._new_spool(
             self._run_name(f"{trial.study_name}-trial-{trial.number}"), self._trial_tags(trial.number), self.study
         )
-        spool.add(Params({key: str(value) for key, value in trial.params.items()}))
+        spool.add(Params({key: redact(str(value)) for key, value in trial.params.items()}))
         return spool
 
     @hookimpl

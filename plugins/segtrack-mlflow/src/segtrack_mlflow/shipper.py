@@ -181,12 +181,7 @@ def close_orphan(spool: Spool, wait: float = 0.0) -> bool:
         if ended:
             return False
         closing: list[Entry] = [Tags({"segtrack.end_reason": ORPHAN_REASON}), Status("KILLED", int(time.time() * 1000))]
-        if not spool.append_unowned(closing):
-            return False  # a fit resumed it meanwhile
-        log.warning(
-            "run %s (%s) was left RUNNING by a process that is gone: ended KILLED", spool.run_id, spool.meta["run_name"]
-        )
-        return True
+        return spool.append_unowned(closing)  # False: a fit resumed it meanwhile
 
 
 def _create_run(client, spool: Spool, entry: CreateRun, spools_by_id: dict[str, Spool]) -> str:

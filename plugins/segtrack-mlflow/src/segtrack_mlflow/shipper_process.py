@@ -142,9 +142,16 @@ class ShipperProcess:
         from segtrack_mlflow.shipper import close_orphan
 
         try:
-            return close_orphan(spool)
+            closed = close_orphan(spool)
         except SpoolBusy:
             return False  # `segtrack mlflow sync` holds it: it closes it itself
+        if closed:
+            log.warning(
+                "run %s (%s) was left RUNNING by a process that is gone: ending it KILLED",
+                spool.run_id,
+                spool.meta["run_name"],
+            )
+        return closed
 
     # -- the loop ---------------------------------------------------------------------------------
 

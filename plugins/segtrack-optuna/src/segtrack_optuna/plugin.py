@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from segtrack import hookimpl
+from segtrack import hookimpl, redact
 from segtrack_optuna.settings import SCHEMA
 
 
@@ -88,7 +88,8 @@ class TrialReporter:
 
 
 def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    """A sampled value for the console: 4 significant digits, a URL's password masked."""
+    return f"{value:.4g}" if isinstance(value, float) else redact(str(value))
 
 
 def _sweep(args, settings) -> int:

@@ -64,10 +64,15 @@ def read_study(name: str, url: str, stale_after_s: int = 180) -> StudyTable:
                 "duration_s": duration,
                 "run": trial.user_attrs.get("mlflow.run_name"),
                 "error": error,
-                **{f"params.{key}": value for key, value in trial.params.items()},
+                **{f"params.{key}": _masked(value) for key, value in trial.params.items()},
             }
         )
     for row in rows:
         for key in params:
             row.setdefault(f"params.{key}", None)
     return StudyTable(name, study.direction.name.lower(), params, log_scale, rows)
+
+
+def _masked(value: Any) -> Any:
+    """A sampled value as shown: a URL's password masked (the storage keeps what the trial ran with)."""
+    return redact(value) if isinstance(value, str) else value

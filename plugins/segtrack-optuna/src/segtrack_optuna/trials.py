@@ -294,7 +294,9 @@ class OptunaTrials:
     def _running_elsewhere(self) -> int:
         from optuna.trial import TrialState
 
-        return len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        # a trial an older segtrack left RUNNING has no heartbeat, so it never goes stale: not waited for
+        return sum("segtrack.worker" in t.user_attrs for t in running)
 
     def _timed_out(self) -> bool:
         if self.timeout_s and time.monotonic() - self.started > self.timeout_s:
