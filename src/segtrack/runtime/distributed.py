@@ -103,6 +103,15 @@ def context_from_env() -> DistContext:
 
 
 LEAVE_WAIT_S = 30.0  # how long a rank waits at exit for the others before leaving the group alone
+_meet_at_exit = False  # the last fit on this rank ended normally: its peers are leaving too
+
+
+def leave_together_at_exit(meet: bool) -> None:
+    """Whether this rank, at exit, waits for the others before destroying the group: yes after a fit
+    that ended normally (every rank is about to leave); no after a failed or interrupted one (a peer
+    may be stuck in a collective and never come)."""
+    global _meet_at_exit
+    _meet_at_exit = meet
 
 
 def _leave_process_group() -> None:
@@ -112,7 +121,7 @@ def _leave_process_group() -> None:
     is gone or stuck does not hold this rank longer than LEAVE_WAIT_S."""
     if not dist.is_initialized():
         return
-    if dist.get_backend() == "gloo":
+    if _meet_at_exit and dist.get_backend() == "gloo":
         with contextlib.suppress(Exception):  # a peer died or left first: leave alone
             dist.monitored_barrier(timeout=timedelta(seconds=LEAVE_WAIT_S), wait_all_ranks=True)
     dist.destroy_process_group()

@@ -24,7 +24,7 @@ from segtrack.config.settings import Settings
 from segtrack.errors import ConfigError, PeerLost
 from segtrack.plugins.manager import PluginManager
 from segtrack.plugins.records import EpochResult, ExportInfo, FitResult, RunInfo, StepResult, freeze, thaw
-from segtrack.runtime.distributed import DistContext, context_from_env
+from segtrack.runtime.distributed import DistContext, context_from_env, leave_together_at_exit
 from segtrack.runtime.signals import SigtermAsInterrupt, interrupt_behind
 from segtrack.session import parts
 from segtrack.session.best import BestEpoch
@@ -503,6 +503,7 @@ class FitSession:
                 )
         finally:
             self.result = replace(result, plugin_failures=self.hooks.failures())  # with failures in fit_end
+            leave_together_at_exit(status in ("completed", "stopped"))
             sigterm, self._sigterm = self._sigterm, None
             if sigterm is not None:
                 sigterm.__exit__(type(error) if error else None, error, None)  # a SIGTERM held back is raised now
