@@ -47,11 +47,11 @@ def test_a_window_covering_the_image_is_one_forward_pass(shape, roi_size, mode):
     assert torch.allclose(result, expected, atol=1e-6)
 
 
-def test_a_window_larger_than_the_image_pads_at_the_end_and_crops_back():
+def test_a_window_larger_than_the_image_pads_both_sides_and_crops_back():
     model, image = _conv(2, 3), _image(2, 1, 10, 13)
     with torch.no_grad():
         result = sliding_window(model, image, 16)
-        expected = model(image)  # zero padding at the end changes nothing for a zero-padded convolution
+        expected = model(image)  # zero padding around the image changes nothing for a zero-padded convolution
         mixed = sliding_window(model, _image(1, 1, 10, 40), 16, overlap=0.0, mode="constant")
     assert result.shape == (2, 2, 10, 13)
     assert torch.allclose(result, expected, atol=1e-6)
@@ -154,7 +154,13 @@ def test_half_precision_logits_are_summed_in_float32_and_no_graph_is_kept():
 
 
 @pytest.mark.parametrize(
-    ("dims", "shape", "roi_size"), [(3, (1, 1, 24, 40, 36), (16, 16, 16)), (2, (2, 1, 72, 60), 32)]
+    ("dims", "shape", "roi_size"),
+    [
+        (3, (1, 1, 24, 40, 36), (16, 16, 16)),
+        (2, (2, 1, 72, 60), 32),
+        (3, (1, 1, 29, 40, 36), (32, 16, 16)),  # depth shorter than the window: padded on both sides
+        (2, (1, 1, 13, 50), 16),  # one axis shorter, by an odd amount
+    ],
 )
 def test_agrees_with_monai(dims, shape, roi_size):
     inferers = pytest.importorskip("monai.inferers")

@@ -107,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "handler", None):
             parser.print_help()
             return 2
+        if args.handler is _predict:
+            _dims_from_the_model(settings)
         settings = resolve_settings(settings, manager)  # with every plugin's schema, once
         args.plugin_manager = manager
         code = args.handler(args, settings)
@@ -133,6 +135,14 @@ def _cv(args, settings) -> int:
     return 0 if all(f.status in ("completed", "stopped") for f in result.folds) else 1
 
 
+def _dims_from_the_model(settings) -> None:
+    """predict reads the dimensionality from the checkpoint or ONNX file, not ``data.dims``: a
+    per-axis ``infer.roi_size`` is checked against the model loaded, not against the default dims."""
+    roi = (settings.get("infer") or {}).get("roi_size")
+    if isinstance(roi, list) and len(roi) in (2, 3):
+        settings.set("data.dims", len(roi))
+
+
 def _predict(args, settings) -> int:
     from pathlib import Path
 
@@ -140,7 +150,11 @@ def _predict(args, settings) -> int:
 
     source = check_source(args.checkpoint, args.onnx)
     predictor = from_checkpoint(source, args.device) if args.checkpoint else from_onnx(source)
-    predictor.use_windows(settings.get("infer"))
+    # what the model was trained with is recorded in it; only what is set here for this prediction replaces it
+    given = {override.split("=", 1)[0].strip() for override in args.overrides or ()}
+    predictor.use_windows(settings.get("infer"), explicit=any(key.startswith("infer.") for key in given))
+    if "data.normalize" in given:
+        predictor.normalize = settings["data"]["normalize"]
     predict_folder(predictor, Path(args.input), Path(args.out), args.overlay)
     return 0
 

@@ -144,3 +144,20 @@ def test_bad_sweep_input_is_one_sentence_and_creates_nothing(tmp_path, capsys, a
     err = capsys.readouterr().err.strip()
     assert code == 2 and expected in err and len(err.splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no storage, store, checkpoints or spool
+
+
+def test_a_password_in_a_searched_url_is_masked_everywhere_the_study_is_shown(tmp_path, sqlite_uri, capsys):
+    from segtrack.cli import main
+    from segtrack_optuna import sweep
+
+    url = "https://reader:hunter2@data.example.org/set"
+    space = [f"sweep.space={{'data.kwargs.source_url' = ['{url}']}}"]
+    sweep(_settings(tmp_path, sqlite_uri, space=space), study="masked", trials=1)
+    assert main(["runs", "sweep", "--study", "masked"]) == 0
+    shown = capsys.readouterr()
+    assert "hunter2" not in shown.out + shown.err and "reader:***@data.example.org" in shown.out + shown.err
+    for run in _runs(sqlite_uri):
+        recorded = {**run.data.params, **run.data.tags}
+        assert not [key for key, value in recorded.items() if "hunter2" in value], run.info.run_name
+    spooled = [p for p in (tmp_path / ".segtrack").rglob("*") if p.is_file() and b"hunter2" in p.read_bytes()]
+    assert spooled == []

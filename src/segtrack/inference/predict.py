@@ -30,12 +30,14 @@ class Predictor:
         self.windows: dict | None = metadata.get("infer")
         self.run, self.source = run, source
 
-    def use_windows(self, infer: dict | None) -> None:
-        """Window settings given for this prediction (``--set infer.roi_size=...``) replace the recorded ones."""
+    def use_windows(self, infer: dict | None, explicit: bool = False) -> None:
+        """Window settings given for this prediction (``--set infer.roi_size=...``) replace the recorded
+        ones; ``explicit``: the user set ``infer.*`` for this prediction, so ``roi_size = 0`` means the
+        whole image even where training recorded windows."""
         from segtrack.inference.export import window_settings
 
         given = window_settings(infer)
-        if given is not None:
+        if given is not None or explicit:
             self.windows = given
 
     def mask_of(self, image: np.ndarray) -> np.ndarray:
@@ -140,6 +142,41 @@ def input_files(folder: Path) -> list[Path]:
     return files
 
 
+def check_inputs(files: list[Path], predictor: Predictor) -> None:
+    """Every input is of the model's dimensionality (read from headers, before any mask is written):
+    a PNG or JPEG is one 2D image, never a volume; a volume given to a 2D model is refused too."""
+    from segtrack.data.imageio import image_spatial_shape
+    from segtrack.errors import DataError
+
+    dims, source = predictor.dims, predictor.source
+    if dims == 3:
+        flat = [p.name for p in files if p.suffix.lower() in PIL_SUFFIXES]
+        if flat:
+            shown = ", ".join(flat[:3]) + (f" and {len(flat) - 3} more" if len(flat) > 3 else "")
+            raise ConfigError(
+                f"{shown}: 2D images, but {source} segments 3D volumes: pass volumes (.npy, multi-page .tif)"
+            )
+    for path in files:
+        try:
+            image_spatial_shape(path, dims)
+        except DataError as exc:
+            if "data.dims" not in str(exc):
+                raise
+            kind = "2D images (H, W[, C])" if dims == 2 else "3D volumes (D, H, W[, C])"
+            raise ConfigError(
+                f"{path} is not of the model's kind: {source} segments {kind}; pass inputs of that kind"
+            ) from None
+
+
+def check_windows(predictor: Predictor) -> None:
+    """The window settings in use fit the model loaded: one side per spatial axis, each a multiple
+    of what the model's sides must divide by (as ``train`` checks them)."""
+    from segtrack.inference.windowed import check_window_fits
+
+    if predictor.windows:
+        check_window_fits(predictor.windows["roi_size"], predictor.multiple, predictor.dims, predictor.source)
+
+
 def output_folder(folder: Path, inputs: Path) -> Path:
     if folder.resolve() == inputs.resolve():
         raise ConfigError(f"--out {folder} is the input folder: masks would replace the images; choose another folder")
@@ -177,7 +214,9 @@ def predict_folder(predictor: Predictor, inputs: Path, out: Path, with_overlay: 
     from segtrack.data.folder import match_channels, normalize
 
     stream = stream or sys.stderr
+    check_windows(predictor)
     files = input_files(inputs)
+    check_inputs(files, predictor)
     out = output_folder(out, inputs)
     others = sorted(
         p.name for p in inputs.iterdir() if p.is_file() and not p.name.startswith(".") and p not in set(files)

@@ -36,10 +36,10 @@ def sliding_window(
 
     ``roi_size`` is one window side for every spatial axis or one per axis; 0 or None takes the whole
     axis. Windows start at 0 and step ``int(side * (1 - overlap))`` (at least 1), the last one ending
-    at the border; an axis shorter than its window is padded with zeros at its end, and the output is
-    cropped back. A voxel's logits are the mean of those of the windows covering it, weighted by a
-    Gaussian centred on each window (``sigma = sigma_scale * side``) or, with ``mode="constant"``,
-    equally. One window per image gives exactly the model's output for the (padded) image.
+    at the border; an axis shorter than its window is padded with zeros on both sides (half before,
+    as MONAI pads), and the output is cropped back. A voxel's logits are the mean of those of the
+    windows covering it, weighted by a Gaussian centred on each window (``sigma = sigma_scale * side``)
+    or, with ``mode="constant"``, equally. One window per image gives exactly the model's output for the (padded) image.
 
     Windows of all images are run ``batch_size`` at a time on ``device`` (default: the model's
     parameters' device, else the image's); the sums live on ``output_device`` (default: the image's).
@@ -56,7 +56,7 @@ def sliding_window(
     output_device = torch.device(output_device) if output_device is not None else image.device
     device = torch.device(device) if device is not None else _model_device(model, image.device)
 
-    padded, windows = _padded_windows(image, sides, overlap)
+    padded, windows, before = _padded_windows(image, sides, overlap)
     # each window's weights, and their sum per voxel (the same for every image and class)
     weight = _importance_map(sides, mode if len(windows) > 1 else "constant", sigma_scale, output_device)
     weight_sum = torch.zeros(padded.shape[2:], device=output_device)
@@ -66,19 +66,25 @@ def sliding_window(
     total.div_(weight_sum)
     if tuple(padded.shape[2:]) == spatial:
         return total
-    return total[(slice(None), slice(None), *(slice(0, size) for size in spatial))].contiguous()
+    return total[(slice(None), slice(None), *(slice(b, b + size) for b, size in zip(before, spatial)))].contiguous()
 
 
-def _padded_windows(image: torch.Tensor, sides: tuple[int, ...], overlap: float) -> tuple[torch.Tensor, list[Window]]:
-    """The image with axes shorter than the window padded (zeros at the end), and the windows of
-    one image: starting at 0, every ``side * (1 - overlap)``, the last one flush with the border."""
+def _padded_windows(
+    image: torch.Tensor, sides: tuple[int, ...], overlap: float
+) -> tuple[torch.Tensor, list[Window], tuple[int, ...]]:
+    """The image with axes shorter than the window padded with zeros on both sides (half before,
+    the rest after: as MONAI's ``sliding_window_inference`` pads, so both give the same logits on
+    any size), the windows of one image (starting at 0, every ``side * (1 - overlap)``, the last
+    one flush with the border), and the padding before each axis (to crop the result back)."""
     spatial = tuple(image.shape[2:])
-    padded_size = tuple(max(size, side) for size, side in zip(spatial, sides))
-    pad = [amount for size, full in zip(reversed(spatial), reversed(padded_size)) for amount in (0, full - size)]
+    short = [max(side - size, 0) for size, side in zip(spatial, sides)]
+    before = tuple(missing // 2 for missing in short)
+    pad = [amount for missing, b in zip(reversed(short), reversed(before)) for amount in (b, missing - b)]
     padded = F.pad(image, pad) if any(pad) else image
+    padded_size = tuple(padded.shape[2:])
     corners = itertools.product(*(_starts(full, side, overlap) for full, side in zip(padded_size, sides)))
     windows = [tuple(slice(start, start + side) for start, side in zip(corner, sides)) for corner in corners]
-    return padded, windows
+    return padded, windows, before
 
 
 def _weighted_sum(
@@ -176,3 +182,23 @@ def _importance_map(sides: tuple[int, ...], mode: str, sigma_scale: float, devic
         curve = torch.exp(-0.5 * (offset / (sigma_scale * side)) ** 2)
         weight = weight.unsqueeze(-1) * (curve / curve.max())  # outer product, one axis at a time
     return weight.clamp_(min=WEIGHT_FLOOR)
+
+
+def check_window_fits(roi_size: Any, multiple: int, dims: int | None = None, model: str = "the model") -> None:
+    """``infer.roi_size`` fits ``model``: one side per spatial axis (``dims``, where known), each side
+    a multiple of what the model's sides must divide by; one ConfigError naming the fix."""
+    from segtrack.errors import ConfigError
+
+    sides = list(roi_size) if isinstance(roi_size, (list, tuple)) else [roi_size]
+    if dims is not None and isinstance(roi_size, (list, tuple)) and len(sides) != dims:
+        raise ConfigError(
+            f"infer.roi_size = {list(roi_size)!r} has {len(sides)} sides but {model} is {dims}D: give {dims} sides, "
+            "or a single number"
+        )
+    bad = [side for side in sides if side and side % multiple]
+    if bad:
+        fixed = [-(-side // multiple) * multiple if side else 0 for side in sides]
+        raise ConfigError(
+            f"infer.roi_size = {roi_size!r} has sides {model} cannot take (they must divide by {multiple}): "
+            f"use {fixed if isinstance(roi_size, (list, tuple)) else fixed[0]}"
+        )

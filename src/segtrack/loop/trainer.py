@@ -26,6 +26,7 @@ from segtrack.data.plan import DataPlan, FitData, explained_loader_error, stream
 from segtrack.data.synthetic import ArrayDataset
 from segtrack.errors import CheckpointError, ConfigError
 from segtrack.inference.export import export_checkpoint
+from segtrack.inference.windowed import check_window_fits
 from segtrack.loop import epoch_metrics
 from segtrack.loop.ema import WeightAverage
 from segtrack.loop.losses import Loss, builtin_loss
@@ -108,6 +109,7 @@ class SegmentationTrainer:
         # plugins and settings: opened once for every fit of this trainer (the CLI hands settings resolved)
         self.hooks, self.settings = open_plugins(settings, plugins, plugin_manager, self.dist.rank)
         self.config: dict[str, Any] = thaw(self.settings)
+        self._inferer_name = _inferer_name(inferer, self.config["infer"])
         # device, classes, the recipe
         data_cfg = self.config["data"]
         self.device = resolve_device(self.config["train"]["device"], self.dist)
@@ -437,7 +439,7 @@ class SegmentationTrainer:
         multiple = spatial_multiple(
             model if model is not None else build_model(self.config["model"], self.num_classes, self.dims)
         )
-        _check_window_fits(self.config["infer"]["roi_size"], multiple)
+        check_window_fits(self.config["infer"]["roi_size"], multiple)
         builtin, split = None, None
         if train_data is None:
             train_data, val_data, split = configured_data(self.config)
@@ -568,6 +570,7 @@ class SegmentationTrainer:
             study_id=self._trial[0] if self._trial else None,
             trial=self._trial[1] if self._trial else None,
             max_epochs=self.config["train"]["epochs"],
+            inferer=self._inferer_name,
         )
 
 
@@ -605,16 +608,14 @@ def _check_arguments(
         )
 
 
-def _check_window_fits(roi_size: int | list[int], multiple: int) -> None:
-    """Every side of ``infer.roi_size`` is a multiple of what the model's sides must divide by."""
-    sides = roi_size if isinstance(roi_size, list) else [roi_size]
-    bad = [side for side in sides if side and side % multiple]
-    if bad:
-        fixed = [-(-side // multiple) * multiple if side else 0 for side in sides]
-        raise ConfigError(
-            f"infer.roi_size = {roi_size!r} has sides the model cannot take (they must divide by {multiple}): "
-            f"use {fixed if isinstance(roi_size, list) else fixed[0]}"
-        )
+def _inferer_name(inferer: Any, infer: Mapping[str, Any]) -> str:
+    """What validation computes its logits with, as the run records it."""
+    if inferer is not None:
+        named = inferer if hasattr(inferer, "__qualname__") else type(inferer)  # a function, or an instance
+        return f"{getattr(named, '__module__', '?')}.{named.__qualname__}"
+    if not infer.get("roi_size"):
+        return "whole image"
+    return f"segtrack.sliding_window(roi_size={infer['roi_size']}, overlap={infer['overlap']}, mode={infer['mode']})"
 
 
 def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

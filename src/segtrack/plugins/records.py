@@ -68,6 +68,9 @@ class RunInfo:
     # the loop that runs the fit: "segtrack" (SegmentationTrainer), "own" (a loop driving FitSession),
     # "lightning" or "ignite" (segtrack.integrations)
     loop: str = "segtrack"
+    # what computed the validation logits: "whole image", "segtrack.sliding_window(roi_size=...)",
+    # or the class of an inferer passed in code (e.g. "monai.inferers.SlidingWindowInferer"); "" unknown
+    inferer: str = ""
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,7 @@ class MlflowPlugin:
         store.use_credentials(self.section["username"], self.section["password"])
         if os.environ.get("RANK", "0") == "0":
             store.check_sqlite_store(self._uri)
+            store.check_sqlite_writable(self._uri)
             self._new_store = store.is_new_sqlite_store(self._uri)
             self._check_spool_dir()
             if is_remote(self._uri):
@@ -157,7 +158,10 @@ class MlflowPlugin:
                     f'the tracking URI, or set mlflow.offline = "auto" to spool and send later'
                 )
             log.warning(
-                "MLflow server %s is %s: logging to the local spool; it is sent when the server is back", shown, outcome
+                "MLflow server %s is %s: logging to the local spool; it is sent when the server is back (by this "
+                "fit's shipper while it waits, else run `segtrack mlflow sync` once the server is up)",
+                shown,
+                outcome,
             )
 
     @hookimpl
@@ -275,6 +279,7 @@ class MlflowPlugin:
             "segtrack.data_source": run.data_source,
             "segtrack.model": run.model_name,
             "segtrack.loop": run.loop,  # segtrack's trainer, a loop of one's own, lightning or ignite
+            "segtrack.inferer": run.inferer or "unknown",  # what computed the validation logits
         }
         if run.fold is not None:
             tags.update(

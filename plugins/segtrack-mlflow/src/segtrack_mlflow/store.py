@@ -95,6 +95,21 @@ def check_sqlite_store(uri: str) -> None:
     )
 
 
+def check_sqlite_writable(uri: str) -> None:
+    """A local store this process can write: the file, or (a store still to create) its folder."""
+    path = _sqlite_file(uri)
+    if path is None:
+        return
+    path = path.resolve()
+    target = path if path.exists() else next((p for p in path.parents if p.exists()), Path("/"))
+    if not os.access(target, os.W_OK):
+        what = f"the store {str(path)!r} is read-only" if target == path else f"{str(target)!r} is not writable"
+        raise ConfigError(
+            f"tracking URI {redact(uri)!r}: {what}, so no run could be recorded there; set mlflow.tracking_uri "
+            f"to a store in a writable folder (e.g. sqlite:///mlflow.db in your project) or to a server"
+        )
+
+
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
