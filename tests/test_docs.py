@@ -80,3 +80,27 @@ def test_contributing_lists_every_bench_and_test_support_module():
     assert benches <= set(re.findall(r"`(bench_\w+\.py)`", CONTRIBUTING))
     support = {p.name for p in (ROOT / "tests" / "testsupport").glob("*.py") if p.stem != "__init__"}
     assert support <= set(re.findall(r"^\s+(\w+\.py)\s", CONTRIBUTING, re.M))
+
+
+README = (ROOT / "README.md").read_text()
+RUNS_AS_PRINTED = "# runs as printed"
+
+
+def test_readme_snippets_marked_runs_as_printed_run_as_printed(tmp_path):
+    """Every README Python block that says it runs as printed does, copied as it stands, in a fresh
+    folder (installed plugins off: the snippet is about the loop, not about tracking)."""
+    import os
+    import subprocess
+    import sys
+
+    blocks = [b.split("```", 1)[0] for b in README.split("```python\n")[1:]]
+    complete = [b for b in blocks if b.startswith(RUNS_AS_PRINTED)]
+    assert complete, f"no README block starts with {RUNS_AS_PRINTED!r}"
+    env = {**os.environ, "SEGTRACK_PLUGINS__AUTOLOAD": "false", "OMP_NUM_THREADS": "1"}
+    for number, block in enumerate(complete):
+        script = tmp_path / f"snippet{number}.py"
+        script.write_text(block)
+        out = subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert out.returncode == 0 and "Traceback" not in out.stderr, block + out.stderr[-3000:]

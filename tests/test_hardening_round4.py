@@ -152,5 +152,38 @@ def test_deep_supervision_on_a_model_with_one_output_is_said_once(settings_facto
     with caplog.at_level(logging.WARNING, logger="segtrack.trainer"):
         result = SegmentationTrainer(settings, model=OneOutput()).fit()
     assert result.status == "completed"
-    said = [r.message for r in caplog.records if "deep_supervision" in r.message]
+    said = [r.message for r in caplog.records if "train.deep_supervision" in r.message]
     assert len(said) == 1 and "returns one output" in said[0]
+
+
+TOKEN_NET = """
+import torch
+
+
+def build(in_channels, num_classes, token):
+    if token != "s3cret-token":
+        raise ValueError(f"the weights server refused token {token!r}")
+    return torch.nn.Conv2d(in_channels, num_classes, 3, padding=1)
+"""
+
+
+def test_a_secret_the_model_builder_takes_stays_out_of_checkpoints_and_predict_reads_it_again(
+    tmp_path, monkeypatch, capsys
+):
+    (tmp_path / "tokennet.py").write_text(TOKEN_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    secrets = tmp_path / "configs" / ".secrets.toml"
+    secrets.parent.mkdir()
+    secrets.write_text('[default.model.kwargs]\ntoken = "s3cret-token"\n')
+    assert _train("model.factory='tokennet:build'", "export.enabled=false") == 0
+    for name in ("best.pt", "last.pt"):
+        assert b"s3cret-token" not in (tmp_path / "checkpoints" / name).read_bytes(), name
+    images = _rgb_pngs(tmp_path / "in")
+    predict = ["predict", "--checkpoint", "checkpoints/best.pt", "--input", str(images)]
+    assert main([*predict, "--out", "out"]) == 0 and (tmp_path / "out" / "img0.png").is_file()
+    secrets.unlink()
+    capsys.readouterr()
+    code = main([*predict, "--out", "out2"])
+    err = _error(capsys)
+    assert code == 2 and "model.kwargs.token is a secret the checkpoint does not hold" in err
+    assert not (tmp_path / "out2").exists()

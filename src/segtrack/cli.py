@@ -149,7 +149,10 @@ def _predict(args, settings) -> int:
     from segtrack.inference.predict import check_source, from_checkpoint, from_onnx, predict_folder
 
     source = check_source(args.checkpoint, args.onnx)
-    predictor = from_checkpoint(source, args.device) if args.checkpoint else from_onnx(source)
+    if args.checkpoint:  # secrets the checkpoint holds masked (a builder's token) come from this project
+        predictor = from_checkpoint(source, args.device, {"model": dict(settings.get("model") or {})})
+    else:
+        predictor = from_onnx(source)
     # what the model was trained with is recorded in it; only what is set here for this prediction replaces it
     given = {override.split("=", 1)[0].strip() for override in args.overrides or ()}
     predictor.use_windows(settings.get("infer"), explicit=any(key.startswith("infer.") for key in given))

@@ -61,7 +61,11 @@ def trainer_factory(settings_factory: Callable[..., Any], plugins_under_test: Se
     from segtrack.plugins.manager import get_plugin_manager
 
     def make(
-        *overrides: str, plugins: Iterable[Any] = (), strict: bool | None = None, builtins_off: bool = True
+        *overrides: str,
+        plugins: Iterable[Any] = (),
+        strict: bool | None = None,
+        builtins_off: bool = True,
+        **parts: Any,  # model=, train_data=, ...: what a user passes the trainer in code
     ) -> SegmentationTrainer:
         settings = settings_factory(*overrides)
         disabled = ["progress"] if builtins_off else []
@@ -70,7 +74,7 @@ def trainer_factory(settings_factory: Callable[..., Any], plugins_under_test: Se
             manager = get_plugin_manager(settings, plugins, disabled=disabled, strict=strict)
         else:
             manager = get_plugin_manager(settings, plugins, autoload=False, disabled=disabled, strict=strict)
-        return SegmentationTrainer(settings, plugin_manager=manager)
+        return SegmentationTrainer(settings, plugin_manager=manager, **parts)
 
     return make
 

@@ -14,6 +14,7 @@ import textwrap
 import numpy as np
 import onnxruntime
 import pytest
+import torch
 from mlflow import MlflowClient
 
 NATIVE = ["export.enabled=true", "run.name='cells'"]
@@ -355,3 +356,68 @@ def test_the_ui_shows_runs_a_cv_summary_and_models_a_person_can_tell_apart(train
     assert f"Created by\n{run.data.tags['mlflow.user']}" in about and "Ready" in about
     assert "Logged from\n—" not in about  # the source and commit of the code that made it
     assert "val_dice\nsynthetic-val" in page and str(fit.best_value) in page  # its metrics, on the validation data
+
+
+class LargeLogits(torch.nn.Module):
+    """Logits in the thousands (as DynUNet's can be): float32 rounding differs by more than 1e-4."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x) * 5000.0
+
+
+@pytest.mark.parametrize("tolerance", ["1e-4", "1e-12"])
+def test_onnx_parity_is_relative_to_the_logits_scale_and_a_drift_is_marked_on_the_model(
+    trainer_factory, sqlite_uri, tolerance
+):
+    result = trainer_factory(
+        f"mlflow.tracking_uri='{sqlite_uri}'", *NATIVE, f"export.tolerance={tolerance}", model=LargeLogits()
+    ).fit()
+    export = result.export
+    assert export is not None and export.logit_scale > 1000
+    expected_ok = export.max_abs_diff <= float(tolerance) * export.logit_scale
+    assert export.parity_ok == expected_ok
+    client = MlflowClient(sqlite_uri)
+    (run,) = _runs(client)
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    assert model.status.name == "READY"
+    said = model.tags["segtrack.onnx_parity"]
+    assert said == run.data.tags["segtrack.onnx_parity"]
+    if tolerance == "1e-4":  # rounding at this scale passes once scaled, where an absolute 1e-4 would not
+        assert said == "ok"
+    else:
+        assert export.max_abs_diff > 0 and said.startswith("above tolerance: max abs diff")
+
+
+def test_a_volume_the_network_cannot_take_whole_leaves_no_traceback_and_a_runnable_example(sqlite_uri, tmp_path):
+    """10-voxel volumes, a UNet whose sides must divide by 4, windows of 8: the input example MLflow
+    runs when it saves the model is cut to sides the model takes, so the console stays clean."""
+    sets = [
+        "data.dims=3", "data.image_size=10", "data.num_samples=8", "model.in_channels=1", "model.width=4",
+        "model.depth=2", "infer.roi_size=8", "train.epochs=1", "train.batch_size=2", "export.enabled=true",
+        f"mlflow.tracking_uri='{sqlite_uri}'", "mlflow.drain_timeout=60", "plugins.disabled=['analytics']",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SEGTRACK_", "MLFLOW_"))}
+    out = subprocess.run(
+        [sys.executable, "-m", "segtrack.cli", "train", *[a for s in sets for a in ("--set", s)]],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0 and "Traceback" not in out.stderr + out.stdout, out.stderr[-3000:]
+    client = MlflowClient(sqlite_uri)
+    (run,) = _runs(client)
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    import mlflow
+
+    mlflow.set_tracking_uri(sqlite_uri)
+    try:
+        loaded = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
+    finally:
+        mlflow.set_tracking_uri(None)
+    example = loaded.input_example
+    assert example is not None and all(side % 4 == 0 for side in example.shape[2:])
+    predicted = loaded.predict(example)
+    predicted = predicted["logits"] if isinstance(predicted, dict) else predicted
+    assert predicted.shape == (1, 3, *example.shape[2:])

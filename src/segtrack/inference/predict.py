@@ -7,7 +7,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,25 @@ class Predictor:
         return sliding_window(model, torch.from_numpy(image)[None], self.windows["roi_size"], **options)[0].numpy()
 
 
-def from_checkpoint(path: Path, device: str) -> Predictor:
+def _unmasked(recorded: Any, current: Any, key: str) -> Any:
+    """``recorded`` (a checkpoint's settings, secrets masked) with each masked value taken from
+    ``current`` (this project's settings, .secrets.toml included) at the same key."""
+    from segtrack.config.secrets import MASK
+
+    if isinstance(recorded, Mapping):
+        here = current if isinstance(current, Mapping) else {}
+        return {name: _unmasked(value, here.get(name), f"{key}.{name}") for name, value in recorded.items()}
+    if recorded == MASK:
+        if current is None or current == MASK:
+            raise ConfigError(
+                f"{key} is a secret the checkpoint does not hold: define it in configs/.secrets.toml (as for "
+                "training) to predict with this checkpoint"
+            )
+        return current
+    return recorded
+
+
+def from_checkpoint(path: Path, device: str, secrets: Mapping[str, Any] | None = None) -> Predictor:
     import torch
 
     from segtrack.data.batches import logits_of
@@ -84,7 +102,8 @@ def from_checkpoint(path: Path, device: str) -> Predictor:
             f"rebuild: predict with its exported ONNX file (--onnx)"
         )
     data = config["data"]
-    model = build_model(config["model"], data["num_classes"], data["dims"])
+    model_config = _unmasked(config["model"], (secrets or {}).get("model"), "model")
+    model = build_model(model_config, data["num_classes"], data["dims"])
     model.load_state_dict(payload["model"])
     target = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from segtrack.config.secrets import mask_secrets, secret_keys
+
 _LAYERS = {
     2: (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.ConvTranspose2d),
     3: (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, nn.ConvTranspose3d),
@@ -61,7 +63,10 @@ def model_signature(model_cfg: dict, num_classes: int, dims: int = 2) -> dict:
             "in_channels": model_cfg["in_channels"],
             "num_classes": num_classes,
             "dims": dims,
-            "kwargs": dict(model_cfg.get("kwargs") or {}),
+            # keys configs/.secrets.toml defines (a token the builder takes) are masked: never in a checkpoint
+            "kwargs": mask_secrets({"model": {"kwargs": dict(model_cfg.get("kwargs") or {})}}, secret_keys())["model"][
+                "kwargs"
+            ],
         }
     return {  # the built-in UNet keeps the signature its earlier checkpoints carry
         "name": model_cfg["name"],

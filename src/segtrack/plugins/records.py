@@ -161,7 +161,9 @@ class ExportInfo:
     epoch: int  # epoch of the exported (best) weights
     input_shape: tuple[int, ...]  # the preview batch used for the parity check
     max_abs_diff: float
-    parity_ok: bool  # max_abs_diff <= export.tolerance
+    parity_ok: bool  # max_abs_diff <= export.tolerance x max(1, logit_scale)
+    logit_scale: float = 0.0  # the largest magnitude of torch's logits on the check's input
+    tolerance: float = 0.0  # export.tolerance, relative to that scale
 
 
 @dataclass(frozen=True)

@@ -396,7 +396,7 @@ class FitSession:
             return None
         import torch
 
-        from segtrack.inference.export import export_onnx
+        from segtrack.inference.export import export_onnx, parity_holds
 
         model = self.model if model is None else model
         if not isinstance(model, torch.nn.Module):
@@ -412,7 +412,7 @@ class FitSession:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             with _weights_for_export(model, weights):
-                diff = export_onnx(model, example, target, settings["opset"])
+                diff, scale = export_onnx(model, example, target, settings["opset"])
         except Exception as exc:
             self.export_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             log.warning("ONNX export skipped: %s; the fit goes on", self.export_error)
@@ -424,7 +424,9 @@ class FitSession:
             epoch=max(epoch, 0),
             input_shape=tuple(example.shape),
             max_abs_diff=diff,
-            parity_ok=diff <= settings["tolerance"],
+            parity_ok=parity_holds(diff, scale, settings["tolerance"]),
+            logit_scale=scale,
+            tolerance=float(settings["tolerance"]),
         )
         self.exported(info)
         return info

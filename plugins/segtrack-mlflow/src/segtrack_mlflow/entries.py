@@ -64,6 +64,7 @@ class LoggedModel:
     step: int
     register: str | None = None
     params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)  # the model's own tags (e.g. its ONNX parity)
 
 
 Entry = CreateRun | MetricPoint | Params | Tags | ArtifactFile | Status | DatasetInputs | LoggedModel
@@ -106,6 +107,7 @@ def encode(entry: Entry) -> dict[str, Any]:
         "step": entry.step,
         "register": entry.register,
         "params": entry.params,
+        "tags": entry.tags,
     }
 
 
@@ -136,6 +138,12 @@ def decode(line: dict[str, Any]) -> Entry:
         return DatasetInputs(line["datasets"])
     if kind == "model":
         return LoggedModel(
-            line["key"], line["name"], line["p"], line["step"], line.get("register"), line.get("params") or {}
+            line["key"],
+            line["name"],
+            line["p"],
+            line["step"],
+            line.get("register"),
+            line.get("params") or {},
+            line.get("tags") or {},
         )
     raise ValueError(f"unknown spool record type {kind!r}")

@@ -28,6 +28,9 @@ def write_model_folder(
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
+    model_proto = onnx.load(onnx_path)
+    if example is not None:
+        example = _runnable(example, _spatial_multiple(model_proto))
     channels = int(example.shape[1]) if example is not None else -1
     spatial = (example.ndim - 2) if example is not None else int(metadata.get("spatial_dims", 2))
     signature = ModelSignature(
@@ -38,13 +41,31 @@ def write_model_folder(
     with warnings.catch_warnings():  # MLflow's lazily imported pyfunc warns about its own type hints
         warnings.simplefilter("ignore")
         mlflow.onnx.save_model(
-            onnx.load(onnx_path),
+            model_proto,
             str(folder),
             signature=signature,
             input_example=example.astype(np.float32) if small and example is not None else None,
             metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()},
             save_as_external_data=False,
         )
+
+
+def _spatial_multiple(model_proto: Any) -> int:
+    """What the exported model's sides must divide by, from the metadata segtrack stored in it."""
+    for entry in model_proto.metadata_props:
+        if entry.key == "segtrack":
+            return max(1, int(json.loads(entry.value).get("spatial_multiple", 1)))
+    return 1
+
+
+def _runnable(example: np.ndarray, multiple: int) -> np.ndarray:
+    """The input example cut (or zero-padded) to sides the model takes: MLflow runs the example
+    through the model when it saves it, and a side that is not a multiple of the network's stride
+    (a 29-voxel-deep volume) fails inside onnxruntime, whose traceback MLflow prints to the console."""
+    sides = [max(multiple, size // multiple * multiple) for size in example.shape[2:]]
+    cut = example[(slice(None), slice(None), *(slice(0, side) for side in sides))]
+    missing = [(0, side - have) for side, have in zip(sides, cut.shape[2:])]
+    return np.pad(cut, [(0, 0), (0, 0), *missing]) if any(m for _, m in missing) else cut
 
 
 def send(client: Any, spool: Any, entry: LoggedModelEntry) -> None:
@@ -67,7 +88,11 @@ def send(client: Any, spool: Any, entry: LoggedModelEntry) -> None:
                 name=entry.name,
                 source_run_id=spool.run_id,
                 params=entry.params or None,
-                tags={**_provenance(client, spool.run_id), "segtrack.model_key": f"{spool.local_id}/{entry.key}"},
+                tags={
+                    **_provenance(client, spool.run_id),
+                    **entry.tags,
+                    "segtrack.model_key": f"{spool.local_id}/{entry.key}",
+                },
                 model_type="segmentation",
             )
             model_id = model.model_id

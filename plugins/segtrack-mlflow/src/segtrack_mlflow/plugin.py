@@ -423,6 +423,15 @@ class MlflowPlugin:
         }
         write_model_folder(export.path, folder, self._example, self._num_classes, metadata)
         best = self._best_at(export.epoch)
+        # a model whose ONNX outputs drift past the tolerance is logged, but marked where people look
+        parity = (
+            "ok"
+            if export.parity_ok
+            else (
+                f"above tolerance: max abs diff {export.max_abs_diff:.3g} > {export.tolerance:.3g} x logit scale "
+                f"{max(1.0, export.logit_scale):.3g}"
+            )
+        )
         self.spool.add(
             LoggedModel(
                 key="model",
@@ -436,9 +445,12 @@ class MlflowPlugin:
                     "best_epoch": str(export.epoch + 1),
                     "onnx_max_abs_diff": f"{export.max_abs_diff:.3g}",
                 },
+                tags={"segtrack.onnx_parity": parity},
             )
         )
-        self.spool.add(Tags({"segtrack.onnx_max_abs_diff": f"{export.max_abs_diff:.3g}"}))
+        self.spool.add(
+            Tags({"segtrack.onnx_max_abs_diff": f"{export.max_abs_diff:.3g}", "segtrack.onnx_parity": parity})
+        )
         if best:  # the model's metrics are its epoch's validation points, linked to that dataset
             for key, value in best["metrics"].items():
                 if key.startswith("val_"):
