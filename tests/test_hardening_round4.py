@@ -187,3 +187,30 @@ def test_a_secret_the_model_builder_takes_stays_out_of_checkpoints_and_predict_r
     err = _error(capsys)
     assert code == 2 and "model.kwargs.token is a secret the checkpoint does not hold" in err
     assert not (tmp_path / "out2").exists()
+
+
+def test_nifti_volumes_train_from_a_folder_and_predict_into_masks_in_the_same_space(tmp_path, capsys):
+    """The field's format: .nii.gz images and masks of an odd size, a non-identity affine kept."""
+    nibabel = pytest.importorskip("nibabel")
+    rng = np.random.default_rng(3)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    affine[:3, 3] = [-40.0, 12.5, 7.0]
+    for split in ("images", "masks"):
+        (tmp_path / "nifti" / split).mkdir(parents=True)
+    for i in range(6):
+        mask = np.zeros((13, 12, 11), np.uint8)
+        mask[2 + i % 3 : 9, 3:9, 2:8] = 1
+        image = (mask * 100 + rng.normal(0, 10, mask.shape)).astype(np.float32)
+        nibabel.save(nibabel.Nifti1Image(image, affine), str(tmp_path / "nifti" / "images" / f"case{i}.nii.gz"))
+        nibabel.save(nibabel.Nifti1Image(mask, affine), str(tmp_path / "nifti" / "masks" / f"case{i}.nii.gz"))
+    folder = ["data.source='folder'", f"data.path='{tmp_path / 'nifti'}'", "data.dims=3", "data.num_classes=2"]
+    assert _train(*folder, "model.in_channels=1", "model.depth=1", "export.enabled=false", "infer.roi_size=8") == 0
+    capsys.readouterr()
+    code = main(["predict", "--checkpoint", "checkpoints/best.pt", "--input", str(tmp_path / "nifti" / "images"),
+                 "--out", "masks"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    written = sorted(p.name for p in (tmp_path / "masks").iterdir())
+    assert written == [f"case{i}.nii.gz" for i in range(6)]
+    mask = nibabel.load(str(tmp_path / "masks" / "case0.nii.gz"))
+    assert mask.shape == (13, 12, 11) and np.allclose(mask.affine, affine)
+    assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}

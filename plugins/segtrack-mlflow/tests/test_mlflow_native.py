@@ -393,11 +393,21 @@ def test_onnx_parity_is_relative_to_the_logits_scale_and_a_drift_is_marked_on_th
 
 
 def test_a_volume_the_network_cannot_take_whole_leaves_no_traceback_and_a_runnable_example(sqlite_uri, tmp_path):
-    """10-voxel volumes, a UNet whose sides must divide by 4, windows of 8: the input example MLflow
-    runs when it saves the model is cut to sides the model takes, so the console stays clean."""
+    """13x12x11 volumes, a UNet whose sides must divide by 4, crops and windows of 8: the input
+    example MLflow runs when it saves the model is cut to sides the model takes, so the console
+    stays clean."""
+    rng = np.random.default_rng(5)
+    for split in ("images", "masks"):
+        (tmp_path / "vols" / split).mkdir(parents=True)
+    for i in range(6):
+        mask = np.zeros((13, 12, 11), np.uint8)
+        mask[3:10, 2 + i % 3 : 9, 2:8] = 1
+        np.save(tmp_path / "vols" / "images" / f"v{i}.npy", (mask * 50 + rng.normal(0, 5, mask.shape)).astype("f4"))
+        np.save(tmp_path / "vols" / "masks" / f"v{i}.npy", mask)
     sets = [
-        "data.dims=3", "data.image_size=10", "data.num_samples=8", "model.in_channels=1", "model.width=4",
-        "model.depth=2", "infer.roi_size=8", "train.epochs=1", "train.batch_size=2", "export.enabled=true",
+        "data.source='folder'", f"data.path='{tmp_path / 'vols'}'", "data.dims=3", "data.num_classes=2",
+        "data.crop=8", "model.in_channels=1", "model.width=4", "model.depth=2", "infer.roi_size=8",
+        "train.epochs=1", "train.batch_size=2", "export.enabled=true",
         f"mlflow.tracking_uri='{sqlite_uri}'", "mlflow.drain_timeout=60", "plugins.disabled=['analytics']",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEGTRACK_", "MLFLOW_"))}
@@ -420,4 +430,4 @@ def test_a_volume_the_network_cannot_take_whole_leaves_no_traceback_and_a_runnab
     assert example is not None and all(side % 4 == 0 for side in example.shape[2:])
     predicted = loaded.predict(example)
     predicted = predicted["logits"] if isinstance(predicted, dict) else predicted
-    assert predicted.shape == (1, 3, *example.shape[2:])
+    assert predicted.shape == (1, 2, *example.shape[2:])

@@ -18,7 +18,15 @@ from torch.utils.data import Dataset
 
 from segtrack.data.batches import IGNORED
 from segtrack.data.file_digests import file_state, remembered
-from segtrack.data.imageio import IMAGE_SUFFIXES, MASK_SUFFIXES, image_spatial_shape, read_image, read_mask
+from segtrack.data.imageio import (
+    IMAGE_SUFFIXES,
+    MASK_SUFFIXES,
+    file_stem,
+    file_suffix,
+    image_spatial_shape,
+    read_image,
+    read_mask,
+)
 from segtrack.errors import DataError
 
 log = logging.getLogger("segtrack.data")
@@ -122,7 +130,7 @@ def regular_files(folder: Path, suffixes: Sequence[str], left_out: list[str] | N
     ``suffixes`` but left out is added to ``left_out`` as ``"folder/name (why)"``."""
     found = []
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in suffixes or path.name.startswith("."):
+        if file_suffix(path) not in suffixes or path.name.startswith("."):
             continue
         try:
             mode = path.stat().st_mode
@@ -149,11 +157,10 @@ def _names(paths: Sequence[Path], shown: int = 5) -> str:
 def _by_stem(folder: Path, suffixes: Sequence[str], left_out: list[str] | None = None) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in regular_files(folder, suffixes, left_out):
-        if path.stem in found:
-            raise DataError(
-                f"{folder} holds two files named {path.stem} ({found[path.stem].name}, {path.name}): keep one"
-            )
-        found[path.stem] = path
+        stem = file_stem(path)
+        if stem in found:
+            raise DataError(f"{folder} holds two files named {stem} ({found[stem].name}, {path.name}): keep one")
+        found[stem] = path
     return found
 
 
@@ -252,7 +259,7 @@ class FolderDataset(Dataset):
         parts = []
         for f in files:
             listed = [
-                Path(line.strip()).stem
+                file_stem(Path(line.strip()))
                 for line in f.read_text().splitlines()
                 if line.strip() and not line.lstrip().startswith("#")
             ]

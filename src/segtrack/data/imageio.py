@@ -1,6 +1,7 @@
 """Reading images and masks from files, and writing predicted masks: PNG, JPEG, TIFF (8/16-bit,
-float, multi-page), ``.npy``. Images come back channel-first ``(C, *spatial)`` in their own
-dtype; masks as int64 class ids ``(*spatial)``. Every failure is a ``DataError`` naming the file."""
+float, multi-page), ``.npy``, NIfTI (``.nii``, ``.nii.gz``, axes as stored). Images come back
+channel-first ``(C, *spatial)`` in their own dtype; masks as int64 class ids ``(*spatial)``.
+Every failure is a ``DataError`` naming the file."""
 
 from __future__ import annotations
 
@@ -12,8 +13,29 @@ from segtrack.errors import DataError
 
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
-IMAGE_SUFFIXES = PIL_SUFFIXES + TIFF_SUFFIXES + (".npy",)
-MASK_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+IMAGE_SUFFIXES = PIL_SUFFIXES + TIFF_SUFFIXES + (".npy",) + NIFTI_SUFFIXES
+MASK_SUFFIXES = (".png", ".tif", ".tiff", ".npy", *NIFTI_SUFFIXES)
+
+
+def file_suffix(path: Path) -> str:
+    """The format's suffix, lower case: ``.nii.gz`` for a compressed NIfTI, else the last one."""
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def file_stem(path: Path) -> str:
+    """The name without the format's suffix (``case1`` for ``case1.nii.gz``)."""
+    return path.name[: len(path.name) - len(file_suffix(path))]
+
+
+def nifti_affine(path: Path) -> np.ndarray | None:
+    """A NIfTI file's affine (voxel to world), to write its mask in the same space; None otherwise."""
+    if file_suffix(path) not in NIFTI_SUFFIXES:
+        return None
+    import nibabel
+
+    return np.asarray(nibabel.load(str(path)).affine)
 
 
 def read_image(path: Path, dims: int) -> np.ndarray:
@@ -26,9 +48,13 @@ def read_image(path: Path, dims: int) -> np.ndarray:
 
 def image_spatial_shape(path: Path, dims: int) -> tuple[int, ...]:
     """The spatial size of an image from its header only (nothing decoded)."""
-    suffix = path.suffix.lower()
+    suffix = file_suffix(path)
     try:
-        if suffix in TIFF_SUFFIXES:
+        if suffix in NIFTI_SUFFIXES:
+            import nibabel
+
+            shape = tuple(nibabel.load(str(path)).shape)
+        elif suffix in TIFF_SUFFIXES:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
@@ -65,8 +91,14 @@ def read_mask(path: Path, dims: int) -> np.ndarray:
 
 
 def _read(path: Path, as_mask: bool) -> np.ndarray:
-    suffix = path.suffix.lower()
+    suffix = file_suffix(path)
     try:
+        if suffix in NIFTI_SUFFIXES:
+            import nibabel
+
+            image = nibabel.load(str(path))
+            # a mask keeps its stored integers; an image its scaled values (scl_slope/inter applied)
+            return np.asarray(image.dataobj) if as_mask else np.asarray(image.get_fdata(dtype=np.float32))
         if suffix in TIFF_SUFFIXES:
             import tifffile
 
@@ -115,13 +147,20 @@ def _channel_first(array: np.ndarray, dims: int, path: Path) -> np.ndarray:
     raise DataError(f"{path} has shape {array.shape}, not {kind} for data.dims = {dims}: fix the file or data.dims")
 
 
-def write_mask(path: Path, mask: np.ndarray) -> None:
-    """A class-id mask: PNG for 2D (8-bit, or 16-bit above 255 classes), TIFF for the rest."""
+def write_mask(path: Path, mask: np.ndarray, affine: np.ndarray | None = None) -> None:
+    """A class-id mask: PNG for 2D (8-bit, or 16-bit above 255 classes), NIfTI (with the input's
+    ``affine``) for a ``.nii``/``.nii.gz`` name, TIFF for the rest."""
     dtype = np.uint8 if mask.max(initial=0) < 256 else np.uint16
     data = mask.astype(dtype)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        if path.suffix.lower() == ".png":
+        if file_suffix(path) in NIFTI_SUFFIXES:
+            import nibabel
+
+            nifti = nibabel.Nifti1Image(data, affine if affine is not None else np.eye(4))
+            nibabel.save(nifti, str(tmp.with_name(tmp.name + file_suffix(path))))  # nibabel compresses by name
+            tmp.with_name(tmp.name + file_suffix(path)).replace(path)
+        elif path.suffix.lower() == ".png":
             from PIL import Image
 
             Image.fromarray(data).save(tmp, format="PNG")
@@ -129,9 +168,11 @@ def write_mask(path: Path, mask: np.ndarray) -> None:
             import tifffile
 
             tifffile.imwrite(tmp, data, compression="zlib")
-        tmp.replace(path)
+        if tmp.exists():
+            tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + file_suffix(path)).unlink(missing_ok=True)
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:

@@ -14,7 +14,17 @@ from typing import Any
 import numpy as np
 
 from segtrack.data.folder import regular_files
-from segtrack.data.imageio import IMAGE_SUFFIXES, PIL_SUFFIXES, read_image, write_mask, write_png
+from segtrack.data.imageio import (
+    IMAGE_SUFFIXES,
+    NIFTI_SUFFIXES,
+    PIL_SUFFIXES,
+    file_stem,
+    file_suffix,
+    nifti_affine,
+    read_image,
+    write_mask,
+    write_png,
+)
 from segtrack.errors import CheckpointError, ConfigError
 from segtrack.inference.palette import colour_mask
 
@@ -169,7 +179,7 @@ def check_inputs(files: list[Path], predictor: Predictor) -> None:
 
     dims, source = predictor.dims, predictor.source
     if dims == 3:
-        flat = [p.name for p in files if p.suffix.lower() in PIL_SUFFIXES]
+        flat = [p.name for p in files if file_suffix(p) in PIL_SUFFIXES]
         if flat:
             shown = ", ".join(flat[:3]) + (f" and {len(flat) - 3} more" if len(flat) > 3 else "")
             raise ConfigError(
@@ -210,9 +220,12 @@ def output_folder(folder: Path, inputs: Path) -> Path:
 
 
 def mask_name(image_path: Path, dims: int) -> str:
-    """Same name; PNG for 2D PNG/JPEG/BMP inputs, TIFF for TIFF, ``.npy`` and every 3D volume."""
-    suffix = ".png" if dims == 2 and image_path.suffix.lower() in PIL_SUFFIXES else ".tif"
-    return image_path.stem + suffix
+    """Same name; PNG for 2D PNG/JPEG/BMP inputs, NIfTI (``.nii.gz``) for NIfTI, TIFF for TIFF,
+    ``.npy`` and other 3D volumes."""
+    suffix = file_suffix(image_path)
+    if suffix in NIFTI_SUFFIXES:
+        return file_stem(image_path) + ".nii.gz"
+    return file_stem(image_path) + (".png" if dims == 2 and suffix in PIL_SUFFIXES else ".tif")
 
 
 def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -250,9 +263,9 @@ def predict_folder(predictor: Predictor, inputs: Path, out: Path, with_overlay: 
             match_channels(read_image(path, predictor.dims), predictor.channels, path), predictor.normalize
         )
         mask = predictor.mask_of(np.ascontiguousarray(image, dtype=np.float32))
-        write_mask(out / mask_name(path, predictor.dims), mask)
+        write_mask(out / mask_name(path, predictor.dims), mask, nifti_affine(path))  # a NIfTI mask keeps its space
         if with_overlay:
-            write_png(out / f"{path.stem}_overlay.png", overlay(image, mask))
+            write_png(out / f"{file_stem(path)}_overlay.png", overlay(image, mask))
         if interactive:
             stream.write(f"\rpredict {done}/{len(files)}  {path.name[:40]:<40}")
             stream.flush()
