@@ -421,9 +421,13 @@ def test_a_volume_the_network_cannot_take_whole_leaves_no_traceback_and_a_runnab
     (model,) = client.search_logged_models([run.info.experiment_id])
     import mlflow
 
+    import warnings
+
     mlflow.set_tracking_uri(sqlite_uri)
     try:
-        loaded = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
+        with warnings.catch_warnings():  # MLflow's pyfunc warns about its own type hints (in colour)
+            warnings.simplefilter("ignore", UserWarning)
+            loaded = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
     finally:
         mlflow.set_tracking_uri(None)
     example = loaded.input_example
