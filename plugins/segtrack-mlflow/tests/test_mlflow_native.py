@@ -431,6 +431,7 @@ def test_a_volume_the_network_cannot_take_whole_leaves_no_traceback_and_a_runnab
     finally:
         mlflow.set_tracking_uri(None)
     example = loaded.input_example
+    example = example["x"] if isinstance(example, dict) else example  # the named input's array
     assert example is not None and all(side % 4 == 0 for side in example.shape[2:])
     predicted = loaded.predict(example)
     predicted = predicted["logits"] if isinstance(predicted, dict) else predicted
