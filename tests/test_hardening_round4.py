@@ -214,3 +214,24 @@ def test_nifti_volumes_train_from_a_folder_and_predict_into_masks_in_the_same_sp
     mask = nibabel.load(str(tmp_path / "masks" / "case0.nii.gz"))
     assert mask.shape == (13, 12, 11) and np.allclose(mask.affine, affine)
     assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+
+
+def test_a_local_store_that_cannot_be_written_is_refused_before_training(tmp_path, capsys):
+    """A folder no process may write (as root too: /proc/1), or a read-only folder for a user."""
+    import os
+
+    targets = [Path("/proc/1")]
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        targets.append(locked)
+    for folder in targets:
+        if os.access(folder, os.W_OK):
+            continue  # this machine lets the user write there: nothing to refuse
+        capsys.readouterr()
+        code = main(["train", *_sets(*TINY, "plugins.disabled=['analytics']",
+                                     f"mlflow.tracking_uri='sqlite:///{folder}/mlflow.db'")])  # fmt: skip
+        err = _error(capsys)
+        assert code == 2 and f"{str(folder)!r} is not writable" in err and "mlflow.tracking_uri" in err, err
+        assert len(err.splitlines()) == 1 and not (tmp_path / "checkpoints").exists()

@@ -419,9 +419,9 @@ def test_a_volume_the_network_cannot_take_whole_leaves_no_traceback_and_a_runnab
     client = MlflowClient(sqlite_uri)
     (run,) = _runs(client)
     (model,) = client.search_logged_models([run.info.experiment_id])
-    import mlflow
-
     import warnings
+
+    import mlflow
 
     mlflow.set_tracking_uri(sqlite_uri)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from contextlib import closing
@@ -36,7 +37,38 @@ def client(tracking_uri: str):
     # a fresh SQLite store's migration lines would land between the epoch lines of the console
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     check_sqlite_store(tracking_uri)
+    path = _sqlite_file(tracking_uri)
+    if path is not None and is_new_sqlite_store(tracking_uri):
+        create_sqlite_store(path.resolve())
     return MlflowClient(tracking_uri=connect_uri(tracking_uri))
+
+
+CREATING = ".creating-"  # <store>.creating-<pid>: a store being migrated, renamed into place when done
+
+
+def create_sqlite_store(path: Path) -> None:
+    """Create a new SQLite store atomically: MLflow migrates a temporary file beside ``path``, which
+    is then renamed into place. A process killed meanwhile leaves only its temporary file (removed by
+    the next creator), never a half-migrated store every later client fails on. Concurrent creators
+    each migrate their own file; the first rename wins and the others discard theirs."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for stale in path.parent.glob(f"{path.name}{CREATING}*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+            stale.unlink(missing_ok=True)  # its creator is gone
+    temporary = path.with_name(f"{path.name}{CREATING}{os.getpid()}")
+    temporary.unlink(missing_ok=True)
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{temporary}", str(path.parent / "mlruns"))
+        store.engine.dispose()
+        if path.exists() and path.stat().st_size == 0:
+            os.replace(temporary, path)  # an empty file the user created stands for a new store
+        else:
+            with contextlib.suppress(FileExistsError):  # another creator got there first: theirs is as good
+                os.link(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 class Clients(dict):
@@ -87,6 +119,12 @@ def check_sqlite_store(uri: str) -> None:
     else:
         if not tables or tables >= MLFLOW_TABLES:
             return
+        if tables & (MLFLOW_TABLES - {"alembic_version"}) and "alembic_version" not in tables:
+            raise ConfigError(
+                f"tracking URI {redact(uri)!r} points at {str(path)!r}, an MLflow store whose creation was cut "
+                f"short (a process was killed while it created it: MLflow's tables without their version): it "
+                f"holds no run; delete it and run again (segtrack then creates it whole)"
+            )
         why = f"holds other tables ({', '.join(sorted(tables)[:5])}{', ...' if len(tables) > 5 else ''})"
     raise ConfigError(
         f"tracking URI {redact(uri)!r} points at {str(path)!r}, which is not an MLflow store: it {why}; "
