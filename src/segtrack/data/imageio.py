@@ -6,6 +6,7 @@ Every failure is a ``DataError`` naming the file."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,13 +30,19 @@ def file_stem(path: Path) -> str:
     return path.name[: len(path.name) - len(file_suffix(path))]
 
 
+def _nifti(path: Path) -> Any:
+    """The NIfTI image at ``path`` (header read; data loaded on access)."""
+    import nibabel
+
+    return nibabel.load(str(path))
+
+
 def nifti_affine(path: Path) -> np.ndarray | None:
     """A NIfTI file's affine (voxel to world), to write its mask in the same space; None otherwise."""
     if file_suffix(path) not in NIFTI_SUFFIXES:
         return None
-    import nibabel
 
-    return np.asarray(nibabel.load(str(path)).affine)
+    return np.asarray(_nifti(path).affine)
 
 
 def read_image(path: Path, dims: int) -> np.ndarray:
@@ -51,9 +58,7 @@ def image_spatial_shape(path: Path, dims: int) -> tuple[int, ...]:
     suffix = file_suffix(path)
     try:
         if suffix in NIFTI_SUFFIXES:
-            import nibabel
-
-            shape = tuple(nibabel.load(str(path)).shape)
+            shape = tuple(_nifti(path).shape)
         elif suffix in TIFF_SUFFIXES:
             import tifffile
 
@@ -94,9 +99,7 @@ def _read(path: Path, as_mask: bool) -> np.ndarray:
     suffix = file_suffix(path)
     try:
         if suffix in NIFTI_SUFFIXES:
-            import nibabel
-
-            image = nibabel.load(str(path))
+            image = _nifti(path)
             # a mask keeps its stored integers; an image its scaled values (scl_slope/inter applied)
             return np.asarray(image.dataobj) if as_mask else np.asarray(image.get_fdata(dtype=np.float32))
         if suffix in TIFF_SUFFIXES:
