@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,10 @@ def _chaos(cwd, uri, kill=None):
 
 
 def _kill_after(cwd, uri, seconds):
-    """Start a fit (resuming if there is a checkpoint) and SIGKILL it after ``seconds``."""
+    """Start a fit (resuming if there is a checkpoint) and SIGKILL it ``seconds`` after it has one.
+    Counted from the first checkpoint, not the start: a fit killed before it has any checkpoint has
+    nothing to resume, so the next fit is a new run; when that happened depended on the machine's
+    load (2 of 3 seeds made two runs under load), not on the seed."""
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "chaos.py"), *_sets()],
         cwd=cwd,
@@ -56,6 +60,10 @@ def _kill_after(cwd, uri, seconds):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 300
+    while not (Path(cwd) / "checkpoints" / "last.pt").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "the fit wrote no checkpoint in 300 s"
+        time.sleep(0.05)
     try:
         proc.wait(timeout=seconds)
         return proc.returncode  # finished before the kill
