@@ -133,6 +133,7 @@ def test_a_trial_failing_on_its_own_settings_keeps_the_whole_sentence_and_is_not
         (["--enqueue", "train.lr=5"], "--enqueue train.lr=5: outside its range"),
         (["--set", "sweep.stale_after_s=20", "--set", "sweep.heartbeat_s=30"], "sweep.stale_after_s = 20 is not more"),
         (["--storage", "postgresql+psycopg2://nobody@127.0.0.1:5432/postgres"], "refused the credentials"),
+        (["--storage", "sqlite:///no/such/folder/optuna.db"], "the folder of the Optuna storage"),
     ],
 )
 def test_bad_sweep_input_is_one_sentence_and_creates_nothing(tmp_path, capsys, args, expected):

@@ -108,7 +108,10 @@ def _sqlite_lock(url: str) -> Iterator[None]:
     if path is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        raise ConfigError(
+            f"the folder of the Optuna storage {url} does not exist: create {path.parent} or give another --storage"
+        )
     fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + LOCK_WAIT_S
