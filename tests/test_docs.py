@@ -7,6 +7,8 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from segtrack.plugins.manager import hook_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +88,7 @@ README = (ROOT / "README.md").read_text()
 RUNS_AS_PRINTED = "# runs as printed"
 
 
+@pytest.mark.slow  # a DynUNet fit: `make reliability` runs it (make test is at its 10-minute budget)
 def test_readme_snippets_marked_runs_as_printed_run_as_printed(tmp_path):
     """Every README Python block that says it runs as printed does, copied as it stands, in a fresh
     folder (installed plugins off: the snippet is about the loop, not about tracking)."""

@@ -392,6 +392,7 @@ def test_onnx_parity_is_relative_to_the_logits_scale_and_a_drift_is_marked_on_th
         assert export.max_abs_diff > 0 and said.startswith("above tolerance: max abs diff")
 
 
+@pytest.mark.slow  # a 3D fit in a subprocess: `make reliability` runs it (make test is at its budget)
 def test_a_volume_the_network_cannot_take_whole_leaves_no_traceback_and_a_runnable_example(sqlite_uri, tmp_path):
     """13x12x11 volumes, a UNet whose sides must divide by 4, crops and windows of 8: the input
     example MLflow runs when it saves the model is cut to sides the model takes, so the console

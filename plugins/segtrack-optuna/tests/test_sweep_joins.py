@@ -70,6 +70,7 @@ class Links:
         return {"ticket.id": f"T-{number}", "ticket.study": study_id}
 
 
+@pytest.mark.slow  # two workers of CV trials: `make reliability` runs it (make test is at its budget)
 def test_trials_and_runs_lead_to_each_other(tmp_path, sqlite_uri):
     """Each trial keeps its MLflow run (id, name, experiment, masked URI) and any plugin's links;
     each trial run, and each fold run of a CV trial, carries the study, the trial and one study id
