@@ -155,14 +155,12 @@ def write_mask(path: Path, mask: np.ndarray, affine: np.ndarray | None = None) -
     ``affine``) for a ``.nii``/``.nii.gz`` name, TIFF for the rest."""
     dtype = np.uint8 if mask.max(initial=0) < 256 else np.uint16
     data = mask.astype(dtype)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".tmp-{path.name}")  # the same suffix: nibabel compresses by name
     try:
         if file_suffix(path) in NIFTI_SUFFIXES:
             import nibabel
 
-            nifti = nibabel.Nifti1Image(data, affine if affine is not None else np.eye(4))
-            nibabel.save(nifti, str(tmp.with_name(tmp.name + file_suffix(path))))  # nibabel compresses by name
-            tmp.with_name(tmp.name + file_suffix(path)).replace(path)
+            nibabel.save(nibabel.Nifti1Image(data, affine if affine is not None else np.eye(4)), str(tmp))
         elif path.suffix.lower() == ".png":
             from PIL import Image
 
@@ -171,11 +169,9 @@ def write_mask(path: Path, mask: np.ndarray, affine: np.ndarray | None = None) -
             import tifffile
 
             tifffile.imwrite(tmp, data, compression="zlib")
-        if tmp.exists():
-            tmp.replace(path)
+        tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-        tmp.with_name(tmp.name + file_suffix(path)).unlink(missing_ok=True)
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:

@@ -126,7 +126,7 @@ class MlflowPlugin:
         import shutil
 
         folder = Path(self.section["spool_dir"])
-        existing = next((p for p in [folder, *folder.resolve().parents] if p.exists()), Path("/"))
+        existing = store.nearest_existing(folder)
         free = shutil.disk_usage(existing).free
         if not os.access(existing, os.W_OK):
             raise ConfigError(

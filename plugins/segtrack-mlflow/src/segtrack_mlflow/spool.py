@@ -94,6 +94,11 @@ class Pending:
         return decode(self.record)
 
 
+def _line(record: dict[str, Any]) -> bytes:
+    """One record as the line records.jsonl holds (written with a single write)."""
+    return (json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n").encode()
+
+
 def _write_atomic(path: Path, text: str | bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as fh:
@@ -162,7 +167,7 @@ class Spool:
     # -- writing (training thread) --------------------------------------------------------------
 
     def append(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n").encode()
+        line = _line(record)
         with self._lock:
             if self._fd < 0:  # closed at a fit's end, written again (a trial's state after its fit)
                 self._open_writer()
@@ -318,7 +323,7 @@ class Spool:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return False
-            os.write(fd, b"".join((json.dumps(encode(e), separators=(",", ":")) + "\n").encode() for e in entries))
+            os.write(fd, b"".join(_line(encode(entry)) for entry in entries))
             os.fsync(fd)
             return True
         finally:
@@ -391,9 +396,9 @@ class Spool:
                 fh.flush()
                 os.fsync(fh.fileno())
             note = Tags({"segtrack.spool_quarantined": f"lines {', '.join(map(str, numbers))} in {QUARANTINE}"})
-            kept.append((json.dumps(encode(note)) + "\n").encode())
+            kept.append(_line(encode(note)))
             if not ended:
-                kept.append((json.dumps(encode(Status("FAILED", int(time.time() * 1000)))) + "\n").encode())
+                kept.append(_line(encode(Status("FAILED", int(time.time() * 1000)))))
             _write_atomic(path, b"".join(kept))
             self.commit(new_cursor)
             return numbers, not ended

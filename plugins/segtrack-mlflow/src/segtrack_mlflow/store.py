@@ -133,13 +133,18 @@ def check_sqlite_store(uri: str) -> None:
     )
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself, or the closest folder above it that exists (where it would be created)."""
+    return next((p for p in [path, *path.resolve().parents] if p.exists()), Path("/"))
+
+
 def check_sqlite_writable(uri: str) -> None:
     """A local store this process can write: the file, or (a store still to create) its folder."""
     path = _sqlite_file(uri)
     if path is None:
         return
     path = path.resolve()
-    target = path if path.exists() else next((p for p in path.parents if p.exists()), Path("/"))
+    target = nearest_existing(path)
     if not os.access(target, os.W_OK):
         what = f"the store {str(path)!r} is read-only" if target == path else f"{str(target)!r} is not writable"
         raise ConfigError(
