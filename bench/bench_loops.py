@@ -17,76 +17,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-from benchlib import median, report  # first: it makes testsupport importable
+from benchlib import ShipperWatch, busy_cpu_seconds, group_cpu, median, report  # first: testsupport importable
 
 import segtrack_mlflow
 from testsupport.mlflow_server import MlflowServer
 
 HERE = Path(__file__).parent
 EPOCHS = {"own": 28, "lightning": 32, "ignite": 24}  # >= 10 s each on a 2-core machine
-
-
-def busy_cpu_seconds() -> float:
-    """CPU seconds every process on the machine has used (user, nice, system, irq, softirq, steal)."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a live process has used; 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def group_cpu(pgid: int) -> float:
-    """CPU seconds of every live process in a process group (the server and its workers)."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getpgid(int(entry.name)) == pgid:
-                    total += process_cpu(int(entry.name))
-            except OSError:
-                continue
-    return total
-
-
-class ShipperWatch:
-    """Samples the CPU of every shipper process (by command line) until told to stop; keeps each pid's last."""
-
-    def __init__(self) -> None:
-        self.seen: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            for entry in Path("/proc").iterdir():
-                if not entry.name.isdigit():
-                    continue
-                try:
-                    command = (entry / "cmdline").read_bytes()
-                except OSError:
-                    continue
-                if b"segtrack_mlflow.shipper_process" in command:
-                    cpu = process_cpu(int(entry.name))
-                    if cpu:
-                        self.seen[int(entry.name)] = cpu
-            self._stop.wait(0.05)
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return sum(self.seen.values())
 
 
 def run(loop: str, variant: str, workdir: Path, uri: str, server_pgid: int) -> dict[str, float]:
@@ -105,9 +44,7 @@ def run(loop: str, variant: str, workdir: Path, uri: str, server_pgid: int) -> d
     )
     if variant == "tracked":
         assert segtrack_mlflow.wait_sent(workdir / "spool", 120), "the shipper did not send the run in 120 s"
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(process_cpu(pid) for pid in list(watch.seen)):
-            time.sleep(0.1)  # until the shipper exits: its last rounds count too
+        watch.wait_exited()
     wall, training = (float(v) for v in out.stdout.strip().splitlines()[-1].split())
     return {
         "wall": wall,

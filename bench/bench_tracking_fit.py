@@ -1,64 +1,56 @@
-"""What MLflow tracking costs one fit of a user's small model through the Python API: tracking on
-(the mlflow plugin with its default settings, a live `mlflow server` on 127.0.0.1) against tracking
-off, at 1,000 steps (20 epochs of 50 steps of a few ms) and at 100 steps (2 epochs).
+"""What MLflow tracking costs one fit of a user's small model through the Python API, in wall time
+and in CPU seconds of every process it adds: tracking on (the mlflow plugin with its default
+settings, a live `mlflow server` on 127.0.0.1) against tracking off, at 1,000 steps (20 epochs of 50
+steps of a few ms) and at 100 steps (2 epochs), with torch's default threads (all cores, as users
+run) and with one thread.
 
-Whole fits are timed (constructor to ``fit()`` returning), interleaved, medians. After each tracked
-fit the bench waits, untimed, until the shipper process has sent the run (so its sending does not
-slow the next variant); that wait is reported too. The fixed cost tracking adds to one fit is the
-intercept of the overhead measured at the two lengths:
-    fixed = (o100 * 1000 - o1000 * 100) / 900,   per step = (o1000 - o100) / 900.
-``python bench/bench_tracking_fit.py [ROUNDS]`` (default 5).
+Each fit runs in a process of its own (``--fit``), which reports its wall time and the CPU seconds
+of its process (every thread) and of its main thread over the fit (constructor to ``fit()``
+returning). Beside it: the shipper process's CPU (sampled from /proc until it exits) and the
+server's (its process group), from the fit's start until its run is sent. Variants alternate within
+each round; the report gives medians. The fixed cost is the intercept of the overhead at the two
+lengths: fixed = (o100 * 1000 - o1000 * 100) / 900, per step = (o1000 - o100) / 900.
+
+``python bench/bench_tracking_fit.py [ROUNDS] [THREADS...]`` (default 5 rounds, threads "default 1").
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-from benchlib import interleaved, median, report  # first: it makes testsupport importable
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-
-import segtrack_mlflow
-from segtrack.config.settings import load_settings
-from segtrack.loop.trainer import SegmentationTrainer
-from segtrack.plugins.manager import get_plugin_manager
-from testsupport.mlflow_server import MlflowServer
+from benchlib import ShipperWatch, group_cpu, median, report  # first: it makes testsupport importable
 
 STEPS_PER_EPOCH, BATCH, SIZE = 50, 4, 32
+LENGTHS = {1000: 20, 100: 2}  # steps: epochs
 
 
-class SmallNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 1))
+def fit(workdir: Path, uri: str, epochs: int, tracked: bool) -> dict[str, float]:
+    """One fit in this process; the wall and CPU seconds it took."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
 
-    def forward(self, x):
-        return self.body(x)
+    from segtrack import SegmentationTrainer, load_settings
+    from segtrack.plugins.manager import get_plugin_manager
 
-
-class Squares(Dataset):
-    def __init__(self, count: int, seed: int):
+    def squares(count: int, seed: int) -> TensorDataset:
         generator = torch.Generator().manual_seed(seed)
-        self.labels = (torch.rand(count, 1, SIZE, SIZE, generator=generator) > 0.5).long()
-        self.images = self.labels.float() + 0.3 * torch.randn(count, 1, SIZE, SIZE, generator=generator)
+        labels = (torch.rand(count, SIZE, SIZE, generator=generator) > 0.5).long()
+        noise = 0.3 * torch.randn(count, 1, SIZE, SIZE, generator=generator)
+        return TensorDataset(labels[:, None].float() + noise, labels)
 
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, index):
-        return {"image": self.images[index], "label": self.labels[index]}
-
-
-def fit(workdir: Path, uri: str, epochs: int, tracked: bool) -> None:
     torch.manual_seed(0)
-    train = DataLoader(Squares(STEPS_PER_EPOCH * BATCH, 1), batch_size=BATCH, shuffle=True)
-    val = DataLoader(Squares(8, 2), batch_size=BATCH)
+    train = DataLoader(squares(STEPS_PER_EPOCH * BATCH, 1), batch_size=BATCH, shuffle=True)
+    val = DataLoader(squares(8, 2), batch_size=BATCH)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 1))
+    started, cpu, main_cpu = time.perf_counter(), time.process_time(), time.thread_time()
     settings = load_settings(
         overrides=[
             f"train.epochs={epochs}",
@@ -71,56 +63,100 @@ def fit(workdir: Path, uri: str, epochs: int, tracked: bool) -> None:
     )
     disabled = ["progress", "analytics", "sweep"] + ([] if tracked else ["mlflow"])
     manager = get_plugin_manager(settings, disabled=disabled)
-    SegmentationTrainer(settings, model=SmallNet(), train_data=train, val_data=val, plugin_manager=manager).fit()
+    SegmentationTrainer(settings, model=model, train_data=train, val_data=val, plugin_manager=manager).fit()
+    return {
+        "wall": time.perf_counter() - started,
+        "training": time.process_time() - cpu,
+        "main thread": time.thread_time() - main_cpu,
+    }
+
+
+def run(workdir: Path, uri: str, threads: str, steps: int, tracked: bool, server_pgid: int) -> dict[str, float]:
+    """One fit in a process of its own; its figures, with the shipper's and the server's CPU until
+    its run is sent and its shipper has exited."""
+    import segtrack_mlflow
+
+    env = {**os.environ}
+    env.pop("OMP_NUM_THREADS", None)
+    if threads != "default":
+        env["OMP_NUM_THREADS"] = threads
+    server, watch = group_cpu(server_pgid), ShipperWatch()
+    out = subprocess.run(
+        [sys.executable, __file__, "--fit", str(workdir), uri, str(LENGTHS[steps]), str(int(tracked))],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode:
+        raise RuntimeError(f"the fit failed:\n{out.stderr[-3000:]}")
+    if tracked:
+        assert segtrack_mlflow.wait_sent(workdir / "spool", 120), "the shipper did not send the run in 120 s"
+        watch.wait_exited()
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    return {**figures, "shipper": watch.stop(), "server": group_cpu(server_pgid) - server}
 
 
 def main() -> None:
+    from testsupport.mlflow_server import MlflowServer
+
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    torch.set_num_threads(1)
+    thread_modes = sys.argv[2:] or ["default", "1"]
     workdir = Path(tempfile.mkdtemp(prefix="segtrack-bench-tracking-"))
-    os.chdir(workdir)
     server = MlflowServer(f"sqlite:///{workdir / 'server.db'}", workdir).start()
-    settled: list[float] = []
-
-    def settle() -> None:
-        started = time.perf_counter()
-        assert segtrack_mlflow.wait_sent(workdir / "spool", 120), "the shipper did not send the run in 120 s"
-        settled.append(time.perf_counter() - started)
-
+    assert server.process is not None
+    pgid = os.getpgid(server.process.pid)
+    variants = [(threads, steps, tracked) for threads in thread_modes for steps in LENGTHS for tracked in (False, True)]
+    measured: dict[tuple[str, int, bool], list[dict[str, float]]] = {v: [] for v in variants}
     try:
-        fit(workdir, server.uri, 1, True), settle(), fit(workdir, server.uri, 1, False)  # warm-up
-        settled.clear()
-        times = interleaved(
-            {
-                "off-1000": lambda: fit(workdir, server.uri, 20, False),
-                "on-1000": lambda: fit(workdir, server.uri, 20, True),
-                "off-100": lambda: fit(workdir, server.uri, 2, False),
-                "on-100": lambda: fit(workdir, server.uri, 2, True),
-            },
-            rounds,
-            settle={"on-1000": settle, "on-100": settle},
-        )
+        run(workdir, server.uri, "default", 100, True, pgid)  # warm-up: file caches, the experiment
+        for index in range(rounds):
+            for variant in variants if index % 2 == 0 else variants[::-1]:
+                measured[variant].append(run(workdir, server.uri, *variant, pgid))
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    m = {name: median(values) for name, values in times.items()}
-    o1000, o100 = m["on-1000"] - m["off-1000"], m["on-100"] - m["off-100"]
-    fixed, per_step = (o100 * 1000 - o1000 * 100) / 900, (o1000 - o100) / 900
+
+    def med(threads: str, steps: int, tracked: bool, key: str) -> float:
+        return median([m.get(key, 0.0) for m in measured[(threads, steps, tracked)]])
+
+    rows = []
+    for threads in thread_modes:
+        overhead = {}
+        for steps in LENGTHS:
+            off, on = med(threads, steps, False, "wall"), med(threads, steps, True, "wall")
+            overhead[steps] = on - off
+            extra_cpu = {
+                "training process": med(threads, steps, True, "training") - med(threads, steps, False, "training"),
+                "  of which its main thread": med(threads, steps, True, "main thread")
+                - med(threads, steps, False, "main thread"),
+                "shipper process": med(threads, steps, True, "shipper"),
+                "server": med(threads, steps, True, "server") - med(threads, steps, False, "server"),
+            }
+            total = sum(v for k, v in extra_cpu.items() if not k.startswith(" "))
+            label = f"{threads} threads, {steps} steps"
+            rows += [
+                (f"{label}: wall off / on", f"{off:.2f} s / {on:.2f} s", f"{on / off:.3f}x (target <= 1.05x)"),
+                (f"{label}: CPU training off", f"{med(threads, steps, False, 'training'):.2f} s", ""),
+            ]
+            rows += [(f"{label}: extra CPU, {name}", f"{value:+.2f} s", "") for name, value in extra_cpu.items()]
+            rows.append((f"{label}: extra CPU, all processes", f"{total:+.2f} s", ""))
+        fixed = (overhead[100] * 1000 - overhead[1000] * 100) / 900
+        per_step = (overhead[1000] - overhead[100]) / 900
+        rows += [
+            (f"{threads} threads: fixed wall cost per fit", f"{fixed * 1e3:.0f} ms", ""),
+            (f"{threads} threads: wall cost per step", f"{per_step * 1e6:.0f} us", ""),
+        ]
     report(
-        f"tracking on vs off, one fit of a small user model through the Python API, median of {rounds} "
-        "interleaved rounds (python bench/bench_tracking_fit.py)",
-        [
-            ("1000 steps: off", f"{m['off-1000']:.3f} s", f"{m['off-1000'] / 1000 * 1e3:.1f} ms/step"),
-            ("1000 steps: on", f"{m['on-1000']:.3f} s", ""),
-            ("1000 steps: on / off", f"{m['on-1000'] / m['off-1000']:.3f}x", "target <= 1.05x"),
-            ("100 steps: off", f"{m['off-100']:.3f} s", ""),
-            ("100 steps: on", f"{m['on-100']:.3f} s", f"{m['on-100'] / m['off-100']:.3f}x"),
-            ("fixed cost per fit", f"{fixed * 1e3:.0f} ms", "target <= 200 ms"),
-            ("cost per step", f"{per_step * 1e6:.0f} us", ""),
-            ("after fit(): until sent", f"{median(settled):.2f} s", "the shipper process, in the background"),
-        ],
+        f"tracking on vs off, one trainer fit of a small user model through the Python API, {os.cpu_count()} cores, "
+        f"median of {rounds} interleaved rounds (python bench/bench_tracking_fit.py {rounds} {' '.join(thread_modes)})",
+        rows,
     )
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--fit"]:
+        workdir, uri, epochs, tracked = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
+        print(json.dumps(fit(Path(workdir), uri, epochs, tracked)))
+    else:
+        main()

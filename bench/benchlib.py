@@ -6,8 +6,10 @@ free ports) importable, so a bench runs as `python bench/bench_NAME.py` from any
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,3 +47,68 @@ def report(title: str, rows: list[tuple[str, str, str]]) -> None:
     width = max(len(r[0]) for r in rows)
     for name, value, target in rows:
         print(f"  {name:<{width}}  {value:>14}  {target}")
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds every process on the machine has used (user, nice, system, irq, softirq, steal)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds of every live process in a process group (the server and its workers)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    total += process_cpu(int(entry.name))
+            except OSError:
+                continue
+    return total
+
+
+class ShipperWatch:
+    """Samples the CPU of every shipper process (by command line) until told to stop; keeps each pid's last."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    command = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"segtrack_mlflow.shipper_process" in command:
+                    cpu = process_cpu(int(entry.name))
+                    if cpu:
+                        self.seen[int(entry.name)] = cpu
+            self._stop.wait(0.02)
+
+    def wait_exited(self, timeout: float = 15.0) -> None:
+        """Until every shipper seen has exited (its last rounds count too), at most ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(process_cpu(pid) for pid in list(self.seen)):
+            time.sleep(0.05)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return sum(self.seen.values())

@@ -84,16 +84,3 @@ def validation_dataset(run: Any) -> tuple[str, str] | None:
         return None
     entry = next(e for e in dataset_entries(run) if e["context"] == "validation")
     return entry["name"], entry["digest"]
-
-
-def dataset_inputs(entries: list[dict[str, Any]]) -> list:
-    """MLflow ``DatasetInput``s for spooled entries (at send time)."""
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
-    return [
-        DatasetInput(
-            Dataset(e["name"], e["digest"], e["source_type"], e["source"], None, e["profile"]),
-            [InputTag("mlflow.data.context", e["context"])],
-        )
-        for e in entries
-    ]

@@ -55,7 +55,7 @@ def _ship_locked(spool: Spool, clients: store.Clients, spools_by_id: dict[str, S
 def _ship_stream(spool: Spool, clients: store.Clients, spools_by_id: dict[str, Spool], stream: str) -> int:
     sent = 0
     while items := spool.pending(stream=stream):  # up to a corrupt line: the next call names it (SpoolCorrupt)
-        client = clients[spool.meta["tracking_uri"]]
+        sender = clients[spool.meta["tracking_uri"]]
         i = 0
         while i < len(items):
             entry = items[i].entry
@@ -65,9 +65,9 @@ def _ship_stream(spool: Spool, clients: store.Clients, spools_by_id: dict[str, S
             for attempt in range(REFUSAL_RETRIES + 1):
                 try:
                     if isinstance(entry, BATCHED):
-                        _send_batch(client, spool, [p.entry for p in items[i:j]])
+                        _send_batch(sender, spool, [p.entry for p in items[i:j]])
                     else:
-                        _send_one(client, spool, entry, items[i + 1 :], spools_by_id)
+                        _send_one(sender, spool, entry, items[i + 1 :], spools_by_id)
                     break
                 except Exception as exc:
                     if not store.is_rejected(exc):
@@ -99,61 +99,51 @@ def _batch_end(items: list[Pending], start: int) -> int:
     return j
 
 
-def _send_batch(client, spool: Spool, entries: list[Entry]) -> None:
-    from mlflow.entities import Metric, Param
-
-    run_id, models = spool.run_id, spool.meta.get("logged_models", {})
+def _send_batch(sender, spool: Spool, entries: list[Entry]) -> None:
+    models = spool.meta.get("logged_models", {})
     metrics = [
-        Metric(
-            e.key,
-            e.value,
-            e.timestamp_ms,
-            e.step,
-            model_id=models.get(e.model) if e.model else None,
-            dataset_name=e.dataset[0] if e.dataset else None,
-            dataset_digest=e.dataset[1] if e.dataset else None,
-        )
+        {
+            "key": e.key,
+            "value": e.value,
+            "timestamp": e.timestamp_ms,
+            "step": e.step,
+            **({"model_id": models[e.model]} if e.model and e.model in models else {}),
+            **({"dataset_name": e.dataset[0], "dataset_digest": e.dataset[1]} if e.dataset else {}),
+        }
         for e in entries
         if isinstance(e, MetricPoint)
     ]
-    params = [Param(k, v) for e in entries if isinstance(e, Params) for k, v in e.params.items()]
-    tags = store.run_tags({k: v for e in entries if isinstance(e, Tags) for k, v in e.tags.items()})
+    params = [(k, v) for e in entries if isinstance(e, Params) for k, v in e.params.items()]
+    tags = {k: str(v) for e in entries if isinstance(e, Tags) for k, v in e.tags.items()}
     for offset in range(0, max(len(params), 1), store.MAX_PARAMS):  # one oversized params record is split
-        chunk = params[offset : offset + store.MAX_PARAMS]
-        client.log_batch(
-            run_id,
-            metrics=metrics if offset == 0 else [],
-            params=chunk,
-            tags=tags if offset == 0 else [],
-            synchronous=True,
+        sender.log_batch(
+            spool.run_id,
+            metrics if offset == 0 else [],
+            dict(params[offset : offset + store.MAX_PARAMS]),
+            tags if offset == 0 else {},
         )
 
 
-def _send_one(client, spool: Spool, entry: Entry, later: list[Pending], spools_by_id: dict[str, Spool]) -> None:
+def _send_one(sender, spool: Spool, entry: Entry, later: list[Pending], spools_by_id: dict[str, Spool]) -> None:
     if isinstance(entry, CreateRun):
         if spool.run_id is None:
-            spool.set_run_id(_create_run(client, spool, entry, spools_by_id))
+            spool.set_run_id(_create_run(sender, spool, entry, spools_by_id))
     elif isinstance(entry, ArtifactFile):
         local = spool.folder / entry.path
         superseded = entry.slot and any(
             isinstance(newer := p.entry, ArtifactFile) and newer.slot == entry.slot for p in later
         )
         if local.exists() and not superseded:
-            client.log_artifact(spool.run_id, str(local), entry.artifact_path)
+            sender.log_artifact(spool.run_id, str(local), entry.artifact_path)
         shutil.rmtree(local.parent, ignore_errors=True)
     elif isinstance(entry, LoggedModel):
         from segtrack_mlflow.logged_model import send
 
-        send(client, spool, entry)
+        send(sender.mlflow_client, spool, entry)
     elif isinstance(entry, DatasetInputs):
-        from segtrack_mlflow.datasets import dataset_inputs
-
-        client.log_inputs(spool.run_id, datasets=dataset_inputs(entry.datasets))
+        sender.log_inputs(spool.run_id, entry.datasets)
     elif isinstance(entry, Status):
-        if entry.status == "RUNNING":
-            client.update_run(spool.run_id, status="RUNNING")
-        else:
-            client.set_terminated(spool.run_id, entry.status, end_time=entry.timestamp_ms)
+        sender.set_status(spool.run_id, entry.status, None if entry.status == "RUNNING" else entry.timestamp_ms)
         ended = entry.status != "RUNNING"
         if spool.meta.get("ended") != ended:
             spool.update_meta(ended=ended)  # close_orphan reads it instead of every record
@@ -184,20 +174,20 @@ def close_orphan(spool: Spool, wait: float = 0.0) -> bool:
         return spool.append_unowned(closing)  # False: a fit resumed it meanwhile
 
 
-def _create_run(client, spool: Spool, entry: CreateRun, spools_by_id: dict[str, Spool]) -> str:
-    experiment_id = store.ensure_experiment(client, entry.experiment, entry.artifact_location)
+def _create_run(sender, spool: Spool, entry: CreateRun, spools_by_id: dict[str, Spool]) -> str:
+    experiment_id = sender.experiment_id(entry.experiment, entry.artifact_location)
     if spool.meta.get("experiment_id") != experiment_id:
         spool.update_meta(experiment_id=experiment_id)  # for links to the run (a study's trials)
     # a crash (or a lost reply) between create_run and saving its id must not create a second
     # run on replay: only then is the server asked for a run carrying this spool's id
     if spool.meta.get("create_attempted"):
-        existing = store.find_run_by_tag(client, experiment_id, store.SPOOL_ID_TAG, spool.local_id)
+        existing = sender.find_run(experiment_id, store.SPOOL_ID_TAG, spool.local_id)
         if existing:
             return existing
     # a resumed fit that moved to another machine continues the run its first spool created
     continued = spool.meta.get("continues")
     if continued:
-        existing = store.find_run_by_tag(client, experiment_id, store.SPOOL_ID_TAG, continued)
+        existing = sender.find_run(experiment_id, store.SPOOL_ID_TAG, continued)
         if existing:
             return existing
         log.warning(
@@ -214,8 +204,7 @@ def _create_run(client, spool: Spool, entry: CreateRun, spools_by_id: dict[str, 
         if parent_run_id is None:
             raise WaitingForParent(f"parent spool {entry.parent} has no MLflow run yet")
         tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(experiment_id, start_time=entry.timestamp_ms, tags=tags, run_name=entry.run_name or None)
-    return run.info.run_id
+    return sender.create_run(experiment_id, entry.timestamp_ms, tags, entry.run_name or None)
 
 
 def _sibling_run_id(spool: Spool, local_id: str) -> str | None:

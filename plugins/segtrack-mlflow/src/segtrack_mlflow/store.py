@@ -7,7 +7,7 @@ import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from urllib.parse import urlsplit
 
 from segtrack import ConfigError
 from segtrack_mlflow.uri import connect_uri, redact, use_credentials  # noqa: F401  (store.use_credentials: callers)
@@ -72,16 +72,25 @@ def create_sqlite_store(path: Path) -> None:
 
 
 class Clients(dict):
-    """MlflowClients by the tracking URI a spool keeps (password masked), each made on first use:
-    from the real URI when this process knows it (the fit that wrote the spool), else from the
-    masked one and the credentials of the environment or settings."""
+    """Senders by the tracking URI a spool keeps (password masked), each made on first use: from
+    the real URI when this process knows it (the fit that wrote the spool), else from the masked
+    one and the credentials of the environment or settings. A tracking server gets the REST sender
+    (no MLflow import); database and file stores MLflow's client."""
 
     def __init__(self, *real_uris: str):
         super().__init__()
         self.real = {redact(uri): uri for uri in real_uris}
 
     def __missing__(self, uri: str):
-        self[uri] = client(self.real.get(uri, uri))
+        real = connect_uri(self.real.get(uri, uri))
+        if urlsplit(real).scheme in ("http", "https"):
+            from segtrack_mlflow.sender_rest import RestSender
+
+            self[uri] = RestSender(real)
+        else:
+            from segtrack_mlflow.sender_sdk import SdkSender
+
+            self[uri] = SdkSender(self.real.get(uri, uri))
         return self[uri]
 
 
@@ -195,9 +204,8 @@ def is_rejected(error: BaseException) -> bool:
     Everything else (connection refused, timeouts, 5xx, wrong credentials) is retried later, so
     a record is never dropped because a server was down or misconfigured for a while.
     """
-    from mlflow.exceptions import MlflowException
-
-    return isinstance(error, MlflowException) and getattr(error, "error_code", "") in REJECTED_CODES
+    # MLflow's MlflowException and the REST sender's RestError both carry MLflow's error code
+    return getattr(error, "error_code", "") in REJECTED_CODES
 
 
 # a refusal that another client's concurrent write caused (two runs inserting one dataset at once):
@@ -217,9 +225,3 @@ def may_pass_on_retry(error: BaseException) -> bool:
     """A refusal (``is_rejected``) that a concurrent write caused, which a retry can get past."""
     text = str(error).lower()
     return any(sign in text for sign in CONCURRENCY_SIGNS)
-
-
-def run_tags(tags: dict[str, Any]):
-    from mlflow.entities import RunTag
-
-    return [RunTag(k, str(v)) for k, v in tags.items()]
