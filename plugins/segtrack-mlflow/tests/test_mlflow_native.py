@@ -18,8 +18,6 @@ import torch
 from mlflow import MlflowClient
 
 NATIVE = ["export.enabled=true", "run.name='cells'"]
-# importing mlflow.pyfunc warns about MLflow's own type hints
-pytestmark = pytest.mark.filterwarnings("ignore:Any type hint is inferred")
 
 
 def _runs(client, experiment="segtrack"):

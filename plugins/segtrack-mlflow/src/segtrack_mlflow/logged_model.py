@@ -1,10 +1,13 @@
-"""The exported ONNX model as an MLflow 3 LoggedModel: written as an MLflow model folder (ONNX
-flavour, signature, input example) into the spool when the export happens, then created,
-uploaded, finalised READY and linked to the run by the shipper."""
+"""The exported ONNX model as an MLflow 3 LoggedModel. When the export happens, the fit only stages
+its source in the spool (the ONNX file, the input example, what the MLmodel must say): no MLflow
+import in the training process (1.5-2 s of a short fit). The shipper then writes it as an MLflow
+model folder (ONNX flavour, signature, input example), creates the LoggedModel, uploads it,
+finalises it READY and links it to the run."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,36 @@ from segtrack_mlflow.entries import LoggedModel as LoggedModelEntry
 
 MAX_EXAMPLE_ELEMENTS = 1_000_000  # the input example is stored as JSON: leave out big volumes
 REGISTRY_ALIAS = "latest-fit"
+
+
+SOURCE = "source"  # beside the model folder: what the shipper builds it from
+
+
+def stage_model_source(
+    onnx_path: str, folder: Path, example: np.ndarray | None, num_classes: int, metadata: dict[str, Any]
+) -> None:
+    """What ``write_model_folder`` needs, kept in ``folder.parent / SOURCE`` (the fit's side)."""
+    source = folder.parent / SOURCE
+    source.mkdir(parents=True)
+    try:
+        os.link(onnx_path, source / "model.onnx")  # the export is replaced by the next fit, not rewritten
+    except OSError:
+        shutil.copy2(onnx_path, source / "model.onnx")
+    if example is not None:
+        np.save(source / "example.npy", example)
+    (source / "spec.json").write_text(json.dumps({"num_classes": num_classes, "metadata": metadata}))
+
+
+def build_model_folder(folder: Path) -> None:
+    """The MLflow model folder from its staged source (the shipper's side); again after a crash
+    cut the last build short."""
+    if (folder / "MLmodel").is_file():
+        return
+    source = folder.parent / SOURCE
+    shutil.rmtree(folder, ignore_errors=True)
+    spec = json.loads((source / "spec.json").read_text())
+    example = np.load(source / "example.npy") if (source / "example.npy").is_file() else None
+    write_model_folder(str(source / "model.onnx"), folder, example, spec["num_classes"], spec["metadata"])
 
 
 def write_model_folder(
@@ -74,6 +107,8 @@ def send(client: Any, spool: Any, entry: LoggedModelEntry) -> None:
     from mlflow.entities import LoggedModelOutput
 
     local = spool.folder / entry.path
+    if (local.parent / SOURCE).is_dir():
+        build_model_folder(local)
     models = dict(spool.meta.get("logged_models", {}))
     model_id = models.get(entry.key)
     if model_id is None:

@@ -410,7 +410,7 @@ class MlflowPlugin:
     @hookimpl
     def model_exported(self, run, export):
         """The ONNX export as an MLflow LoggedModel (ONNX flavour, signature, input example)."""
-        from segtrack_mlflow.logged_model import write_model_folder
+        from segtrack_mlflow.logged_model import stage_model_source
 
         folder = self.spool.staging_folder() / "model"
         run_name = self.spool.meta["run_name"]  # the MLflow run's name, unique per fit
@@ -421,7 +421,7 @@ class MlflowPlugin:
             "spatial_dims": self._dims,
             "segtrack.onnx_max_abs_diff": export.max_abs_diff,
         }
-        write_model_folder(export.path, folder, self._example, self._num_classes, metadata)
+        stage_model_source(export.path, folder, self._example, self._num_classes, metadata)
         best = self._best_at(export.epoch)
         # a model whose ONNX outputs drift past the tolerance is logged, but marked where people look
         parity = (

@@ -123,6 +123,8 @@ class RestSender:
             self._connection.close()
             self._connection = None
 
+    __del__ = close  # a sender dropped without close() (a test's, sync's) leaves no open socket
+
     # -- what the shipper sends -----------------------------------------------------------------
 
     def experiment_id(self, name: str, artifact_location: str | None = None) -> str:
