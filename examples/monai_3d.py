@@ -40,6 +40,23 @@ def vessel_volumes(count: int, shape=(40, 80, 80), seed: int = 0) -> list[dict[s
     return items
 
 
+def dynunet():
+    """MONAI's DynUNet with deep supervision, ~1M parameters: small enough for a laptop CPU."""
+    from monai.networks.nets import DynUNet
+
+    return DynUNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=2,
+        kernel_size=[3, 3, 3, 3],
+        strides=[1, 2, 2, 2],
+        upsample_kernel_size=[2, 2, 2],
+        filters=[16, 32, 64, 128],  # MONAI's default starts at 32
+        deep_supervision=True,
+        deep_supr_num=2,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -47,7 +64,6 @@ def main() -> int:
     try:
         from monai.data import Dataset
         from monai.losses import DiceCELoss
-        from monai.networks.nets import DynUNet
         from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd
     except ImportError:
         print("this example needs MONAI: pip install --no-deps monai (it keeps your torch)", file=sys.stderr)
@@ -64,17 +80,7 @@ def main() -> int:
     train = Dataset(vessel_volumes(6), transform=crops)  # each item: a list of 4 patch dicts
     val = Dataset(vessel_volumes(2, seed=1))  # whole volumes, validated window by window
     torch.manual_seed(0)  # a network passed in code keeps its own initial weights: seed before building it
-    network = DynUNet(
-        spatial_dims=3,
-        in_channels=1,
-        out_channels=2,
-        kernel_size=[3, 3, 3, 3],
-        strides=[1, 2, 2, 2],
-        upsample_kernel_size=[2, 2, 2],
-        filters=[16, 32, 64, 128],  # small enough for a laptop CPU; MONAI's default starts at 32
-        deep_supervision=True,
-        deep_supr_num=2,
-    )
+    network = dynunet()
     dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
 
     def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

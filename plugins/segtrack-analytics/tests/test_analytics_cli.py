@@ -16,10 +16,12 @@ from testsupport.settings import cli_sets
 
 
 def test_train_and_cv_then_summary_top_list_and_plot(sqlite_uri, capsys):
-    # the fit does not wait for the send (drain_timeout 0): the ranking waits for the shipper
+    # the ranking counts the fit once, before its run is sent (drain_timeout 0) and after (30)
     assert main(["train", *cli_sets(sqlite_uri, "run.name='single'", "mlflow.drain_timeout=0")]) == 0
     err = capsys.readouterr().err
     assert "analytics: this run ranks 1 of 1 in the experiment on best_val_dice" in err
+    assert main(["train", *cli_sets(sqlite_uri, "run.name='sent'", "mlflow.drain_timeout=30")]) == 0
+    assert re.search(r"analytics: this run ranks [12] of 2 in the experiment", capsys.readouterr().err)
     assert main(["cv", "--folds", "3", *cli_sets(sqlite_uri, "run.name='cv3'", "mlflow.drain_timeout=0")]) == 0
     err = capsys.readouterr().err
     assert "analytics: cross-fold summary of the experiment on best_val_dice" in err and "cv3" in err
@@ -38,7 +40,7 @@ def test_train_and_cv_then_summary_top_list_and_plot(sqlite_uri, capsys):
 
     assert main(["runs", "list", *cli_sets(sqlite_uri)]) == 0
     listing = capsys.readouterr().out
-    assert "single-" in listing and re.search(r"fold2-cv3-[0-9a-f]{6}", listing) and "(5 rows)" in listing
+    assert "single-" in listing and re.search(r"fold2-cv3-[0-9a-f]{6}", listing) and "(6 rows)" in listing
 
     assert (
         main(
@@ -53,7 +55,7 @@ def test_train_and_cv_then_summary_top_list_and_plot(sqlite_uri, capsys):
         )
         == 0
     )
-    assert json.loads(capsys.readouterr().out) == [{"n": 2 * 4}]
+    assert json.loads(capsys.readouterr().out) == [{"n": 2 * 5}]  # 2 epochs of 2 fits and 3 folds
 
     assert main(["runs", "plot", "--metric", "val_dice", "--out", "curves/dice.png", *cli_sets(sqlite_uri)]) == 0
     with Image.open("curves/dice.png") as image:
@@ -65,7 +67,7 @@ def test_train_and_cv_then_summary_top_list_and_plot(sqlite_uri, capsys):
     analytics = RunAnalytics(sqlite_uri, cache_dir=None)
     analytics.load_experiment_runs("segtrack")
     curves, by_epoch = learning_curves(analytics, "val_dice")
-    assert by_epoch and len(curves) == 4 and all(sorted(c["points"]) == [1, 2] for c in curves.values())
+    assert by_epoch and len(curves) == 5 and all(sorted(c["points"]) == [1, 2] for c in curves.values())
 
 
 def test_sql_errors_show_duckdbs_message_and_the_columns(sqlite_uri, capsys):

@@ -71,6 +71,9 @@ class RunInfo:
     # what computed the validation logits: "whole image", "segtrack.sliding_window(roi_size=...)",
     # or the class of an inferer passed in code (e.g. "monai.inferers.SlidingWindowInferer"); "" unknown
     inferer: str = ""
+    # unique per fit (a resumed fit gets a new one): lets one plugin find what another recorded of
+    # this very fit (the analytics plugin leaves the tracker's row of it out of the ranking it prints)
+    fit_id: str = ""
 
 
 @dataclass(frozen=True)

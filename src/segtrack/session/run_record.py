@@ -11,6 +11,8 @@ from segtrack.runtime.distributed import DistContext
 
 
 def run_record(*, hooks: PluginManager, dist: DistContext, config: Any, **fields: Any) -> RunInfo:
+    import uuid
+
     from segtrack import __version__
 
     return RunInfo(
@@ -20,5 +22,5 @@ def run_record(*, hooks: PluginManager, dist: DistContext, config: Any, **fields
         local_rank=dist.local_rank,
         segtrack_version=__version__,
         plugins=tuple((r.name, r.version or "") for r in hooks.plugin_info.values()),
-        **{"fold": None, "num_folds": None, "cv_id": None, **fields},
+        **{"fold": None, "num_folds": None, "cv_id": None, "fit_id": uuid.uuid4().hex[:16], **fields},
     )

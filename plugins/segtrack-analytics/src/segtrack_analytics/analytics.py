@@ -221,16 +221,23 @@ class RunAnalytics:
             f"WHERE {value} IS NOT NULL AND NOT isnan({value}) ORDER BY {value} {order}, start_time LIMIT {n}"
         ).to_arrow_table()
 
-    def rank_of(self, metric: str, value: float, mode: str = "max") -> tuple[int, int]:
-        """(rank of ``value``, number of ranked runs) among the loaded runs."""
+    def rank_of(self, metric: str, value: float, mode: str = "max", fit_id: str | None = None) -> tuple[int, int]:
+        """(rank of ``value``, number of ranked runs) among the loaded runs; with ``fit_id`` (the
+        ranked fit's ``segtrack.fit_id`` tag), ``value`` is that fit's own and counts once whether
+        or not its run has reached the store yet."""
         column = self.metric_column(metric)
         better = ">" if mode == "max" else "<"
+        where, parameters = f"{column} IS NOT NULL AND NOT isnan({column})", [value]
+        if fit_id is not None and FIT_ID_TAG in self._columns:
+            where += f' AND "{FIT_ID_TAG}" IS DISTINCT FROM ?'
+            parameters.append(fit_id)
         total, ahead = self._one_row(
-            f"SELECT count(*), count(*) FILTER (WHERE {column} {better} ?) FROM runs "
-            f"WHERE {column} IS NOT NULL AND NOT isnan({column})",
-            [value],
+            f"SELECT count(*), count(*) FILTER (WHERE {column} {better} ?) FROM runs WHERE {where}", parameters
         )
-        return ahead + 1, total
+        return ahead + 1, total + (fit_id is not None)
+
+
+FIT_ID_TAG = "tags.segtrack.fit_id"
 
 
 def _cached(index: pa.Table, run_ids: list[str]) -> list[str]:

@@ -38,14 +38,15 @@ class AnalyticsPlugin:
 
         add_commands(subparsers)
 
-    def _analytics(self, purpose: str, command: str):
+    def _analytics(self, purpose: str, command: str, wait: bool = True):
         """The experiment's runs, or None when the store cannot be read: one warning line then, never
         a plugin failure (an unreachable store is not a bug of this plugin, and the fit succeeded)."""
         from segtrack_analytics.analytics import RunAnalytics
         from segtrack_analytics.errors import NoStore, StoreUnreachable
         from segtrack_analytics.settings import default_experiment
 
-        self._wait_for_tracking()
+        if wait:
+            self._wait_for_tracking()
         try:
             analytics = RunAnalytics(None, self.settings, cache_dir=self.section["cache_dir"])
             analytics.load_experiment_runs(default_experiment(self.settings))
@@ -74,11 +75,18 @@ class AnalyticsPlugin:
     def fit_end(self, run, result):
         if not self.section.get("rank_at_fit_end") or result.best_epoch < 0 or run.fold is not None:
             return
+        if "mlflow" not in {name for name, _ in run.plugins}:
+            return  # nothing records this fit: a rank among stored runs would leave it out
         metric = f"best_{result.monitor}"
-        analytics = self._analytics("rank this run", f"segtrack runs top --metric {metric}")
-        if analytics is None or f"metrics.{metric}" not in analytics.columns:
-            return  # nothing tracked this metric (no tracking plugin, or it could not ship yet)
-        rank, total = analytics.rank_of(metric, result.best_value, run.config["checkpoint"]["mode"])
+        # no wait for the tracker to send this fit (waiting cost a short fit seconds): its value is
+        # known here, and its stored row, when already sent, is told apart by its fit_id
+        analytics = self._analytics("rank this run", f"segtrack runs top --metric {metric}", wait=False)
+        if analytics is None:
+            return
+        if f"metrics.{metric}" in analytics.columns:
+            rank, total = analytics.rank_of(metric, result.best_value, run.config["checkpoint"]["mode"], run.fit_id)
+        else:
+            rank, total = 1, 1  # the first fit of the experiment to record this metric
         sys.stderr.write(
             f"analytics: this run ranks {rank} of {total} in the experiment on {metric} "
             f"({result.best_value:.4f}; `segtrack runs top --metric {metric}` lists the best)\n"

@@ -280,6 +280,7 @@ class MlflowPlugin:
             "segtrack.model": run.model_name,
             "segtrack.loop": run.loop,  # segtrack's trainer, a loop of one's own, lightning or ignite
             "segtrack.inferer": run.inferer or "unknown",  # what computed the validation logits
+            "segtrack.fit_id": run.fit_id,  # this fit (a resumed fit sets its own)
         }
         if run.fold is not None:
             tags.update(
