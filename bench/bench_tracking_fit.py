@@ -12,6 +12,8 @@ each round; the report gives medians. The fixed cost is the intercept of the ove
 lengths: fixed = (o100 * 1000 - o1000 * 100) / 900, per step = (o1000 - o100) / 900.
 
 ``python bench/bench_tracking_fit.py [ROUNDS] [THREADS...]`` (default 5 rounds, threads "default 1").
+With ``BENCH_BASELINE=/path/to/an/older/checkout`` a third variant runs tracking from that checkout's
+sources, interleaved with the other two: before and after a change, side by side in one run.
 """
 
 from __future__ import annotations
@@ -71,18 +73,26 @@ def fit(workdir: Path, uri: str, epochs: int, tracked: bool) -> dict[str, float]
     }
 
 
-def run(workdir: Path, uri: str, threads: str, steps: int, tracked: bool, server_pgid: int) -> dict[str, float]:
-    """One fit in a process of its own; its figures, with the shipper's and the server's CPU until
-    its run is sent and its shipper has exited."""
+def sources(tree: Path) -> str:
+    """PYTHONPATH that runs segtrack and its plugins from the checkout ``tree``."""
+    return os.pathsep.join([str(tree / "src"), *(str(p) for p in sorted((tree / "plugins").glob("*/src")))])
+
+
+def run(workdir: Path, uri: str, threads: str, steps: int, tracked: str, server_pgid: int) -> dict[str, float]:
+    """One fit in a process of its own (``tracked``: "off", "on", or "baseline": on, from the
+    BENCH_BASELINE checkout); its figures, with the shipper's and the server's CPU until its run
+    is sent and its shipper has exited."""
     import segtrack_mlflow
 
     env = {**os.environ}
+    if tracked == "baseline":
+        env["PYTHONPATH"] = sources(Path(os.environ["BENCH_BASELINE"]))
     env.pop("OMP_NUM_THREADS", None)
     if threads != "default":
         env["OMP_NUM_THREADS"] = threads
     server, watch = group_cpu(server_pgid), ShipperWatch()
     out = subprocess.run(
-        [sys.executable, __file__, "--fit", str(workdir), uri, str(LENGTHS[steps]), str(int(tracked))],
+        [sys.executable, __file__, "--fit", str(workdir), uri, str(LENGTHS[steps]), str(int(tracked != "off"))],
         cwd=workdir,
         env=env,
         capture_output=True,
@@ -90,7 +100,7 @@ def run(workdir: Path, uri: str, threads: str, steps: int, tracked: bool, server
     )
     if out.returncode:
         raise RuntimeError(f"the fit failed:\n{out.stderr[-3000:]}")
-    if tracked:
+    if tracked != "off":
         assert segtrack_mlflow.wait_sent(workdir / "spool", 120), "the shipper did not send the run in 120 s"
         watch.wait_exited()
     figures = json.loads(out.stdout.strip().splitlines()[-1])
@@ -106,10 +116,12 @@ def main() -> None:
     server = MlflowServer(f"sqlite:///{workdir / 'server.db'}", workdir).start()
     assert server.process is not None
     pgid = os.getpgid(server.process.pid)
-    variants = [(threads, steps, tracked) for threads in thread_modes for steps in LENGTHS for tracked in (False, True)]
-    measured: dict[tuple[str, int, bool], list[dict[str, float]]] = {v: [] for v in variants}
+    kinds = ["off", "on", *(["baseline"] if os.environ.get("BENCH_BASELINE") else [])]
+    variants = [(threads, steps, tracked) for threads in thread_modes for steps in LENGTHS for tracked in kinds]
+    measured: dict[tuple[str, int, str], list[dict[str, float]]] = {v: [] for v in variants}
     try:
-        run(workdir, server.uri, "default", 100, True, pgid)  # warm-up: file caches, the experiment
+        for kind in kinds[1:]:
+            run(workdir, server.uri, "default", 100, kind, pgid)  # warm-up: file caches, the experiment
         for index in range(rounds):
             for variant in variants if index % 2 == 0 else variants[::-1]:
                 measured[variant].append(run(workdir, server.uri, *variant, pgid))
@@ -117,36 +129,37 @@ def main() -> None:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    def med(threads: str, steps: int, tracked: bool, key: str) -> float:
+    def med(threads: str, steps: int, tracked: str, key: str) -> float:
         return median([m.get(key, 0.0) for m in measured[(threads, steps, tracked)]])
 
     rows = []
     for threads in thread_modes:
-        overhead = {}
-        for steps in LENGTHS:
-            off, on = med(threads, steps, False, "wall"), med(threads, steps, True, "wall")
-            overhead[steps] = on - off
-            extra_cpu = {
-                "training process": med(threads, steps, True, "training") - med(threads, steps, False, "training"),
-                "  of which its main thread": med(threads, steps, True, "main thread")
-                - med(threads, steps, False, "main thread"),
-                "shipper process": med(threads, steps, True, "shipper"),
-                "server": med(threads, steps, True, "server") - med(threads, steps, False, "server"),
-            }
-            total = sum(v for k, v in extra_cpu.items() if not k.startswith(" "))
-            label = f"{threads} threads, {steps} steps"
+        for kind in kinds[1:]:
+            overhead = {}
+            for steps in LENGTHS:
+                off, on = med(threads, steps, "off", "wall"), med(threads, steps, kind, "wall")
+                overhead[steps] = on - off
+                extra_cpu = {
+                    "training process": med(threads, steps, kind, "training") - med(threads, steps, "off", "training"),
+                    "  of which its main thread": med(threads, steps, kind, "main thread")
+                    - med(threads, steps, "off", "main thread"),
+                    "shipper process": med(threads, steps, kind, "shipper"),
+                    "server": med(threads, steps, kind, "server") - med(threads, steps, "off", "server"),
+                }
+                total = sum(v for k, v in extra_cpu.items() if not k.startswith(" "))
+                label = f"{threads} threads, {steps} steps, {kind}"
+                rows += [
+                    (f"{label}: wall off / on", f"{off:.2f} s / {on:.2f} s", f"{on / off:.3f}x (target <= 1.05x)"),
+                    (f"{label}: CPU training off", f"{med(threads, steps, 'off', 'training'):.2f} s", ""),
+                ]
+                rows += [(f"{label}: extra CPU, {name}", f"{value:+.2f} s", "") for name, value in extra_cpu.items()]
+                rows.append((f"{label}: extra CPU, all processes", f"{total:+.2f} s", ""))
+            fixed = (overhead[100] * 1000 - overhead[1000] * 100) / 900
+            per_step = (overhead[1000] - overhead[100]) / 900
             rows += [
-                (f"{label}: wall off / on", f"{off:.2f} s / {on:.2f} s", f"{on / off:.3f}x (target <= 1.05x)"),
-                (f"{label}: CPU training off", f"{med(threads, steps, False, 'training'):.2f} s", ""),
+                (f"{threads} threads, {kind}: fixed wall cost per fit", f"{fixed * 1e3:.0f} ms", ""),
+                (f"{threads} threads, {kind}: wall cost per step", f"{per_step * 1e6:.0f} us", ""),
             ]
-            rows += [(f"{label}: extra CPU, {name}", f"{value:+.2f} s", "") for name, value in extra_cpu.items()]
-            rows.append((f"{label}: extra CPU, all processes", f"{total:+.2f} s", ""))
-        fixed = (overhead[100] * 1000 - overhead[1000] * 100) / 900
-        per_step = (overhead[1000] - overhead[100]) / 900
-        rows += [
-            (f"{threads} threads: fixed wall cost per fit", f"{fixed * 1e3:.0f} ms", ""),
-            (f"{threads} threads: wall cost per step", f"{per_step * 1e6:.0f} us", ""),
-        ]
     report(
         f"tracking on vs off, one trainer fit of a small user model through the Python API, {os.cpu_count()} cores, "
         f"median of {rounds} interleaved rounds (python bench/bench_tracking_fit.py {rounds} {' '.join(thread_modes)})",

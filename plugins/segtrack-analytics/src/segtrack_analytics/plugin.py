@@ -75,18 +75,20 @@ class AnalyticsPlugin:
     def fit_end(self, run, result):
         if not self.section.get("rank_at_fit_end") or result.best_epoch < 0 or run.fold is not None:
             return
-        if "mlflow" not in {name for name, _ in run.plugins}:
-            return  # nothing records this fit: a rank among stored runs would leave it out
         metric = f"best_{result.monitor}"
         # no wait for the tracker to send this fit (waiting cost a short fit seconds): its value is
         # known here, and its stored row, when already sent, is told apart by its fit_id
+        recorded = "mlflow" in {name for name, _ in run.plugins}  # else the store never holds this fit
         analytics = self._analytics("rank this run", f"segtrack runs top --metric {metric}", wait=False)
         if analytics is None:
             return
         if f"metrics.{metric}" in analytics.columns:
-            rank, total = analytics.rank_of(metric, result.best_value, run.config["checkpoint"]["mode"], run.fit_id)
-        else:
+            mode = run.config["checkpoint"]["mode"]
+            rank, total = analytics.rank_of(metric, result.best_value, mode, run.fit_id if recorded else None)
+        elif recorded:
             rank, total = 1, 1  # the first fit of the experiment to record this metric
+        else:
+            return  # nothing to compare with
         sys.stderr.write(
             f"analytics: this run ranks {rank} of {total} in the experiment on {metric} "
             f"({result.best_value:.4f}; `segtrack runs top --metric {metric}` lists the best)\n"
