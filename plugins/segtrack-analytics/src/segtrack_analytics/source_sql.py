@@ -87,24 +87,30 @@ class SqlSource:
         where = f"AND e.name IN ({_quote(experiments)})" if experiments else ""
         return conform(self._fetch(RUN_INDEX_SQL.format(experiment_filter=where)), RUN_INDEX)
 
-    def details(self, run_ids: Sequence[str]) -> RunDetails:
+    def details(self, run_ids: Sequence[str], histories: bool = True) -> RunDetails:
         queries = []
         for start in range(0, len(run_ids), CHUNK):
             chunk = f"run_uuid IN ({_quote(run_ids[start : start + CHUNK])})"
-            queries += [(name, sql.format(runs=chunk)) for name, sql in DETAIL_SQL.items()]
-        return self._details(queries)
+            queries += [(name, sql.format(runs=chunk)) for name, sql in _parts(histories)]
+        return self._details(queries, histories)
 
-    def details_all(self, experiments: Sequence[str] | None) -> RunDetails:
+    def details_all(self, experiments: Sequence[str] | None, histories: bool = True) -> RunDetails:
         """Every run of ``experiments`` (the cold-load path): the metrics in slices, the rest in one
         query per table."""
-        scope = (
-            "run_uuid IN (SELECT r.run_uuid FROM runs r JOIN experiments e ON e.experiment_id = "
-            "r.experiment_id WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active'"
-            + (f" AND e.name IN ({_quote(experiments)}))" if experiments else ")")
-        )
-        slices, rest = self._scan_plan(scope)
-        queries = [("metrics", DETAIL_SQL["metrics"].format(runs=where)) for where in slices]
-        return self._details(queries + [(n, sql.format(runs=rest)) for n, sql in DETAIL_SQL.items() if n != "metrics"])
+        slices, rest = self._scan_plan(_scope(experiments))
+        queries = [("metrics", DETAIL_SQL["metrics"].format(runs=where)) for where in slices] if histories else []
+        queries += [(n, sql.format(runs=rest)) for n, sql in _parts(False)]
+        return self._details(queries, histories)
+
+    def histories_all(self, experiments: Sequence[str] | None) -> pa.Table:
+        """Full histories (METRIC) of every run of ``experiments``, read when first queried."""
+        slices, _ = self._scan_plan(_scope(experiments))
+        return self._details([("metrics", DETAIL_SQL["metrics"].format(runs=where)) for where in slices]).metrics
+
+    def count_points(self, experiments: Sequence[str] | None) -> int:
+        """Metric points of every run of ``experiments`` (a count, the histories unread)."""
+        _, rest = self._scan_plan(_scope(experiments))
+        return self._fetch(f"SELECT count(*) AS n FROM metrics WHERE {rest}").column("n")[0].as_py()
 
     def _scan_plan(self, scope: str) -> tuple[list[str], str]:
         """WHERE conditions: a list for the metrics table, one for each other table. SQLite's
@@ -123,14 +129,29 @@ class SqlSource:
         slices = [f"rowid > {low} AND rowid <= {high}" for low, high in itertools.pairwise(bounds)]
         return (slices, "TRUE") if everything else ([f"{where} AND {scope}" for where in slices], scope)
 
-    def _details(self, queries: list[tuple[str, str]]) -> RunDetails:
-        """Run (part, sql) queries side by side; each part's tables in the order of its queries."""
+    def _details(self, queries: list[tuple[str, str]], histories: bool = True) -> RunDetails:
+        """Run (part, sql) queries side by side; each part's tables in the order of its queries.
+        Without ``histories`` the metrics part is None (not read)."""
         with ThreadPoolExecutor(max_workers=min(READERS, len(queries) or 1)) as pool:
             tables = list(pool.map(lambda query: self._fetch(query[1]), queries))
         parts: dict[str, list[pa.Table]] = {name: [] for name in DETAIL_SQL}
         for (name, _), table in zip(queries, tables):
             parts[name].append(conform(_bools(table), SCHEMAS[name]))
-        return RunDetails(**{n: pa.concat_tables(p) if p else SCHEMAS[n].empty_table() for n, p in parts.items()})
+        details = {n: pa.concat_tables(p) if p else SCHEMAS[n].empty_table() for n, p in parts.items()}
+        return RunDetails(**{**details, "metrics": details["metrics"] if histories else None})
+
+
+def _scope(experiments: Sequence[str] | None) -> str:
+    """The WHERE condition of the rows of every active run of ``experiments``."""
+    return (
+        "run_uuid IN (SELECT r.run_uuid FROM runs r JOIN experiments e ON e.experiment_id = "
+        "r.experiment_id WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active'"
+        + (f" AND e.name IN ({_quote(experiments)}))" if experiments else ")")
+    )
+
+
+def _parts(histories: bool) -> list[tuple[str, str]]:
+    return [(n, sql) for n, sql in DETAIL_SQL.items() if histories or n != "metrics"]
 
 
 def _bools(table: pa.Table) -> pa.Table:
