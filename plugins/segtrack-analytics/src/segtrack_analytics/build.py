@@ -46,6 +46,34 @@ def history(metrics: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=HISTORY)
 
 
+def encoded(history: pa.Table) -> pa.Table:
+    """Run ids and keys as dictionaries (a fraction of the memory: a run's id repeats per point)."""
+    for name in ("run_id", "key"):
+        if not pa.types.is_dictionary(history.schema.field(name).type):
+            index = history.column_names.index(name)
+            history = history.set_column(index, name, pc.dictionary_encode(history[name]))
+    return history
+
+
+def rows_of(table: pa.Table, run_ids: pa.Array, keep: bool = True) -> pa.Table:
+    """``table`` with only (``keep``) or without the rows of ``run_ids``. Only batches that change
+    are copied (the histories hold millions of rows); in dictionary-encoded batches only the
+    dictionary is searched."""
+    batches, changed = [], False
+    for batch in table.to_batches():
+        ids = batch.column(batch.schema.get_field_index("run_id"))
+        if isinstance(ids, pa.DictionaryArray):
+            hit = pc.take(pc.is_in(ids.dictionary, value_set=run_ids), ids.indices)
+        else:
+            hit = pc.is_in(ids, value_set=run_ids)
+        if keep:
+            hit = pc.invert(hit)  # the rows to leave out
+        if pc.any(hit).as_py():
+            batch, changed = batch.filter(pc.invert(hit)), True
+        batches.append(batch)
+    return pa.Table.from_batches(batches, schema=table.schema) if changed else table
+
+
 def wide(con: duckdb.DuckDBPyConnection, details: RunDetails) -> pa.Table:
     """One row per run that has any param, tag or metric: ``run_id``, then ``params.<key>``,
     ``tags.<key>`` and ``metrics.<key>`` (the latest value) columns."""

@@ -44,7 +44,6 @@ log = logging.getLogger("segtrack.analytics")
 VERSION = 4  # 4: histories optional (3: the built tables as Arrow IPC; 2: the raw tables as Parquet)
 MAX_DELTAS = 8  # delta files before the next refresh rewrites the cache whole
 ACTIVE = ("RUNNING", "SCHEDULED")
-DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 # The one write in flight per cache folder, whichever RunAnalytics started it: a second write, or
 # a load, of the same folder waits for it. Entries leave when their write ends.
 _writing: dict[str, threading.Thread] = {}
@@ -214,8 +213,8 @@ def merge(old: RunTables, fresh: RunTables, replaced: Sequence[str], index: pa.T
     runs, history = old.runs, old.history
     if replaced:
         drop = pa.array(replaced, pa.string())
-        runs = _without(runs, drop)
-        history = _without(history, drop) if history is not None else None
+        runs = build.rows_of(runs, drop, keep=False)
+        history = build.rows_of(history, drop, keep=False) if history is not None else None
         # a column that only replaced runs had is absent from a full read too
         runs = runs.select([c for c in runs.column_names if c in build.RUN_COLUMNS or runs[c].null_count < len(runs)])
     if history is not None and fresh.history is not None:
@@ -223,21 +222,6 @@ def merge(old: RunTables, fresh: RunTables, replaced: Sequence[str], index: pa.T
     else:
         history = None
     return RunTables(index, build.arrange(pa.concat_tables([runs, fresh.runs], promote_options="permissive")), history)
-
-
-def _without(table: pa.Table, drop: pa.Array) -> pa.Table:
-    """``table`` without the rows of the ``drop`` run ids. Only batches holding such rows are
-    copied (a run still running is re-read at every load, and the histories hold millions of rows);
-    in dictionary-encoded batches only the dictionary is searched."""
-    batches = []
-    for batch in table.to_batches():
-        ids = batch.column(batch.schema.get_field_index("run_id"))
-        if isinstance(ids, pa.DictionaryArray):
-            hit = pc.take(pc.is_in(ids.dictionary, value_set=drop), ids.indices)
-        else:
-            hit = pc.is_in(ids, value_set=drop)
-        batches.append(batch.filter(pc.invert(hit)) if pc.any(hit).as_py() else batch)
-    return pa.Table.from_batches(batches, schema=table.schema)
 
 
 def _read(path: Path) -> pa.Table:
@@ -258,8 +242,4 @@ def _write(table: pa.Table, path: Path) -> None:
 
 def _encoded(history: pa.Table) -> pa.Table:
     """Run ids and keys as dictionaries, one per column (an IPC file holds one per column)."""
-    for name in ("run_id", "key"):
-        if history.schema.field(name).type != DICTIONARY:
-            index = history.column_names.index(name)
-            history = history.set_column(index, name, pc.dictionary_encode(history[name]))
-    return history.unify_dictionaries()
+    return build.encoded(history).unify_dictionaries()

@@ -8,7 +8,6 @@ import re
 from collections.abc import Sequence
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from segtrack_analytics import build
 from segtrack_analytics.tables import Source
@@ -29,11 +28,8 @@ class PendingHistory:
         self.rows: int | None = None  # once read
 
     def read(self) -> pa.Table:
-        history = build.history(self.source.histories_all(self.experiments))
         # runs created since the index was read wait for the next load, as their rows do
-        inside = pc.is_in(history["run_id"], value_set=self.index["run_id"].combine_chunks())
-        if not pc.all(inside).as_py():
-            history = history.filter(inside)
+        history = build.rows_of(self.source.histories_all(self.experiments), self.index["run_id"].combine_chunks())
         self.rows = history.num_rows
         return history
 

@@ -10,6 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 
+from segtrack_analytics import build
 from segtrack_analytics.errors import NoStore
 from segtrack_analytics.source_rest import _table
 from segtrack_analytics.tables import KEY_VALUE, METRIC, RUN_INDEX, RunDetails
@@ -102,7 +103,7 @@ class FileSource:
         return self.details(list(self._folders))
 
     def histories_all(self, experiments: Sequence[str] | None) -> pa.Table:
-        return self.details_all(experiments).metrics
+        return build.history(self.details_all(experiments).metrics)
 
     def count_points(self, experiments: Sequence[str] | None) -> int:
         return self.histories_all(experiments).num_rows

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from segtrack import ConfigError
+from segtrack_analytics import build
 from segtrack_analytics.errors import StoreError, StoreUnreachable
 from segtrack_analytics.tables import KEY_VALUE, METRIC, RUN_INDEX, RunDetails
 from segtrack_mlflow.uri import auth_header, redact
@@ -133,7 +134,7 @@ class RestSource:
         return self.details(list(self._runs))
 
     def histories_all(self, experiments: Sequence[str] | None) -> pa.Table:
-        return self.details_all(experiments).metrics
+        return build.history(self.details_all(experiments).metrics)
 
     def count_points(self, experiments: Sequence[str] | None) -> int:
         return self.histories_all(experiments).num_rows

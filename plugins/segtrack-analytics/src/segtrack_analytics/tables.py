@@ -75,7 +75,8 @@ class Source(Protocol):
         ...
 
     def histories_all(self, experiments: Sequence[str] | None) -> pa.Table:
-        """Full histories (METRIC) of every run of ``experiments``: what details_all left out."""
+        """What details_all left out: the ``metrics`` table (build.HISTORY) of every run of
+        ``experiments``, run ids and keys maybe as dictionaries."""
         ...
 
     def count_points(self, experiments: Sequence[str] | None) -> int:
