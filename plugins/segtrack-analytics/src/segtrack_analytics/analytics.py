@@ -41,7 +41,8 @@ class LoadStats:
 
     @cached_property
     def metric_points(self) -> int:
-        """Points in the histories (counted in the store when asked before they were read)."""
+        """Points in the histories. Asked before they were read, it counts them in the store then
+        (points of runs added since the load included)."""
         return self.count_points()
 
 
