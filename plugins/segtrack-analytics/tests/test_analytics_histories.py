@@ -102,3 +102,28 @@ def test_the_connection_has_both_tables(sqlite_uri):
 )
 def test_which_queries_read_the_histories(sql, reads_metrics):
     assert mentions_metrics(sql) is reads_metrics
+
+
+def test_cached_histories_grow_by_deltas(sqlite_uri, tmp_path, reads):
+    from mlflow import MlflowClient
+
+    running = populate(sqlite_uri)[-1]
+    client = MlflowClient(sqlite_uri)
+    client.set_terminated(running)  # else re-read at every load: the cache would be rewritten whole
+    cache = tmp_path / "cache"
+    first = RunAnalytics(sqlite_uri, cache_dir=cache)
+    first.load_experiment_runs("synthetic")
+    first.query("SELECT count(*) FROM metrics")
+    first.wait_for_cache()
+    new = client.create_run(client.get_experiment_by_name("synthetic").experiment_id).info.run_id
+    client.log_metric(new, "val_dice", 0.5, step=3)
+    client.set_terminated(new)
+    refreshed = RunAnalytics(sqlite_uri, cache_dir=cache)
+    refreshed.load_experiment_runs("synthetic")
+    refreshed.wait_for_cache()
+    state = json.loads(next(cache.rglob("state.json")).read_text())
+    warm = RunAnalytics(sqlite_uri, cache_dir=cache)
+    assert warm.load_experiment_runs("synthetic").reread == 0
+    assert warm.query(ALL_POINTS).to_pylist() == full_read(sqlite_uri)
+    assert len(reads) == 2  # the first process and full_read: the refresh read its runs' histories only
+    assert (state["deltas"], len(state["metrics"])) == (1, 2)

@@ -142,10 +142,11 @@ class RunAnalytics:
         details too (SQL stores): its histories wait for the next load, as its row does. Histories
         the source left out are None."""
         wide = build.wide(self._con, details)
-        history = build.history(details.metrics) if details.metrics is not None else None
-        ids = index["run_id"].combine_chunks()
-        if history is not None and not pc.all(pc.is_in(wide["run_id"], value_set=ids)).as_py():
-            history = history.filter(pc.is_in(history["run_id"], value_set=ids))
+        history = None
+        if details.metrics is not None:
+            history, ids = build.history(details.metrics), index["run_id"].combine_chunks()
+            if not pc.all(pc.is_in(wide["run_id"], value_set=ids)).as_py():
+                history = history.filter(pc.is_in(history["run_id"], value_set=ids))
         return RunTables(index, build.runs(self._con, index, wide), history)
 
     def experiment_run_counts(self) -> dict[str, int]:

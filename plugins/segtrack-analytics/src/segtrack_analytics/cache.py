@@ -105,7 +105,7 @@ class RunCache:
 
     def save_history_in_background(self, history: pa.Table) -> None:
         """``save_history`` in a thread of its own, once the write in flight has ended."""
-        self.wait()
+        self.wait()  # the load's own write: it sets ``current``
         self._in_background(self.save_history, history, self.current)
 
     def _in_background(self, write, *args) -> None:
