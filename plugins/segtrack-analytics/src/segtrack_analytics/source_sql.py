@@ -9,7 +9,7 @@ import io
 import itertools
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -26,6 +26,7 @@ CHUNK = 500  # run ids per IN (...) list
 # Reads run side by side, each on its own connection (the drivers release the GIL while they
 # fetch); SQLite's metrics table, by far the largest, is read in rowid slices, one per core.
 READERS = max(1, min(4, os.cpu_count() or 1))
+HISTORY_SLICE = 1_000_000  # metric rows per slice of a histories read: its raw rows take ~70 MB
 
 RUN_INDEX_SQL = """
 SELECT r.run_uuid AS run_id, CAST(r.experiment_id AS TEXT) AS experiment_id, e.name AS experiment,
@@ -47,7 +48,6 @@ TABLES_SQL = {
 }
 BATCH_ROWS = "adbc.sqlite.query.batch_rows"
 PG_CONNECT_TIMEOUT = 10  # seconds; libpq waits forever by default
-Transform = Callable[[pa.Table], pa.Table]
 
 
 def _quote(values: Sequence[str]) -> str:
@@ -66,12 +66,10 @@ class SqlSource:
                 raise NoStore(f"no MLflow store at {self.path}: train first (make train), or pass --tracking-uri")
         self._indexed: dict[str, int] = {}  # scope: runs in it when run_index read them
 
-    def _fetch(self, sql: str, transform: Transform | None = None) -> pa.Table:
-        """The result as Arrow; ``transform`` applied to each batch as SQLite yields it."""
+    def _fetch(self, sql: str) -> pa.Table:
         if self.kind == "sqlite":
-            return _sqlite_arrow(self.path, sql, transform)
-        table = _postgres_arrow(self.uri, sql)
-        return transform(table) if transform else table
+            return _sqlite_arrow(self.path, sql)
+        return _postgres_arrow(self.uri, sql)
 
     def _require_mlflow_tables(self) -> None:
         missing = set(MLFLOW_TABLES) - set(self._fetch(TABLES_SQL[self.kind]).column("name").to_pylist())
@@ -110,21 +108,22 @@ class SqlSource:
         return self._details(queries, histories)
 
     def histories_all(self, experiments: Sequence[str] | None) -> pa.Table:
-        """The ``metrics`` table of every run of ``experiments``, built batch by batch as the store
+        """The ``metrics`` table of every run of ``experiments``, built slice by slice as the store
         is read (the raw rows of 1,000,000 runs would take ~6 GB): run ids and keys as dictionaries."""
-        slices, _ = self._scan_plan(_scope(experiments))
+        slices, _ = self._scan_plan(_scope(experiments), HISTORY_SLICE)
         queries = [DETAIL_SQL["metrics"].format(runs=where) for where in slices]
-        with ThreadPoolExecutor(max_workers=len(queries)) as pool:
-            return pa.concat_tables(list(pool.map(lambda sql: self._fetch(sql, _history), queries)))
+        with ThreadPoolExecutor(max_workers=min(READERS, len(queries))) as pool:
+            return pa.concat_tables(list(pool.map(lambda sql: _history(self._fetch(sql)), queries)))
 
     def count_points(self, experiments: Sequence[str] | None) -> int:
         """Metric points of every run of ``experiments`` (a count, the histories unread)."""
         _, rest = self._scan_plan(_scope(experiments))
         return self._fetch(f"SELECT count(*) AS n FROM metrics WHERE {rest}").column("n")[0].as_py()
 
-    def _scan_plan(self, scope: str) -> tuple[list[str], str]:
+    def _scan_plan(self, scope: str, rows: int | None = None) -> tuple[list[str], str]:
         """WHERE conditions: a list for the metrics table, one for each other table. SQLite's
-        metrics are read in READERS rowid ranges, side by side. When every run of the store is in
+        metrics are read in READERS rowid ranges side by side (ranges of at most ``rows`` rows,
+        when given: READERS of them in flight at a time). When every run of the store is in
         scope, all tables are plain scans (the scope costs an index search per run, ~2x the time
         for small tables): rows of runs created since the index was read are left out later (the
         metrics by the rowid ranges, the rest by the join with the index, see RunAnalytics). The
@@ -136,7 +135,9 @@ class SqlSource:
             f"SELECT (SELECT max(rowid) FROM metrics) AS last, (SELECT count(*) FROM runs) AS runs, {scoped} AS scoped"
         ).to_pylist()[0]
         everything = snapshot["runs"] == snapshot["scoped"]
-        bounds = [(snapshot["last"] or 0) * i // READERS for i in range(READERS + 1)]
+        last = snapshot["last"] or 0
+        count = max(READERS, -(-last // rows)) if rows else READERS
+        bounds = [last * i // count for i in range(count + 1)]
         slices = [f"rowid > {low} AND rowid <= {high}" for low, high in itertools.pairwise(bounds)]
         return (slices, "TRUE") if everything else ([f"{where} AND {scope}" for where in slices], scope)
 
@@ -153,7 +154,7 @@ class SqlSource:
 
 
 def _history(raw: pa.Table) -> pa.Table:
-    """The ``metrics`` rows of one batch of the store. Every column is a new array: one column of
+    """The ``metrics`` rows of one slice of the store. Every column is a new array: one column of
     an imported batch keeps the whole batch alive (at 100k runs, 0.5 GB of run ids)."""
     import pyarrow.compute as pc
 
@@ -183,17 +184,14 @@ def _bools(table: pa.Table) -> pa.Table:
     return table
 
 
-def _sqlite_arrow(path: Path, sql: str, transform: Transform | None = None) -> pa.Table:
+def _sqlite_arrow(path: Path, sql: str) -> pa.Table:
     """Read-only; the path is percent-encoded, else a '?' or '#' in it would end the file name
     and SQLite would create another file."""
     uri = path.resolve().as_uri() + "?mode=ro"
     adbc = _adbc_sqlite()
     errors: tuple[type[Exception], ...] = (sqlite3.Error, adbc.Error) if adbc else (sqlite3.Error,)
     try:
-        if adbc:
-            return _adbc_arrow(adbc, uri, sql, transform)
-        table = _sqlite3_arrow(uri, sql)
-        return transform(table) if transform else table
+        return _adbc_arrow(adbc, uri, sql) if adbc else _sqlite3_arrow(uri, sql)
     except errors as exc:
         raise _sqlite_error(path, exc) from None
 
@@ -216,7 +214,7 @@ def _adbc_sqlite() -> ModuleType | None:
     return adbc_driver_manager
 
 
-def _adbc_arrow(adbc: ModuleType, uri: str, sql: str, transform: Transform | None = None) -> pa.Table:
+def _adbc_arrow(adbc: ModuleType, uri: str, sql: str) -> pa.Table:
     import adbc_driver_sqlite
 
     with (
@@ -227,11 +225,7 @@ def _adbc_arrow(adbc: ModuleType, uri: str, sql: str, transform: Transform | Non
         statement.set_options(**{BATCH_ROWS: "65536"})  # default 1024: many small chunks
         statement.set_sql_query(sql)
         stream, _ = statement.execute_query()
-        reader = pa.RecordBatchReader.from_stream(stream)
-        if transform is None:
-            return reader.read_all()  # without the GIL
-        parts = [transform(pa.Table.from_batches([batch])) for batch in reader]
-        return pa.concat_tables(parts) if parts else transform(reader.schema.empty_table())
+        return pa.RecordBatchReader.from_stream(stream).read_all()  # without the GIL
 
 
 def _sqlite3_arrow(uri: str, sql: str) -> pa.Table:
