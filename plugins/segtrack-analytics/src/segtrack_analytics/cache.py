@@ -242,4 +242,4 @@ def _write(table: pa.Table, path: Path) -> None:
 
 def _encoded(history: pa.Table) -> pa.Table:
     """Run ids and keys as dictionaries, one per column (an IPC file holds one per column)."""
-    return build.encoded(history).unify_dictionaries()
+    return build.unified(build.encoded(history))
