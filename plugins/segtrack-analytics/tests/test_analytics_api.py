@@ -137,9 +137,12 @@ def test_corrupt_or_foreign_cache_is_rebuilt(sqlite_uri, tmp_path):
     cache = tmp_path / "cache"
     first = RunAnalytics(sqlite_uri, cache_dir=cache)
     first.load_experiment_runs("synthetic")
+    first.query("SELECT count(*) FROM metrics")  # histories are read (and cached) when first queried
     first.wait_for_cache()  # written in the background
-    for parquet in cache.rglob("metrics.arrow"):
-        parquet.write_bytes(b"garbage")
+    corrupted = list(cache.rglob("metrics*.arrow"))
+    assert corrupted
+    for arrow in corrupted:
+        arrow.write_bytes(b"garbage")
     stats = RunAnalytics(sqlite_uri, cache_dir=cache).load_experiment_runs("synthetic")
     assert not stats.from_cache and stats.metric_points == 6 * 9
     state = next(cache.rglob("state.json"))

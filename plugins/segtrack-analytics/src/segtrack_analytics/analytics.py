@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import difflib
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ import pyarrow.compute as pc
 from segtrack import ConfigError
 from segtrack_analytics import build
 from segtrack_analytics.cache import RunCache, changed_runs, merge
+from segtrack_analytics.histories import PendingHistory, mentions_metrics
 from segtrack_analytics.tables import RunDetails, RunTables, Source
 from segtrack_mlflow.uri import connect_uri, redact, resolve_tracking_uri, use_credentials
 
@@ -31,11 +33,17 @@ FOLD_COLUMN = "tags.segtrack.fold"  # set on every cross-validation fold run
 @dataclass(frozen=True)
 class LoadStats:
     runs: int
-    metric_points: int
     reread: int  # runs read from the store (all of them on a cold load)
     dropped: int  # runs that disappeared from the store since the cache was written
     from_cache: bool
     seconds: float
+    count_points: Callable[[], int] = field(repr=False, compare=False)
+
+    @cached_property
+    def metric_points(self) -> int:
+        """Points in the histories. Asked before they were read, it counts them in the store then
+        (points of runs added since the load included)."""
+        return self.count_points()
 
 
 def make_source(uri: str) -> Source:
@@ -72,16 +80,25 @@ class RunAnalytics:
         use_credentials(mlflow.get("username", ""), mlflow.get("password", ""))  # as the mlflow plugin does
         self._uri = connect_uri(uri)  # a server's user:password@ goes to MLFLOW_TRACKING_USERNAME/PASSWORD
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.con: duckdb.DuckDBPyConnection = duckdb.connect(config={"enable_external_access": False})
+        self._con: duckdb.DuckDBPyConnection = duckdb.connect(config={"enable_external_access": False})
         self._columns: list[str] = []
         self._cache: RunCache | None = None
+        self._pending: PendingHistory | None = None  # histories not read yet
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The DuckDB connection with both tables (``metrics`` is read now if it was not yet)."""
+        self._read_history()
+        return self._con
 
     # -- loading --------------------------------------------------------------------------------
 
     def load_experiment_runs(self, experiment: str | Sequence[str] | None = None, full: bool = False) -> LoadStats:
         """Fill ``runs`` and ``metrics`` with the runs of ``experiment`` (one name, several, or
         None for every active experiment). ``full`` ignores the cache. Returns once both tables
-        are ready; the cache is written in the background (``wait_for_cache``)."""
+        are ready, but for an SQL store's histories: ``metrics`` reads them when first queried
+        (summaries and top-N never need them). The cache is written in the background
+        (``wait_for_cache``)."""
         started = time.perf_counter()
         experiments = [experiment] if isinstance(experiment, str) else (list(experiment) if experiment else None)
         source = make_source(self._uri)
@@ -91,12 +108,14 @@ class RunAnalytics:
         cached = cache.load() if cache and not full else None
         added = None
         if cached is None:
-            tables = self._tables(index, source.details_all(experiments))
+            tables = self._tables(index, source.details_all(experiments, histories=False))
             reread, dropped = index.num_rows, 0
         else:
             reread_ids, dropped_ids = changed_runs(cached.index, index)
             fresh_index = index.filter(pc.is_in(index["run_id"], value_set=pa.array(reread_ids, pa.string())))
-            fresh = self._tables(fresh_index, source.details(reread_ids) if reread_ids else RunDetails.empty())
+            histories = cached.history is not None  # else all are read when first queried
+            details = source.details(reread_ids, histories) if reread_ids else RunDetails.empty()
+            fresh = self._tables(fresh_index, details)
             replaced = _cached(cached.index, reread_ids + dropped_ids)
             tables = merge(cached, fresh, replaced, index)
             reread, dropped = len(reread_ids), len(dropped_ids)
@@ -104,10 +123,14 @@ class RunAnalytics:
                 added = fresh  # only new runs: the cache grows by a delta file
         if cache and (cached is None or reread or dropped):
             cache.save_in_background(tables, added)
-        self._build(tables)
-        return LoadStats(
-            index.num_rows, tables.history.num_rows, reread, dropped, cached is not None, time.perf_counter() - started
-        )
+        pending, rows = None, 0
+        if tables.history is None:
+            pending = PendingHistory(source, experiments, index)
+        else:
+            rows = tables.history.num_rows
+        self._build(tables, pending)
+        points = pending.count if pending is not None else lambda: rows
+        return LoadStats(index.num_rows, reread, dropped, cached is not None, time.perf_counter() - started, points)
 
     def wait_for_cache(self) -> None:
         """Return once the cache write of the last load has ended (Python also waits at exit)."""
@@ -116,12 +139,15 @@ class RunAnalytics:
 
     def _tables(self, index: pa.Table, details: RunDetails) -> RunTables:
         """The tables of the runs of ``index``. A run created after the index was read can have
-        details too (SQL stores): its histories wait for the next load, as its row does."""
-        wide, history = build.wide(self.con, details), build.history(details.metrics)
-        ids = index["run_id"].combine_chunks()
-        if not pc.all(pc.is_in(wide["run_id"], value_set=ids)).as_py():
-            history = history.filter(pc.is_in(history["run_id"], value_set=ids))
-        return RunTables(index, build.runs(self.con, index, wide), history)
+        details too (SQL stores): its histories wait for the next load, as its row does. Histories
+        the source left out are None."""
+        wide = build.wide(self._con, details)
+        history = None
+        if details.metrics is not None:
+            history, ids = build.history(details.metrics), index["run_id"].combine_chunks()
+            if not pc.all(pc.is_in(wide["run_id"], value_set=ids)).as_py():
+                history = history.filter(pc.is_in(history["run_id"], value_set=ids))
+        return RunTables(index, build.runs(self._con, index, wide), history)
 
     def experiment_run_counts(self) -> dict[str, int]:
         """Runs per active experiment of the store, most runs first (experiments without runs left out)."""
@@ -129,16 +155,31 @@ class RunAnalytics:
         counts = index.group_by("experiment").aggregate([("run_id", "count")]).to_pylist()
         return {c["experiment"]: c["run_id_count"] for c in sorted(counts, key=lambda c: -c["run_id_count"])}
 
-    def _build(self, tables: RunTables) -> None:
+    def _build(self, tables: RunTables, pending: PendingHistory | None) -> None:
         """``runs`` and ``metrics`` are the Arrow tables themselves, which DuckDB scans in place: a
-        copy into DuckDB took as long as reading the store (metrics) or a refresh (runs at 100k)."""
-        self.con.register("runs", tables.runs)
-        self.con.register("metrics", tables.history)
+        copy into DuckDB took as long as reading the store (metrics) or a refresh (runs at 100k).
+        ``metrics`` waits for its first query when the histories are ``pending``."""
+        self._con.register("runs", tables.runs)
+        if tables.history is not None:
+            self._con.register("metrics", tables.history)
+        else:
+            self._con.unregister("metrics")  # a previous load's, if any
+        self._pending = pending
         self._columns = list(tables.runs.column_names)
+
+    def _read_history(self) -> None:
+        """Read the pending histories and add them to the cache (in the background)."""
+        if self._pending is None:
+            return
+        history = self._pending.read()
+        self._con.register("metrics", history)
+        self._pending = None
+        if self._cache is not None:
+            self._cache.save_history_in_background(history)
 
     def _one_row(self, sql: str, parameters: list[Any] | None = None) -> tuple[Any, ...]:
         """The row of an aggregate query without GROUP BY (DuckDB always returns exactly one)."""
-        row = self.con.execute(sql, parameters).fetchone()
+        row = self._con.execute(sql, parameters).fetchone()
         if row is None:
             raise RuntimeError(f"DuckDB returned no row for an aggregate query: {sql}")
         return row
@@ -152,8 +193,10 @@ class RunAnalytics:
     def query(self, sql: str) -> pa.Table:
         """Run the user's SQL over ``runs`` and ``metrics``. The connection cannot touch files
         (external access is off), so no query can write to the MLflow store or anywhere else."""
+        if mentions_metrics(sql):
+            self._read_history()
         try:
-            relation = self.con.sql(sql)
+            relation = self._con.sql(sql)
         except duckdb.Error as exc:
             raise ConfigError(
                 f"{str(exc).strip()}\n  runs columns: {', '.join(self._columns)}\n"
@@ -206,7 +249,7 @@ class RunAnalytics:
                 f"GROUP BY parent_run_id) g LEFT JOIN runs parent ON parent.run_id = g.parent_run_id "
                 f"ORDER BY mean {order}"
             )
-        return self.con.sql(sql).to_arrow_table()
+        return self._con.sql(sql).to_arrow_table()
 
     def top_models(self, metric: str, n: int = 5, mode: str = "max") -> pa.Table:
         """The ``n`` best runs by ``metric`` (NaN never ranks)."""
@@ -216,7 +259,7 @@ class RunAnalytics:
             raise ConfigError(f"n = {n!r} is invalid: ask for at least 1 run")
         value = self.metric_column(metric)
         order = "DESC" if mode == "max" else "ASC"
-        return self.con.sql(
+        return self._con.sql(
             f"SELECT run_id, run_name, experiment, status, parent_run_id, {value} AS {value} FROM runs "
             f"WHERE {value} IS NOT NULL AND NOT isnan({value}) ORDER BY {value} {order}, start_time LIMIT {n}"
         ).to_arrow_table()

@@ -15,6 +15,10 @@ The cache is written by a background thread, so a load answers without waiting f
 next load of the same cache in this process waits for that write first, and Python waits for it
 at exit (the thread is not a daemon). A process killed mid-write leaves the previous cache intact:
 ``state.json`` is replaced last.
+
+Histories are read from the store when first queried (not at a load: ``runs`` answers summaries
+and top-N alone), so a generation may lack them until then (``state["metrics"]`` is None); they
+are added to it once read (``save_history``).
 """
 
 from __future__ import annotations
@@ -37,11 +41,9 @@ from segtrack_analytics import build
 from segtrack_analytics.tables import RUN_INDEX, RunTables, conform
 
 log = logging.getLogger("segtrack.analytics")
-VERSION = 3  # 3: the built tables as Arrow IPC (2: the raw tables as Parquet)
+VERSION = 4  # 4: histories optional (3: the built tables as Arrow IPC; 2: the raw tables as Parquet)
 MAX_DELTAS = 8  # delta files before the next refresh rewrites the cache whole
 ACTIVE = ("RUNNING", "SCHEDULED")
-PARTS = ("runs", "metrics")  # files per generation besides the index (+ one delta file each per refresh)
-DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 # The one write in flight per cache folder, whichever RunAnalytics started it: a second write, or
 # a load, of the same folder waits for it. Entries leave when their write ends.
 _writing: dict[str, threading.Thread] = {}
@@ -54,6 +56,7 @@ class RunCache:
         key = hashlib.sha256(json.dumps([uri, self.experiments]).encode()).hexdigest()[:16]
         self.folder = Path(root) / key
         self._key = os.path.abspath(self.folder)  # the registry's key: the same folder by any path
+        self.current: tuple[str, str] | None = None  # (generation, index file) this process last read or wrote
 
     def _state(self) -> dict | None:
         try:
@@ -76,17 +79,17 @@ class RunCache:
             return None
         try:
             generation = self.folder / state["generation"]
-            files = {
-                part: [generation / f"{part}.arrow"]
-                + [generation / f"{part}-delta{i}.arrow" for i in range(state["deltas"])]
-                for part in PARTS
-            }
+            runs_files = ["runs.arrow"] + [f"runs-delta{i}.arrow" for i in range(state["deltas"])]
             index = conform(_read(generation / state["index"]), RUN_INDEX)
             # runs files differ in columns when later runs brought new keys: nulls fill the gaps
-            runs = build.arrange(pa.concat_tables([_read(f) for f in files["runs"]], promote_options="permissive"))
-            history = pa.concat_tables([_read(f) for f in files["metrics"]])
-        except (OSError, ValueError, KeyError, pa.ArrowException):
+            runs = build.arrange(
+                pa.concat_tables([_read(generation / f) for f in runs_files], promote_options="permissive")
+            )
+            metrics = state["metrics"]
+            history = None if metrics is None else pa.concat_tables([_read(generation / f) for f in metrics])
+        except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
             return None
+        self.current = (state["generation"], state["index"])
         return RunTables(index, runs, history)
 
     def wait(self) -> None:
@@ -98,15 +101,23 @@ class RunCache:
 
     def save_in_background(self, tables: RunTables, added: RunTables | None = None) -> None:
         """``save`` in a thread of its own; a folder that cannot be written costs a warning."""
+        self._in_background(self.save, tables, added)
+
+    def save_history_in_background(self, history: pa.Table) -> None:
+        """``save_history`` in a thread of its own, once the write in flight has ended."""
+        self.wait()  # the load's own write: it sets ``current``
+        self._in_background(self.save_history, history, self.current)
+
+    def _in_background(self, write, *args) -> None:
         self.wait()
-        thread = threading.Thread(target=self._save_or_warn, args=(tables, added), name="segtrack-analytics-cache")
+        thread = threading.Thread(target=self._write_or_warn, args=(write, *args), name="segtrack-analytics-cache")
         with _writing_lock:
             _writing[self._key] = thread
         thread.start()
 
-    def _save_or_warn(self, tables: RunTables, added: RunTables | None) -> None:
+    def _write_or_warn(self, write, *args) -> None:
         try:
-            self.save(tables, added)
+            write(*args)
         except OSError as exc:  # the cache only saves time
             log.warning(
                 "analytics: cannot write the cache in %s (%s): set analytics.cache_dir to a writable folder",
@@ -126,10 +137,14 @@ class RunCache:
             generation = self.folder / state["generation"]
             delta = state["deltas"]
             _write(added.runs, generation / f"runs-delta{delta}.arrow")
-            _write(_encoded(added.history), generation / f"metrics-delta{delta}.arrow")
+            metrics = None
+            if state["metrics"] is not None and added.history is not None and tables.history is not None:
+                metrics = [*state["metrics"], f"metrics-delta{delta}.arrow"]
+                _write(_encoded(added.history), generation / metrics[-1])
             index_file = f"index-{delta + 1}.arrow"
             _write(tables.index, generation / index_file)
-            self._switch({**state, "deltas": delta + 1, "index": index_file, "synced_at": time.time()})
+            changes = {"deltas": delta + 1, "index": index_file, "metrics": metrics, "synced_at": time.time()}
+            self._switch({**state, **changes})
             (generation / state["index"]).unlink(missing_ok=True)
             return
         name = f"gen-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -137,7 +152,8 @@ class RunCache:
         target.mkdir(parents=True)
         _write(tables.index, target / "index.arrow")
         _write(tables.runs, target / "runs.arrow")
-        _write(_encoded(tables.history), target / "metrics.arrow")
+        if tables.history is not None:
+            _write(_encoded(tables.history), target / "metrics.arrow")
         self._switch(
             {
                 "version": VERSION,
@@ -146,6 +162,7 @@ class RunCache:
                 "generation": name,
                 "index": "index.arrow",
                 "deltas": 0,
+                "metrics": None if tables.history is None else ["metrics.arrow"],
                 "synced_at": time.time(),
             }
         )
@@ -153,11 +170,22 @@ class RunCache:
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
 
+    def save_history(self, history: pa.Table, token: tuple[str, str] | None) -> None:
+        """Add histories read after the load to the generation of its runs (``token``: ``current``
+        once the load's own write ended), unless the cache has changed since or has them already."""
+        state = self._state()
+        if state is None or token != (state["generation"], state["index"]) or state["metrics"] is not None:
+            return
+        name = f"metrics-{uuid.uuid4().hex[:6]}.arrow"
+        _write(_encoded(history), self.folder / state["generation"] / name)
+        self._switch({**state, "metrics": [name]})
+
     def _switch(self, state: dict) -> None:
         """state.json names the files that make up the cache; replacing it is the commit."""
         tmp = self.folder / f".state.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.folder / "state.json")
+        self.current = (state["generation"], state["index"])
 
 
 def changed_runs(old: pa.Table, new: pa.Table) -> tuple[list[str], list[str]]:
@@ -180,33 +208,20 @@ def _differ(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def merge(old: RunTables, fresh: RunTables, replaced: Sequence[str], index: pa.Table) -> RunTables:
     """``old`` without the rows of ``replaced`` runs, plus ``fresh``, with the run ``index`` now.
-    Filtering scans every cached row, so it only happens when a replaced run is in the cache."""
+    Filtering scans every cached row, so it only happens when a replaced run is in the cache.
+    Without cached histories the merged tables have none either (read when first queried)."""
     runs, history = old.runs, old.history
     if replaced:
         drop = pa.array(replaced, pa.string())
-        runs, history = _without(runs, drop), _without(history, drop)
+        runs = build.rows_of(runs, drop, keep=False)
+        history = build.rows_of(history, drop, keep=False) if history is not None else None
         # a column that only replaced runs had is absent from a full read too
         runs = runs.select([c for c in runs.column_names if c in build.RUN_COLUMNS or runs[c].null_count < len(runs)])
-    return RunTables(
-        index,
-        build.arrange(pa.concat_tables([runs, fresh.runs], promote_options="permissive")),
-        pa.concat_tables([history, fresh.history.cast(history.schema)]),
-    )
-
-
-def _without(table: pa.Table, drop: pa.Array) -> pa.Table:
-    """``table`` without the rows of the ``drop`` run ids. Only batches holding such rows are
-    copied (a run still running is re-read at every load, and the histories hold millions of rows);
-    in dictionary-encoded batches only the dictionary is searched."""
-    batches = []
-    for batch in table.to_batches():
-        ids = batch.column(batch.schema.get_field_index("run_id"))
-        if isinstance(ids, pa.DictionaryArray):
-            hit = pc.take(pc.is_in(ids.dictionary, value_set=drop), ids.indices)
-        else:
-            hit = pc.is_in(ids, value_set=drop)
-        batches.append(batch.filter(pc.invert(hit)) if pc.any(hit).as_py() else batch)
-    return pa.Table.from_batches(batches, schema=table.schema)
+    if history is not None and fresh.history is not None:
+        history = pa.concat_tables([history, fresh.history.cast(history.schema)])
+    else:
+        history = None
+    return RunTables(index, build.arrange(pa.concat_tables([runs, fresh.runs], promote_options="permissive")), history)
 
 
 def _read(path: Path) -> pa.Table:
@@ -227,8 +242,4 @@ def _write(table: pa.Table, path: Path) -> None:
 
 def _encoded(history: pa.Table) -> pa.Table:
     """Run ids and keys as dictionaries, one per column (an IPC file holds one per column)."""
-    for name in ("run_id", "key"):
-        if history.schema.field(name).type != DICTIONARY:
-            index = history.column_names.index(name)
-            history = history.set_column(index, name, pc.dictionary_encode(history[name]))
-    return history.unify_dictionaries()
+    return build.unified(build.encoded(history))

@@ -10,6 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 
+from segtrack_analytics import build
 from segtrack_analytics.errors import NoStore
 from segtrack_analytics.source_rest import _table
 from segtrack_analytics.tables import KEY_VALUE, METRIC, RUN_INDEX, RunDetails
@@ -75,7 +76,8 @@ class FileSource:
                     )
         return pa.Table.from_pylist(rows, schema=RUN_INDEX)
 
-    def details(self, run_ids: Sequence[str]) -> RunDetails:
+    def details(self, run_ids: Sequence[str], histories: bool = True) -> RunDetails:
+        """Histories are read whatever ``histories`` says (they come with the same reads)."""
         params, tags, latest, history = [], [], [], []
         for rid in run_ids:
             folder = self._folders[rid]
@@ -97,8 +99,14 @@ class FileSource:
             _table(params, KEY_VALUE), _table(tags, KEY_VALUE), _table(latest, METRIC), _table(history, METRIC)
         )
 
-    def details_all(self, experiments: Sequence[str] | None) -> RunDetails:
+    def details_all(self, experiments: Sequence[str] | None, histories: bool = True) -> RunDetails:
         return self.details(list(self._folders))
+
+    def histories_all(self, experiments: Sequence[str] | None) -> pa.Table:
+        return build.history(self.details_all(experiments).metrics)
+
+    def count_points(self, experiments: Sequence[str] | None) -> int:
+        return self.histories_all(experiments).num_rows
 
 
 STATUS_NAMES = {"1": "RUNNING", "2": "SCHEDULED", "3": "FINISHED", "4": "FAILED", "5": "KILLED"}

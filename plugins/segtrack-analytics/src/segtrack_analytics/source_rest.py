@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from segtrack import ConfigError
+from segtrack_analytics import build
 from segtrack_analytics.errors import StoreError, StoreUnreachable
 from segtrack_analytics.tables import KEY_VALUE, METRIC, RUN_INDEX, RunDetails
 from segtrack_mlflow.uri import auth_header, redact
@@ -94,7 +95,8 @@ class RestSource:
         ]
         return pa.Table.from_pylist([dict(zip(RUN_INDEX.names, row)) for row in rows], schema=RUN_INDEX)
 
-    def details(self, run_ids: Sequence[str]) -> RunDetails:
+    def details(self, run_ids: Sequence[str], histories: bool = True) -> RunDetails:
+        """Histories are read whatever ``histories`` says (they come with the same reads)."""
         params, tags, latest = [], [], []
         keys_to_runs: dict[str, list[str]] = defaultdict(list)
         for rid in run_ids:
@@ -128,8 +130,14 @@ class RestSource:
             _table(params, KEY_VALUE), _table(tags, KEY_VALUE), _table(latest, METRIC), _table(history, METRIC)
         )
 
-    def details_all(self, experiments: Sequence[str] | None) -> RunDetails:
+    def details_all(self, experiments: Sequence[str] | None, histories: bool = True) -> RunDetails:
         return self.details(list(self._runs))
+
+    def histories_all(self, experiments: Sequence[str] | None) -> pa.Table:
+        return build.history(self.details_all(experiments).metrics)
+
+    def count_points(self, experiments: Sequence[str] | None) -> int:
+        return self.histories_all(experiments).num_rows
 
 
 def _table(rows: list[tuple], schema: pa.Schema) -> pa.Table:

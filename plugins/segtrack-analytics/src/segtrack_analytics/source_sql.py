@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from segtrack import ConfigError, redact
+from segtrack_analytics import build
 from segtrack_analytics.errors import NoStore, StoreError, StoreUnreachable
 from segtrack_analytics.tables import KEY_VALUE, METRIC, RUN_INDEX, RunDetails, conform
 
@@ -25,6 +26,7 @@ CHUNK = 500  # run ids per IN (...) list
 # Reads run side by side, each on its own connection (the drivers release the GIL while they
 # fetch); SQLite's metrics table, by far the largest, is read in rowid slices, one per core.
 READERS = max(1, min(4, os.cpu_count() or 1))
+HISTORY_SLICE = 1_000_000  # metric rows per slice of a histories read: its raw rows take ~70 MB
 
 RUN_INDEX_SQL = """
 SELECT r.run_uuid AS run_id, CAST(r.experiment_id AS TEXT) AS experiment_id, e.name AS experiment,
@@ -62,6 +64,7 @@ class SqlSource:
             self.path = Path(uri[len("sqlite:///") :])
             if not self.path.is_file():
                 raise NoStore(f"no MLflow store at {self.path}: train first (make train), or pass --tracking-uri")
+        self._indexed: dict[str, int] = {}  # scope: runs in it when run_index read them
 
     def _fetch(self, sql: str) -> pa.Table:
         if self.kind == "sqlite":
@@ -85,52 +88,91 @@ class SqlSource:
     def run_index(self, experiments: Sequence[str] | None) -> pa.Table:
         self._require_mlflow_tables()
         where = f"AND e.name IN ({_quote(experiments)})" if experiments else ""
-        return conform(self._fetch(RUN_INDEX_SQL.format(experiment_filter=where)), RUN_INDEX)
+        index = conform(self._fetch(RUN_INDEX_SQL.format(experiment_filter=where)), RUN_INDEX)
+        self._indexed[_scope(experiments)] = index.num_rows
+        return index
 
-    def details(self, run_ids: Sequence[str]) -> RunDetails:
+    def details(self, run_ids: Sequence[str], histories: bool = True) -> RunDetails:
         queries = []
         for start in range(0, len(run_ids), CHUNK):
             chunk = f"run_uuid IN ({_quote(run_ids[start : start + CHUNK])})"
-            queries += [(name, sql.format(runs=chunk)) for name, sql in DETAIL_SQL.items()]
-        return self._details(queries)
+            queries += [(name, sql.format(runs=chunk)) for name, sql in _parts(histories)]
+        return self._details(queries, histories)
 
-    def details_all(self, experiments: Sequence[str] | None) -> RunDetails:
+    def details_all(self, experiments: Sequence[str] | None, histories: bool = True) -> RunDetails:
         """Every run of ``experiments`` (the cold-load path): the metrics in slices, the rest in one
         query per table."""
-        scope = (
-            "run_uuid IN (SELECT r.run_uuid FROM runs r JOIN experiments e ON e.experiment_id = "
-            "r.experiment_id WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active'"
-            + (f" AND e.name IN ({_quote(experiments)}))" if experiments else ")")
-        )
-        slices, rest = self._scan_plan(scope)
-        queries = [("metrics", DETAIL_SQL["metrics"].format(runs=where)) for where in slices]
-        return self._details(queries + [(n, sql.format(runs=rest)) for n, sql in DETAIL_SQL.items() if n != "metrics"])
+        slices, rest = self._scan_plan(_scope(experiments))
+        queries = [("metrics", DETAIL_SQL["metrics"].format(runs=where)) for where in slices] if histories else []
+        queries += [(n, sql.format(runs=rest)) for n, sql in _parts(False)]
+        return self._details(queries, histories)
 
-    def _scan_plan(self, scope: str) -> tuple[list[str], str]:
+    def histories_all(self, experiments: Sequence[str] | None) -> pa.Table:
+        """The ``metrics`` table of every run of ``experiments``, built slice by slice as the store
+        is read (the raw rows of 1,000,000 runs would take ~6 GB): run ids and keys as dictionaries."""
+        slices, _ = self._scan_plan(_scope(experiments), HISTORY_SLICE)
+        queries = [DETAIL_SQL["metrics"].format(runs=where) for where in slices]
+        with ThreadPoolExecutor(max_workers=min(READERS, len(queries))) as pool:
+            return pa.concat_tables(list(pool.map(lambda sql: _history(self._fetch(sql)), queries)))
+
+    def count_points(self, experiments: Sequence[str] | None) -> int:
+        """Metric points of every run of ``experiments`` (a count, the histories unread)."""
+        _, rest = self._scan_plan(_scope(experiments))
+        return self._fetch(f"SELECT count(*) AS n FROM metrics WHERE {rest}").column("n")[0].as_py()
+
+    def _scan_plan(self, scope: str, rows: int | None = None) -> tuple[list[str], str]:
         """WHERE conditions: a list for the metrics table, one for each other table. SQLite's
-        metrics are read in READERS rowid ranges, side by side. When every run of the store is in
+        metrics are read in READERS rowid ranges side by side (ranges of at most ``rows`` rows,
+        when given: READERS of them in flight at a time). When every run of the store is in
         scope, all tables are plain scans (the scope costs an index search per run, ~2x the time
         for small tables): rows of runs created since the index was read are left out later (the
-        metrics by the rowid ranges, the rest by the join with the index, see RunAnalytics)."""
+        metrics by the rowid ranges, the rest by the join with the index, see RunAnalytics). The
+        runs in scope are counted by the index when it was read (a count takes 2 s at 1M runs)."""
         if self.kind != "sqlite":
             return [scope], scope
+        scoped = self._indexed.get(scope, f"(SELECT count(*) FROM runs WHERE {scope})")
         snapshot = self._fetch(
-            f"SELECT (SELECT max(rowid) FROM metrics) AS last, (SELECT count(*) FROM runs) AS runs, "
-            f"(SELECT count(*) FROM runs WHERE {scope}) AS scoped"
+            f"SELECT (SELECT max(rowid) FROM metrics) AS last, (SELECT count(*) FROM runs) AS runs, {scoped} AS scoped"
         ).to_pylist()[0]
         everything = snapshot["runs"] == snapshot["scoped"]
-        bounds = [(snapshot["last"] or 0) * i // READERS for i in range(READERS + 1)]
+        last = snapshot["last"] or 0
+        count = max(READERS, -(-last // rows)) if rows else READERS
+        bounds = [last * i // count for i in range(count + 1)]
         slices = [f"rowid > {low} AND rowid <= {high}" for low, high in itertools.pairwise(bounds)]
         return (slices, "TRUE") if everything else ([f"{where} AND {scope}" for where in slices], scope)
 
-    def _details(self, queries: list[tuple[str, str]]) -> RunDetails:
-        """Run (part, sql) queries side by side; each part's tables in the order of its queries."""
+    def _details(self, queries: list[tuple[str, str]], histories: bool = True) -> RunDetails:
+        """Run (part, sql) queries side by side; each part's tables in the order of its queries.
+        Without ``histories`` the metrics part is None (not read)."""
         with ThreadPoolExecutor(max_workers=min(READERS, len(queries) or 1)) as pool:
             tables = list(pool.map(lambda query: self._fetch(query[1]), queries))
         parts: dict[str, list[pa.Table]] = {name: [] for name in DETAIL_SQL}
         for (name, _), table in zip(queries, tables):
             parts[name].append(conform(_bools(table), SCHEMAS[name]))
-        return RunDetails(**{n: pa.concat_tables(p) if p else SCHEMAS[n].empty_table() for n, p in parts.items()})
+        details = {n: pa.concat_tables(p) if p else SCHEMAS[n].empty_table() for n, p in parts.items()}
+        return RunDetails(**{**details, "metrics": details["metrics"] if histories else None})
+
+
+def _history(raw: pa.Table) -> pa.Table:
+    """The ``metrics`` rows of one slice of the store. Every column is a new array: one column of
+    an imported batch keeps the whole batch alive (at 100k runs, 0.5 GB of run ids)."""
+    import pyarrow.compute as pc
+
+    history = build.encoded(build.history(conform(_bools(raw), METRIC)))
+    return history.set_column(2, "step", pc.add(history["step"], 0))  # the one column not computed anew
+
+
+def _scope(experiments: Sequence[str] | None) -> str:
+    """The WHERE condition of the rows of every active run of ``experiments``."""
+    return (
+        "run_uuid IN (SELECT r.run_uuid FROM runs r JOIN experiments e ON e.experiment_id = "
+        "r.experiment_id WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active'"
+        + (f" AND e.name IN ({_quote(experiments)}))" if experiments else ")")
+    )
+
+
+def _parts(histories: bool) -> list[tuple[str, str]]:
+    return [(n, sql) for n, sql in DETAIL_SQL.items() if histories or n != "metrics"]
 
 
 def _bools(table: pa.Table) -> pa.Table:

@@ -40,7 +40,7 @@ class RunDetails:
     params: pa.Table
     tags: pa.Table
     latest: pa.Table  # latest value of each metric per run (METRIC schema)
-    metrics: pa.Table  # full histories (METRIC schema)
+    metrics: pa.Table | None  # full histories (METRIC schema); None: not read (see Source.details)
 
     @classmethod
     def empty(cls) -> RunDetails:
@@ -53,7 +53,8 @@ class RunTables:
 
     index: pa.Table  # RUN_INDEX: one row per run
     runs: pa.Table  # the ``runs`` table (build.runs)
-    history: pa.Table  # the ``metrics`` table (build.HISTORY; run ids and keys may be dictionaries)
+    # the ``metrics`` table (build.HISTORY; run ids and keys may be dictionaries); None: not read yet
+    history: pa.Table | None
 
 
 class Source(Protocol):
@@ -64,12 +65,22 @@ class Source(Protocol):
         """One row per active run of ``experiments`` (None: every active experiment), RUN_INDEX schema."""
         ...
 
-    def details(self, run_ids: Sequence[str]) -> RunDetails:
-        """Params, tags, latest metrics and full histories of ``run_ids``."""
+    def details(self, run_ids: Sequence[str], histories: bool = True) -> RunDetails:
+        """Params, tags, latest metrics and full histories of ``run_ids``. Without ``histories`` a
+        source may leave the histories out (metrics None: SqlSource), or read them anyway."""
         ...
 
-    def details_all(self, experiments: Sequence[str] | None) -> RunDetails:
+    def details_all(self, experiments: Sequence[str] | None, histories: bool = True) -> RunDetails:
         """The same for every run of ``experiments`` (the cold-load path)."""
+        ...
+
+    def histories_all(self, experiments: Sequence[str] | None) -> pa.Table:
+        """What details_all left out: the ``metrics`` table (build.HISTORY) of every run of
+        ``experiments``, run ids and keys maybe as dictionaries."""
+        ...
+
+    def count_points(self, experiments: Sequence[str] | None) -> int:
+        """How many rows ``histories_all`` would return, without reading them."""
         ...
 
 
