@@ -270,7 +270,8 @@ class RunAnalytics:
         or not its run has reached the store yet."""
         column = self.metric_column(metric)
         better = ">" if mode == "max" else "<"
-        where, parameters = f"{column} IS NOT NULL AND NOT isnan({column})", [value]
+        where = f"{column} IS NOT NULL AND NOT isnan({column})"
+        parameters: list[Any] = [value]
         if fit_id is not None and FIT_ID_TAG in self._columns:
             where += f' AND "{FIT_ID_TAG}" IS DISTINCT FROM ?'
             parameters.append(fit_id)
