@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -87,6 +88,22 @@ def test_checkpoint_policy(trainer_factory, sqlite_uri, policy, expected):
     ).fit()
     client = MlflowClient(sqlite_uri)
     assert artifacts(client, only_run(client).info.run_id) == sorted([*expected, "config.toml"])
+
+
+def test_best_and_last_are_spooled_at_most_once_an_interval_and_the_newest_at_the_end(trainer_factory, sqlite_uri):
+    result = trainer_factory(
+        f"mlflow.tracking_uri='{sqlite_uri}'", "mlflow.checkpoint_interval=3600", "mlflow.sample_overlays=0"
+    ).fit()
+    (records,) = Path(".segtrack/spool").glob("*/records.jsonl")
+    files = [r for r in map(json.loads, records.read_text().splitlines()) if r["t"] == "file"]
+    # epoch 0's pair when it was saved, then the newest pair at fit_end (3 epochs: not 6 files)
+    slots = [f["slot"] for f in files if f["a"] == "checkpoints"]
+    assert sorted(slots[:2]) == sorted(slots[2:]) == ["best", "last"]
+    client = MlflowClient(sqlite_uri)
+    run_id = only_run(client).info.run_id
+    for name, local in (("last.pt", result.last_checkpoint), ("best.pt", result.best_checkpoint)):
+        sent = client.download_artifacts(run_id, f"checkpoints/{name}", f"dl-{name}")
+        assert Path(sent).read_bytes() == Path(local).read_bytes(), name
 
 
 def test_failed_fit_is_marked_failed(trainer_factory, sqlite_uri):

@@ -75,6 +75,9 @@ class MlflowPlugin:
         self._new_store = False
         self._val_dataset: tuple[str, str] | None = None
         self._last_wake = 0.0  # when the shipper was last woken (time.monotonic)
+        # best/last checkpoints: when each slot was last spooled, and the newest one waiting
+        self._checkpoint_spooled: dict[str, float] = {}
+        self._checkpoint_waiting: dict[str, str] = {}
 
     @property
     def fit_end_timeout(self) -> float:
@@ -291,6 +294,7 @@ class MlflowPlugin:
                 }
             )
         self._exported, self._example = False, None
+        self._checkpoint_spooled, self._checkpoint_waiting = {}, {}
         # this fit's restored state only: a later fit of the same trainer (a CV after it) starts its own run
         resume_state, self.resume_state = self.resume_state, None
         self._best = (resume_state or {}).get("best")
@@ -404,9 +408,28 @@ class MlflowPlugin:
 
     @hookimpl
     def checkpoint_saved(self, checkpoint):
-        if checkpoint.kind in CHECKPOINT_KINDS[self.section["checkpoint_policy"]]:
-            slot = None if checkpoint.kind == "epoch" else checkpoint.kind
+        """best.pt and last.pt go to the spool at most every ``mlflow.checkpoint_interval`` seconds
+        (and the newest at fit_end): each upload is work for the shipper and the server, which
+        competes with training for the CPU; per-epoch files (policy "all") go every time."""
+        if checkpoint.kind not in CHECKPOINT_KINDS[self.section["checkpoint_policy"]]:
+            return
+        if checkpoint.kind == "epoch":
+            self.spool.add_file(checkpoint.path, "checkpoints")
+            return
+        now, slot = time.monotonic(), checkpoint.kind
+        if now - self._checkpoint_spooled.get(slot, -float("inf")) >= self.section["checkpoint_interval"]:
             self.spool.add_file(checkpoint.path, "checkpoints", slot=slot)
+            self._checkpoint_spooled[slot] = now
+            self._checkpoint_waiting.pop(slot, None)
+        else:
+            self._checkpoint_waiting[slot] = checkpoint.path
+
+    def _spool_waiting_checkpoints(self, spool: Spool) -> None:
+        """The newest best/last checkpoints not spooled yet (their files hold the newest content)."""
+        waiting, self._checkpoint_waiting = self._checkpoint_waiting, {}
+        for slot, path in waiting.items():
+            if Path(path).is_file():
+                spool.add_file(path, "checkpoints", slot=slot)
 
     @hookimpl
     def model_exported(self, run, export):
@@ -483,6 +506,7 @@ class MlflowPlugin:
             )
             spool.add_file(path, "samples")
             path.unlink()
+        self._spool_waiting_checkpoints(spool)
         if result.error:  # why the run failed, readable in the run's page and searchable
             spool.add(Tags({"segtrack.error": result.error[:5000]}))
         spool.add(Status(STATUS.get(result.status, "FAILED"), _now_ms()))

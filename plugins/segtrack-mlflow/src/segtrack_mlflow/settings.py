@@ -29,6 +29,8 @@ SCHEMA = [
     # Lightning's default: 50 (a per-step curve of a few hundred points per epoch at most)
     Setting("mlflow.log_every_n_steps", "an integer >= 0 (0: no per-step loss)", lambda v: is_int(v) and v >= 0, 50),
     Setting("mlflow.checkpoint_policy", " | ".join(POLICIES), one_of(*POLICIES), "best+last"),
+    # best.pt / last.pt are uploaded at most this often while a fit runs, and always at its end
+    Setting("mlflow.checkpoint_interval", "a number of seconds >= 0 (0: after every epoch)", _seconds(0), 60.0),
     Setting("mlflow.sample_overlays", "0 to 16", lambda v: is_int(v) and 0 <= v <= 16, 4),
     Setting(
         "mlflow.run_name_suffix", '"id" (<run.name>-<short id>) or "none" (run.name as is)', one_of("id", "none"), "id"
