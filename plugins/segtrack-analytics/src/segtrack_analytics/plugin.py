@@ -60,6 +60,18 @@ class AnalyticsPlugin:
             return None
         return analytics
 
+    def _quick_rank(self, metric: str, value: float, mode: str, fit_id: str | None) -> tuple[int, int] | None:
+        """The rank straight from a local SQLite store (None: another store, or it could not say)."""
+        from segtrack_analytics.quick_rank import rank_in_sqlite_store
+        from segtrack_analytics.settings import default_experiment
+        from segtrack_mlflow.uri import absolute_uri, resolve_tracking_uri
+
+        try:
+            uri = absolute_uri(resolve_tracking_uri(None, self.settings))
+        except ConfigError:
+            return None
+        return rank_in_sqlite_store(uri, default_experiment(self.settings), metric, value, mode, fit_id)
+
     def _wait_for_tracking(self) -> None:
         """The mlflow plugin's fit returns before its shipper has sent the run: give the shipper a
         few seconds, so the ranking and summary include this fit's runs (without them it still
@@ -79,15 +91,18 @@ class AnalyticsPlugin:
         # no wait for the tracker to send this fit (waiting cost a short fit seconds): its value is
         # known here, and its stored row, when already sent, is told apart by its fit_id
         recorded = "mlflow" in {name for name, _ in run.plugins}  # else the store never holds this fit
-        analytics = self._analytics("rank this run", f"segtrack runs top --metric {metric}", wait=False)
-        if analytics is None:
-            return
-        if f"metrics.{metric}" in analytics.columns:
-            mode = run.config["checkpoint"]["mode"]
-            rank, total = analytics.rank_of(metric, result.best_value, mode, run.fit_id if recorded else None)
-        elif recorded:
-            rank, total = 1, 1  # the first fit of the experiment to record this metric
-        else:
+        mode = run.config["checkpoint"]["mode"]
+        ranked = self._quick_rank(metric, result.best_value, mode, run.fit_id if recorded else None)
+        if ranked is None:
+            analytics = self._analytics("rank this run", f"segtrack runs top --metric {metric}", wait=False)
+            if analytics is None:
+                return
+            if f"metrics.{metric}" in analytics.columns:
+                ranked = analytics.rank_of(metric, result.best_value, mode, run.fit_id if recorded else None)
+            else:
+                ranked = (1, int(recorded))  # this fit is the first to record the metric (or none is)
+        rank, total = ranked
+        if total == 0:
             return  # nothing to compare with
         sys.stderr.write(
             f"analytics: this run ranks {rank} of {total} in the experiment on {metric} "
