@@ -128,7 +128,7 @@ def main() -> None:
                 f"{med(False, 'cpu'):.2f} s / {med(True, 'cpu'):.2f} s",
                 f"+{med(True, 'cpu') - med(False, 'cpu'):.2f} s",
             ),
-            ("1-epoch example: CPU of its shipper", f"{med(True, 'shipper'):.2f} s", "SCHED_IDLE, after the fit"),
+            ("1-epoch example: CPU of its shipper", f"{med(True, 'shipper'):.2f} s", "SCHED_IDLE, in the fit's gaps"),
         ],
     )
 
