@@ -91,14 +91,15 @@ class AnalyticsPlugin:
         # no wait for the tracker to send this fit (waiting cost a short fit seconds): its value is
         # known here, and its stored row, when already sent, is told apart by its fit_id
         recorded = "mlflow" in {name for name, _ in run.plugins}  # else the store never holds this fit
+        own = run.fit_id if recorded else None  # this fit's value is counted once, as its own
         mode = run.config["checkpoint"]["mode"]
-        ranked = self._quick_rank(metric, result.best_value, mode, run.fit_id if recorded else None)
+        ranked = self._quick_rank(metric, result.best_value, mode, own)
         if ranked is None:
             analytics = self._analytics("rank this run", f"segtrack runs top --metric {metric}", wait=False)
             if analytics is None:
                 return
             if f"metrics.{metric}" in analytics.columns:
-                ranked = analytics.rank_of(metric, result.best_value, mode, run.fit_id if recorded else None)
+                ranked = analytics.rank_of(metric, result.best_value, mode, own)
             else:
                 ranked = (1, int(recorded))  # this fit is the first to record the metric (or none is)
         rank, total = ranked
