@@ -226,6 +226,7 @@ class SegmentationTrainer:
         if payload is not None:
             self._check_epochs_left(int(payload.get("epoch", -1)) + 1, str(resume))
         self._validation.preflight(state.model, data)
+        self._say_what_is_replaced(ckpt_dir, signature, resume)
         ckpt_dir, export_dir = self._prepare_folders(ckpt_dir)
         paths = self._restore(state, payload, Path(resume), ckpt_dir) if payload is not None and resume else {}
         steps = TrainStep(
@@ -523,6 +524,24 @@ class SegmentationTrainer:
         if refused is not None:
             raise CheckpointError(refused)
         return ckpt_dir, export_dir
+
+    def _say_what_is_replaced(self, ckpt_dir: Path, signature: dict, resume: str | None) -> None:
+        """A fresh fit whose folder holds another model's checkpoints (the 2D fit's, now 3D: the
+        same run.name) replaces them: said in one line, with how to keep both."""
+        if resume or not self.dist.is_main:
+            return
+        ours = checkpoint.describe_signature(signature)
+        for name in ("best.pt", "last.pt"):
+            found = checkpoint.signature_of(ckpt_dir / name)
+            if found is not None and checkpoint.describe_signature(found) != ours:
+                log.warning(
+                    "%s holds a fit of another model (%s); this fit (%s) replaces it and its export: set "
+                    "run.name (or checkpoint.dir) to keep both",
+                    ckpt_dir / name,
+                    checkpoint.describe_signature(found),
+                    ours,
+                )
+                return
 
     def _distributed(self, model: torch.nn.Module) -> torch.nn.Module:
         if not self.dist.enabled:

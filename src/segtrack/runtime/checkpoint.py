@@ -164,6 +164,26 @@ def load(path: str | os.PathLike, signature: dict[str, Any] | None) -> dict[str,
     return payload
 
 
+def signature_of(path: Path) -> dict[str, Any] | None:
+    """The model signature a segtrack checkpoint records, or None (no such file, unreadable);
+    memory-mapped: the weights are not read."""
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    return payload.get("model_signature") if isinstance(payload, dict) else None
+
+
+def describe_signature(signature: dict[str, Any]) -> str:
+    """'3D unet, 1 channel(s) in, 3 classes': what a person tells two models apart by."""
+    return (
+        f"{signature.get('dims', 2)}D {signature.get('name', 'model')}, {signature.get('in_channels', '?')} "
+        f"channel(s) in, {signature.get('num_classes', '?')} classes"
+    )
+
+
 def epoch_of(path: Path) -> int | None:
     """The epoch a segtrack checkpoint holds, or None if it cannot be read."""
     try:

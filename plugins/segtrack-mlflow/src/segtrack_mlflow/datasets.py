@@ -27,7 +27,8 @@ def fingerprint_tags(run: Any) -> dict[str, str]:
     """The hash tags of a run, and how the hashes were made; empty hashes are left out."""
     tags = {FINGERPRINT_KIND_TAG: run.fingerprint_kind} if run.fingerprint_kind else {}
     if fingerprints_known(run):
-        tags.update({store.TEST_SET_TAG: run.val_sha256, store.TRAIN_SET_TAG: run.train_sha256})
+        sha = {store.VAL_SET_TAG: run.val_sha256, store.TEST_SET_TAG: run.val_sha256}
+        tags.update({**sha, store.TRAIN_SET_TAG: run.train_sha256})
     return tags
 
 
@@ -38,7 +39,8 @@ def dataset_entries(run: Any) -> list[dict[str, Any]]:
         name, source_type, source = PurePath(where).name or where, "local", {"uri": where}
     elif kind == "synthetic":
         data = run.config["data"]
-        name, source_type = "synthetic", "code"
+        # 2D and 3D synthetic data are different datasets (the same settings make either)
+        name, source_type = ("synthetic" if run.spatial_dims == 2 else f"synthetic-{run.spatial_dims}d"), "code"
         source = {
             "tags": {
                 "segtrack.data": f"synthetic shapes, seed {run.config['train']['seed']}, "

@@ -141,7 +141,8 @@ def send(client: Any, spool: Any, entry: LoggedModelEntry) -> None:
     if model_id not in {o.model_id for o in (outputs.model_outputs if outputs else [])}:  # not on a retry
         client.log_outputs(spool.run_id, [LoggedModelOutput(model_id, entry.step)])
     if entry.register:
-        _register(client, entry.register, model_id, spool.run_id)
+        version = _register(client, entry.register, model_id, spool.run_id)
+        spool.update_meta(registered={"name": entry.register, "version": version})  # the fit's console says it
     shutil.rmtree(local.parent, ignore_errors=True)
 
 
@@ -167,7 +168,7 @@ def _existing(client: Any, experiment_id: str, spool: Any, entry: LoggedModelEnt
     return None
 
 
-def _register(client: Any, name: str, model_id: str, run_id: str) -> None:
+def _register(client: Any, name: str, model_id: str, run_id: str) -> str:
     """A new version of registered model ``name``, and its alias moved to it (aliases, not stages)."""
     from mlflow.exceptions import MlflowException
 
@@ -182,3 +183,4 @@ def _register(client: Any, name: str, model_id: str, run_id: str) -> None:
         else client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id)
     )
     client.set_registered_model_alias(name, REGISTRY_ALIAS, version.version)
+    return str(version.version)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,6 +20,7 @@ from segtrack_mlflow.entries import CreateRun, DatasetInputs, LoggedModel, Param
 from segtrack_mlflow.gitinfo import source_tags
 from segtrack_mlflow.settings import SCHEMA, experiment_of, mlflow_section
 from segtrack_mlflow.spool import Spool, SpoolCorrupt, read_meta
+from segtrack_mlflow.study_summary import TrialRow
 from segtrack_mlflow.uri import absolute_uri, is_remote, local_artifact_root, redact, resolve_tracking_uri
 
 log = logging.getLogger("segtrack.mlflow")
@@ -27,6 +29,9 @@ MIN_SPOOL_FREE_BYTES = 16 * 2**20
 NEW_STORE_WAIT_S = 60.0  # the first fit into a new SQLite file waits (at most) until it is created and sent
 LINK_WAIT_S = 3.0  # how long a trial's links wait for the shipper to create its run (then: name only)
 FIT_END_MARGIN_S = 30.0  # fit_end's work besides draining: status record, overlay PNGs, staging files
+SEARCHED = "searched"  # the study parent's value of a key its trials sample
+# the best epoch's validation metrics every fit records as best_<key> (and its LoggedModel carries)
+BEST_KEYS = ("val_dice", "val_iou", "val_loss")
 CHECKPOINT_KINDS = {
     "best+last": ("best", "last"),
     "best": ("best",),
@@ -38,6 +43,12 @@ CHECKPOINT_KINDS = {
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def console(line: str) -> None:
+    """A line for the person at the terminal (stderr, beside segtrack's own progress lines)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 class MlflowPlugin:
@@ -56,7 +67,11 @@ class MlflowPlugin:
         self.study_id: str | None = None
         self._trial_run: tuple[int, Spool] | None = None  # the run of the trial running now
         self._trial_spools: list[Spool] = []  # the runs of this study's trials, ended
-        self._study_name, self._objective = "", ""
+        self._study_name, self._objective, self._direction = "", "", ""
+        # the trials this process ended: the study parent's description lists them
+        self._trial_rows: list[TrialRow] = []
+        self._trial_folders: dict[int, Path] = {}
+        self._study_best: tuple[int, float] | None = None  # (number, value), across every process
         self.resume_state: dict | None = None
         self._link = None  # to the shipper process (shipper_link.py), made on the first run
         self._every = 0  # mlflow.log_every_n_steps, set at fit_start
@@ -78,6 +93,7 @@ class MlflowPlugin:
         # best/last checkpoints: when each slot was last spooled, and the newest one waiting
         self._checkpoint_spooled: dict[str, float] = {}
         self._checkpoint_waiting: dict[str, str] = {}
+        self._link_pending: Spool | None = None  # a run whose UI address is printed once its id is known
 
     @property
     def fit_end_timeout(self) -> float:
@@ -219,12 +235,22 @@ class MlflowPlugin:
         spool.add(CreateRun(self.experiment, run_name, tags, parent_id, _now_ms(), local_artifact_root(uri)))
         return spool
 
-    def _log_settings(self, spool: Spool, config) -> None:
+    def _hyperparameters(self, config, own_name: str, searched=()) -> tuple[dict[str, str], dict[str, str]]:
+        """(params, overflow) of ``config``: ``run.name`` is the run's own (a fold's, a trial's),
+        and a key a study searches is ``searched`` on the study's parent (no trial used its base value)."""
+        from segtrack_mlflow.params import to_params
+
+        params, overflow = to_params(thaw(config), self.secret_keys, drop_plumbing=True)
+        params["run.name"] = own_name
+        params.update({key: SEARCHED for key in searched if key in params})
+        return params, overflow
+
+    def _log_settings(self, spool: Spool, config, own_name: str, searched=()) -> None:
         """Hyperparameters as params; every resolved setting (plumbing too) in config.toml."""
-        from segtrack_mlflow.params import to_params, to_toml
+        from segtrack_mlflow.params import to_toml
 
         plain = thaw(config)
-        params, overflow = to_params(plain, self.secret_keys, drop_plumbing=True)
+        params, overflow = self._hyperparameters(config, own_name, searched)
         spool.add(Params(params))
         staged = {
             **{f"{key}.txt": (text, "params") for key, text in overflow.items()},
@@ -263,8 +289,9 @@ class MlflowPlugin:
         self.parent_cv_id = info.cv_id
         if in_study:
             self._trial_run = (info.trial, self.parent)
-        self._log_settings(self.parent, info.config)
+        self._log_settings(self.parent, info.config, info.run_name)
         self._send(self.parent)
+        self._announce(self.parent, f"cross-validation {info.cv_id} logs to parent run", link_later=False)
 
     @hookimpl(tryfirst=True)  # see cross_validation_start
     def fit_start(self, run):
@@ -284,6 +311,7 @@ class MlflowPlugin:
             "segtrack.loop": run.loop,  # segtrack's trainer, a loop of one's own, lightning or ignite
             "segtrack.inferer": run.inferer or "unknown",  # what computed the validation logits
             "segtrack.fit_id": run.fit_id,  # this fit (a resumed fit sets its own)
+            "segtrack.spatial_dims": str(run.spatial_dims),  # 2D and 3D fits told apart in the runs table
         }
         if run.fold is not None:
             tags.update(
@@ -319,19 +347,45 @@ class MlflowPlugin:
             self.spool = self._new_spool(name, tags, parent)
             if trial_fit:
                 self._trial_run = (run.trial, self.spool)
-            self._log_settings(self.spool, run.config)
+            self._log_settings(self.spool, run.config, run.run_name)
             if fingerprints_known(run):
                 self.spool.add(DatasetInputs(dataset_entries(run)))
         # a resumed run logged its inputs when it began (hashes made at its epoch 0 never change)
         self._datasets_pending = not resumed and not fingerprints_known(run)
-        self._every = self.section["log_every_n_steps"]
+        self._every = self._step_interval(run)
         self._num_classes, self._dims = run.num_classes, run.spatial_dims
         self._send(self.spool)
+        self._announce(self.spool, "continues run" if resumed else "logs to run")
         if self.section["system_metrics"]:
             from segtrack_mlflow.system_metrics import SystemSampler
 
             interval = self.section["system_metrics_interval"]
             self._sampler = SystemSampler(self.spool.folder, interval, Path(self.section["spool_dir"]).resolve())
+
+    # -- console: from what a person reads to the MLflow UI --------------------------------------
+
+    def _announce(self, spool: Spool, what: str, link_later: bool = True) -> None:
+        """One line naming the MLflow run as the UI shows it; for a server, its address follows
+        once the shipper created the run (``_print_link``), for a local store how to browse it."""
+        where = f"experiment {self.experiment!r} at {self.tracking_uri}"
+        if not is_remote(self._uri):
+            where += f" (browse: mlflow ui --backend-store-uri {self.tracking_uri})"
+        console(f"mlflow: {what} {spool.meta['run_name']!r}, {where}")
+        self._link_pending = spool if link_later and is_remote(self._uri) else None
+        self._print_link()
+
+    def _print_link(self) -> None:
+        """The run's page in the MLflow UI, once (its id comes from the shipper: no waiting here)."""
+        spool = self._link_pending
+        if spool is None:
+            return
+        meta = read_meta(spool.folder)
+        if meta.get("run_id") and meta.get("experiment_id"):
+            self._link_pending = None
+            base = self.tracking_uri.rstrip("/")
+            console(
+                f"mlflow: run {meta['run_name']!r}: {base}/#/experiments/{meta['experiment_id']}/runs/{meta['run_id']}"
+            )
 
     def _stop_system_metrics(self) -> None:
         if self._sampler is not None:
@@ -369,6 +423,13 @@ class MlflowPlugin:
     # at both, so MLflow can also draw any curve against it. The summary best_<monitor> is one
     # point at the best epoch's step; best epoch and ONNX parity are tags (no one-bar panels)
 
+    def _step_interval(self, run) -> int:
+        """mlflow.log_every_n_steps, or 0 (no per-step curve) for a fit too short to draw one: under
+        two points it would be a one-dot panel beside the epoch curves."""
+        every = self.section["log_every_n_steps"]
+        planned = run.batches_per_epoch * run.max_epochs  # 0 when a loader or loop does not say
+        return 0 if every and planned and planned < 2 * every else every
+
     @hookimpl
     def train_batch_end(self, step):
         if (
@@ -405,6 +466,7 @@ class MlflowPlugin:
             self._best = {"epoch": epoch.epoch, "step": step, "ts": now, "metrics": dict(epoch.metrics)}
         self._send(self.spool, urgent=False)
         self._link.report()
+        self._print_link()
 
     @hookimpl
     def checkpoint_saved(self, checkpoint):
@@ -464,6 +526,7 @@ class MlflowPlugin:
                 step=best["step"] if best else 0,
                 register=self.section["register_model"] or None,
                 params={
+                    **self._model_params(run),
                     "opset": str(export.opset),
                     "source": Path(export.path).name,
                     "best_epoch": str(export.epoch + 1),
@@ -475,11 +538,20 @@ class MlflowPlugin:
         self.spool.add(
             Tags({"segtrack.onnx_max_abs_diff": f"{export.max_abs_diff:.3g}", "segtrack.onnx_parity": parity})
         )
-        if best:  # the model's metrics are its epoch's validation points, linked to that dataset
-            for key, value in best["metrics"].items():
-                if key.startswith("val_"):
-                    self.spool.metric(key, value, best["step"], best["ts"], model="model", dataset=self._val_dataset)
-        self._exported = True
+        self._exported = True  # its metrics are the best_* points fit_end logs
+
+    def _model_params(self, run) -> dict[str, str]:
+        """What made the model, on its page and as Models-tab columns: the fit's hyperparameters,
+        and where it belongs (study, trial, cross-validation, fold)."""
+        params, _ = self._hyperparameters(run.config, run.run_name)
+        context = {
+            "study": self._study_name if self._in_study(run.study_id, run.trial) else None,
+            "trial": run.trial if self._in_study(run.study_id, run.trial) else None,
+            "cv_id": run.cv_id,
+            "fold": run.fold + 1 if run.fold is not None else None,
+            "val_data": self._val_dataset[0] if self._val_dataset else None,
+        }
+        return {**params, **{f"segtrack.{k}": str(v) for k, v in context.items() if v is not None}}
 
     @hookimpl
     def fit_end(self, result):
@@ -489,14 +561,7 @@ class MlflowPlugin:
             return
         model = "model" if self._exported else None
         if result.best_epoch >= 0:
-            best = self._best_at(result.best_epoch)
-            spool.metric(
-                f"best_{result.monitor}",
-                result.best_value,
-                best["step"] if best else 0,
-                model=model,
-                dataset=self._val_dataset if model else None,
-            )
+            self._log_best(spool, result, model)
             spool.add(Tags({"segtrack.best_epoch": str(result.best_epoch + 1)}))
         if self._best_samples:
             from segtrack_mlflow.overlays import write_overlays
@@ -513,14 +578,36 @@ class MlflowPlugin:
         spool.close()  # written in full: the shipper exits once it has sent it
         self._send(spool)
         self._drain(spool)
+        self._print_link()
+        if model and self.section["register_model"]:
+            self._report_registration(spool)
+
+    def _report_registration(self, spool: Spool) -> None:
+        from segtrack_mlflow.logged_model import REGISTRY_ALIAS
+
+        name, registered = self.section["register_model"], read_meta(spool.folder).get("registered")
+        if registered:
+            console(f"mlflow: registered model {name!r} version {registered['version']} (alias {REGISTRY_ALIAS!r})")
+        else:
+            console(f"mlflow: the model becomes a version of registered model {name!r} once the shipper has sent it")
+
+    def _log_best(self, spool: Spool, result, model: str | None) -> None:
+        """The best epoch's validation metrics as ``best_<key>`` (the monitor's and the main ones),
+        one point each at that epoch's step; the LoggedModel carries the same keys, so a run's
+        latest value beside the model's name is the model's own (its val_* curves end elsewhere)."""
+        best = self._best_at(result.best_epoch)
+        step = best["step"] if best else 0
+        values = {key: best["metrics"][key] for key in BEST_KEYS if best and key in best["metrics"]}
+        values[result.monitor] = result.best_value
+        for key, value in values.items():
+            spool.metric(f"best_{key}", value, step, model=model)
 
     @hookimpl
     def cross_validation_end(self, result):
         """The parent reads as a summary: a description with one row per fold and the mean ± std
-        (``mlflow.note.content``), the monitor per fold as a curve (``cv_<monitor>``, step = fold
-        number counted from 1, as the console counts) beside its mean and std across folds
-        (``cv_<monitor>_mean``/``_std``, at step 0); the main metrics' mean ± std are in the
-        description, every metric's in the artifact cv_summary.json (as panels they buried the curve)."""
+        (``mlflow.note.content``), the monitor's mean and std across folds as metrics
+        (``cv_<monitor>_mean``/``_std``, at step 0), every metric's in the artifact cv_summary.json.
+        The folds' values are in the description only: as a curve over folds they read as a trend."""
         import json
 
         from segtrack_mlflow.cv_summary import describe
@@ -532,9 +619,6 @@ class MlflowPlugin:
         for stat, value in thaw(result.summary).get(monitor, {}).items():
             if stat in ("mean", "std"):
                 self.parent.metric(f"cv_{monitor}_{stat}", value, 0, now)
-        for fold in result.folds:
-            if monitor and fold.best_epoch >= 0:
-                self.parent.metric(f"cv_{monitor}", fold.best_value, fold.fold + 1, now)
         self.parent.add(Tags({"mlflow.note.content": describe(result, monitor)}))
         table = {
             "monitor": monitor,
@@ -576,6 +660,7 @@ class MlflowPlugin:
         import json
 
         self.study_id, self._study_name, self._objective = study.study_id, study.study_name, study.objective
+        self._direction, self._trial_rows, self._trial_folders, self._study_best = study.direction, [], {}, None
         tags = {
             **source_tags(),
             "segtrack.role": "study-parent",
@@ -583,7 +668,7 @@ class MlflowPlugin:
             "segtrack.study_id": study.study_id,
         }
         self.study = self._new_spool(self._run_name(f"{study.study_name}-study"), tags, None)
-        self._log_settings(self.study, study.config)
+        self._log_settings(self.study, study.config, f"{study.study_name}-study", searched=study.space)
         described = {
             "study.name": study.study_name,
             "study.objective": study.objective,
@@ -595,12 +680,14 @@ class MlflowPlugin:
         }
         self.study.add(Params(described))
         self._send(self.study)
+        self._announce(self.study, f"study {study.study_name!r} logs to parent run", link_later=False)
 
     @hookimpl
     def trial_end(self, trial):
-        """The trial's run gets its state (``segtrack.trial_state``: completed, pruned, failed); the
-        parent the objective per trial (``trial_<objective>``, step = trial number) and the study's
-        best so far (``study_best_<objective>``, ``study_best_trial``: not ``best_*``, which name a fit's own)."""
+        """The trial's run gets its state (``segtrack.trial_state``: completed, pruned, failed) and
+        value (``trial_value``); the parent the study's best so far (``study_best_<objective>``, step =
+        trial number: not ``best_*``, which name a fit's own), the best trial's number as the tag
+        ``segtrack.best_trial`` and a description with the trial table (values per trial are no curve)."""
         if self.study is None or trial.study_id != self.study_id:
             return
         ran = self._trial_run if self._trial_run and self._trial_run[0] == trial.number else None
@@ -624,13 +711,32 @@ class MlflowPlugin:
             spool.add(Status("KILLED" if trial.interrupted else "FAILED", _now_ms()))
         spool.close()
         self._trial_spools.append(spool)  # study_end's drain waits for them too
-        now, objective = _now_ms(), self._objective
-        if trial.value is not None:
-            self.study.metric(f"trial_{objective}", trial.value, trial.number, now)
+        self._trial_rows = [row for row in self._trial_rows if row.number != trial.number]
+        self._trial_folders[trial.number] = spool.folder
+        self._trial_rows.append(
+            TrialRow(trial.number, trial.state, trial.value, dict(trial.params), spool.meta["run_name"], spool.run_id)
+        )
         if trial.best_number is not None and trial.best_value is not None:
-            self.study.metric(f"study_best_{objective}", trial.best_value, trial.number, now)
-            self.study.metric("study_best_trial", trial.best_number, trial.number, now)
+            self._study_best = (trial.best_number, trial.best_value)
+            self.study.metric(f"study_best_{self._objective}", trial.best_value, trial.number, _now_ms())
+        self._describe_study(self.study)
         self._send(self.study)
+
+    def _describe_study(self, study: Spool) -> None:
+        """The study parent's description and best-trial tag, as of the trials ended so far."""
+        from segtrack_mlflow.study_summary import describe
+
+        for row in self._trial_rows:
+            if row.run_id is None:  # the shipper may have created the trial's run since
+                row.run_id = read_meta(self._trial_folders[row.number]).get("run_id")
+        experiment_id = read_meta(study.folder).get("experiment_id")
+        note = describe(
+            self._study_name, self._objective, self._direction, self._trial_rows, self._study_best, experiment_id
+        )
+        tags = {"mlflow.note.content": note}
+        if self._study_best is not None:
+            tags["segtrack.best_trial"] = str(self._study_best[0])
+        study.add(Tags(tags))
 
     @hookimpl
     def trial_links(self, study_id, number):
@@ -667,11 +773,11 @@ class MlflowPlugin:
     def study_end(self, result):
         if self.study is None or result.study_id != self.study_id:
             return
+        if result.best_number is not None and result.best_value is not None:
+            self._study_best = (result.best_number, result.best_value)
         study, self.study = self.study, None
-        tags = {"segtrack.study_status": result.status, "segtrack.trials_run": str(len(result.trials))}
-        if result.best_number is not None:
-            tags["segtrack.best_trial"] = str(result.best_number)
-        study.add(Tags(tags))
+        self._describe_study(study)  # the trial runs' ids, known by now, become links
+        study.add(Tags({"segtrack.study_status": result.status, "segtrack.trials_run": str(len(result.trials))}))
         study.add(Status("FINISHED" if result.status == "completed" else "KILLED", _now_ms()))
         study.close()
         self._send(study)

@@ -15,6 +15,8 @@ from segtrack_mlflow.uri import connect_uri, redact, use_credentials  # noqa: F4
 DEFAULT_REQUEST_TIMEOUT = "10"
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
 # names that differ in their first letters: MLflow's tag column cuts them short
+VAL_SET_TAG = "val_data_sha256"  # the validation split's SHA256
+# the same digest under its old, misleading name: kept for one release (0.x), then dropped
 TEST_SET_TAG = "test_data_sha256"
 TRAIN_SET_TAG = "train_data_sha256"
 SPOOL_ID_TAG = "mlflow.segtrack.spoolId"  # internal: "mlflow." tags stay off the run page's tag list
