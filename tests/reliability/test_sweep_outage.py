@@ -81,7 +81,10 @@ def test_a_server_outage_during_a_sweep_loses_nothing(tmp_path, sqlite_template)
             for key in ("train_loss", "val_loss", "val_dice"):
                 steps = epochs_of(client, run.info.run_id, key)
                 assert steps == [1, 2, 3, 4], (run.data.tags["segtrack.trial"], key, steps)
-        steps = sorted(m.step for m in client.get_metric_history(parents[0].info.run_id, "trial_val_dice"))
+        # the study's best so far, one point per trial (step = trial number): none lost in the outage
+        steps = sorted(m.step for m in client.get_metric_history(parents[0].info.run_id, "study_best_val_dice"))
         assert steps == [0, 1, 2]
+        values = sorted(r.data.metrics["trial_value"] for r in trials)
+        assert values == sorted(r.data.metrics["best_val_dice"] for r in trials)
     finally:
         server.stop()

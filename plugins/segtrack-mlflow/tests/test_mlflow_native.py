@@ -43,14 +43,18 @@ def test_the_best_model_is_a_ready_logged_model_that_mlflow_loads(trainer_factor
     # told apart and traced in the Models tab: the run's name, who and what code made it
     assert model.name == run.info.run_name and model.tags["mlflow.source.name"] == run.data.tags["mlflow.source.name"]
     assert model.tags["mlflow.user"] == run.data.tags["mlflow.user"]
-    # its metrics are the best epoch's validation points, linked to the validation dataset ("Datasets used")
-    (val_input,) = [i.dataset for i in run.inputs.dataset_inputs if i.tags[0].value == "validation"]
+    # its metrics are the best epoch's validation points as the run's best_* keys: beside the model's name
+    # the run's latest value of each is the model's own; no dataset gives them columns of their own
     linked = {m.key: m for m in model.metrics}
-    assert set(linked) >= {"best_val_dice", "val_dice", "val_iou", "val_loss"}
-    assert {(m.dataset_name, m.dataset_digest) for m in linked.values()} == {(val_input.name, val_input.digest)}
-    assert linked["val_dice"].value == pytest.approx(result.best_value)
+    assert set(linked) == {"best_val_dice", "best_val_iou", "best_val_loss"}
+    assert {m.dataset_name or None for m in linked.values()} == {None}
+    assert {key: run.data.metrics[key] for key in linked} == {key: m.value for key, m in linked.items()}
+    assert linked["best_val_dice"].value == pytest.approx(result.best_value)
     assert model.params["best_epoch"] == str(result.best_epoch + 1) and float(model.params["onnx_max_abs_diff"]) < 1e-3
-    best_step = linked["val_dice"].step  # the best epoch's global step, where its curve point lies
+    # what made it: the fit's hyperparameters, as the run logged them
+    hyper = ("train.lr", "model.width", "run.name", "data.image_size")
+    assert {k: model.params[k] for k in hyper} == {k: run.data.params[k] for k in hyper}
+    best_step = linked["best_val_dice"].step  # the best epoch's global step, where its curve point lies
     assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(model.model_id, best_step)]
     epoch_at = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "epoch")}
     assert epoch_at[best_step] == result.best_epoch + 1
@@ -97,9 +101,11 @@ def trainer_validation_samples(trainer_factory, sqlite_uri):
 
 def test_datasets_tags_names_and_steps_read_as_mlflow_users_expect(trainer_factory, sqlite_uri):
     first = trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", *NATIVE, "mlflow.log_every_n_steps=1").fit()
-    trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", *NATIVE).fit()
+    # a fit of 9 steps logging every 5th would draw a one-dot per-step panel: it logs none
+    trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", *NATIVE, "mlflow.log_every_n_steps=5").fit()
     client = MlflowClient(sqlite_uri)
     run, second = _runs(client)
+    assert "train_loss_step" not in second.data.metrics and "val_dice" in second.data.metrics
     # unique, readable names: <run.name>-<short id>
     names = [run.info.run_name, second.info.run_name]
     assert all(n.startswith("cells-") and len(n) == len("cells-") + 6 for n in names) and names[0] != names[1]
@@ -107,7 +113,8 @@ def test_datasets_tags_names_and_steps_read_as_mlflow_users_expect(trainer_facto
     tags = run.data.tags
     inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
     assert set(inputs) == {"training", "validation"}
-    assert inputs["validation"].digest == tags["test_data_sha256"][:32]
+    assert inputs["validation"].digest == tags["val_data_sha256"][:32]
+    assert tags["test_data_sha256"] == tags["val_data_sha256"]  # the old name, kept for one release
     assert inputs["training"].digest == tags["train_data_sha256"][:32]
     assert json.loads(inputs["training"].profile)["sha256"] == tags["train_data_sha256"]
     assert json.loads(inputs["training"].profile)["num_samples"] == 12 and inputs["training"].name == "synthetic-train"
@@ -154,12 +161,10 @@ def test_a_cross_validation_parent_is_marked_and_compact(trainer_factory, sqlite
     assert [f.data.tags["segtrack.fold"] for f in folds] == ["1", "2"]
     with open(client.download_artifacts(parent.info.run_id, "cv_summary.json")) as fh:
         summary = json.load(fh)
-    # the monitor per fold (a curve over folds) beside its mean and std: no per-epoch curves, no
-    # panels for the other metrics (their mean and std are in cv_summary.json)
-    assert sorted(parent.data.metrics) == ["cv_val_dice", "cv_val_dice_mean", "cv_val_dice_std"]
+    # the monitor's mean and std: no curve over folds (it read as a trend), no per-epoch curves, no
+    # panels for the other metrics (their mean and std are in cv_summary.json and the description)
+    assert sorted(parent.data.metrics) == ["cv_val_dice_mean", "cv_val_dice_std"]
     assert [f["fold"] for f in summary["folds"]] == [1, 2]
-    steps = sorted(m.step for m in client.get_metric_history(parent.info.run_id, "cv_val_dice"))
-    assert steps == [1, 2]
     assert summary["monitor"] == "val_dice" and len(summary["folds"]) == 2 and "val_iou" in summary["summary"]
     # each fold logs its own split: with 2 folds, one fold's training set is the other's validation set
     (train0, val0), (train1, val1) = (
@@ -300,18 +305,34 @@ TRAINING_VIEW = "?workflowType=machine_learning"  # the UI's "Model training" vi
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(p)), None)
 
 
-def _page_text(url: str) -> str:
-    """What a person reads on an MLflow UI page: headless Chromium renders it (the UI is a
-    JavaScript app), then the text of the rendered DOM, one element per line."""
-    import html
-    import re
-
-    dom = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000", "--dump-dom", url],
+def _page_dom(url: str, width: int = 1600) -> str:
+    """An MLflow UI page as headless Chromium renders it (the UI is a JavaScript app)."""
+    return subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=20000",
+            f"--window-size={width},1200",
+            "--dump-dom",
+            url,
+        ],
         capture_output=True,
         text=True,
         timeout=120,
     ).stdout
+
+
+def _page_text(url: str) -> str:
+    """What a person reads on an MLflow UI page, one element per line."""
+    return _dom_text(_page_dom(url))
+
+
+def _dom_text(dom: str) -> str:
+    import html
+    import re
+
     text = re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S)
     lines = html.unescape(re.sub(r"<[^>]+>", "\n", text)).splitlines()
     return "\n".join(line.strip() for line in lines if line.strip())
@@ -348,12 +369,56 @@ def test_the_ui_shows_runs_a_cv_summary_and_models_a_person_can_tell_apart(train
         assert name in page, name
 
     (model,) = [m for m in client.search_logged_models([run.info.experiment_id]) if m.name == run.info.run_name]
-    page = _page_text(f"{base}/models/{model.model_id}{TRAINING_VIEW}")  # a model traced to its data, user and code
-    assert "Datasets used" in page and "synthetic-val" in page.split("Datasets used", 1)[1]
+    page = _page_text(f"{base}/models/{model.model_id}{TRAINING_VIEW}")  # a model traced to its user and code
     about = page.split("About this logged model", 1)[1]
     assert f"Created by\n{run.data.tags['mlflow.user']}" in about and "Ready" in about
     assert "Logged from\n—" not in about  # the source and commit of the code that made it
-    assert "val_dice\nsynthetic-val" in page and str(fit.best_value) in page  # its metrics, on the validation data
+    assert "best_val_dice" in page and str(fit.best_value) in page  # its metrics: the best epoch's
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium on this machine (.ci/run installs Debian's)")
+def test_the_ui_shows_a_study_a_person_can_read_and_models_that_share_columns(
+    settings_factory, trainer_factory, sqlite_server, tmp_path
+):
+    """A study of 2 trials and a 2-fold CV in one experiment: the study parent's page names the best
+    trial and links every trial's run; the Models tab has one best_val_dice column for every model."""
+    from segtrack_optuna import sweep
+
+    sets = (
+        f"mlflow.tracking_uri='{sqlite_server.uri}'",
+        "run.experiment='ui-study'",
+        "mlflow.drain_timeout=60",
+        *NATIVE,
+        "sweep.space={'train.lr' = { low = 1e-3, high = 3e-2, log = true }}",
+        "sweep.export='all'",
+        "sweep.pruner='none'",
+    )
+    result = sweep(settings_factory(*sets), study="ui", trials=2, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    trainer_factory(*sets).cv(folds=2)
+    client = MlflowClient(sqlite_server.uri)
+    runs = _runs(client, "ui-study")
+    parent = next(r for r in runs if r.data.tags.get("segtrack.role") == "study-parent")
+    trials = {int(r.data.tags["segtrack.trial"]): r for r in runs if r.data.tags.get("segtrack.trial")}
+    base = f"{sqlite_server.uri}/#/experiments/{parent.info.experiment_id}"
+
+    dom = _page_dom(f"{base}/runs/{parent.info.run_id}{TRAINING_VIEW}")
+    page = _dom_text(dom)
+    assert f"Best trial:\n{result.best_number}\n, val_dice =\n{result.best_value:.4g}" in page
+    assert "trial\nstate\nval_dice\ntrain.lr\nrun" in page  # the trial table's header
+    for number, run in trials.items():  # every trial's run named and linked from the table
+        assert f'href="#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"' in dom, number
+        assert run.info.run_name in page
+    assert "study_best_val_dice" in page and "trial_val_dice" not in page
+
+    dom = _page_dom(f"{base}/models{TRAINING_VIEW}", width=5000)  # wide: every column is drawn
+    page = _dom_text(dom)
+    models = client.search_logged_models([parent.info.experiment_id])
+    assert len(models) == 4  # 2 trials, 2 folds
+    for model in models:
+        assert model.name in page
+        assert {m.key for m in model.metrics} == {"best_val_dice", "best_val_iou", "best_val_loss"}
+    columns = page.split("Registered models", 1)[1].split(models[0].name, 1)[0]
+    assert columns.count("best_val_dice") == 1  # one column all models share: folds and trials compare
 
 
 class LargeLogits(torch.nn.Module):

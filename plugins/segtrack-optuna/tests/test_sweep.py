@@ -90,7 +90,22 @@ def test_four_trials_on_sqlite_each_a_nested_mlflow_run(tmp_path, sqlite_uri, ca
         effective["run"]["name"] = f"s4-trial-{trial.number}"  # a trial's fit is named after it
         assert run.data.params == expected_params(effective), run.data.tags["segtrack.trial"]
         assert math.isclose(run.data.metrics["best_val_dice"], trial.value, rel_tol=1e-9, abs_tol=1e-12)
-    assert parents[0].data.metrics["study_best_trial"] == study.best_trial.number
+    # the parent: the study's best so far as its one metric, the best trial as a tag and in its description
+    assert set(parents[0].data.metrics) == {"study_best_val_dice"}
+    assert parents[0].data.metrics["study_best_val_dice"] == study.best_value
+    assert parents[0].data.tags["segtrack.best_trial"] == str(study.best_trial.number)
+    # a searched key is no base value on the parent; its run.name is its own
+    assert parents[0].data.params["train.lr"] == parents[0].data.params["model.width"] == "searched"
+    assert parents[0].data.params["run.name"] == "s4-study"
+    note = parents[0].data.tags["mlflow.note.content"]
+    best_run = next(r for r in trials if r.data.tags["segtrack.trial"] == str(study.best_trial.number))
+    assert f"Best trial: **{study.best_trial.number}**" in note
+    info = best_run.info
+    assert f"[{info.run_name}](#/experiments/{info.experiment_id}/runs/{info.run_id})" in note
+    for trial in study.trials:  # one row per trial: number, state, value, sampled values
+        lr, width = trial.params["train.lr"], trial.params["model.width"]
+        row = f"| {trial.number} | completed | {trial.value:.4g} | {width} | {lr:.4g} |"
+        assert row in note, (row, note)
 
     # exports: a trial's ONNX exists exactly when it beat every trial finished before it
     best, improving = None, set()
@@ -157,8 +172,11 @@ def test_a_bad_trial_is_pruned_after_its_first_report(tmp_path, sqlite_uri):
     assert values == {t.number: t.value for t in study.trials}
     from mlflow import MlflowClient
 
-    curve = MlflowClient(sqlite_uri).get_metric_history(parents[0].info.run_id, "trial_score")
-    assert sorted((m.step, m.value) for m in curve) == [(t.number, t.value) for t in study.trials]
+    # each trial's run carries it as trial_value; the parent, the study's best so far per trial number
+    assert {int(r.data.tags["segtrack.trial"]): r.data.metrics["trial_value"] for r in trials} == values
+    curve = MlflowClient(sqlite_uri).get_metric_history(parents[0].info.run_id, "study_best_score")
+    best = [max(t.value for t in study.trials[: n + 1] if t.state.name == "COMPLETE") for n in range(4)]
+    assert sorted((m.step, m.value) for m in curve) == list(enumerate(best))
 
 
 def test_a_failing_trial_is_recorded_failed_and_the_sweep_goes_on(tmp_path, sqlite_uri):
