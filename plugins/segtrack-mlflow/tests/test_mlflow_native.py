@@ -10,12 +10,15 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import pytest
 import torch
 from mlflow import MlflowClient
+
+from segtrack.inference.predict import from_onnx
 
 NATIVE = ["export.enabled=true", "run.name='cells'"]
 
@@ -68,14 +71,16 @@ def test_the_best_model_is_a_ready_logged_model_that_mlflow_loads(trainer_factor
     finally:
         mlflow.set_tracking_uri(None)
     assert proto.graph.input[0].name == "x"
-    # predictions equal onnxruntime's on the exported file, for the validation samples
+    # pyfunc predicts the masks segtrack's predictor gives for the validation samples; mlflow.onnx
+    # gives the bare network, whose logits equal onnxruntime's on the exported file
     images = np.stack([s.image for s in trainer_validation_samples(trainer_factory, sqlite_uri)]).astype(np.float32)
-    session = onnxruntime.InferenceSession(result.export.path, providers=["CPUExecutionProvider"])
-    (expected,) = session.run(None, {"x": images})
+    predictor = from_onnx(Path(result.export.path))
+    masks = np.stack([predictor.mask_of(predictor.prepared(image, "sample")) for image in images])
     for loaded in (pyfunc, by_run):
-        predicted = loaded.predict(images)
-        predicted = predicted["logits"] if isinstance(predicted, dict) else predicted
-        np.testing.assert_allclose(np.asarray(predicted), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(loaded.predict(images), masks)
+    session = onnxruntime.InferenceSession(result.export.path, providers=["CPUExecutionProvider"])
+    network = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(network.run(None, {"x": images})[0], session.run(None, {"x": images})[0], atol=1e-6)
     (spec,) = pyfunc.metadata.get_input_schema().inputs
     assert spec.shape[0] == -1 and spec.shape[1] == 3  # dynamic batch, the model's channels
     assert pyfunc.metadata.model_id == model.model_id
@@ -457,9 +462,8 @@ def test_onnx_parity_is_relative_to_the_logits_scale_and_a_drift_is_marked_on_th
 
 @pytest.mark.slow  # a 3D fit in a subprocess: `make reliability` runs it (make test is at its budget)
 def test_a_volume_the_network_cannot_take_whole_leaves_no_traceback_and_a_runnable_example(sqlite_uri, tmp_path):
-    """13x12x11 volumes, a UNet whose sides must divide by 4, crops and windows of 8: the input
-    example MLflow runs when it saves the model is cut to sides the model takes, so the console
-    stays clean."""
+    """13x12x11 volumes, a UNet whose sides must divide by 4, crops and windows of 8: the console
+    stays clean, and the logged model predicts its input example and a whole 13x12x11 volume."""
     rng = np.random.default_rng(5)
     for split in ("images", "masks"):
         (tmp_path / "vols" / split).mkdir(parents=True)
@@ -494,9 +498,7 @@ def test_a_volume_the_network_cannot_take_whole_leaves_no_traceback_and_a_runnab
             loaded = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
     finally:
         mlflow.set_tracking_uri(None)
-    example = loaded.input_example
-    example = example["x"] if isinstance(example, dict) else example  # the named input's array
-    assert example is not None and all(side % 4 == 0 for side in example.shape[2:])
-    predicted = loaded.predict(example)
-    predicted = predicted["logits"] if isinstance(predicted, dict) else predicted
-    assert predicted.shape == (1, 2, *example.shape[2:])
+    example = loaded.input_example["x"]  # the named input's array
+    assert loaded.predict(example).shape == (1, *example.shape[2:])
+    volume = np.load(tmp_path / "vols" / "images" / "v0.npy")  # sides the network cannot take: run window by window
+    assert loaded.predict(volume[None, None]).shape == (1, 13, 12, 11)

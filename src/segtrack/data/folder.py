@@ -67,7 +67,7 @@ def normalize(image: np.ndarray, mode: str) -> np.ndarray:
     )
 
 
-def match_channels(image: np.ndarray, channels: int, path: Path) -> np.ndarray:
+def match_channels(image: np.ndarray, channels: int, path: Path | str) -> np.ndarray:
     """Grey repeated to 3 channels, colour averaged to grey, an alpha channel dropped."""
     have = image.shape[0]
     if have == channels:

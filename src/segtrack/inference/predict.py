@@ -30,8 +30,9 @@ from segtrack.inference.palette import colour_mask
 
 
 class Predictor:
-    """Logits for one image ``(C, *spatial)`` float32, from a torch model or an ONNX session: in one
-    pass, or window by window with the sliding-window settings recorded at training (``infer``)."""
+    """The mask (or logits, or class probabilities) of one image ``(C, *spatial)`` float32, from a
+    torch model or an ONNX session: in one pass, or window by window with the sliding-window settings
+    recorded at training (``infer``). ``prepared`` turns an image as read from its file into that input."""
 
     def __init__(self, metadata: dict, run: Callable[[np.ndarray], np.ndarray], source: str):
         self.dims, self.channels = metadata["dims"], metadata["in_channels"]
@@ -50,15 +51,37 @@ class Predictor:
         if given is not None or explicit:
             self.windows = given
 
+    def prepared(self, image: np.ndarray, name: Path | str) -> np.ndarray:
+        """An image ``(C, *spatial)`` as read from its file (in its file's dtype: ``auto`` normalises
+        8-bit images by 255, others by percentiles) as the network takes it: channels matched to the
+        model's, normalised by the recorded ``data.normalize``, contiguous float32. ``name`` names the
+        image in errors."""
+        from segtrack.data.folder import match_channels, normalize
+
+        image = normalize(match_channels(image, self.channels, name), self.normalize)
+        return np.ascontiguousarray(image, dtype=np.float32)
+
     def mask_of(self, image: np.ndarray) -> np.ndarray:
+        """Class ids ``(*spatial)`` (int64) of a prepared image."""
+        return self.logits_of(image).argmax(0)
+
+    def probabilities_of(self, image: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(K, *spatial)`` float32 (softmax over the classes) of a prepared image."""
+        logits = self.logits_of(image)
+        exp = np.exp(logits - logits.max(axis=0, keepdims=True))
+        return exp / exp.sum(axis=0, keepdims=True)
+
+    def logits_of(self, image: np.ndarray) -> np.ndarray:
+        """Logits ``(K, *spatial)`` float32 of a prepared image: window by window, or in one pass on
+        the image zero-padded at the end to sides the network takes (then cropped back)."""
         if self.windows:
-            return self._windowed_logits(image).argmax(0)
+            return self._windowed_logits(image)
         spatial = image.shape[1:]
         padded = [math.ceil(s / self.multiple) * self.multiple for s in spatial]
         batch = np.zeros((1, image.shape[0], *padded), dtype=np.float32)
         real_area: tuple[Any, ...] = (0, slice(None), *(slice(0, s) for s in spatial))
         batch[real_area] = image
-        return self.run(batch)[real_area].argmax(0)
+        return self.run(batch)[real_area]
 
     def _windowed_logits(self, image: np.ndarray) -> np.ndarray:
         import torch
@@ -243,8 +266,6 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def predict_folder(predictor: Predictor, inputs: Path, out: Path, with_overlay: bool, stream=None) -> int:
     """Write one mask per image of ``inputs`` into ``out``; returns the number written."""
-    from segtrack.data.folder import match_channels, normalize
-
     stream = stream or sys.stderr
     check_windows(predictor)
     files = input_files(inputs)
@@ -259,10 +280,8 @@ def predict_folder(predictor: Predictor, inputs: Path, out: Path, with_overlay: 
     interactive = stream.isatty() and not os.environ.get("CI")
     started = time.perf_counter()
     for done, path in enumerate(files, start=1):
-        image = normalize(
-            match_channels(read_image(path, predictor.dims), predictor.channels, path), predictor.normalize
-        )
-        mask = predictor.mask_of(np.ascontiguousarray(image, dtype=np.float32))
+        image = predictor.prepared(read_image(path, predictor.dims), path)
+        mask = predictor.mask_of(image)
         write_mask(out / mask_name(path, predictor.dims), mask, nifti_affine(path))  # a NIfTI mask keeps its space
         if with_overlay:
             write_png(out / f"{file_stem(path)}_overlay.png", overlay(image, mask))

@@ -1,8 +1,9 @@
 """The exported ONNX model as an MLflow 3 LoggedModel. When the export happens, the fit only stages
 its source in the spool (the ONNX file, the input example, what the MLmodel must say): no MLflow
 import in the training process (1.5-2 s of a short fit). The shipper then writes it as an MLflow
-model folder (ONNX flavour, signature, input example), creates the LoggedModel, uploads it,
-finalises it READY and links it to the run."""
+model folder (a pyfunc that predicts as ``segtrack predict`` does, the ONNX flavour beside it,
+signature, input example), creates the LoggedModel, uploads it, finalises it READY and links it to
+the run."""
 
 from __future__ import annotations
 
@@ -18,14 +19,13 @@ from segtrack_mlflow.entries import LoggedModel as LoggedModelEntry
 
 MAX_EXAMPLE_ELEMENTS = 1_000_000  # the input example is stored as JSON: leave out big volumes
 REGISTRY_ALIAS = "latest-fit"
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")  # copied into the model folder, run by MLflow
 
 
 SOURCE = "source"  # beside the model folder: what the shipper builds it from
 
 
-def stage_model_source(
-    onnx_path: str, folder: Path, example: np.ndarray | None, num_classes: int, metadata: dict[str, Any]
-) -> None:
+def stage_model_source(onnx_path: str, folder: Path, example: np.ndarray | None, metadata: dict[str, Any]) -> None:
     """What ``write_model_folder`` needs, kept in ``folder.parent / SOURCE`` (the fit's side)."""
     source = folder.parent / SOURCE
     source.mkdir(parents=True)
@@ -35,7 +35,7 @@ def stage_model_source(
         shutil.copy2(onnx_path, source / "model.onnx")
     if example is not None:
         np.save(source / "example.npy", example)
-    (source / "spec.json").write_text(json.dumps({"num_classes": num_classes, "metadata": metadata}))
+    (source / "spec.json").write_text(json.dumps({"metadata": metadata}))
 
 
 def build_model_folder(folder: Path) -> None:
@@ -47,58 +47,53 @@ def build_model_folder(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     spec = json.loads((source / "spec.json").read_text())
     example = np.load(source / "example.npy") if (source / "example.npy").is_file() else None
-    write_model_folder(str(source / "model.onnx"), folder, example, spec["num_classes"], spec["metadata"])
+    write_model_folder(str(source / "model.onnx"), folder, example, spec["metadata"])
 
 
-def write_model_folder(
-    onnx_path: str, folder: Path, example: np.ndarray | None, num_classes: int, metadata: dict[str, Any]
-) -> None:
-    """An MLflow model folder for the ONNX file: loadable by mlflow.pyfunc and mlflow.onnx."""
+def write_model_folder(onnx_path: str, folder: Path, example: np.ndarray | None, metadata: dict[str, Any]) -> None:
+    """An MLflow model folder for the ONNX file: its pyfunc (``pyfunc_model.py``) predicts masks as
+    ``segtrack predict`` does; its ``onnx`` flavour gives mlflow.onnx the bare network (logits)."""
     import warnings
 
-    import mlflow.onnx
+    import mlflow.pyfunc
     import onnx
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
+    from mlflow.models import Model, ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
-    model_proto = onnx.load(onnx_path)
-    if example is not None:
-        example = _runnable(example, _spatial_multiple(model_proto))
-    channels = int(example.shape[1]) if example is not None else -1
-    spatial = (example.ndim - 2) if example is not None else int(metadata.get("spatial_dims", 2))
+    from segtrack.inference.export import read_metadata
+
+    recorded = read_metadata(Path(onnx_path)) or {}  # what segtrack's export records: dims, channels, ...
+    spatial = int(recorded.get("dims") or metadata.get("spatial_dims") or 2)
+    channels = int(recorded.get("in_channels") or -1)
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, channels, *([-1] * spatial)), "x")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes, *([-1] * spatial)), "logits")]),
+        outputs=Schema([TensorSpec(np.dtype(np.int64), (-1, *([-1] * spatial)), "mask")]),
+        params=ParamSchema([ParamSpec("output", "string", "mask"), ParamSpec("image_dtype", "string", "float32")]),
     )
     small = example is not None and example.size <= MAX_EXAMPLE_ELEMENTS
     with warnings.catch_warnings():  # MLflow's lazily imported pyfunc warns about its own type hints
         warnings.simplefilter("ignore")
-        mlflow.onnx.save_model(
-            model_proto,
+        mlflow.pyfunc.save_model(
             str(folder),
+            python_model=str(PYFUNC_CODE),
+            artifacts={"onnx_model": onnx_path},  # the key pyfunc_model.py reads
             signature=signature,
             input_example=example.astype(np.float32) if small and example is not None else None,
             metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()},
-            save_as_external_data=False,
+            pip_requirements=_requirements(),
         )
+    # the same file as mlflow.onnx's flavour: mlflow.onnx.load_model(...) gives the network
+    model = Model.load(str(folder / "MLmodel"))
+    onnx_file = model.flavors["python_function"]["artifacts"]["onnx_model"]["path"]
+    model.add_flavor("onnx", onnx_version=onnx.__version__, data=onnx_file, providers=["CPUExecutionProvider"])
+    model.save(str(folder / "MLmodel"))
 
 
-def _spatial_multiple(model_proto: Any) -> int:
-    """What the exported model's sides must divide by, from the metadata segtrack stored in it."""
-    for entry in model_proto.metadata_props:
-        if entry.key == "segtrack":
-            return max(1, int(json.loads(entry.value).get("spatial_multiple", 1)))
-    return 1
+def _requirements() -> list[str]:
+    """What loading the pyfunc imports (segtrack brings torch for the windows), pinned as installed."""
+    from importlib.metadata import version
 
-
-def _runnable(example: np.ndarray, multiple: int) -> np.ndarray:
-    """The input example cut (or zero-padded) to sides the model takes: MLflow runs the example
-    through the model when it saves it, and a side that is not a multiple of the network's stride
-    (a 29-voxel-deep volume) fails inside onnxruntime, whose traceback MLflow prints to the console."""
-    sides = [max(multiple, size // multiple * multiple) for size in example.shape[2:]]
-    cut = example[(slice(None), slice(None), *(slice(0, side) for side in sides))]
-    missing = [(0, side - have) for side, have in zip(sides, cut.shape[2:])]
-    return np.pad(cut, [(0, 0), (0, 0), *missing]) if any(m for _, m in missing) else cut
+    return [f"{name}=={version(name)}" for name in ("segtrack", "onnxruntime", "numpy")]
 
 
 def send(client: Any, spool: Any, entry: LoggedModelEntry) -> None:

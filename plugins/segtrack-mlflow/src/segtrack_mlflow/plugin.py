@@ -80,7 +80,7 @@ class MlflowPlugin:
         self._example = None  # one validation image (1, C, *spatial): the LoggedModel's input example
         self._exported = False
         self._sampler = None  # the system metrics process of the fit running now
-        self._num_classes, self._dims = 0, 2
+        self._dims = 2
         self._datasets_pending = False  # inputs and hash tags wait for the first epoch's SHA256s
         # the best epoch so far: {"epoch", "step", "ts", "metrics"}; its validation metrics become
         # the LoggedModel's (linked to the validation dataset), and best_<monitor> is logged at its step
@@ -353,7 +353,7 @@ class MlflowPlugin:
         # a resumed run logged its inputs when it began (hashes made at its epoch 0 never change)
         self._datasets_pending = not resumed and not fingerprints_known(run)
         self._every = self._step_interval(run)
-        self._num_classes, self._dims = run.num_classes, run.spatial_dims
+        self._dims = run.spatial_dims
         self._send(self.spool)
         self._announce(self.spool, "continues run" if resumed else "logs to run")
         if self.section["system_metrics"]:
@@ -495,7 +495,8 @@ class MlflowPlugin:
 
     @hookimpl
     def model_exported(self, run, export):
-        """The ONNX export as an MLflow LoggedModel (ONNX flavour, signature, input example)."""
+        """The ONNX export as an MLflow LoggedModel (a pyfunc predicting as ``segtrack predict`` does,
+        the ONNX flavour, signature, input example), built by the shipper from what is staged here."""
         from segtrack_mlflow.logged_model import stage_model_source
 
         folder = self.spool.staging_folder() / "model"
@@ -507,7 +508,7 @@ class MlflowPlugin:
             "spatial_dims": self._dims,
             "segtrack.onnx_max_abs_diff": export.max_abs_diff,
         }
-        stage_model_source(export.path, folder, self._example, self._num_classes, metadata)
+        stage_model_source(export.path, folder, self._example, metadata)
         best = self._best_at(export.epoch)
         # a model whose ONNX outputs drift past the tolerance is logged, but marked where people look
         parity = (
