@@ -430,3 +430,38 @@ def test_every_logged_param_is_the_setting_the_fit_and_each_fold_ran_with(traine
         expected["run.name"] = f"cv-fold{fold + 1}"  # a fold's name is its own, as the console prints it
         assert by_fold[fold + 1].data.params == expected, fold
     assert parent.data.params == expected_params(seen.fits[0][1], folds=3, share=1 / 3)
+
+
+class StoreDuringFit:
+    """Counts the store's runs at each epoch's end; at ``wait_at`` waits for the send, as a script or
+    the analytics plugin does (``segtrack_mlflow.wait_sent``)."""
+
+    def __init__(self, uri: str, wait_at: int | None = None):
+        self.path, self.wait_at = uri.removeprefix("sqlite:///"), wait_at
+        self.counts: list[int] = []
+        self.sent: bool | None = None
+
+    @hookimpl
+    def epoch_end(self, epoch):
+        import sqlite3
+
+        if epoch.epoch == self.wait_at:
+            self.sent = segtrack_mlflow.wait_sent(".segtrack/spool", 60)
+        with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True) as con:
+            self.counts.append(con.execute("SELECT count(*) FROM runs").fetchone()[0])
+
+
+def test_a_database_store_gets_nothing_while_a_short_fit_trains_and_everything_after(trainer_factory, sqlite_uri):
+    """The shipper's first send (MLflow's import, the store opened: ~2 s of CPU) waits while the fit
+    trains (mlflow.db_quiet_start): the training has the cores. The fit's end, or anyone waiting
+    for the send, ends the wait."""
+    quiet = StoreDuringFit(sqlite_uri)
+    trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", "mlflow.drain_timeout=0", plugins=[quiet]).fit()
+    assert quiet.counts == [0, 0, 0]  # nothing sent while it trained
+    assert segtrack_mlflow.wait_sent(".segtrack/spool", 60)
+    assert only_run(MlflowClient(sqlite_uri)).info.status == "FINISHED"  # everything, once it ended
+
+    waiting = StoreDuringFit(sqlite_uri, wait_at=1)
+    trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", "mlflow.drain_timeout=0", plugins=[waiting]).fit()
+    # someone waited at the second epoch's end: sent from then on (the first shipper may still have run)
+    assert waiting.sent is True and waiting.counts[1:] == [2, 2]

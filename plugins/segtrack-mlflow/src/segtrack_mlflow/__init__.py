@@ -24,9 +24,11 @@ def wait_sent(spool_dir: str | os.PathLike = ".segtrack/spool", timeout: float =
     import time
     from pathlib import Path
 
+    from segtrack_mlflow.shipper_files import wake_all
     from segtrack_mlflow.spool import Spool, SpoolCorrupt
 
     deadline = time.monotonic() + timeout
+    wake_all(Path(spool_dir))  # a shipper in its quiet start sends now: someone waits
     while True:
         left = []
         for folder in Spool.folders_in(Path(spool_dir)):

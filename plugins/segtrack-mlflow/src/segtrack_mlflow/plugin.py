@@ -191,10 +191,11 @@ class MlflowPlugin:
 
     # -- runs -----------------------------------------------------------------------------------
 
-    def _send(self, spool: Spool, urgent: bool = True) -> None:
+    def _send(self, spool: Spool, urgent: bool = True, waited_for: bool = False) -> None:
         """Make what ``spool`` holds durable and have the shipper send it now; not ``urgent`` (an
         epoch's points): at most one wake-up per ``mlflow.flush_interval``, the shipper's own round
-        sends the rest (short epochs made a round, and requests to the server, per epoch)."""
+        sends the rest (short epochs made a round, and requests to the server, per epoch).
+        ``waited_for``: the caller waits for the send (it ends a shipper's quiet start)."""
         from segtrack_mlflow.shipper_link import ShipperLink
 
         spool.sync()
@@ -205,11 +206,12 @@ class MlflowPlugin:
                 absolute_uri(self._uri),
                 self.section["flush_interval"],
                 self.section["shipper_linger"],
+                0.0 if is_remote(self._uri) else self.section["db_quiet_start"],  # a server's sender is light
             )
         now = time.monotonic()
         if urgent or now - self._last_wake >= self.section["flush_interval"]:
             self._last_wake = now
-            self._link.wake()
+            self._link.wake(now=waited_for)
 
     def _new_spool(
         self, run_name: str, tags: dict, parent: Spool | None, run_id: str | None = None, continues: str | None = None
@@ -746,7 +748,7 @@ class MlflowPlugin:
         if self.study is None or study_id != self.study_id or not self._trial_run or self._trial_run[0] != number:
             return None
         spool = self._trial_run[1]
-        self._send(spool)
+        self._send(spool, waited_for=True)
         deadline = time.monotonic() + LINK_WAIT_S
         while spool.run_id is None and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -70,6 +70,30 @@ class ShipperFiles:
         os.replace(tmp, self.state)
 
 
+SEND_NOW = b"n"  # a wake-up byte that also ends a quiet start (someone waits for the send)
+WAKE = b"w"
+
+
+def wake_all(root: Path, byte: bytes = SEND_NOW) -> None:
+    """Write ``byte`` to every running shipper's FIFO in spool folder ``root`` (none: nothing)."""
+    import errno
+    import os
+
+    for fifo in Path(root).glob("shipper-*.wake"):
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno in (errno.ENXIO, errno.ENOENT):  # no reader: no shipper runs
+                continue
+            raise
+        try:
+            os.write(fd, byte)
+        except BlockingIOError:
+            pass  # full of wake-ups already
+        finally:
+            os.close(fd)
+
+
 def shipper_lines(root: Path) -> list[str]:
     """One line per shipper of this spool folder: running or not, its URI, its current trouble."""
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from segtrack_mlflow.shipper_files import ShipperFiles
+from segtrack_mlflow.shipper_files import SEND_NOW, WAKE, ShipperFiles
 from segtrack_mlflow.shipper_process import URI_ENV
 from segtrack_mlflow.spool import Spool
 from segtrack_mlflow.uri import redact
@@ -27,15 +27,18 @@ class ShipperLink:
     """:param root: the spool folder. :param uri: the tracking URI with its credentials (passed to
     the shipper in its environment). The other parameters are the shipper's (see shipper_process)."""
 
-    def __init__(self, root: Path, uri: str, flush_interval: float = 2.0, linger: float = 300.0):
+    def __init__(
+        self, root: Path, uri: str, flush_interval: float = 2.0, linger: float = 300.0, quiet_start: float = 0.0
+    ):
         self.files = ShipperFiles(Path(root).resolve(), redact(uri))
-        self.uri, self.flush_interval, self.linger = uri, flush_interval, linger
+        self.uri, self.flush_interval, self.linger, self.quiet_start = uri, flush_interval, linger, quiet_start
         self._started: subprocess.Popen | None = None
         self._started_at = 0.0
         self._reported: str | None = None
 
-    def wake(self) -> None:
-        """Tell the shipper there is something to send now; start one when none listens."""
+    def wake(self, now: bool = False) -> None:
+        """Tell the shipper there is something to send; ``now``: someone waits for it (it ends a
+        shipper's quiet start). Starts a shipper when none listens."""
         try:
             fd = os.open(self.files.wake, os.O_WRONLY | os.O_NONBLOCK)
         except OSError as exc:
@@ -44,7 +47,7 @@ class ShipperLink:
             self._start()
             return
         try:
-            os.write(fd, b"w")
+            os.write(fd, SEND_NOW if now else WAKE)
         except BlockingIOError:
             pass  # the FIFO is full of wake-ups already
         finally:
@@ -70,6 +73,8 @@ class ShipperLink:
                     str(self.flush_interval),
                     "--linger",
                     str(self.linger),
+                    "--quiet-start",
+                    str(self.quiet_start),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
@@ -92,7 +97,7 @@ class ShipperLink:
             if now >= deadline:
                 return False
             if now >= next_wake:  # also restarts a shipper that exited or was killed meanwhile
-                self.wake()
+                self.wake(now=True)
                 self.report()
                 next_wake = now + 1.0
             time.sleep(POLL_S)

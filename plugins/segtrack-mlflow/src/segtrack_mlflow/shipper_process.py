@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from segtrack_mlflow.locks import flock_within
-from segtrack_mlflow.shipper_files import ShipperFiles
+from segtrack_mlflow.shipper_files import SEND_NOW, ShipperFiles
 from segtrack_mlflow.spool import Spool, SpoolBusy, SpoolCorrupt
 from segtrack_mlflow.uri import redact
 
@@ -70,14 +70,28 @@ class ShipperProcess:
             os.close(fd)
         self._fifo = []
 
-    def wait(self, timeout: float) -> None:
-        """Until a fit writes to the FIFO or ``timeout`` passes; drains the wake-up bytes."""
+    def wait(self, timeout: float) -> bool:
+        """Until a fit writes to the FIFO or ``timeout`` passes; drains the wake-up bytes. True
+        when one of them asks for the send now (someone waits for it)."""
         readable, _, _ = select.select(self._fifo[:1], [], [], max(0.0, timeout))
+        asked = False
         if readable:
             with contextlib.suppress(BlockingIOError):
-                while os.read(self._fifo[0], 4096):
-                    pass
+                while data := os.read(self._fifo[0], 4096):
+                    asked |= SEND_NOW in data
             self.last_activity = time.monotonic()
+        return asked
+
+    def quiet_start(self, seconds: float) -> None:
+        """Hold the first send while a fit trains, for at most ``seconds`` (a database store: its
+        first send imports MLflow and opens the store, ~2 s of CPU a short fit would share its cores
+        with). It ends when no fit holds a spool, or when someone waits for the send."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if not any(spool.has_writer() for spool in self.scan()):
+                return
+            if self.wait(min(self.flush_interval, left)):
+                return
 
     # -- one round: every spool of ours, oldest first ---------------------------------------------
 
@@ -155,7 +169,9 @@ class ShipperProcess:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def run(self) -> int:
+    def run(self, quiet_start: float = 0.0) -> int:
+        if quiet_start > 0:
+            self.quiet_start(quiet_start)
         backoff = self.flush_interval
         while True:
             try:
@@ -243,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flush-interval", type=float, default=2.0)
     parser.add_argument("--linger", type=float, default=300.0)
     parser.add_argument("--idle-exit", type=float, default=600.0)
+    parser.add_argument(
+        "--quiet-start", type=float, default=0.0, help="seconds to hold the first send while fits train"
+    )
     args = parser.parse_args(argv)
     yield_to_training()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s shipper[%(process)d] %(levelname)s %(message)s")
@@ -261,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     files.write_state(pid=os.getpid(), uri=files.uri, error=None)
     log.info("shipping %s to %s", files.root, files.uri)
     try:
-        return shipper.run()
+        return shipper.run(args.quiet_start)
     finally:
         log.info("exiting")
         os.close(lock)
