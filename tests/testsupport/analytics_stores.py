@@ -99,3 +99,54 @@ def assert_matches_mlflow(analytics, uri: str, experiment: str) -> None:
     for key, expected in histories.items():
         assert [s for s, _ in loaded[key]] == [s for s, _ in expected]
         assert all(same_float(a, b) for (_, a), (_, b) in zip(sorted(loaded[key]), expected)), key
+
+
+def populate_study(uri: str, experiment: str = "segtrack", direction: str = "minimize") -> dict[str, str]:
+    """Runs tagged as segtrack-mlflow tags them: a CV (parent and 2 folds) and a study whose parent
+    has 4 trials (completed, pruned, failed, and a CV trial with 2 folds), each with
+    ``best_val_dice`` and a 2-epoch ``val_dice`` curve. Returns run ids by name."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment(experiment)
+    ids: dict[str, str] = {}
+
+    def run(name: str, parent: str | None, tags: dict[str, str], dice: float | None = None, **metrics: float) -> str:
+        if parent:
+            tags = {**tags, "mlflow.parentRunId": ids[parent]}
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        points = [Metric(key, value, 1_700_000_000_000, 0) for key, value in metrics.items()]
+        if dice is not None:
+            points.append(Metric("best_val_dice", dice, 1_700_000_000_000, 0))
+            for epoch in (1, 2):  # per epoch at the global step, with "epoch" beside it
+                points += [Metric("val_dice", dice * epoch / 2, 0, 10 * epoch), Metric("epoch", epoch, 0, 10 * epoch)]
+        client.log_batch(run_id, metrics=points)
+        client.set_terminated(run_id, "FINISHED")
+        ids[name] = run_id
+        return run_id
+
+    run("cv-parent", None, {"segtrack.role": "cv-parent", "segtrack.cv_id": "cv1"})
+    for fold, dice in ((1, 0.5), (2, 0.7)):
+        run(f"cv-fold{fold}", "cv-parent", {"segtrack.fold": str(fold), "segtrack.cv_id": "cv1"}, dice)
+    study = {"segtrack.study": "s1", "segtrack.study_id": "sid1"}
+    parent = run("study-parent", None, {"segtrack.role": "study-parent", **study}, None, study_best_trial=1.0)
+    client.log_batch(parent, params=[Param("study.direction", direction), Param("study.objective", "val_loss")])
+    trials = [(0, "completed", 0.30), (1, "completed", 0.20), (2, "pruned", 0.10), (3, "failed", None)]
+    for number, state, value in trials:
+        tags = {**study, "segtrack.trial": str(number), "segtrack.trial_state": state}
+        extra = {} if value is None else {"trial_value": value}
+        run(f"trial-{number}", "study-parent", tags, 0.6 - number / 10, **extra)
+    cv_trial = {**study, "segtrack.trial": "4", "segtrack.trial_state": "completed"}
+    run(
+        "trial-4-cv",
+        "study-parent",
+        {**cv_trial, "segtrack.role": "cv-parent", "segtrack.cv_id": "cv2"},
+        None,
+        trial_value=0.2,
+    )
+    for fold, dice in ((1, 0.4), (2, 0.6)):
+        fold_tags = {**study, "segtrack.trial": "4", "segtrack.fold": str(fold), "segtrack.cv_id": "cv2"}
+        run(f"trial-4-fold{fold}", "trial-4-cv", fold_tags, dice)
+    client.set_tag(parent, "segtrack.best_trial", "1")
+    return ids

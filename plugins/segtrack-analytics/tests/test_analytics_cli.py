@@ -24,7 +24,7 @@ def test_train_and_cv_then_summary_top_list_and_plot(sqlite_uri, capsys):
     assert re.search(r"analytics: this run ranks [12] of 2 in the experiment", capsys.readouterr().err)
     assert main(["cv", "--folds", "3", *cli_sets(sqlite_uri, "run.name='cv3'", "mlflow.drain_timeout=0")]) == 0
     err = capsys.readouterr().err
-    assert "analytics: cross-fold summary of the experiment on best_val_dice" in err and "cv3" in err
+    assert "analytics: cross-fold summary of this cross-validation on best_val_dice" in err and "cv3" in err
 
     assert main(["runs", "summary", "--metric", "best_val_dice", "--format", "json", *cli_sets(sqlite_uri)]) == 0
     (row,) = json.loads(capsys.readouterr().out)
@@ -70,6 +70,37 @@ def test_train_and_cv_then_summary_top_list_and_plot(sqlite_uri, capsys):
     assert by_epoch and len(curves) == 5 and all(sorted(c["points"]) == [1, 2] for c in curves.values())
 
 
+def test_the_table_after_cv_shows_that_cv_only(sqlite_uri, capsys):
+    assert main(["cv", "--folds", "2", *cli_sets(sqlite_uri, "run.name='earlier'", "mlflow.drain_timeout=30")]) == 0
+    capsys.readouterr()
+    assert main(["cv", "--folds", "2", *cli_sets(sqlite_uri, "run.name='later'", "mlflow.drain_timeout=30")]) == 0
+    err = capsys.readouterr().err
+    table = err[err.index("analytics: cross-fold summary of this cross-validation") :].splitlines()
+    assert re.fullmatch(r"later-[0-9a-f]{6}-cv", table[3].split()[0]) and table[4] == "(1 row)"
+    assert "earlier" not in err
+
+
+def test_a_trial_of_a_study_says_its_rank_in_the_study_not_in_the_experiment(sqlite_uri, capsys):
+    """After each trial, plain or cross-validated: its rank among the study's trials, as `runs sweep`
+    ranks them; no experiment-wide rank or summary."""
+    pytest.importorskip("segtrack_optuna")
+    space = "sweep.space={'train.lr' = { low = 1e-3, high = 3e-1, log = true }}"
+    assert main(["sweep", "--study", "st", "--trials", "2", *cli_sets(sqlite_uri, space, "sweep.seed=3")]) == 0
+    err = capsys.readouterr().err
+    assert "in the experiment" not in err and "cross-fold summary" not in err
+    ranks = re.findall(r"analytics: trial (\d) ranks (\d) of (\d) in study st on val_dice \(", err)
+    assert [(n, total) for n, _rank, total in ranks] == [("0", "1"), ("1", "2")]
+    assert main(["runs", "sweep", "--study", "st", "--format", "json"]) == 0
+    ranked = {str(r["trial"]): str(r["rank"]) for r in json.loads(capsys.readouterr().out)}
+    assert ranked["1"] == ranks[-1][1]  # the last trial's rank, among both, is the one `runs sweep` gives
+
+    sets = cli_sets(sqlite_uri, space, "sweep.seed=3", "mlflow.drain_timeout=30")
+    assert main(["sweep", "--study", "cvst", "--trials", "1", "--folds", "2", *sets]) == 0
+    err = capsys.readouterr().err
+    assert "in the experiment" not in err and "cross-fold summary" not in err
+    assert "analytics: trial 0 ranks 1 of 1 in study cvst on val_dice (" in err
+
+
 def test_sql_errors_show_duckdbs_message_and_the_columns(sqlite_uri, capsys):
     populate(sqlite_uri, experiment="segtrack")
     code = main(["runs", "query", "SELEC 1", *cli_sets(sqlite_uri)])
@@ -94,3 +125,15 @@ def test_bad_cli_input(sqlite_uri, capsys, args, message):
     populate(sqlite_uri, experiment="segtrack")
     assert main([*args, "--set", f"mlflow.tracking_uri='{sqlite_uri}'"]) != 0
     assert message in capsys.readouterr().err
+
+
+def test_every_float_in_a_table_has_four_significant_digits():
+    import pyarrow as pa
+
+    from segtrack_analytics.render import render
+
+    values = [0.001252, 0.002, 0.0001132, 0.0013, 0.0, 0.0533, 0.81234, 12.3456, 123456.0, float("nan")]
+    table = pa.table({"lr": values, "n": list(range(len(values)))})
+    cells = [line.split()[0] for line in render(table).splitlines()[2:-1]]
+    assert cells == ["0.001252", "0.002", "0.0001132", "0.0013", "0", "0.0533", "0.8123", "12.35", "1.235e+05", "nan"]
+    assert render(table, "csv").splitlines()[1:3] == ["0.001252,0", "0.002,1"]

@@ -18,16 +18,22 @@ import pyarrow.compute as pc
 
 from segtrack import ConfigError
 from segtrack_analytics import build
-from segtrack_analytics.cache import RunCache, changed_runs, merge
+from segtrack_analytics.cache import RunCache, changed_runs, merge, unsettled_trials
+from segtrack_analytics.columns import (
+    CV_ID_COLUMN,
+    FIT_ID_TAG,
+    FOLD_COLUMN,
+    MODEL_COLUMN,
+    STUDY_ID_COLUMN,
+    TRIAL_COLUMN,
+    TRIAL_VALUE_COLUMN,
+)
 from segtrack_analytics.histories import PendingHistory, mentions_metrics
+from segtrack_analytics.studies import STUDY_SUMMARY, study_summary_sql
 from segtrack_analytics.tables import RunDetails, RunTables, Source
 from segtrack_mlflow.uri import connect_uri, redact, resolve_tracking_uri, use_credentials
 
 DEFAULT_CACHE_DIR = ".segtrack/analytics"
-
-
-MODEL_COLUMN = "tags.segtrack.model"  # the model's name or class, as the fit recorded it
-FOLD_COLUMN = "tags.segtrack.fold"  # set on every cross-validation fold run
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,7 @@ class RunAnalytics:
             reread, dropped = index.num_rows, 0
         else:
             reread_ids, dropped_ids = changed_runs(cached.index, index)
+            reread_ids += unsettled_trials(cached.runs, reread_ids, dropped_ids)
             fresh_index = index.filter(pc.is_in(index["run_id"], value_set=pa.array(reread_ids, pa.string())))
             histories = cached.history is not None  # else all are read when first queried
             details = source.details(reread_ids, histories) if reread_ids else RunDetails.empty()
@@ -218,13 +225,17 @@ class RunAnalytics:
     def metric_column(self, metric: str) -> str:
         return self.require_column(metric if metric.startswith("metrics.") else f"metrics.{metric}")
 
-    def cross_fold_summary(self, metric: str, by: Sequence[str] | None = None, mode: str = "max") -> pa.Table:
+    def cross_fold_summary(
+        self, metric: str, by: Sequence[str] | None = None, mode: str = "max", cv_id: str | None = None
+    ) -> pa.Table:
         """Per configuration: folds, mean, std, min, max of ``metric``, best mean first (highest
         for ``mode="max"``, lowest for ``"min"``, e.g. a loss).
 
-        Without ``by``: the fold runs of each cross-validation parent (a study's trials are not folds).
-        With ``by``: every run with the metric, grouped by those columns (e.g. ``params.model.width``)
-        and always by the model (``tags.segtrack.model``): different networks are never one group."""
+        Without ``by``: the fold runs of each cross-validation parent (a study's trials are not
+        folds: ``study_summary`` summarises studies); ``cv_id``: only the cross-validation whose
+        parent carries that ``segtrack.cv_id``. With ``by``: every run with the metric, grouped by
+        those columns (e.g. ``params.model.width``) and always by the model
+        (``tags.segtrack.model``): different networks are never one group."""
         if mode not in ("max", "min"):
             raise ConfigError(f'mode {mode!r} is invalid: use "max" or "min"')
         order = "DESC" if mode == "max" else "ASC"
@@ -233,6 +244,9 @@ class RunAnalytics:
             f"count(*) AS folds, avg({value}) AS mean, stddev_samp({value}) AS std, "
             f"min({value}) AS min, max({value}) AS max"
         )
+        if by and cv_id is not None:
+            raise ConfigError("cross_fold_summary: give by (columns to group runs by) or cv_id (one CV), not both")
+        parameters: list[Any] = []
         if by:
             columns = [self.require_column(c) for c in by]
             if MODEL_COLUMN in self._columns and f'"{MODEL_COLUMN}"' not in columns:
@@ -243,13 +257,26 @@ class RunAnalytics:
             # folds grouped first, then their parents' names joined (the join on 100k runs cost ~2x); a
             # fold run carries segtrack.fold (a study's trial runs, also children, do not)
             folds = f'"{FOLD_COLUMN}" IS NOT NULL' if FOLD_COLUMN in self._columns else "false"
+            if cv_id is not None:  # the parent of this CV's folds carries its id
+                if CV_ID_COLUMN in self._columns:
+                    folds += f' AND parent_run_id IN (SELECT run_id FROM runs WHERE "{CV_ID_COLUMN}" = ?)'
+                    parameters.append(cv_id)
+                else:
+                    folds = "false"
             sql = (
                 f"SELECT coalesce(parent.run_name, g.parent_run_id) AS cv_run, g.* FROM (SELECT parent_run_id, "
                 f"{stats} FROM runs WHERE parent_run_id IS NOT NULL AND {folds} AND {value} IS NOT NULL "
                 f"GROUP BY parent_run_id) g LEFT JOIN runs parent ON parent.run_id = g.parent_run_id "
                 f"ORDER BY mean {order}"
             )
-        return self._con.sql(sql).to_arrow_table()
+        return self._con.sql(sql, params=parameters or None).to_arrow_table()
+
+    def study_summary(self) -> pa.Table:
+        """Per study (``segtrack sweep``): its trial runs counted by state and its best completed
+        trial, never averaged as folds (see ``studies.study_summary_sql``)."""
+        sql = study_summary_sql(self._columns)
+        table = self._con.sql(sql).to_arrow_table() if sql else None
+        return table.cast(STUDY_SUMMARY) if table is not None else STUDY_SUMMARY.empty_table()
 
     def top_models(self, metric: str, n: int = 5, mode: str = "max") -> pa.Table:
         """The ``n`` best runs by ``metric`` (NaN never ranks)."""
@@ -280,8 +307,22 @@ class RunAnalytics:
         )
         return ahead + 1, total + (fit_id is not None)
 
-
-FIT_ID_TAG = "tags.segtrack.fit_id"
+    def rank_in_study(self, study_id: str, trial: int, value: float, mode: str = "max") -> tuple[int, int]:
+        """(rank of ``value``, number of ranked trials) among the trials of the study ``study_id``
+        that have a value (``trial_value``), ranked as `segtrack runs sweep` ranks them (an equal
+        value ranks ahead when its trial number is lower); ``value`` is trial number ``trial``'s own
+        and counts once whether or not its run holds it yet."""
+        if not {STUDY_ID_COLUMN, TRIAL_COLUMN, TRIAL_VALUE_COLUMN} <= set(self._columns):
+            return 1, 1  # no trial's value is stored yet
+        better = ">" if mode == "max" else "<"
+        column, number = f'"{TRIAL_VALUE_COLUMN}"', f'TRY_CAST("{TRIAL_COLUMN}" AS BIGINT)'
+        total, ahead = self._one_row(
+            f"SELECT count(*), count(*) FILTER (WHERE {column} {better} ? OR ({column} = ? AND {number} < ?)) "
+            f'FROM runs WHERE "{STUDY_ID_COLUMN}" = ? AND "{TRIAL_COLUMN}" <> ? '
+            f"AND {column} IS NOT NULL AND NOT isnan({column})",
+            [value, value, trial, study_id, str(trial)],
+        )
+        return ahead + 1, total + 1
 
 
 def _cached(index: pa.Table, run_ids: list[str]) -> list[str]:

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from segtrack_analytics import build
+from segtrack_analytics.columns import FOLD_COLUMN, ROLE_COLUMN, TRIAL_COLUMN, TRIAL_STATE_COLUMN
 from segtrack_analytics.tables import RUN_INDEX, RunTables, conform
 
 log = logging.getLogger("segtrack.analytics")
@@ -199,6 +200,23 @@ def changed_runs(old: pa.Table, new: pa.Table) -> tuple[list[str], list[str]]:
         reread = pc.or_(reread, _differ(joined[key], joined[f"{key}.old"]))
     dropped = pc.invert(pc.is_in(old["run_id"], value_set=new["run_id"].combine_chunks()))
     return joined["run_id"].filter(reread).to_pylist(), old["run_id"].filter(dropped).to_pylist()
+
+
+def unsettled_trials(runs: pa.Table, reread: Sequence[str], dropped: Sequence[str]) -> list[str]:
+    """Cached trial runs of a study without their verdict (``segtrack.trial_state``), besides
+    ``reread`` and ``dropped``: the tracker tags a trial's run when the trial ends, which can be
+    after the run finished (a CV trial's parent finishes with its folds), so a finished run's
+    cached row may miss its state and value. Read again until it has them."""
+    if TRIAL_COLUMN not in runs.column_names:
+        return []
+    unsettled = pc.is_valid(runs[TRIAL_COLUMN])
+    for column in (TRIAL_STATE_COLUMN, FOLD_COLUMN):  # a CV trial's folds get no verdict of their own
+        if column in runs.column_names:
+            unsettled = pc.and_(unsettled, pc.is_null(runs[column]))
+    if ROLE_COLUMN in runs.column_names:
+        unsettled = pc.and_(unsettled, pc.fill_null(pc.not_equal(runs[ROLE_COLUMN], "study-parent"), True))
+    known = set(reread) | set(dropped)
+    return [r for r in runs["run_id"].filter(unsettled).to_pylist() if r not in known]
 
 
 def _differ(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.ChunkedArray:

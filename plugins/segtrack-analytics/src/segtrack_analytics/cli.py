@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from segtrack import ConfigError, redact
@@ -29,12 +30,23 @@ def add_commands(subparsers) -> None:
     listing.add_argument("-n", "--limit", type=int, default=20, help="newest N runs (default 20)")
     query = command("query", "run SQL over the tables runs and metrics", _query)
     query.add_argument("sql", help='e.g. "SELECT run_name, \\"metrics.val_dice\\" FROM runs"')
-    summary = command("summary", "cross-fold mean/std/min/max of a metric", _summary)
-    summary.add_argument("--metric", required=True, help="e.g. val_dice or best_val_dice")
+    summary = command(
+        "summary",
+        "per cross-validation: mean/std/min/max of a metric over its folds; then per study: its trials",
+        _summary,
+    )
+    summary.description = (
+        "One row per cross-validation (its fold runs' mean, std, min and max of --metric), then, in a table "
+        "of its own, one row per study of `segtrack sweep` (trials by state, the best completed trial and its "
+        "value): a study's trials are not folds and are never averaged. --format csv/json print one table: "
+        "the cross-validations, or with --studies the studies."
+    )
+    summary.add_argument("--metric", help="e.g. val_dice or best_val_dice (not needed with --studies)")
     summary.add_argument(
         "--by", nargs="+", metavar="COLUMN", help="group runs by these columns instead of by CV parent"
     )
     summary.add_argument("--mode", choices=("max", "min"), default="max", help="best first: highest or lowest mean")
+    summary.add_argument("--studies", action="store_true", help="only the studies' table")
     top = command("top", "the best runs by a metric", _top)
     top.add_argument("--metric", required=True)
     top.add_argument("-n", type=int, default=5)
@@ -104,8 +116,30 @@ def _query(args, settings):
 
 
 def _summary(args, settings):
+    if args.studies and args.by:
+        raise ConfigError("--by groups runs by columns, --studies summarises studies: give one of them")
+    if not args.studies and not args.metric:
+        raise ConfigError("give --metric NAME (e.g. best_val_dice), or --studies for the studies alone")
     analytics = _load(args, settings)
-    _print(analytics.cross_fold_summary(args.metric, args.by, mode=args.mode), args)
+    if args.studies:
+        _print(analytics.study_summary(), args)
+    else:
+        folds = analytics.cross_fold_summary(args.metric, args.by, mode=args.mode)
+        studies = analytics.study_summary() if not args.by else None
+        if studies is None or studies.num_rows == 0:
+            _print(folds, args)
+        elif args.format == "table":
+            print(f"cross-validations: {args.metric} over each one's folds")
+            _print(folds, args)
+            print("\nstudies: trials of `segtrack sweep` by state, the best completed one by the study's value")
+            _print(studies, args)
+        else:  # one table per csv or json document
+            _print(folds, args)
+            n = studies.num_rows
+            print(
+                f"({n} stud{'y' if n == 1 else 'ies'} too: `segtrack runs summary --studies` lists them)",
+                file=sys.stderr,
+            )
     analytics.wait_for_cache()
 
 

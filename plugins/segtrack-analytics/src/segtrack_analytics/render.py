@@ -9,15 +9,15 @@ import math
 from datetime import datetime
 
 FORMATS = ("table", "csv", "json")
+DIGITS = 4  # significant digits of a float in a table or csv cell
 
 
 def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return (
-            "nan" if math.isnan(value) else f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e6 else f"{value:.4f}"
-        )
+        # one rule for every float: 4 significant digits (0.001252, 0.0533, 0.8123, 12.35, 1.235e+05)
+        return "nan" if math.isnan(value) else f"{value:.{DIGITS}g}"
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
