@@ -94,6 +94,7 @@ class MlflowPlugin:
         self._checkpoint_spooled: dict[str, float] = {}
         self._checkpoint_waiting: dict[str, str] = {}
         self._link_pending: Spool | None = None  # a run whose UI address is printed once its id is known
+        self._trial_status: str | None = None  # the status the trial's fit (or CV) ended with
 
     @property
     def fit_end_timeout(self) -> float:
@@ -577,13 +578,22 @@ class MlflowPlugin:
         self._spool_waiting_checkpoints(spool)
         if result.error:  # why the run failed, readable in the run's page and searchable
             spool.add(Tags({"segtrack.error": result.error[:5000]}))
-        spool.add(Status(STATUS.get(result.status, "FAILED"), _now_ms()))
-        spool.close()  # written in full: the shipper exits once it has sent it
+        self._end_run(spool, STATUS.get(result.status, "FAILED"))
         self._send(spool)
         self._drain(spool)
         self._print_link()
         if model and self.section["register_model"]:
             self._report_registration(spool)
+
+    def _end_run(self, spool: Spool, status: str) -> None:
+        """The run's final status, and the spool closed (the shipper exits once it has sent it). A
+        trial's run ends at trial_end instead, with its state and value: a run tagged after it
+        ended reads as unfinished to whoever copied it when it ended (the analytics cache)."""
+        if self._trial_run and self._trial_run[1] is spool:
+            self._trial_status = status
+            return
+        spool.add(Status(status, _now_ms()))
+        spool.close()
 
     def _report_registration(self, spool: Spool) -> None:
         from segtrack_mlflow.logged_model import REGISTRY_ALIAS
@@ -638,8 +648,7 @@ class MlflowPlugin:
         # every fold ran (or the last one that ran stopped them all, as a pruned trial does) and none failed
         ran = len(result.folds) == result.num_folds or (result.folds and result.folds[-1].status == "stopped")
         ok = bool(ran) and all(f.status in ("completed", "stopped") for f in result.folds)
-        self.parent.add(Status("FINISHED" if ok else "FAILED", _now_ms()))
-        self.parent.close()
+        self._end_run(self.parent, "FINISHED" if ok else "FAILED")
         self._send(self.parent)
         self._drain(self.parent)
         self.parent, self.parent_cv_id = None, None
@@ -710,8 +719,10 @@ class MlflowPlugin:
         if trial.error:
             tags["segtrack.error"] = trial.error[:5000]
         spool.add(Tags(tags))
+        status, self._trial_status = self._trial_status, None
         if trial.state == "failed":  # a preempted trial stays KILLED, as its fit ended it
-            spool.add(Status("KILLED" if trial.interrupted else "FAILED", _now_ms()))
+            status = "KILLED" if trial.interrupted or status == "KILLED" else "FAILED"
+        spool.add(Status(status or "FINISHED", _now_ms()))
         spool.close()
         self._trial_spools.append(spool)  # study_end's drain waits for them too
         self._trial_rows = [row for row in self._trial_rows if row.number != trial.number]
