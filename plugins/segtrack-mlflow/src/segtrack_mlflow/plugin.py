@@ -45,6 +45,11 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _masked(values) -> dict:
+    """Sampled values as shown: a URL's password masked, as in every param."""
+    return {key: redact(value) if isinstance(value, str) else value for key, value in values.items()}
+
+
 def console(line: str) -> None:
     """A line for the person at the terminal (stderr, beside segtrack's own progress lines)."""
     sys.stderr.write(line + "\n")
@@ -727,9 +732,8 @@ class MlflowPlugin:
         self._trial_spools.append(spool)  # study_end's drain waits for them too
         self._trial_rows = [row for row in self._trial_rows if row.number != trial.number]
         self._trial_folders[trial.number] = spool.folder
-        self._trial_rows.append(
-            TrialRow(trial.number, trial.state, trial.value, dict(trial.params), spool.meta["run_name"], spool.run_id)
-        )
+        sampled, name = _masked(trial.params), spool.meta["run_name"]
+        self._trial_rows.append(TrialRow(trial.number, trial.state, trial.value, sampled, name, spool.run_id))
         if trial.best_number is not None and trial.best_value is not None:
             self._study_best = (trial.best_number, trial.best_value)
             self.study.metric(f"study_best_{self._objective}", trial.best_value, trial.number, _now_ms())
