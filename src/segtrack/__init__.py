@@ -64,7 +64,9 @@ from segtrack.plugins.records import (
 
 if TYPE_CHECKING:  # imported lazily at run time (__getattr__); named here for type checkers and editors
     from segtrack.config.settings import Settings, load_settings
+    from segtrack.inference.export import read_metadata as export_metadata
     from segtrack.inference.palette import colour_mask
+    from segtrack.inference.predict import Predictor, from_onnx
     from segtrack.inference.windowed import sliding_window
     from segtrack.loop.losses import Loss
     from segtrack.loop.recipe import OptimizerFactory, SchedulerFactory
@@ -100,6 +102,7 @@ __all__ = [
     "PluginHookError",
     "PluginLoadError",
     "PluginManager",
+    "Predictor",
     "RunInfo",
     "SchedulerFactory",
     "SegmentationTrainer",
@@ -119,7 +122,9 @@ __all__ = [
     "check_study_name",
     "checked_section",
     "colour_mask",
+    "export_metadata",
     "freeze",
+    "from_onnx",
     "get_plugin_manager",
     "hookimpl",
     "is_bool",
@@ -149,6 +154,10 @@ _LAZY = {
     "load_settings": "segtrack.config.settings",
     "sliding_window": "segtrack.inference.windowed",
     "colour_mask": "segtrack.inference.palette",
+    # what `segtrack predict --onnx` runs (the MLflow model's pyfunc serves it), and what an export records
+    "Predictor": "segtrack.inference.predict",
+    "from_onnx": "segtrack.inference.predict",
+    "export_metadata": "segtrack.inference.export:read_metadata",
     "run_study": "segtrack.loop.study",
     "TrialSource": "segtrack.loop.study",
     "check_study_name": "segtrack.loop.study",
@@ -159,5 +168,6 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, _, attribute = _LAZY[name].partition(":")
+        return getattr(importlib.import_module(module), attribute or name)
     raise AttributeError(f"module 'segtrack' has no attribute {name!r}")

@@ -60,9 +60,9 @@ def write_model_folder(onnx_path: str, folder: Path, example: np.ndarray | None,
     from mlflow.models import Model, ModelSignature
     from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
-    from segtrack.inference.export import read_metadata
+    from segtrack import export_metadata
 
-    recorded = read_metadata(Path(onnx_path)) or {}  # what segtrack's export records: dims, channels, ...
+    recorded = export_metadata(Path(onnx_path)) or {}  # what segtrack's export records: dims, channels, ...
     spatial = int(recorded.get("dims") or metadata.get("spatial_dims") or 2)
     channels = int(recorded.get("in_channels") or -1)
     signature = ModelSignature(

@@ -26,7 +26,7 @@ OUTPUTS = ("mask", "probabilities")
 
 class SegtrackModel(PythonModel):
     def load_context(self, context: Any) -> None:
-        from segtrack.inference.predict import from_onnx
+        from segtrack import from_onnx
 
         self.predictor = from_onnx(Path(context.artifacts[ARTIFACT]))
 
