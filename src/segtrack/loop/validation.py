@@ -97,6 +97,7 @@ class Validation:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.where)
         seen = 0
         batches = ValidationBatches(self.hooks, self.dist, trainer, run, self.batches_wanted)
+        previews = PreviewPredictions(data.preview[0]) if self.dist.is_main and self._samples_wanted() else None
         for batch_index, batch in enumerate(data.val_batches()):
             images, masks, labelled = to_loop_form(batch, self.dims, self.num_classes, self.ignore_index, self.where)
             logits = self.logits(model, images)
@@ -107,6 +108,8 @@ class Validation:
                 seen += len(images)
             predictions = logits.argmax(1)
             counts.update(predictions, masks)
+            if previews is not None:
+                previews.take(images, predictions)
             batches.add(
                 ValidationBatch(
                     epoch=epoch,
@@ -118,7 +121,10 @@ class Validation:
                 )
             )
         batches.finish()
-        return self._result(model, data, epoch, counts, loss_sum, seen)
+        return self._result(model, data, epoch, counts, loss_sum, seen, previews)
+
+    def _samples_wanted(self) -> bool:
+        return self.hooks.has_implementations("validation_end") or self.hooks.has_implementations("validation_metrics")
 
     def _result(
         self,
@@ -128,6 +134,7 @@ class Validation:
         counts: ConfusionCounts,
         loss_sum: torch.Tensor,
         seen: int,
+        previews: PreviewPredictions | None = None,
     ) -> ValidationResult:
         counts.counts = self.dist.all_reduce_sum(counts.counts.to(self.device))
         totals = self.dist.all_reduce_sum(
@@ -135,9 +142,7 @@ class Validation:
         )
         dice, iou = counts.mean_foreground()
         per_class_dice, per_class_iou = (tuple(float(v) for v in t.cpu()) for t in counts.per_class())
-        wanted = self.hooks.has_implementations("validation_end") or self.hooks.has_implementations(
-            "validation_metrics"
-        )
+        wanted = self._samples_wanted()
         return ValidationResult(
             epoch=epoch,
             val_loss=float(totals[0] / totals[1]) if float(totals[1]) else math.nan,
@@ -145,14 +150,44 @@ class Validation:
             val_iou=iou,
             per_class_dice=per_class_dice,
             num_samples=int(totals[1]),
-            samples=self.preview(model, data) if self.dist.is_main and wanted else (),
+            samples=self.preview(model, data, previews) if self.dist.is_main and wanted else (),
             per_class_iou=per_class_iou,
         )
 
-    def preview(self, model: torch.nn.Module, data: FitData) -> tuple[ValidationSample, ...]:
+    def preview(
+        self, model: torch.nn.Module, data: FitData, seen: PreviewPredictions | None = None
+    ) -> tuple[ValidationSample, ...]:
+        """The preview samples with their predictions: those the validation pass made for the same
+        images when it met them (a whole extra inference of 3D volumes cost a short fit seconds),
+        else a pass of their own."""
         images, masks = data.preview
-        predictions = self.logits(model, images.to(self.where)).argmax(1).cpu()
+        found = seen.predictions() if seen is not None else None
+        predictions = found if found is not None else self.logits(model, images.to(self.where)).argmax(1).cpu()
         return tuple(
             ValidationSample(image=i.numpy(), mask=m.numpy(), prediction=p.numpy())
             for i, m, p in zip(images, masks, predictions)
         )
+
+
+class PreviewPredictions:
+    """Collects the validation pass's predictions for the preview images, matched element for
+    element in the order they come (an unshuffled validation split begins with them); any mismatch
+    (transforms, padding, another order) leaves the preview to a pass of its own."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images, self.lost = images, len(images) == 0
+        self.found: list[torch.Tensor] = []
+
+    def take(self, images: torch.Tensor, predictions: torch.Tensor) -> None:
+        for image, prediction in zip(images, predictions):
+            if self.lost or len(self.found) == len(self.images):
+                return
+            wanted = self.images[len(self.found)]
+            if image.shape != wanted.shape or not torch.equal(image.detach().cpu(), wanted):
+                self.lost = True
+                return
+            self.found.append(prediction.cpu())
+
+    def predictions(self) -> torch.Tensor | None:
+        complete = not self.lost and len(self.found) == len(self.images)
+        return torch.stack(self.found) if complete else None
