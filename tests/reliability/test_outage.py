@@ -71,6 +71,7 @@ def _scenario(tmp_path, sqlite_template, report_row, down_seconds: float):
             f"mlflow.tracking_uri='{server.uri}'",
             "mlflow.log_every_n_steps=1",
             "mlflow.request_timeout=2",
+            "mlflow.quiet_start=0",  # sending while the server goes down: no quiet start on a loopback server
             "mlflow.drain_timeout=120",
             "mlflow.sample_overlays=0",
         ]

@@ -75,6 +75,7 @@ def test_shipper_killed_mid_send_loses_and_duplicates_nothing(tmp_path, sqlite_t
             f"mlflow.tracking_uri='{server.uri}'",
             "mlflow.log_every_n_steps=1",
             "mlflow.flush_interval=0.2",  # sending most of the time: kills land mid-send
+            "mlflow.quiet_start=0",  # (a loopback server would otherwise get nothing until the fit ends)
             "mlflow.drain_timeout=120",
             "mlflow.sample_overlays=0",
         ]

@@ -20,6 +20,7 @@ def _sets(uri: str, *extra: str) -> list[str]:
     space = "sweep.space={'train.lr' = { low = 1e-3, high = 3e-2, log = true }, 'model.width' = [2, 4]}"
     settings = [*tiny(num_samples=12, width=2), f"mlflow.tracking_uri='{uri}'", "mlflow.drain_timeout=60"]
     settings += ["mlflow.sample_overlays=0", "mlflow.checkpoint_policy='none'", space, *extra]
+    settings += ["mlflow.quiet_start=0"]  # trials sent while the server is down, not only at the study's end
     return [a for s in settings for a in ("--set", s)]
 
 

@@ -453,7 +453,7 @@ class StoreDuringFit:
 
 def test_a_database_store_gets_nothing_while_a_short_fit_trains_and_everything_after(trainer_factory, sqlite_uri):
     """The shipper's first send (MLflow's import, the store opened: ~2 s of CPU) waits while the fit
-    trains (mlflow.db_quiet_start): the training has the cores. The fit's end, or anyone waiting
+    trains (mlflow.quiet_start): the training has the cores. The fit's end, or anyone waiting
     for the send, ends the wait."""
     quiet = StoreDuringFit(sqlite_uri)
     trainer_factory(f"mlflow.tracking_uri='{sqlite_uri}'", "mlflow.drain_timeout=0", plugins=[quiet]).fit()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 
 import pytest
 from mlflow import MlflowClient
 
+import segtrack_mlflow
 from segtrack import ConfigError, hookimpl
 from segtrack.cli import main
 from testsupport.mlflow_reads import artifacts, epochs_of, history, logged_settings, only_run
@@ -68,7 +70,11 @@ class Outage:
 def test_server_killed_mid_fit_loses_and_duplicates_nothing(trainer_factory, own_server, caplog):
     outage = Outage(own_server, down_at=2, up_at=6)
     trainer = trainer_factory(
-        f"mlflow.tracking_uri='{own_server.uri}'", "train.epochs=8", "mlflow.request_timeout=2", plugins=[outage]
+        f"mlflow.tracking_uri='{own_server.uri}'",
+        "train.epochs=8",
+        "mlflow.request_timeout=2",
+        "mlflow.quiet_start=0",  # sending while it is down (a loopback server otherwise gets it all at the end)
+        plugins=[outage],
     )
     result = trainer.fit()
     outage.restarted.join()
@@ -205,3 +211,37 @@ def test_a_fit_resumed_against_a_server_logs_each_dataset_input_once(trainer_fac
     assert epochs_of(client, run.info.run_id, "val_dice") == [1, 2, 3, 4]
     (folder,) = Spool.folders_in(tmp_path / ".segtrack" / "spool")
     assert not (folder / "rejected.jsonl").exists() and "refused" not in caplog.text
+
+
+class RunDuringFit:
+    """At the fit's last epoch: waits (a few seconds at most) for its run to exist on the server,
+    then records what the server holds of it."""
+
+    def __init__(self, uri: str):
+        self.uri, self.seen = uri, None
+
+    @hookimpl
+    def epoch_end(self, run, epoch):
+        if epoch.epoch + 1 < run.max_epochs:
+            return
+        client = MlflowClient(self.uri)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.seen is None:
+            found = client.search_runs([e.experiment_id for e in client.search_experiments()])
+            self.seen = found[0] if found else None
+            time.sleep(0.1)
+
+
+def test_a_loopback_server_gets_the_run_at_once_and_its_records_after_a_short_fit(trainer_factory, own_server, capfd):
+    """A server on this machine handles every request beside the training: while a short fit trains
+    only its run is created (its page is printed), the records follow at the fit's end."""
+    during = RunDuringFit(own_server.uri)
+    trainer_factory(f"mlflow.tracking_uri='{own_server.uri}'", "mlflow.drain_timeout=0", plugins=[during]).fit()
+    assert during.seen is not None, "the run was not created while the fit trained"
+    assert during.seen.data.metrics == {} and during.seen.data.params == {}  # nothing else yet
+    assert segtrack_mlflow.wait_sent(".segtrack/spool", 60)
+    run = only_run(MlflowClient(own_server.uri))
+    assert run.info.run_id == during.seen.info.run_id and run.info.status == "FINISHED"
+    assert "val_dice" in run.data.metrics and run.data.params["train.lr"] == "0.01"
+    page = f"{own_server.uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    assert f"mlflow: run {run.info.run_name!r}: {page}" in capfd.readouterr().err  # printed during the fit

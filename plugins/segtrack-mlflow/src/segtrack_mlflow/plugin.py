@@ -21,7 +21,14 @@ from segtrack_mlflow.gitinfo import source_tags
 from segtrack_mlflow.settings import SCHEMA, experiment_of, mlflow_section
 from segtrack_mlflow.spool import Spool, SpoolCorrupt, read_meta
 from segtrack_mlflow.study_summary import TrialRow
-from segtrack_mlflow.uri import absolute_uri, is_remote, local_artifact_root, redact, resolve_tracking_uri
+from segtrack_mlflow.uri import (
+    absolute_uri,
+    is_remote,
+    local_artifact_root,
+    redact,
+    resolve_tracking_uri,
+    sends_from_this_machine,
+)
 
 log = logging.getLogger("segtrack.mlflow")
 STATUS = {"completed": "FINISHED", "stopped": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
@@ -212,7 +219,8 @@ class MlflowPlugin:
                 absolute_uri(self._uri),
                 self.section["flush_interval"],
                 self.section["shipper_linger"],
-                0.0 if is_remote(self._uri) else self.section["db_quiet_start"],  # a server's sender is light
+                # a remote server's sender is a small HTTP client: it sends from the first epoch
+                self.section["quiet_start"] if sends_from_this_machine(self._uri) else 0.0,
             )
         now = time.monotonic()
         if urgent or now - self._last_wake >= self.section["flush_interval"]:

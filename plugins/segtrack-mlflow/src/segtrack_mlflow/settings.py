@@ -24,9 +24,10 @@ SCHEMA = [
     Setting("mlflow.request_timeout", "a number of seconds > 0", _seconds(0, strict=True), 10.0),
     # the shipper sends at most this often (and at each epoch's end): up to 1,000 points per request
     Setting("mlflow.flush_interval", "a number of seconds > 0", _seconds(0, strict=True), 2.0),
-    # a database store (the default SQLite file): the shipper's first send, which imports MLflow and
-    # opens the store (~2 s of CPU), waits while fits train, at most this long; a fit's end ends it
-    Setting("mlflow.db_quiet_start", "a number of seconds >= 0 (0: send from the first epoch)", _seconds(0), 30.0),
+    # a store whose sending costs this machine's CPU (a database file, a server on loopback): the
+    # shipper holds its sends while fits train, at most this long (a server's run is created at once);
+    # a fit's end, or anyone waiting for the send, ends it
+    Setting("mlflow.quiet_start", "a number of seconds >= 0 (0: send from the first epoch)", _seconds(0), 30.0),
     # how long the shipper keeps retrying an unreachable server after the last fit ended
     Setting("mlflow.shipper_linger", "a number of seconds >= 0", _seconds(0), 300.0),
     # Lightning's default: 50 (a per-step curve of a few hundred points per epoch at most)

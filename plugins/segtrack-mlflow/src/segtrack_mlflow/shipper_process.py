@@ -83,15 +83,32 @@ class ShipperProcess:
         return asked
 
     def quiet_start(self, seconds: float) -> None:
-        """Hold the first send while a fit trains, for at most ``seconds`` (a database store: its
-        first send imports MLflow and opens the store, ~2 s of CPU a short fit would share its cores
-        with). It ends when no fit holds a spool, or when someone waits for the send."""
+        """Hold the sends while a fit trains, for at most ``seconds``: a store whose sending costs
+        this machine's CPU (a database store's first send imports MLflow and opens the store, ~2 s
+        of CPU; a server on loopback handles every request beside the training), which a short fit
+        on all cores pays in wall time. A server's runs are created meanwhile (two requests each),
+        so a fit can print its run's page. It ends when no fit holds a spool, or when someone
+        waits for the send."""
         deadline = time.monotonic() + seconds
+        create_runs = self.files.uri.startswith(("http://", "https://"))
         while (left := deadline - time.monotonic()) > 0:
-            if not any(spool.has_writer() for spool in self.scan()):
+            spools = self.scan()
+            if not any(spool.has_writer() for spool in spools):
                 return
+            if create_runs:
+                self._create_runs(spools)
             if self.wait(min(self.flush_interval, left)):
                 return
+
+    def _create_runs(self, spools: list[Spool]) -> None:
+        from segtrack_mlflow.shipper import ship
+
+        for spool in spools:
+            if spool.run_id is None:
+                try:
+                    ship(spool, self.clients, self.spools, create_only=True)
+                except Exception as exc:  # unreachable, a parent not created yet: the main loop handles it
+                    log.info("run of %s not created yet: %s", spool.local_id, type(exc).__name__)
 
     # -- one round: every spool of ours, oldest first ---------------------------------------------
 

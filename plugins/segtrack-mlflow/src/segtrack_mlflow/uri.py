@@ -76,6 +76,17 @@ def is_remote(uri: str) -> bool:
     return urlsplit(uri).scheme in ("http", "https", "databricks")
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def sends_from_this_machine(uri: str) -> bool:
+    """Whether sending to ``uri`` costs this machine's CPU beyond a small HTTP client: a database
+    store (MLflow's import, SQL work in the shipper) or a server on loopback (its request handling)."""
+    if not is_remote(uri):
+        return True
+    return (urlsplit(uri).hostname or "") in LOOPBACK
+
+
 def absolute_uri(uri: str) -> str:
     """``uri`` with a relative SQLite or file-store path made absolute against the current folder.
 
