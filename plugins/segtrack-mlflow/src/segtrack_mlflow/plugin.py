@@ -28,6 +28,7 @@ from segtrack_mlflow.uri import (
     redact,
     resolve_tracking_uri,
     sends_from_this_machine,
+    split_credentials,
 )
 
 log = logging.getLogger("segtrack.mlflow")
@@ -398,7 +399,7 @@ class MlflowPlugin:
         meta = read_meta(spool.folder)
         if meta.get("run_id") and meta.get("experiment_id"):
             self._link_pending = None
-            base = self.tracking_uri.rstrip("/")
+            base = split_credentials(self.tracking_uri)[0].rstrip("/")  # a link to click: no user in it
             console(
                 f"mlflow: run {meta['run_name']!r}: {base}/#/experiments/{meta['experiment_id']}/runs/{meta['run_id']}"
             )
