@@ -533,12 +533,13 @@ class SegmentationTrainer:
         ours = checkpoint.describe_signature(signature)
         for name in ("best.pt", "last.pt"):
             found = checkpoint.signature_of(ckpt_dir / name)
-            if found is not None and checkpoint.describe_signature(found) != ours:
+            theirs = checkpoint.describe_signature(found) if found is not None else ours
+            if theirs != ours:
                 log.warning(
                     "%s holds a fit of another model (%s); this fit (%s) replaces it and its export: set "
                     "run.name (or checkpoint.dir) to keep both",
                     ckpt_dir / name,
-                    checkpoint.describe_signature(found),
+                    theirs,
                     ours,
                 )
                 return

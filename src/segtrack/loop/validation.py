@@ -97,7 +97,11 @@ class Validation:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.where)
         seen = 0
         batches = ValidationBatches(self.hooks, self.dist, trainer, run, self.batches_wanted)
-        previews = PreviewPredictions(data.preview[0]) if self.dist.is_main and self._samples_wanted() else None
+        # preview samples for the plugins that read them (rank 0 only)
+        wanted = self.hooks.has_implementations("validation_end") or self.hooks.has_implementations(
+            "validation_metrics"
+        )
+        previews = PreviewPredictions(data.preview[0]) if self.dist.is_main and wanted else None
         for batch_index, batch in enumerate(data.val_batches()):
             images, masks, labelled = to_loop_form(batch, self.dims, self.num_classes, self.ignore_index, self.where)
             logits = self.logits(model, images)
@@ -123,9 +127,6 @@ class Validation:
         batches.finish()
         return self._result(model, data, epoch, counts, loss_sum, seen, previews)
 
-    def _samples_wanted(self) -> bool:
-        return self.hooks.has_implementations("validation_end") or self.hooks.has_implementations("validation_metrics")
-
     def _result(
         self,
         model: torch.nn.Module,
@@ -134,7 +135,7 @@ class Validation:
         counts: ConfusionCounts,
         loss_sum: torch.Tensor,
         seen: int,
-        previews: PreviewPredictions | None = None,
+        previews: PreviewPredictions | None,
     ) -> ValidationResult:
         counts.counts = self.dist.all_reduce_sum(counts.counts.to(self.device))
         totals = self.dist.all_reduce_sum(
@@ -142,7 +143,6 @@ class Validation:
         )
         dice, iou = counts.mean_foreground()
         per_class_dice, per_class_iou = (tuple(float(v) for v in t.cpu()) for t in counts.per_class())
-        wanted = self._samples_wanted()
         return ValidationResult(
             epoch=epoch,
             val_loss=float(totals[0] / totals[1]) if float(totals[1]) else math.nan,
@@ -150,18 +150,16 @@ class Validation:
             val_iou=iou,
             per_class_dice=per_class_dice,
             num_samples=int(totals[1]),
-            samples=self.preview(model, data, previews) if self.dist.is_main and wanted else (),
+            samples=self.preview(model, data, previews) if previews is not None else (),
             per_class_iou=per_class_iou,
         )
 
-    def preview(
-        self, model: torch.nn.Module, data: FitData, seen: PreviewPredictions | None = None
-    ) -> tuple[ValidationSample, ...]:
+    def preview(self, model: torch.nn.Module, data: FitData, seen: PreviewPredictions) -> tuple[ValidationSample, ...]:
         """The preview samples with their predictions: those the validation pass made for the same
         images when it met them (a whole extra inference of 3D volumes cost a short fit seconds),
         else a pass of their own."""
         images, masks = data.preview
-        found = seen.predictions() if seen is not None else None
+        found = seen.predictions()
         predictions = found if found is not None else self.logits(model, images.to(self.where)).argmax(1).cpu()
         return tuple(
             ValidationSample(image=i.numpy(), mask=m.numpy(), prediction=p.numpy())

@@ -165,15 +165,9 @@ def load(path: str | os.PathLike, signature: dict[str, Any] | None) -> dict[str,
 
 
 def signature_of(path: Path) -> dict[str, Any] | None:
-    """The model signature a segtrack checkpoint records, or None (no such file, unreadable);
-    memory-mapped: the weights are not read."""
-    if not path.is_file():
-        return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return None
-    return payload.get("model_signature") if isinstance(payload, dict) else None
+    """The model signature a segtrack checkpoint records, or None (no such file, unreadable)."""
+    payload = _payload_header(path)
+    return payload.get("model_signature") if payload is not None else None
 
 
 def describe_signature(signature: dict[str, Any]) -> str:
@@ -186,11 +180,17 @@ def describe_signature(signature: dict[str, Any]) -> str:
 
 def epoch_of(path: Path) -> int | None:
     """The epoch a segtrack checkpoint holds, or None if it cannot be read."""
+    payload = _payload_header(path)
+    return payload.get("epoch") if payload is not None else None
+
+
+def _payload_header(path: Path) -> dict[str, Any] | None:
+    """A checkpoint's payload, memory-mapped (its weights are not read), or None: no such file, unreadable."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
         return None
-    return payload.get("epoch") if isinstance(payload, dict) else None
+    return payload if isinstance(payload, dict) else None
 
 
 def rng_state() -> dict[str, Any]:

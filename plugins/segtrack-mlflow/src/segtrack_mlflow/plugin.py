@@ -81,9 +81,8 @@ class MlflowPlugin:
         self._trial_run: tuple[int, Spool] | None = None  # the run of the trial running now
         self._trial_spools: list[Spool] = []  # the runs of this study's trials, ended
         self._study_name, self._objective, self._direction = "", "", ""
-        # the trials this process ended: the study parent's description lists them
-        self._trial_rows: list[TrialRow] = []
-        self._trial_folders: dict[int, Path] = {}
+        # the trials this process ended, by number, with their spool folder: the study parent's description lists them
+        self._trials: dict[int, tuple[TrialRow, Path]] = {}
         self._study_best: tuple[int, float] | None = None  # (number, value), across every process
         self.resume_state: dict | None = None
         self._link = None  # to the shipper process (shipper_link.py), made on the first run
@@ -95,8 +94,8 @@ class MlflowPlugin:
         self._sampler = None  # the system metrics process of the fit running now
         self._dims = 2
         self._datasets_pending = False  # inputs and hash tags wait for the first epoch's SHA256s
-        # the best epoch so far: {"epoch", "step", "ts", "metrics"}; its validation metrics become
-        # the LoggedModel's (linked to the validation dataset), and best_<monitor> is logged at its step
+        # the best epoch so far: {"epoch", "step", "ts", "metrics"}; its validation metrics are logged
+        # as best_<key> at its step, and the LoggedModel carries them
         self._best: dict | None = None
         # a local SQLite store this fit creates: its first fit waits until the shipper made it
         # (MLflow's first migration fails beside a reader the user opens at the same moment)
@@ -686,7 +685,7 @@ class MlflowPlugin:
         import json
 
         self.study_id, self._study_name, self._objective = study.study_id, study.study_name, study.objective
-        self._direction, self._trial_rows, self._trial_folders, self._study_best = study.direction, [], {}, None
+        self._direction, self._trials, self._study_best = study.direction, {}, None
         tags = {
             **source_tags(),
             "segtrack.role": "study-parent",
@@ -739,10 +738,9 @@ class MlflowPlugin:
         spool.add(Status(status or "FINISHED", _now_ms()))
         spool.close()
         self._trial_spools.append(spool)  # study_end's drain waits for them too
-        self._trial_rows = [row for row in self._trial_rows if row.number != trial.number]
-        self._trial_folders[trial.number] = spool.folder
         sampled, name = _masked(trial.params), spool.meta["run_name"]
-        self._trial_rows.append(TrialRow(trial.number, trial.state, trial.value, sampled, name, spool.run_id))
+        row = TrialRow(trial.number, trial.state, trial.value, sampled, name, spool.run_id)
+        self._trials[trial.number] = (row, spool.folder)
         if trial.best_number is not None and trial.best_value is not None:
             self._study_best = (trial.best_number, trial.best_value)
             self.study.metric(f"study_best_{self._objective}", trial.best_value, trial.number, _now_ms())
@@ -753,13 +751,12 @@ class MlflowPlugin:
         """The study parent's description and best-trial tag, as of the trials ended so far."""
         from segtrack_mlflow.study_summary import describe
 
-        for row in self._trial_rows:
+        for row, folder in self._trials.values():
             if row.run_id is None:  # the shipper may have created the trial's run since
-                row.run_id = read_meta(self._trial_folders[row.number]).get("run_id")
+                row.run_id = read_meta(folder).get("run_id")
         experiment_id = read_meta(study.folder).get("experiment_id")
-        note = describe(
-            self._study_name, self._objective, self._direction, self._trial_rows, self._study_best, experiment_id
-        )
+        rows = [row for row, _ in self._trials.values()]
+        note = describe(self._study_name, self._objective, self._direction, rows, self._study_best, experiment_id)
         tags = {"mlflow.note.content": note}
         if self._study_best is not None:
             tags["segtrack.best_trial"] = str(self._study_best[0])

@@ -74,24 +74,30 @@ SEND_NOW = b"n"  # a wake-up byte that also ends a quiet start (someone waits fo
 WAKE = b"w"
 
 
-def wake_all(root: Path, byte: bytes = SEND_NOW) -> None:
-    """Write ``byte`` to every running shipper's FIFO in spool folder ``root`` (none: nothing)."""
+def notify(fifo: Path, byte: bytes) -> bool:
+    """Write ``byte`` to a shipper's wake-up FIFO; False when no shipper reads it (none runs)."""
     import errno
     import os
 
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.ENOENT):  # ENXIO: a FIFO without reader
+            return False
+        raise
+    try:
+        os.write(fd, byte)
+    except BlockingIOError:
+        pass  # full of wake-ups already
+    finally:
+        os.close(fd)
+    return True
+
+
+def wake_all(root: Path, byte: bytes = SEND_NOW) -> None:
+    """Write ``byte`` to every running shipper's FIFO in spool folder ``root`` (none: nothing)."""
     for fifo in Path(root).glob("shipper-*.wake"):
-        try:
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno in (errno.ENXIO, errno.ENOENT):  # no reader: no shipper runs
-                continue
-            raise
-        try:
-            os.write(fd, byte)
-        except BlockingIOError:
-            pass  # full of wake-ups already
-        finally:
-            os.close(fd)
+        notify(fifo, byte)
 
 
 def shipper_lines(root: Path) -> list[str]:

@@ -3,7 +3,6 @@ wait until given spools are sent, and read what it reports. Nothing here sends a
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import subprocess
@@ -13,7 +12,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from segtrack_mlflow.shipper_files import SEND_NOW, WAKE, ShipperFiles
+from segtrack_mlflow.shipper_files import SEND_NOW, WAKE, ShipperFiles, notify
 from segtrack_mlflow.shipper_process import URI_ENV
 from segtrack_mlflow.spool import Spool
 from segtrack_mlflow.uri import redact
@@ -39,19 +38,8 @@ class ShipperLink:
     def wake(self, now: bool = False) -> None:
         """Tell the shipper there is something to send; ``now``: someone waits for it (it ends a
         shipper's quiet start). Starts a shipper when none listens."""
-        try:
-            fd = os.open(self.files.wake, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno not in (errno.ENXIO, errno.ENOENT):  # ENXIO: a FIFO without reader
-                raise
+        if not notify(self.files.wake, SEND_NOW if now else WAKE):
             self._start()
-            return
-        try:
-            os.write(fd, SEND_NOW if now else WAKE)
-        except BlockingIOError:
-            pass  # the FIFO is full of wake-ups already
-        finally:
-            os.close(fd)
 
     def _start(self) -> None:
         starting = self._started is not None and self._started.poll() is None

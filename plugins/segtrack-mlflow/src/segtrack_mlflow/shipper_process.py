@@ -30,7 +30,7 @@ from pathlib import Path
 from segtrack_mlflow.locks import flock_within
 from segtrack_mlflow.shipper_files import SEND_NOW, ShipperFiles
 from segtrack_mlflow.spool import Spool, SpoolBusy, SpoolCorrupt
-from segtrack_mlflow.uri import redact
+from segtrack_mlflow.uri import is_remote, redact
 
 log = logging.getLogger("segtrack.mlflow.shipper")
 URI_ENV = "SEGTRACK_MLFLOW_URI"
@@ -90,7 +90,7 @@ class ShipperProcess:
         so a fit can print its run's page. It ends when no fit holds a spool, or when someone
         waits for the send."""
         deadline = time.monotonic() + seconds
-        create_runs = self.files.uri.startswith(("http://", "https://"))
+        create_runs = is_remote(self.files.uri)
         while (left := deadline - time.monotonic()) > 0:
             spools = self.scan()
             if not any(spool.has_writer() for spool in spools):
@@ -276,9 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flush-interval", type=float, default=2.0)
     parser.add_argument("--linger", type=float, default=300.0)
     parser.add_argument("--idle-exit", type=float, default=600.0)
-    parser.add_argument(
-        "--quiet-start", type=float, default=0.0, help="seconds to hold the first send while fits train"
-    )
+    parser.add_argument("--quiet-start", type=float, default=0.0, help="seconds to hold the sends while fits train")
     args = parser.parse_args(argv)
     yield_to_training()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s shipper[%(process)d] %(levelname)s %(message)s")
