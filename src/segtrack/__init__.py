@@ -14,8 +14,9 @@ hooks receive (``RunInfo``, ``EpochResult``, ...; ``freeze``/``thaw``), settings
 (``segtrack.loop``, ``segtrack.data``, ...) are internal and may change without notice; the
 first-party plugins import nothing else, and a test holds every plugin to that.
 
-Importing segtrack loads no plugin and neither torch nor any tracking library; the trainer,
-settings loader (Dynaconf), sliding-window inference and colour table are imported on first use.
+Importing segtrack loads no plugin, no torch, no tracking library and not even pluggy: every name
+is imported on first use (a shipper process that needs only the errors starts in a fraction of the
+time).
 """
 
 from __future__ import annotations
@@ -23,47 +24,27 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-import pluggy
-
 # onnxruntime >= 1.29 sends usage telemetry from native code (a DNS lookup seconds after a session
 # starts) unless this is set before it loads; every entry point imports segtrack first. A value the
 # user set is kept.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-from segtrack.config.schema import Setting, checked_section, is_bool, is_int, is_number, is_str, one_of
-from segtrack.config.secrets import MASK, redact, secret_keys
-from segtrack.errors import (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    ModelError,
-    PluginHookError,
-    PluginLoadError,
-    SegtrackError,
-    TrainingDiverged,
-)
-from segtrack.plugins.records import (
-    CheckpointInfo,
-    CrossValidationInfo,
-    CrossValidationResult,
-    EpochResult,
-    ExportInfo,
-    FitResult,
-    PluginFailure,
-    RunInfo,
-    StepResult,
-    StudyInfo,
-    StudyResult,
-    TrialResult,
-    ValidationBatch,
-    ValidationResult,
-    ValidationSample,
-    freeze,
-    thaw,
-)
-
 if TYPE_CHECKING:  # imported lazily at run time (__getattr__); named here for type checkers and editors
+    import pluggy
+
+    from segtrack.config.schema import Setting, checked_section, is_bool, is_int, is_number, is_str, one_of
+    from segtrack.config.secrets import MASK, redact, secret_keys
     from segtrack.config.settings import Settings, load_settings
+    from segtrack.errors import (
+        CheckpointError,
+        ConfigError,
+        DataError,
+        ModelError,
+        PluginHookError,
+        PluginLoadError,
+        SegtrackError,
+        TrainingDiverged,
+    )
     from segtrack.inference.export import read_metadata as export_metadata
     from segtrack.inference.palette import colour_mask
     from segtrack.inference.predict import Predictor, from_onnx
@@ -74,12 +55,31 @@ if TYPE_CHECKING:  # imported lazily at run time (__getattr__); named here for t
     from segtrack.loop.trainer import SegmentationTrainer
     from segtrack.loop.validation import Inferer
     from segtrack.plugins.manager import PluginManager, get_plugin_manager
+    from segtrack.plugins.records import (
+        CheckpointInfo,
+        CrossValidationInfo,
+        CrossValidationResult,
+        EpochResult,
+        ExportInfo,
+        FitResult,
+        PluginFailure,
+        RunInfo,
+        StepResult,
+        StudyInfo,
+        StudyResult,
+        TrialResult,
+        ValidationBatch,
+        ValidationResult,
+        ValidationSample,
+        freeze,
+        thaw,
+    )
     from segtrack.session.fit_session import FitSession
     from segtrack.session.loop_protocol import Loop
 
-__version__ = "0.1.0"
+    hookimpl: pluggy.HookimplMarker
 
-hookimpl = pluggy.HookimplMarker("segtrack")
+__version__ = "0.1.0"
 
 __all__ = [
     "MASK",
@@ -140,7 +140,18 @@ __all__ = [
     "thaw",
 ]
 
-_LAZY = {
+# every name is imported on first use: a process that needs only errors and records (an MLflow
+# shipper: a process of its own per fit) starts without pluggy, the schema or the trainer
+_LIGHT = {
+    "segtrack.config.schema": "Setting checked_section is_bool is_int is_number is_str one_of",
+    "segtrack.config.secrets": "MASK redact secret_keys",
+    "segtrack.errors": "CheckpointError ConfigError DataError ModelError PluginHookError PluginLoadError "
+    "SegtrackError TrainingDiverged",
+    "segtrack.plugins.records": "CheckpointInfo CrossValidationInfo CrossValidationResult EpochResult ExportInfo "
+    "FitResult PluginFailure RunInfo StepResult StudyInfo StudyResult TrialResult ValidationBatch ValidationResult "
+    "ValidationSample freeze thaw",
+}
+_LAZY = {name: module for module, names in _LIGHT.items() for name in names.split()} | {
     "SegmentationTrainer": "segtrack.loop.trainer",
     "FitSession": "segtrack.session.fit_session",
     "Loop": "segtrack.session.loop_protocol",
@@ -165,9 +176,16 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
+    if name == "hookimpl":
+        import pluggy
+
+        value = pluggy.HookimplMarker("segtrack")
+    elif name in _LAZY:
         import importlib
 
         module, _, attribute = _LAZY[name].partition(":")
-        return getattr(importlib.import_module(module), attribute or name)
-    raise AttributeError(f"module 'segtrack' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), attribute or name)
+    else:
+        raise AttributeError(f"module 'segtrack' has no attribute {name!r}")
+    globals()[name] = value  # looked up once
+    return value
