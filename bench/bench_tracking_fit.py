@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import ShipperWatch, group_cpu, median, report  # first: it makes testsupport importable
+from benchlib import ShipperWatch, group_cpu, median, paired_ratios, report  # first: it makes testsupport importable
 
 STEPS_PER_EPOCH, BATCH, SIZE = 50, 4, 32
 LENGTHS = {1000: 20, 100: 2}  # steps: epochs
@@ -148,8 +148,15 @@ def main() -> None:
                 }
                 total = sum(v for k, v in extra_cpu.items() if not k.startswith(" "))
                 label = f"{threads} threads, {steps} steps, {kind}"
+                pairs = paired_ratios(measured[(threads, steps, kind)], measured[(threads, steps, "off")])
+                walls_off = sorted(m["wall"] for m in measured[(threads, steps, "off")])
                 rows += [
                     (f"{label}: wall off / on", f"{off:.2f} s / {on:.2f} s", f"{on / off:.3f}x (target <= 1.05x)"),
+                    (
+                        f"{label}: wall on / off, median of the rounds' pairs",
+                        f"{median(pairs):.3f}x",
+                        f"(pairs {pairs[0]:.2f}-{pairs[-1]:.2f}x; off alone {walls_off[0]:.2f}-{walls_off[-1]:.2f} s)",
+                    ),
                     (f"{label}: CPU training off", f"{med(threads, steps, 'off', 'training'):.2f} s", ""),
                 ]
                 rows += [(f"{label}: extra CPU, {name}", f"{value:+.2f} s", "") for name, value in extra_cpu.items()]

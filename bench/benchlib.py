@@ -42,6 +42,12 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def paired_ratios(a: list[dict[str, float]], b: list[dict[str, float]], key: str = "wall") -> list[float]:
+    """a/b of each round's pair, sorted: the two ran back to back, so the machine's drift between
+    rounds (its speed moves by +-15 % here) cancels out of each ratio."""
+    return sorted(x[key] / y[key] for x, y in zip(a, b, strict=True))
+
+
 def report(title: str, rows: list[tuple[str, str, str]]) -> None:
     print(f"\n{title}")
     width = max(len(r[0]) for r in rows)
