@@ -3,8 +3,6 @@ background. Importing this package does not import mlflow."""
 
 import os
 
-from segtrack_mlflow.uri import DEFAULT_TRACKING_URI, resolve_tracking_uri
-
 # MLflow 3 sends usage telemetry (a DNS lookup even for a local SQLite store) unless this is set
 # before a client is built. Every MLflow client segtrack builds goes through this package (the
 # plugin, `segtrack mlflow`, ExperimentTracker, segtrack-analytics), so it is set on import. A value
@@ -44,7 +42,11 @@ def wait_sent(spool_dir: str | os.PathLike = ".segtrack/spool", timeout: float =
         time.sleep(0.05)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str):  # imported on first use: a shipper's quiet start imports almost nothing
+    if name in ("DEFAULT_TRACKING_URI", "resolve_tracking_uri"):
+        from segtrack_mlflow import uri
+
+        return getattr(uri, name)
     if name == "ExperimentTracker":
         from segtrack_mlflow.tracker import ExperimentTracker
 

@@ -72,6 +72,7 @@ class MlflowPlugin:
         self.tracking_uri = ""  # as shown and spooled: password masked
         self._uri = ""  # as given: handed to MLflow, never printed nor written
         self.experiment = ""
+        self._experiment_id: str | None = None  # on a server, when the experiment exists before the fit
         self.secret_keys: frozenset[str] = frozenset()
         self.spool: Spool | None = None
         self.parent: Spool | None = None
@@ -175,7 +176,9 @@ class MlflowPlugin:
     def _check_server(self) -> None:
         from segtrack_mlflow.probe import probe_http
 
-        outcome = probe_http(self._uri, timeout=min(5.0, self.section["request_timeout"]))
+        outcome, self._experiment_id = probe_http(
+            self._uri, timeout=min(5.0, self.section["request_timeout"]), experiment=self.experiment
+        )
         shown = self.tracking_uri
         if outcome == "unauthorized":
             raise ConfigError(
@@ -381,11 +384,15 @@ class MlflowPlugin:
     # -- console: from what a person reads to the MLflow UI --------------------------------------
 
     def _announce(self, spool: Spool, what: str, link_later: bool = True) -> None:
-        """One line naming the MLflow run as the UI shows it; for a server, its address follows
-        once the shipper created the run (``_print_link``), for a local store how to browse it."""
+        """One line naming the MLflow run as the UI shows it: for a local store how to browse it; for
+        a server its experiment's page (when the experiment exists), then the run's own page once
+        the shipper has created the run (``_print_link``: during the first epoch, or after a quiet
+        start on a server of this machine, which creates it when the fit ends or after 30 s)."""
         where = f"experiment {self.experiment!r} at {self.tracking_uri}"
         if not is_remote(self._uri):
             where += f" (browse: mlflow ui --backend-store-uri {self.tracking_uri})"
+        elif self._experiment_id:  # its page lists the run once sent (a quiet start sends it at the fit's end)
+            where = f"experiment {self.experiment!r}: {self._server_page()}/#/experiments/{self._experiment_id}"
         console(f"mlflow: {what} {spool.meta['run_name']!r}, {where}")
         self._link_pending = spool if link_later and is_remote(self._uri) else None
         self._print_link()
@@ -398,10 +405,11 @@ class MlflowPlugin:
         meta = read_meta(spool.folder)
         if meta.get("run_id") and meta.get("experiment_id"):
             self._link_pending = None
-            base = split_credentials(self.tracking_uri)[0].rstrip("/")  # a link to click: no user in it
-            console(
-                f"mlflow: run {meta['run_name']!r}: {base}/#/experiments/{meta['experiment_id']}/runs/{meta['run_id']}"
-            )
+            page = f"{self._server_page()}/#/experiments/{meta['experiment_id']}/runs/{meta['run_id']}"
+            console(f"mlflow: run {meta['run_name']!r}: {page}")
+
+    def _server_page(self) -> str:
+        return split_credentials(self.tracking_uri)[0].rstrip("/")  # a link to click: no user in it
 
     def _stop_system_metrics(self) -> None:
         if self._sampler is not None:

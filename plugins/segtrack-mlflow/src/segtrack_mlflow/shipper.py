@@ -36,7 +36,6 @@ def ship(
     clients: store.Clients,
     spools_by_id: dict[str, Spool] | None = None,
     wait: float = 0.0,
-    create_only: bool = False,
 ) -> int:
     """Send every complete pending record of ``spool`` through ``clients`` (by the spool's tracking
     URI); returns how many were sent.
@@ -46,30 +45,25 @@ def ship(
     the run twice. Raises on the first transient failure, leaving the cursor after the last record
     that reached MLflow: the next attempt resumes there. Metric records carry their own timestamp,
     so a record re-sent after an unacknowledged success is a duplicate MLflow's SQL store ignores.
-    ``create_only``: the run's creation and nothing after it (a quiet start: the run's page exists).
     """
     with spool.shipping(wait):
-        return _ship_locked(spool, clients, spools_by_id or {}, create_only)
+        return _ship_locked(spool, clients, spools_by_id or {})
 
 
-def _ship_locked(spool: Spool, clients: store.Clients, spools_by_id: dict[str, Spool], create_only: bool) -> int:
-    sent = _ship_stream(spool, clients, spools_by_id, RECORDS, create_only)
-    if spool.run_id is not None and not create_only:  # system metric points belong to the run the records created
+def _ship_locked(spool: Spool, clients: store.Clients, spools_by_id: dict[str, Spool]) -> int:
+    sent = _ship_stream(spool, clients, spools_by_id, RECORDS)
+    if spool.run_id is not None:  # system metric points belong to the run the records created
         sent += _ship_stream(spool, clients, spools_by_id, SYSTEM)
     return sent
 
 
-def _ship_stream(
-    spool: Spool, clients: store.Clients, spools_by_id: dict[str, Spool], stream: str, create_only: bool = False
-) -> int:
+def _ship_stream(spool: Spool, clients: store.Clients, spools_by_id: dict[str, Spool], stream: str) -> int:
     sent = 0
     while items := spool.pending(stream=stream):  # up to a corrupt line: the next call names it (SpoolCorrupt)
         sender = clients[spool.meta["tracking_uri"]]
         i = 0
         while i < len(items):
             entry = items[i].entry
-            if create_only and not isinstance(entry, CreateRun):
-                return sent
             if spool.run_id is None and not isinstance(entry, CreateRun):
                 raise RuntimeError(f"spool {spool.local_id}: records precede the run's creation")
             j = _batch_end(items, i) if isinstance(entry, BATCHED) else i + 1

@@ -1,23 +1,26 @@
 """Where the shipper process of one spool folder and tracking URI keeps its lock, wake-up pipe,
 state and log: beside the spools, named by a digest of the URI (masked password), so fits that
-log to different stores from one spool folder each get their own sender and credentials."""
+log to different stores from one spool folder each get their own sender and credentials.
+
+Standard library only, and light: the shipper's quiet start runs on this module alone."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import select
+import stat
 from pathlib import Path
-from typing import Any
 
 from segtrack_mlflow.locks import held_elsewhere
 
 
-@dataclass(frozen=True)
 class ShipperFiles:
-    root: Path  # the spool folder
-    uri: str  # the tracking URI as spools keep it (password masked)
+    def __init__(self, root: Path, uri: str):
+        self.root = root  # the spool folder
+        self.uri = uri  # the tracking URI as spools keep it (password masked)
 
     @property
     def key(self) -> str:
@@ -42,7 +45,7 @@ class ShipperFiles:
     def log(self) -> Path:
         return self._path("log")
 
-    def read_state(self) -> dict[str, Any]:
+    def read_state(self) -> dict:
         try:
             state = json.loads(self.state.read_text())
             return state if isinstance(state, dict) else {}
@@ -64,7 +67,7 @@ class ShipperFiles:
             pass
         return str(error)
 
-    def write_state(self, **state: Any) -> None:
+    def write_state(self, **state: object) -> None:
         tmp = self.state.with_name(f".{self.state.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.state)
@@ -74,10 +77,48 @@ SEND_NOW = b"n"  # a wake-up byte that also ends a quiet start (someone waits fo
 WAKE = b"w"
 
 
+class WakePipe:
+    """The shipper's end of its FIFO: fits write a byte to wake it (``notify``)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fds: list[int] = []
+
+    def open(self) -> None:
+        with contextlib.suppress(FileExistsError):
+            os.mkfifo(self.path, 0o600)
+        if not stat.S_ISFIFO(os.stat(self.path).st_mode):
+            raise SystemExit(f"{self.path} is not a FIFO: remove it")
+        reader = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        keeper = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)  # our own writer: no end-of-file when fits close
+        self._fds = [reader, keeper]
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+    def wait(self, timeout: float) -> bytes:
+        """Until a fit writes or ``timeout`` passes; the wake-up bytes drained (b"" on time-out)."""
+        readable, _, _ = select.select(self._fds[:1], [], [], max(0.0, timeout))
+        data = b""
+        if readable:
+            with contextlib.suppress(BlockingIOError):
+                while chunk := os.read(self._fds[0], 4096):
+                    data += chunk
+        return data
+
+
+def fits_writing(root: Path) -> bool:
+    """Whether a live fit holds a spool of folder ``root`` open (any tracking URI)."""
+    with os.scandir(root) as entries:
+        folders = [Path(e.path) for e in entries if e.is_dir() and os.path.isfile(os.path.join(e.path, "meta.json"))]
+    return any(held_elsewhere(folder / "records.jsonl") for folder in folders)
+
+
 def notify(fifo: Path, byte: bytes) -> bool:
     """Write ``byte`` to a shipper's wake-up FIFO; False when no shipper reads it (none runs)."""
     import errno
-    import os
 
     try:
         fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
