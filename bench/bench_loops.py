@@ -33,7 +33,7 @@ def run(loop: str, variant: str, workdir: Path, uri: str, server_pgid: int) -> d
     shipper has exited."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "SEGTRACK_MLFLOW__SPOOL_DIR": str(workdir / "spool")}
     env.pop("OMP_NUM_THREADS", None)  # torch's default threads
-    machine, server, watch = busy_cpu_seconds(), group_cpu(server_pgid), ShipperWatch()
+    machine, server, watch = busy_cpu_seconds(), group_cpu(server_pgid), ShipperWatch(workdir / "spool")
     out = subprocess.run(
         [sys.executable, str(HERE / "loop_fits.py"), loop, variant, str(EPOCHS[loop])],
         cwd=workdir,

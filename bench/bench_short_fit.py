@@ -80,7 +80,7 @@ HOOK_CLOCK = (
 
 def example_fit(workdir: Path, tracked: bool) -> dict[str, float]:
     """One run of the example (1 epoch) in its own process: wall and CPU seconds of each process."""
-    watch = ShipperWatch()
+    watch = ShipperWatch(workdir / ".segtrack" / "spool")
     disabled = "[]" if tracked else "['mlflow', 'analytics']"
     started = time.perf_counter()
     out = subprocess.run(

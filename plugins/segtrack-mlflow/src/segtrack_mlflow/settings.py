@@ -25,7 +25,7 @@ SCHEMA = [
     # the shipper sends at most this often (and at each epoch's end): up to 1,000 points per request
     Setting("mlflow.flush_interval", "a number of seconds > 0", _seconds(0, strict=True), 2.0),
     # a store whose sending costs this machine's CPU (a database file, a server on loopback): the
-    # shipper holds its sends while fits train, at most this long (a server's run is created at once);
+    # shipper holds its sends while fits train, at most this long (it creates no run meanwhile);
     # a fit's end, or anyone waiting for the send, ends it
     Setting("mlflow.quiet_start", "a number of seconds >= 0 (0: send from the first epoch)", _seconds(0), 30.0),
     # how long the shipper keeps retrying an unreachable server after the last fit ended
