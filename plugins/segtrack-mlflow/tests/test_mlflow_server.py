@@ -230,15 +230,11 @@ def test_a_loopback_server_gets_nothing_while_a_short_fit_trains_and_everything_
     """A server on this machine handles every request beside the training, and the shipper's start
     would take the training's cores: while a short fit trains nothing is sent (the shipper waits on
     a few standard-library imports). The console links the experiment's page at once."""
-    settings = (f"mlflow.tracking_uri='{own_server.uri}'", "mlflow.drain_timeout=0")
-    trainer_factory(*settings).fit()  # the experiment now exists
-    assert segtrack_mlflow.wait_sent(".segtrack/spool", 60)
-    capfd.readouterr()
+    experiment = MlflowClient(own_server.uri).create_experiment("segtrack")
     during = RunsDuringFit(own_server.uri)
-    trainer_factory(*settings, plugins=[during]).fit()
-    assert during.counts and set(during.counts) == {1}  # the first fit's run only, at every epoch
-    experiment = MlflowClient(own_server.uri).get_experiment_by_name("segtrack").experiment_id
+    trainer_factory(f"mlflow.tracking_uri='{own_server.uri}'", "mlflow.drain_timeout=0", plugins=[during]).fit()
+    assert during.counts and set(during.counts) == {0}  # nothing, at every epoch's end
     assert f"experiment 'segtrack': {own_server.uri}/#/experiments/{experiment}\n" in capfd.readouterr().err
     assert segtrack_mlflow.wait_sent(".segtrack/spool", 60)
-    runs = MlflowClient(own_server.uri).search_runs([experiment])
-    assert len(runs) == 2 and all(r.info.status == "FINISHED" and "val_dice" in r.data.metrics for r in runs)
+    run = only_run(MlflowClient(own_server.uri))
+    assert run.info.status == "FINISHED" and "val_dice" in run.data.metrics and run.data.params["train.lr"] == "0.01"
