@@ -157,7 +157,7 @@ def main() -> None:
             (
                 "1-epoch example: CPU of the process off / on",
                 f"{med(False, 'cpu'):.2f} s / {med(True, 'cpu'):.2f} s",
-                f"+{med(True, 'cpu') - med(False, 'cpu'):.2f} s",
+                f"{med(True, 'cpu') - med(False, 'cpu'):+.2f} s",
             ),
             ("1-epoch example: CPU of its shipper", f"{med(True, 'shipper'):.2f} s", "SCHED_IDLE, in the fit's gaps"),
         ],
