@@ -820,9 +820,17 @@ class MlflowPlugin:
         """Wait for the run (and the runs ``also`` names: a study's trials) to be sent when
         ``mlflow.drain_timeout`` asks for it (by default the fit returns at once and the shipper
         sends the rest); say what the server refused."""
-        timeout, self._new_store = self._drain_wait_s, False
+        timeout, new_store, self._new_store = self._drain_wait_s, self._new_store, False
         spools = [*also, spool]
-        sent = self._link.wait_sent(spools, timeout) if timeout > 0 else not any(s.has_pending() for s in spools)
+        # the wait a new store adds (a reader right after the fit would race its creation) ends when
+        # the shipper cannot create it (a folder in its place): it is not being created
+        until_error = new_store and not self.section["drain_timeout"]
+        started = time.monotonic()
+        if timeout > 0:
+            sent = self._link.wait_sent(spools, timeout, until_error=until_error)
+        else:
+            sent = not any(s.has_pending() for s in spools)
+        waited = time.monotonic() - started
         self._report_rejected(spool)
         if sent:
             return
@@ -840,7 +848,7 @@ class MlflowPlugin:
             "MLflow run %r is not fully sent%s (%s): %s still spooled in %s. They are kept on disk; the shipper "
             "retries for %.0f s, else send them with `segtrack mlflow sync` once %s is reachable",
             spool.meta["run_name"],
-            f" after {timeout:.0f} s" if timeout else "",
+            f" after {waited:.0f} s" if timeout else "",
             error or "still sending",
             what,
             spool.folder,

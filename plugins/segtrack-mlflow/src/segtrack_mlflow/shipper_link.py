@@ -75,8 +75,9 @@ class ShipperLink:
         # reaps it when it exits while this process lives (no zombie; no warning for a live child)
         threading.Thread(target=self._started.wait, name="segtrack-shipper-reaper", daemon=True).start()
 
-    def wait_sent(self, spools: Iterable[Spool], timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds until every record of ``spools`` is sent; True when it is."""
+    def wait_sent(self, spools: Iterable[Spool], timeout: float, until_error: bool = False) -> bool:
+        """Wait up to ``timeout`` seconds until every record of ``spools`` is sent; True when it is.
+        ``until_error``: stop waiting once the shipper reports that it cannot send."""
         spools = list(spools)
         deadline = time.monotonic() + timeout
         next_wake = 0.0
@@ -87,6 +88,8 @@ class ShipperLink:
             if now >= next_wake:  # also restarts a shipper that exited or was killed meanwhile
                 self.wake(now=True)
                 self.report()
+                if until_error and self._reported:
+                    return False
                 next_wake = now + 1.0
             time.sleep(POLL_S)
         return True

@@ -42,7 +42,17 @@ def client(tracking_uri: str):
     path = _sqlite_file(tracking_uri)
     if path is not None and is_new_sqlite_store(tracking_uri):
         create_sqlite_store(path.resolve())
+    if path is not None:
+        check_sqlite_openable(path)
     return MlflowClient(tracking_uri=connect_uri(tracking_uri))
+
+
+def check_sqlite_openable(path: Path) -> None:
+    """Raise sqlite3.OperationalError at once when the store's file cannot be opened (a folder in its
+    place, no permission): MLflow retries that for ~100 s (ten attempts, doubling sleeps), during
+    which a shipper sends nothing else; the shipper retries on its own schedule (<= 5 s apart)."""
+    with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True)) as db:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
 
 
 CREATING = ".creating-"  # <store>.creating-<pid>: a store being migrated, renamed into place when done
