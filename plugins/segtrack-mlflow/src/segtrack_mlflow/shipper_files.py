@@ -109,11 +109,15 @@ class WakePipe:
         return data
 
 
+def spool_folders(root: Path) -> list[Path]:
+    """Every spool folder under ``root``, oldest first (``Spool.folders_in``; here for the quiet start)."""
+    root = Path(root)
+    return sorted(p for p in root.iterdir() if (p / "meta.json").is_file()) if root.is_dir() else []
+
+
 def fits_writing(root: Path) -> bool:
-    """Whether a live fit holds a spool of folder ``root`` open (any tracking URI)."""
-    with os.scandir(root) as entries:
-        folders = [Path(e.path) for e in entries if e.is_dir() and os.path.isfile(os.path.join(e.path, "meta.json"))]
-    return any(held_elsewhere(folder / "records.jsonl") for folder in folders)
+    """Whether a live fit holds a spool of folder ``root`` open (any tracking URI; ``Spool.has_writer``)."""
+    return any(held_elsewhere(folder / "records.jsonl") for folder in spool_folders(root))
 
 
 def notify(fifo: Path, byte: bytes) -> bool:

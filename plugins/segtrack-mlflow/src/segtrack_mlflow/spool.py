@@ -33,6 +33,7 @@ from typing import Any
 from segtrack import SegtrackError
 from segtrack_mlflow.entries import ArtifactFile, Entry, MetricPoint, Status, Tags, decode, encode
 from segtrack_mlflow.locks import flock_within, held_elsewhere
+from segtrack_mlflow.shipper_files import spool_folders
 
 QUARANTINE = "quarantined.jsonl"
 FIX = (
@@ -145,8 +146,7 @@ class Spool:
     @staticmethod
     def folders_in(root: Path) -> list[Path]:
         """Every spool folder under ``root``, oldest first."""
-        root = Path(root)
-        return sorted(p for p in root.iterdir() if (p / "meta.json").is_file()) if root.is_dir() else []
+        return spool_folders(root)
 
     @property
     def local_id(self) -> str:
