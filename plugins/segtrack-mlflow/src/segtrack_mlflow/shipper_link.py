@@ -20,6 +20,7 @@ from segtrack_mlflow.uri import redact
 log = logging.getLogger("segtrack.mlflow")
 START_GRACE_S = 15.0  # a shipper we started is given this long to open its FIFO before another is started
 POLL_S = 0.02
+ERROR_GRACE_S = 10.0  # wait_sent(until_error=True) gives up after the shipper has failed this long
 
 
 class ShipperLink:
@@ -77,10 +78,11 @@ class ShipperLink:
 
     def wait_sent(self, spools: Iterable[Spool], timeout: float, until_error: bool = False) -> bool:
         """Wait up to ``timeout`` seconds until every record of ``spools`` is sent; True when it is.
-        ``until_error``: stop waiting once the shipper reports that it cannot send."""
+        ``until_error``: stop waiting once the shipper has reported that it cannot send for
+        ERROR_GRACE_S (a first store creation racing a reader fails once, then succeeds)."""
         spools = list(spools)
         deadline = time.monotonic() + timeout
-        next_wake = 0.0
+        next_wake, failing_since = 0.0, None
         while any(s.has_pending() for s in spools):
             now = time.monotonic()
             if now >= deadline:
@@ -88,7 +90,8 @@ class ShipperLink:
             if now >= next_wake:  # also restarts a shipper that exited or was killed meanwhile
                 self.wake(now=True)
                 self.report()
-                if until_error and self._reported:
+                failing_since = (failing_since or now) if self._reported else None
+                if until_error and failing_since is not None and now - failing_since >= ERROR_GRACE_S:
                     return False
                 next_wake = now + 1.0
             time.sleep(POLL_S)
